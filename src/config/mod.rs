@@ -1,0 +1,261 @@
+//! Configuration: `gateway.yaml` parsed ([`raw`]), then checked and resolved
+//! ([`validate`]) into the typed [`Config`] the rest of the gateway uses.
+//! Loading never touches the network; key material and certificates are read
+//! and parsed when the config is compiled into a snapshot.
+
+pub mod raw;
+mod validate;
+
+pub use validate::{segment_prefix, ALGORITHMS};
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+
+pub use raw::TlsVersion;
+
+/// A validated configuration. Paths are absolute or relative to the working
+/// directory (already resolved against the config file's directory).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub listen: Listen,
+    pub tls: Tls,
+    pub limits: Limits,
+    pub providers: Vec<Provider>,
+    pub identity: Identity,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub https: SocketAddr,
+    pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub min_version: TlsVersion,
+    /// `None` when `hsts: ""` turns the header off.
+    pub hsts: Option<HeaderValue>,
+    pub self_signed_if_missing: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub name: String,
+    pub issuer: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    pub keys: KeySource,
+    pub ca_file: Option<PathBuf>,
+    /// Upper-case JWS names (`RS256`); `None` means "what the keys support".
+    pub algorithms: Option<Vec<String>>,
+    pub leeway: Duration,
+    pub jwks_refresh: Duration,
+    pub scope_claims: Vec<String>,
+    pub subject_claim: String,
+    pub typ: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Discovery,
+    JwksUri(String),
+    JwksFile(PathBuf),
+    PublicKeyFile(PathBuf),
+    SecretEnv(String),
+    SecretFile(PathBuf),
+}
+
+impl KeySource {
+    /// Shared-secret sources carry HMAC keys; all others asymmetric ones.
+    pub fn is_hmac(&self) -> bool {
+        matches!(self, KeySource::SecretEnv(_) | KeySource::SecretFile(_))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub subject_header: HeaderName,
+    pub scopes_header: HeaderName,
+    pub claims: Vec<(HeaderName, String)>,
+    /// Glob patterns, lower-cased with `_` folded to `-`.
+    pub strip_incoming: Vec<String>,
+    pub forward_authorization: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    pub targets: Vec<Target>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub host: HostPolicy,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub https: bool,
+    /// `host:port` as written (port always present after validation).
+    pub authority: http::uri::Authority,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPolicy {
+    Preserve,
+    Literal(HeaderValue),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub path: PathMatch,
+    /// `None`: any method.
+    pub methods: Option<Vec<Method>>,
+    /// Lower-case host without port; `None`: any host.
+    pub host: Option<String>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub strip_prefix: Option<String>,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Segment-boundary prefix, without a trailing `/` (except the root `/`).
+    Prefix(String),
+    Exact(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    Protected(AuthRule),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRule {
+    /// Indexes into [`Config::providers`] allowed for this route.
+    pub providers: Vec<usize>,
+    pub scopes: Vec<String>,
+    pub any_scopes: Vec<String>,
+}
+
+/// A configuration error: where it is, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column, when the YAML parser knows them.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, column)) => write!(f, "{}:{line}:{column}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A loaded configuration and the warnings found while validating it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Read and validate `path`. Relative paths inside resolve against its directory.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            position: None,
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Validate YAML text as if it had been read from `path`.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
+        let raw: raw::RawConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        validate::validate(raw, path, &base)
+    }
+
+    pub fn upstream_of(&self, route: &Route) -> &Upstream {
+        &self.upstreams[route.upstream]
+    }
+}
+
+fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
+    let mut message = e.to_string();
+    let position = e.location().map(|l| (l.line(), l.column()));
+    // The parser appends "at line L column C"; we print that as file:line:column.
+    if let Some(cut) = message.find(" at line ") {
+        message.truncate(cut);
+    }
+    ConfigError {
+        file: path.to_path_buf(),
+        position,
+        message,
+    }
+}
+
+/// The route table as `portcullis check` prints it: one line per route.
+pub fn describe_routes(config: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::from("ROUTE\tMETHODS\tHOST\tPATH\tUPSTREAM\tACCESS\n");
+    for r in &config.routes {
+        let methods = r.methods.as_ref().map_or("*".to_string(), |ms| {
+            ms.iter().map(Method::as_str).collect::<Vec<_>>().join(",")
+        });
+        let path = match &r.path {
+            PathMatch::Prefix(p) => format!("{p} (prefix)"),
+            PathMatch::Exact(p) => format!("{p} (exact)"),
+        };
+        let access = match &r.access {
+            Access::Public => "public".to_string(),
+            Access::Protected(a) => {
+                let providers: Vec<&str> = a.providers.iter().map(|&i| config.providers[i].name.as_str()).collect();
+                let mut s = format!("auth providers={}", providers.join(","));
+                if !a.scopes.is_empty() {
+                    let _ = write!(s, " scopes={}", a.scopes.join(","));
+                }
+                if !a.any_scopes.is_empty() {
+                    let _ = write!(s, " any_scopes={}", a.any_scopes.join(","));
+                }
+                s
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{}\t{methods}\t{}\t{path}\t{}\t{access}",
+            r.name,
+            r.host.as_deref().unwrap_or("*"),
+            config.upstreams[r.upstream].name
+        );
+    }
+    out
+}

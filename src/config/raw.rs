@@ -1,0 +1,238 @@
+//! The serde mirror of `gateway.yaml` (SPEC §2). Every struct denies unknown
+//! keys: a typo such as `scopse:` must fail loudly, never disable a check.
+//! Values that can be checked in isolation (durations, addresses, header names)
+//! are parsed here so their errors carry the YAML line and column.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: RawListen,
+    pub tls: RawTls,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub identity: RawIdentity,
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub https: Addr,
+    pub http: Option<Addr>,
+    pub admin: Option<Addr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    pub hsts: Option<String>,
+    #[serde(default)]
+    pub self_signed_if_missing: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub header_read_timeout: Dur,
+    pub idle_timeout: Dur,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+    pub shutdown_grace: Dur,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            max_header_bytes: 16384,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_connections: 10_000,
+            shutdown_grace: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub issuer: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    #[serde(default)]
+    pub discovery: bool,
+    pub jwks_uri: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub public_key_file: Option<PathBuf>,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub algorithms: Option<Vec<String>>,
+    pub leeway: Option<Dur>,
+    pub jwks_refresh: Option<Dur>,
+    pub scope_claims: Option<Vec<String>>,
+    pub subject_claim: Option<String>,
+    pub typ: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub subject_header: Option<HeaderNameStr>,
+    pub scopes_header: Option<HeaderNameStr>,
+    #[serde(default)]
+    pub claims: BTreeMap<HeaderNameStr, String>,
+    pub strip_incoming: Option<Vec<String>>,
+    #[serde(default)]
+    pub forward_authorization: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub targets: Vec<String>,
+    pub connect_timeout: Option<Dur>,
+    pub request_timeout: Option<Dur>,
+    pub host: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    pub upstream: String,
+    pub strip_prefix: Option<String>,
+    pub auth: Option<RawAuth>,
+    #[serde(default)]
+    pub public: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub path: Option<String>,
+    pub path_exact: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub providers: Option<Vec<String>>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub any_scopes: Vec<String>,
+}
+
+/// A duration written as `250ms`, `30s`, `5m` or `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parse `<integer><unit>` with unit `ms`, `s`, `m` or `h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let hint = || format!("invalid duration {s:?}: write a whole number and a unit, e.g. 250ms, 30s, 5m, 1h");
+    let n: u64 = digits.parse().map_err(|_| hint())?;
+    let per_unit = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(hint()),
+    };
+    n.checked_mul(per_unit).map(Duration::from_millis).ok_or_else(hint)
+}
+
+/// A listener address, `IP:port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addr(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(Addr).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid listen address {s:?}: write IP:port, e.g. 0.0.0.0:8443 or [::1]:8443"
+            ))
+        })
+    }
+}
+
+/// An HTTP header name, checked for syntax where it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderNameStr(pub http::HeaderName);
+
+impl Ord for HeaderNameStr {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.as_str().cmp(other.0.as_str())
+    }
+}
+
+impl PartialOrd for HeaderNameStr {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderNameStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        http::HeaderName::from_bytes(s.as_bytes())
+            .map(HeaderNameStr)
+            .map_err(|_| serde::de::Error::custom(format!("invalid header name {s:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "30", "s", "1.5s", "-1s", "10 s", "3d", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Every error the gateway itself answers with (SPEC §4): one enum, one
+//! exhaustive mapping to status, JSON body and extra headers.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use crate::routing::normalize::PathError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("bad request path: {0}")]
+    BadPath(#[source] PathError),
+    /// A malformed request; the description is fixed text, never client input.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("no route matches the request path")]
+    NotFound,
+    #[error("the route does not allow this method")]
+    MethodNotAllowed(HeaderValue),
+    #[error("the request header section is too large")]
+    HeadersTooLarge,
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    #[error("no upstream target accepted the connection")]
+    UpstreamConnect,
+    #[error("the upstream failed while answering")]
+    UpstreamFailed(#[source] hyper_util::client::legacy::Error),
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadPath(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UpstreamConnect | GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `error` code and the one-sentence description of the JSON body.
+    fn code_and_description(&self) -> (&'static str, &'static str) {
+        match self {
+            GatewayError::BadPath(e) => ("invalid_request", path_description(*e)),
+            GatewayError::BadRequest(why) => ("invalid_request", why),
+            GatewayError::NotFound => ("not_found", "No route matches the request path."),
+            GatewayError::MethodNotAllowed(_) => (
+                "method_not_allowed",
+                "The route does not allow this method; see the Allow header.",
+            ),
+            GatewayError::HeadersTooLarge => (
+                "request_header_fields_too_large",
+                "The request header section is larger than the gateway accepts.",
+            ),
+            GatewayError::PayloadTooLarge => (
+                "payload_too_large",
+                "The request body is larger than the gateway accepts.",
+            ),
+            GatewayError::UpstreamConnect => ("bad_gateway", "The upstream service could not be reached."),
+            GatewayError::UpstreamFailed(_) => (
+                "bad_gateway",
+                "The upstream service closed the connection without a valid response.",
+            ),
+            GatewayError::UpstreamTimeout => ("gateway_timeout", "The upstream service did not answer in time."),
+        }
+    }
+
+    /// A short machine-friendly label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        self.code_and_description().0
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let (code, description) = self.code_and_description();
+        let mut resp = json_response(self.status(), code, description);
+        if let GatewayError::MethodNotAllowed(allow) = self {
+            resp.headers_mut().insert(ALLOW, allow);
+        }
+        resp
+    }
+}
+
+fn path_description(e: PathError) -> &'static str {
+    match e {
+        PathError::NotAbsolute => "The request path must start with '/'.",
+        PathError::EncodedSeparator => "The request path contains an encoded '/' or '\\'.",
+        PathError::Backslash => "The request path contains a backslash.",
+        PathError::ControlCharacter => "The request path contains a control character.",
+        PathError::MalformedEscape => "The request path contains a malformed percent-escape.",
+        PathError::AboveRoot => "The request path climbs above the root.",
+    }
+}
+
+/// `{"error": code, "error_description": description}` as `application/json`.
+pub fn json_response(status: StatusCode, code: &str, description: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": code, "error_description": description }).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table() {
+        let cases = [
+            (GatewayError::BadPath(PathError::AboveRoot), 400, "invalid_request"),
+            (GatewayError::BadRequest("x"), 400, "invalid_request"),
+            (GatewayError::NotFound, 404, "not_found"),
+            (
+                GatewayError::MethodNotAllowed(HeaderValue::from_static("GET")),
+                405,
+                "method_not_allowed",
+            ),
+            (GatewayError::HeadersTooLarge, 431, "request_header_fields_too_large"),
+            (GatewayError::PayloadTooLarge, 413, "payload_too_large"),
+            (GatewayError::UpstreamConnect, 502, "bad_gateway"),
+            (GatewayError::UpstreamTimeout, 504, "gateway_timeout"),
+        ];
+        for (err, status, code) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err}");
+            assert_eq!(err.kind(), code);
+        }
+    }
+
+    #[tokio::test]
+    async fn body_is_json() {
+        use http_body_util::BodyExt;
+        let resp = GatewayError::MethodNotAllowed(HeaderValue::from_static("GET, HEAD")).into_response();
+        assert_eq!(resp.headers()[ALLOW], "GET, HEAD");
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "method_not_allowed");
+        assert!(v["error_description"].as_str().unwrap().ends_with('.'));
+    }
+}

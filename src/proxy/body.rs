@@ -1,0 +1,136 @@
+//! Request bodies on their way upstream: streamed frame by frame, cut off at
+//! `limits.max_body_bytes`, and replayable onto another target until the first
+//! byte has been read (a refused connection never consumed it).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds limits.max_body_bytes")]
+pub struct BodyTooLarge;
+
+/// The client's body with a byte budget. Exceeding it fails the stream and
+/// raises `tripped`, which the forwarder turns into 413.
+pub struct LimitedBody {
+    inner: Incoming,
+    remaining: u64,
+    tripped: Arc<AtomicBool>,
+}
+
+impl LimitedBody {
+    pub fn new(inner: Incoming, limit: u64, tripped: Arc<AtomicBool>) -> Self {
+        LimitedBody {
+            inner,
+            remaining: limit,
+            tripped,
+        }
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        this.tripped.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            other => other.map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body that can be handed to several connection attempts in turn: whichever
+/// attempt polls it first takes the real body out of the shared slot.
+pub struct ReplayableBody {
+    slot: Arc<Mutex<Option<LimitedBody>>>,
+    taken: Option<LimitedBody>,
+    hint: SizeHint,
+    end: bool,
+}
+
+impl ReplayableBody {
+    pub fn new(body: LimitedBody) -> Self {
+        let hint = body.size_hint();
+        let end = body.is_end_stream();
+        ReplayableBody {
+            slot: Arc::new(Mutex::new(Some(body))),
+            taken: None,
+            hint,
+            end,
+        }
+    }
+
+    /// Another handle on the same body, for the next connection attempt.
+    pub fn again(&self) -> Self {
+        ReplayableBody {
+            slot: self.slot.clone(),
+            taken: None,
+            hint: self.hint,
+            end: self.end,
+        }
+    }
+
+    /// Whether some attempt has started reading the body (so it cannot be resent).
+    pub fn consumed(&self) -> bool {
+        self.slot.lock().map(|s| s.is_none()).unwrap_or(true)
+    }
+}
+
+impl Body for ReplayableBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.taken.is_none() {
+            this.taken = this.slot.lock().ok().and_then(|mut s| s.take());
+        }
+        match this.taken.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            // Another attempt already consumed the body: this one has nothing to send.
+            None => Poll::Ready(Some(Err("request body already consumed by another attempt".into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.taken {
+            Some(b) => b.is_end_stream(),
+            None => self.end,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.taken {
+            Some(b) => b.size_hint(),
+            None => self.hint,
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Header rewriting on the way in and out (SPEC §3.3, §3.7, §3.8): strip what a
+//! client could spoof, drop hop-by-hop headers, add the forwarding headers.
+//! Pure functions over `HeaderMap`, so they are easy to test and to bench.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Lower-case a header name and fold `_` into `-`: WSGI/ASGI servers read
+/// `X_Auth_Subject` as `X-Auth-Subject`, so both spellings must be stripped.
+pub fn fold_header_name(name: &str) -> String {
+    name.bytes()
+        .map(|b| if b == b'_' { '-' } else { b.to_ascii_lowercase() as char })
+        .collect()
+}
+
+/// Glob match where `*` stands for any run of characters (including none).
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|i| glob_match(rest, &name[i..])),
+        Some((&p, rest)) => name
+            .split_first()
+            .is_some_and(|(&n, tail)| p == n && glob_match(rest, tail)),
+    }
+}
+
+/// The compiled `identity.strip_incoming` list plus the identity header names.
+#[derive(Debug, Clone, Default)]
+pub struct StripRules {
+    patterns: Vec<String>,
+}
+
+impl StripRules {
+    /// `patterns` must already be folded with [`fold_header_name`].
+    pub fn new(patterns: Vec<String>, identity_names: &[&HeaderName]) -> Self {
+        let mut all = patterns;
+        all.extend(identity_names.iter().map(|h| fold_header_name(h.as_str())));
+        StripRules { patterns: all }
+    }
+
+    pub fn matches(&self, name: &HeaderName) -> bool {
+        let name = name.as_str();
+        // Header names from `http` are already lower-case; only `_` needs folding.
+        let folded;
+        let name = if name.contains('_') {
+            folded = fold_header_name(name);
+            folded.as_str()
+        } else {
+            name
+        };
+        self.patterns.iter().any(|p| glob_match(p.as_bytes(), name.as_bytes()))
+    }
+
+    /// Remove every matching header from `headers`.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        if self.patterns.is_empty() {
+            return;
+        }
+        let doomed: Vec<HeaderName> = headers.keys().filter(|h| self.matches(h)).cloned().collect();
+        for h in doomed {
+            headers.remove(&h);
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Drop hop-by-hop headers, including every header named in `Connection`.
+/// This runs before the gateway adds anything, so a client's
+/// `Connection: X-Auth-Subject` can only remove the client's own copy.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in named {
+        headers.remove(&h);
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove(header::UPGRADE);
+    // `Proxy-*` headers are for the hop to a proxy, never for the service.
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|h| h.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for h in proxy {
+        headers.remove(&h);
+    }
+}
+
+/// An `X-Request-Id` worth keeping: `[A-Za-z0-9._-]{1,128}`.
+pub fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (1..=128).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// The client's `X-Request-Id` when exactly one well-formed value was sent.
+pub fn incoming_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all(X_REQUEST_ID).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) if valid_request_id(v) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+/// A fresh request id: 32 hex digits from a per-process random key and a
+/// counter, so ids are unique without a syscall per request.
+pub fn new_request_id() -> HeaderValue {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static KEYS: OnceLock<(
+        std::collections::hash_map::RandomState,
+        std::collections::hash_map::RandomState,
+    )> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let (a, b) = KEYS.get_or_init(Default::default);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{:016x}{:016x}", a.hash_one(n), b.hash_one(n));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Append the client address to `X-Forwarded-For`, folding repeated headers
+/// into one list; set `X-Forwarded-Proto: https` and `X-Forwarded-Host`.
+pub fn set_forwarded(headers: &mut HeaderMap, client: std::net::IpAddr, host: Option<&HeaderValue>) {
+    let mut chain = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                chain.push_str(s);
+                chain.push_str(", ");
+            }
+        }
+    }
+    chain.push_str(&client.to_string());
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    match host {
+        Some(h) => headers.insert(X_FORWARDED_HOST, h.clone()),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn glob() {
+        let cases = [
+            ("x-auth-*", "x-auth-subject", true),
+            ("x-auth-*", "x-auth-", true),
+            ("x-auth-*", "x-author", false),
+            ("*-secret", "x-secret", true),
+            ("x-*-id", "x-user-id", true),
+            ("x-*-id", "x-user-idx", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            ("*", "anything", true),
+        ];
+        for (p, n, want) in cases {
+            assert_eq!(glob_match(p.as_bytes(), n.as_bytes()), want, "{p} vs {n}");
+        }
+    }
+
+    #[test]
+    fn strip_folds_case_and_underscores() {
+        let rules = StripRules::new(
+            vec![fold_header_name("X-Auth-*")],
+            &[&HeaderName::from_static("x-user")],
+        );
+        let mut h = map(&[
+            ("x-auth-subject", "a"),
+            ("X_Auth_Scopes", "b"),
+            ("x-user", "c"),
+            ("x_user", "d"),
+            ("x-other", "e"),
+        ]);
+        rules.strip(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-other"));
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Auth-Subject, x-custom"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-foo", "1"),
+            ("x-custom", "1"),
+            ("x-auth-subject", "spoof"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["accept"]);
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        set_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            Some(&HeaderValue::from_static("api.example.com")),
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(&HeaderValue::from_static("abc-DEF_1.2")));
+        assert!(!valid_request_id(&HeaderValue::from_static("")));
+        assert!(!valid_request_id(&HeaderValue::from_static("a b")));
+        assert!(!valid_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+        assert!(valid_request_id(&HeaderValue::from_str(&"a".repeat(128)).unwrap()));
+        let two = map(&[("x-request-id", "a"), ("x-request-id", "b")]);
+        assert_eq!(incoming_request_id(&two), None);
+    }
+}

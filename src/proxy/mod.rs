@@ -1,0 +1,216 @@
+//! The request pipeline (SPEC §3): one straight async function per request.
+//! Each step returns a value or a [`GatewayError`]; none reaches back into an
+//! earlier one.
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::config::{Access, HostPolicy};
+use crate::error::GatewayError;
+use crate::routing::normalize::normalize;
+use crate::routing::table::{strip_prefix, Lookup};
+use crate::snapshot::Snapshot;
+use body::{LimitedBody, ReplayableBody};
+use headers::X_REQUEST_ID;
+
+/// What every HTTPS response body is: the upstream's stream, or our own JSON.
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+
+/// What the gateway knows about the client connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+}
+
+/// Facts gathered along the pipeline for the access log.
+#[derive(Debug, Default)]
+struct RequestLog {
+    path: Option<String>,
+    route: Option<String>,
+    upstream_status: Option<u16>,
+    subject: Option<String>,
+}
+
+/// Serve one request end to end and write its access-log line.
+pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let request_id = headers::incoming_request_id(req.headers()).unwrap_or_else(headers::new_request_id);
+    let method = req.method().clone();
+    let mut log = RequestLog::default();
+
+    let mut resp = match pipeline(&snap, conn, req, &request_id, &mut log).await {
+        Ok(resp) => {
+            log.upstream_status = Some(resp.status().as_u16());
+            let mut resp = resp.map(Either::Left);
+            headers::remove_hop_by_hop(resp.headers_mut());
+            resp
+        }
+        Err(e) => {
+            match e.status().as_u16() {
+                500.. => tracing::warn!(error = %e, route = log.route.as_deref(), "upstream failure"),
+                _ => tracing::debug!(error = %e, route = log.route.as_deref(), "request refused"),
+            }
+            e.into_response().map(Either::Right)
+        }
+    };
+    let h = resp.headers_mut();
+    match &snap.config.tls.hsts {
+        Some(v) => h.insert(header::STRICT_TRANSPORT_SECURITY, v.clone()),
+        None => h.remove(header::STRICT_TRANSPORT_SECURITY),
+    };
+    h.insert(X_REQUEST_ID, request_id.clone());
+
+    tracing::info!(
+        target: "portcullis::access",
+        request_id = request_id.to_str().unwrap_or(""),
+        client = %conn.peer,
+        method = %method,
+        path = log.path.as_deref().unwrap_or("-"),
+        route = log.route.as_deref().unwrap_or("-"),
+        status = resp.status().as_u16(),
+        upstream_status = log.upstream_status,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        subject = log.subject.as_deref(),
+    );
+    resp
+}
+
+/// Size of the request head as the client sent it, near enough for the limit.
+fn header_bytes<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    line + req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+}
+
+/// The host the client asked for: the URI authority (HTTP/2, absolute-form)
+/// or the single `Host` header. Returns the header value to forward and the
+/// lower-case host without port, for routing.
+fn request_host(uri: &http::Uri, headers: &http::HeaderMap) -> Result<Option<(HeaderValue, String)>, GatewayError> {
+    let bad = || GatewayError::BadRequest("The Host header is repeated or malformed.");
+    let authority = match uri.authority() {
+        Some(a) => a.clone(),
+        None => {
+            let mut hosts = headers.get_all(header::HOST).iter();
+            match (hosts.next(), hosts.next()) {
+                (None, _) => return Ok(None),
+                (Some(h), None) => h
+                    .to_str()
+                    .ok()
+                    .and_then(|s| s.parse::<http::uri::Authority>().ok())
+                    .ok_or_else(bad)?,
+                (Some(_), Some(_)) => return Err(bad()),
+            }
+        }
+    };
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return Err(bad());
+    }
+    let value = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| GatewayError::BadRequest("The Host header is malformed."))?;
+    Ok(Some((value, authority.host().to_ascii_lowercase())))
+}
+
+async fn pipeline(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    log: &mut RequestLog,
+) -> Result<Response<Incoming>, GatewayError> {
+    let limits = &snap.config.limits;
+    if header_bytes(&req) > limits.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    // RFC 9112 §6.3: a request with both Content-Length and Transfer-Encoding
+    // reaches us with Content-Length already removed by hyper, which also
+    // closes the client connection after it; the body is forwarded chunked.
+    let (mut parts, body) = req.into_parts();
+    let content_length = match parts.headers.get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(GatewayError::BadRequest("The Content-Length header is malformed."))?,
+        ),
+    };
+
+    // SPEC §3.2-3.4: normalise, strip spoofable headers, route.
+    let host = request_host(&parts.uri, &parts.headers)?;
+    let path = normalize(parts.uri.path()).map_err(GatewayError::BadPath)?;
+    log.path = Some(path.clone());
+    snap.strip.strip(&mut parts.headers);
+    let route_index = match snap
+        .routes
+        .find(host.as_ref().map(|(_, h)| h.as_str()), &parts.method, &path)
+    {
+        Lookup::Found(i) => i,
+        Lookup::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed(allow)),
+        Lookup::NotFound => return Err(GatewayError::NotFound),
+    };
+    let route = snap.routes.get(route_index);
+    log.route = Some(route.name.clone());
+
+    match &route.access {
+        Access::Public => {}
+        // Token validation plugs in here; until a provider can vouch for the
+        // request, a protected route lets nothing through.
+        Access::Protected(_) => return Err(GatewayError::BadRequest("Authentication is not available yet.")),
+    }
+
+    if content_length.is_some_and(|n| n > limits.max_body_bytes) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+
+    // SPEC §3.7: hop-by-hop first, so nothing a client names in `Connection`
+    // can remove what the gateway adds below.
+    let h = &mut parts.headers;
+    headers::remove_hop_by_hop(h);
+    if !snap.config.identity.forward_authorization {
+        h.remove(header::AUTHORIZATION);
+    }
+    headers::set_forwarded(h, conn.peer.ip(), host.as_ref().map(|(v, _)| v));
+    h.insert(X_REQUEST_ID, request_id.clone());
+    let upstream = &snap.upstreams[route.upstream];
+    match &upstream.config.host {
+        HostPolicy::Preserve => match &host {
+            Some((v, _)) => h.insert(header::HOST, v.clone()),
+            None => h.remove(header::HOST),
+        },
+        HostPolicy::Literal(v) => h.insert(header::HOST, v.clone()),
+    };
+
+    let upstream_path = strip_prefix(route.strip_prefix.as_deref(), &path);
+    let path_and_query = match parts.uri.query() {
+        Some(q) => PathAndQuery::try_from(format!("{upstream_path}?{q}")),
+        None => PathAndQuery::try_from(upstream_path.as_ref()),
+    }
+    .map_err(|_| GatewayError::BadPath(crate::routing::normalize::PathError::MalformedEscape))?;
+
+    let tripped = Arc::new(AtomicBool::new(false));
+    let body = ReplayableBody::new(LimitedBody::new(body, limits.max_body_bytes, tripped.clone()));
+    match upstream.send(parts.method, path_and_query, parts.headers, body).await {
+        Ok(resp) => Ok(resp),
+        Err(_) if tripped.load(Ordering::Acquire) => Err(GatewayError::PayloadTooLarge),
+        Err(failure) => {
+            tracing::warn!(upstream = %upstream.config.name, kind = failure.kind(), "upstream request failed");
+            Err(failure.into_gateway_error())
+        }
+    }
+}

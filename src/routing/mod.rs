@@ -1,0 +1,4 @@
+//! From a raw request target to a route: path normalisation and the route table.
+
+pub mod normalize;
+pub mod table;

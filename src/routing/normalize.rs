@@ -1,0 +1,229 @@
+//! Request-path normalisation (SPEC §3.2): the one place that turns the path a
+//! client sent into the path that routing sees and the upstream receives.
+//!
+//! Order matters and is fixed: decode unreserved escapes once, merge repeated
+//! `/`, then remove `.` / `..` segments (RFC 3986 §5.2.4). Anything that could
+//! make the gateway and the upstream disagree about what path was asked for
+//! (an encoded `/` or `\`, control characters, a `..` above the root) is refused
+//! instead of guessed at.
+
+use std::fmt;
+
+/// Why a path was refused. Every variant is answered 400 `invalid_request`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// The path does not start with `/` (e.g. `*` or an empty path).
+    NotAbsolute,
+    /// `%2F` or `%5C`: the upstream might split on it where we did not.
+    EncodedSeparator,
+    /// A raw `\`: some servers treat it as `/`.
+    Backslash,
+    /// A raw or encoded control character (`%00`-`%1F`, `%7F`).
+    ControlCharacter,
+    /// A `%` not followed by two hex digits.
+    MalformedEscape,
+    /// A `..` that would climb above `/`.
+    AboveRoot,
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PathError::NotAbsolute => "the request path must start with '/'",
+            PathError::EncodedSeparator => "the request path contains an encoded '/' or '\\'",
+            PathError::Backslash => "the request path contains a backslash",
+            PathError::ControlCharacter => "the request path contains a control character",
+            PathError::MalformedEscape => "the request path contains a malformed percent-escape",
+            PathError::AboveRoot => "the request path climbs above the root",
+        })
+    }
+}
+
+impl std::error::Error for PathError {}
+
+/// Normalise an origin-form path (without the query string).
+///
+/// The result always starts with `/`; a trailing `/` is kept, because `/a/` and
+/// `/a` are different resources to many upstreams.
+pub fn normalize(raw: &str) -> Result<String, PathError> {
+    let decoded = decode_unreserved(raw)?;
+    remove_dot_segments(&decoded)
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Step 1: decode `%XX` when it names an unreserved character; keep every other
+/// escape (upper-cased, RFC 3986 §6.2.2.1). Decoding happens exactly once, so
+/// `%252e` stays `%252e` rather than becoming `.`.
+fn decode_unreserved(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let (hi, lo) = match (bytes.get(i + 1), bytes.get(i + 2)) {
+                    (Some(&h), Some(&l)) => (h, l),
+                    _ => return Err(PathError::MalformedEscape),
+                };
+                let value = match (hex_value(hi), hex_value(lo)) {
+                    (Some(h), Some(l)) => h << 4 | l,
+                    _ => return Err(PathError::MalformedEscape),
+                };
+                if value == b'/' || value == b'\\' {
+                    return Err(PathError::EncodedSeparator);
+                }
+                if value < 0x20 || value == 0x7f {
+                    return Err(PathError::ControlCharacter);
+                }
+                if is_unreserved(value) {
+                    out.push(value as char);
+                } else {
+                    out.push('%');
+                    out.push(hi.to_ascii_uppercase() as char);
+                    out.push(lo.to_ascii_uppercase() as char);
+                }
+                i += 3;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            _ if b < 0x20 || b == 0x7f => return Err(PathError::ControlCharacter),
+            _ => {
+                // Copy the run of ordinary bytes up to the next special one in one go;
+                // slicing at ASCII bytes always lands on a char boundary.
+                let start = i;
+                while i < bytes.len() && !matches!(bytes[i], b'%' | b'\\') && bytes[i] >= 0x20 && bytes[i] != 0x7f {
+                    i += 1;
+                }
+                out.push_str(&raw[start..i]);
+                continue;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Steps 2 and 3: merge repeated `/` and resolve `.` / `..` with a segment stack.
+fn remove_dot_segments(path: &str) -> Result<String, PathError> {
+    let mut segments: Vec<&str> = Vec::new();
+    // Whether the output ends in `/`: a trailing empty segment, `.` or `..`.
+    let mut trailing_slash = false;
+    for segment in path[1..].split('/') {
+        match segment {
+            "" => trailing_slash = true,
+            "." => trailing_slash = true,
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+                trailing_slash = true;
+            }
+            s => {
+                segments.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing_slash || segments.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_paths() {
+        let cases = [
+            ("/", "/"),
+            ("/api/orders", "/api/orders"),
+            ("/api/orders/", "/api/orders/"),
+            ("//admin", "/admin"),
+            ("/a//b///c", "/a/b/c"),
+            ("/./admin", "/admin"),
+            ("/public/../admin", "/admin"),
+            ("/public/%2e%2e/admin", "/admin"),
+            ("/public/%2E%2E/admin", "/admin"),
+            ("/public/.%2e/admin", "/admin"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/./b/../c", "/a/c"),
+            ("/%41%62c", "/Abc"),
+            ("/%7euser", "/~user"),
+            ("/a%20b", "/a%20b"),
+            ("/a%3fb", "/a%3Fb"),
+            ("/%252e%252e/admin", "/%252e%252e/admin"),
+            ("/%25", "/%25"),
+            ("/a/..", "/"),
+            ("/..a/b..", "/..a/b.."),
+            ("/.../x", "/.../x"),
+            ("/café", "/café"),
+            ("/a;b=c", "/a;b=c"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(normalize(input).as_deref(), Ok(want), "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn refused_paths() {
+        use PathError::*;
+        let cases = [
+            ("", NotAbsolute),
+            ("*", NotAbsolute),
+            ("admin", NotAbsolute),
+            ("/admin%2f", EncodedSeparator),
+            ("/admin%2F..", EncodedSeparator),
+            ("/a%5cb", EncodedSeparator),
+            ("/a%5Cb", EncodedSeparator),
+            ("/a\\b", Backslash),
+            ("/a%00b", ControlCharacter),
+            ("/a%1fb", ControlCharacter),
+            ("/a%7fb", ControlCharacter),
+            ("/a\u{1}b", ControlCharacter),
+            ("/a\tb", ControlCharacter),
+            ("/a\u{7f}", ControlCharacter),
+            ("/a%", MalformedEscape),
+            ("/a%2", MalformedEscape),
+            ("/a%zz", MalformedEscape),
+            ("/a%g1", MalformedEscape),
+            ("/..", AboveRoot),
+            ("/../etc/passwd", AboveRoot),
+            ("/a/../../b", AboveRoot),
+            ("/%2e%2e/x", AboveRoot),
+            ("//..//x", AboveRoot),
+        ];
+        for (input, want) in cases {
+            assert_eq!(normalize(input), Err(want), "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn normalising_twice_changes_nothing() {
+        for input in ["/a//b/./c/../d/", "/%2e/x", "/%252e", "/x%20y/"] {
+            let once = normalize(input).expect("valid");
+            assert_eq!(normalize(&once).as_deref(), Ok(once.as_str()), "input {input:?}");
+        }
+    }
+}

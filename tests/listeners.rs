@@ -1,0 +1,195 @@
+//! TLS settings, the redirect listener and connection limits (SPEC §2 `listen`,
+//! `tls`, `limits`; §3.1).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+fn simple(up: &Upstream, tls_extra: &str, extra: &str) -> String {
+    format!(
+        "{}{extra}upstreams:\n  app:\n    targets: [{}]\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        header(tls_extra),
+        up.url()
+    )
+}
+
+async fn handshake(
+    gw: &TestGateway,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<(), std::io::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(gw.cert.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(portcullis::tls::provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await?;
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_version_is_enforced() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&simple(&up, "", "")).await;
+    handshake(&gw, &[&rustls::version::TLS12])
+        .await
+        .expect("TLS 1.2 allowed by default");
+    handshake(&gw, &[&rustls::version::TLS13])
+        .await
+        .expect("TLS 1.3 allowed");
+
+    let gw13 = TestGateway::start(&simple(&up, "  min_version: \"1.3\"\n", "")).await;
+    assert!(
+        handshake(&gw13, &[&rustls::version::TLS12]).await.is_err(),
+        "TLS 1.2 refused with min_version 1.3"
+    );
+    handshake(&gw13, &[&rustls::version::TLS13])
+        .await
+        .expect("TLS 1.3 allowed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hsts_can_be_customised_or_turned_off() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&simple(&up, "  hsts: \"max-age=60; includeSubDomains\"\n", "")).await;
+    assert_eq!(
+        gw.get("/").await.header("strict-transport-security"),
+        Some("max-age=60; includeSubDomains")
+    );
+    let gw = TestGateway::start(&simple(&up, "  hsts: \"\"\n", "")).await;
+    let r = gw.get("/").await;
+    assert_eq!(r.status, 200);
+    // Off means off, even when the upstream sends its own.
+    assert_eq!(r.header("strict-transport-security"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn self_signed_if_missing_creates_a_certificate() {
+    let up = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "listen:\n  https: 127.0.0.1:0\ntls:\n  cert: made/gw.crt\n  key: made/gw.key\n  self_signed_if_missing: true\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        up.url()
+    );
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let loaded = portcullis::config::Config::load(&path).unwrap();
+    assert!(portcullis::tls::ensure_self_signed(&loaded.config.tls).unwrap());
+    let cert_pem = std::fs::read(dir.path().join("made/gw.crt")).unwrap();
+    let key_meta = std::fs::metadata(dir.path().join("made/gw.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key_meta.permissions()) & 0o077,
+        0,
+        "key is private"
+    );
+    // A second run keeps what is there.
+    assert!(!portcullis::tls::ensure_self_signed(&loaded.config.tls).unwrap());
+    use rustls_pki_types::pem::PemObject;
+    let cert = rustls_pki_types::CertificateDer::from_pem_slice(&cert_pem).unwrap();
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    assert_eq!(
+        gw.get("/").await.status,
+        200,
+        "the created certificate is served and verifies for localhost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_listener_redirects_to_https() {
+    let up = Upstream::start("app").await;
+    let yaml = simple(&up, "", "").replace("  https: 127.0.0.1:0\n", "  https: 127.0.0.1:0\n  http: 127.0.0.1:0\n");
+    let gw = TestGateway::start(&yaml).await;
+    let http = gw.http_addr.expect("http listener");
+    let mut tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    let out = exchange(
+        &mut tcp,
+        b"POST /a/b?x=1&y=%20 HTTP/1.1\r\nHost: example.com:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 308"), "{out}");
+    let want = format!("location: https://example.com:{}/a/b?x=1&y=%20\r\n", gw.addr.port());
+    assert!(out.to_ascii_lowercase().contains(&want), "{out}");
+    assert!(
+        !out.to_ascii_lowercase().contains("strict-transport-security"),
+        "never HSTS over plain HTTP"
+    );
+    assert!(up.requests().is_empty(), "the redirect listener never proxies");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_request_heads_are_cut_off() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&simple(
+        &up,
+        "",
+        "limits:\n  header_read_timeout: 500ms\n  idle_timeout: 30s\n",
+    ))
+    .await;
+    let mut s = gw.raw().await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: local").await.unwrap();
+    let started = std::time::Instant::now();
+    let (_, closed) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "a half-sent head must not hold the connection");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_outlives_header_timeout_but_not_idle_timeout() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&simple(
+        &up,
+        "",
+        "limits:\n  header_read_timeout: 300ms\n  idle_timeout: 1500ms\n",
+    ))
+    .await;
+    let mut c = gw.client(Proto::H1).await;
+    assert_eq!(c.send(req("GET", "/", &[], "")).await.status, 200);
+    // Idle for longer than header_read_timeout: still usable.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(c.send(req("GET", "/", &[], "")).await.status, 200);
+    // Idle past idle_timeout: the gateway closes it.
+    let closed = tokio::time::timeout(Duration::from_secs(5), &mut c.closed).await;
+    assert!(closed.is_ok(), "idle connection not closed");
+
+    let mut c = gw.client(Proto::H2).await;
+    assert_eq!(c.send(req("GET", "/", &[], "")).await.status, 200);
+    let closed = tokio::time::timeout(Duration::from_secs(5), &mut c.closed).await;
+    assert!(closed.is_ok(), "idle HTTP/2 connection not closed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connections_holds_back_extra_clients() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&simple(&up, "", "limits:\n  max_connections: 1\n")).await;
+    let mut first = gw.client(Proto::H1).await;
+    assert_eq!(first.send(req("GET", "/", &[], "")).await.status, 200);
+    // The second connection is not accepted while the first is open.
+    let cert = gw.cert.clone();
+    let addr = gw.addr;
+    let second = tokio::spawn(async move {
+        let mut c = Client::connect(addr, &cert, Proto::H1).await;
+        c.send(req("GET", "/", &[], "")).await.status
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "a second connection was served beyond max_connections"
+    );
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("served once the first closed")
+        .unwrap();
+    assert_eq!(status, 200);
+}

@@ -1,0 +1,441 @@
+//! Proxy core over real sockets: TLS, routing, path normalisation, header
+//! rewriting, streaming and upstream failures (SPEC §3, §4).
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// Two public routes plus a catch-all, in front of one recording upstream.
+fn config(up: &Upstream, extra: &str) -> String {
+    format!(
+        "{}upstreams:\n  app:\n    targets: [{}]\n    request_timeout: 1s\n{extra}routes:\n  - name: orders\n    match: {{ path: /api/orders, methods: [GET, HEAD] }}\n    upstream: app\n    strip_prefix: /api\n    public: true\n  - name: orders-write\n    match: {{ path: /api/orders, methods: [POST] }}\n    upstream: app\n    public: true\n  - name: public\n    match: {{ path: /public }}\n    upstream: app\n    public: true\n  - name: health\n    match: {{ path_exact: /health }}\n    upstream: app\n    public: true\n",
+        header(""),
+        up.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwards_over_http1_and_http2_with_hsts_and_request_id() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        let r = c.send(req("GET", "/public/x?b=2&a=1", &[], "")).await;
+        assert_eq!(r.status, 200, "{proto:?}: {}", r.text());
+        assert_eq!(
+            r.version,
+            if proto == Proto::H1 {
+                http::Version::HTTP_11
+            } else {
+                http::Version::HTTP_2
+            }
+        );
+        assert_eq!(r.text(), "upstream: app");
+        // HSTS replaces the upstream's own; X-Request-Id is always returned.
+        assert_eq!(r.header("strict-transport-security"), Some("max-age=31536000"));
+        let id = r.header("x-request-id").expect("x-request-id");
+        assert!(id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        // The upstream's hop-by-hop headers never reach the client.
+        assert!(r.header("x-upstream-private").is_none());
+        let seen = up.last();
+        assert_eq!(seen.path_and_query, "/public/x?b=2&a=1");
+        assert_eq!(
+            seen.version,
+            http::Version::HTTP_11,
+            "upstream connections are HTTP/1.1"
+        );
+        assert_eq!(seen.headers["x-request-id"], id);
+        assert_eq!(seen.headers["host"], "localhost");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routing_404_405_and_strip_prefix() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let mut c = gw.client(Proto::H1).await;
+
+    let r = c.send(req("GET", "/api/orders/7", &[], "")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().path_and_query, "/orders/7", "strip_prefix /api");
+
+    let r = c.send(req("POST", "/api/orders", &[], "{}")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().path_and_query, "/api/orders", "second route, no strip_prefix");
+    assert_eq!(up.last().body_len, 2);
+
+    let r = c.send(req("DELETE", "/api/orders/7", &[], "")).await;
+    r.assert_error(405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST"));
+
+    let before = up.requests().len();
+    for path in ["/api/ordersX", "/nothing", "/health/x", "/healthz", "/"] {
+        let r = c.send(req("GET", path, &[], "")).await;
+        r.assert_error(404, "not_found");
+        assert_eq!(
+            r.header("strict-transport-security"),
+            Some("max-age=31536000"),
+            "HSTS on errors too"
+        );
+    }
+    assert_eq!(up.requests().len(), before, "refused requests never reach the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_matching_ignores_case_and_port() {
+    let up = Upstream::start("app").await;
+    let yaml = format!(
+        "{}upstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: api\n    match: {{ path: /, host: api.example.com }}\n    upstream: app\n    public: true\n",
+        header(""),
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        let uri = if proto == Proto::H2 {
+            "https://API.Example.com:8443/x"
+        } else {
+            "/x"
+        };
+        let r = c.send(req("GET", uri, &[("host", "API.Example.com:8443")], "")).await;
+        assert_eq!(r.status, 200, "{proto:?}");
+        assert_eq!(up.last().headers["host"], "API.Example.com:8443", "Host preserved");
+        assert_eq!(up.last().headers["x-forwarded-host"], "API.Example.com:8443");
+        let uri = if proto == Proto::H2 {
+            "https://other.example.com/x"
+        } else {
+            "/x"
+        };
+        let r = c.send(req("GET", uri, &[("host", "other.example.com")], "")).await;
+        r.assert_error(404, "not_found");
+    }
+}
+
+/// The route decision and the path the upstream receives always agree.
+#[tokio::test(flavor = "multi_thread")]
+async fn path_bypass_attempts() {
+    let admin = Upstream::start("admin").await;
+    let public = Upstream::start("public").await;
+    let yaml = format!(
+        "{}upstreams:\n  admin:\n    targets: [{}]\n  public:\n    targets: [{}]\nroutes:\n  - name: admin\n    match: {{ path: /admin }}\n    upstream: admin\n    public: true\n  - name: public\n    match: {{ path: /public }}\n    upstream: public\n    public: true\n",
+        header(""),
+        admin.url(),
+        public.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // (request path, expected status, upstream that must get it, path it must see)
+    let cases: &[(&str, u16, Option<&str>, &str)] = &[
+        ("/public/../admin", 200, Some("admin"), "/admin"),
+        ("/public/%2e%2e/admin", 200, Some("admin"), "/admin"),
+        ("/public/%2E%2e/admin/x", 200, Some("admin"), "/admin/x"),
+        ("//admin", 200, Some("admin"), "/admin"),
+        ("/./admin", 200, Some("admin"), "/admin"),
+        ("/public//x", 200, Some("public"), "/public/x"),
+        ("/%70ublic/x", 200, Some("public"), "/public/x"),
+        (
+            "/public/%252e%252e/admin",
+            200,
+            Some("public"),
+            "/public/%252e%252e/admin",
+        ),
+        ("/admin%2f", 400, None, ""),
+        ("/public/..%2fadmin", 400, None, ""),
+        ("/public/%5c../admin", 400, None, ""),
+        ("/public/%5C..%5Cadmin", 400, None, ""),
+        ("/public/%00", 400, None, ""),
+        ("/public/%1b", 400, None, ""),
+        ("/public/%zz", 400, None, ""),
+        ("/public/%", 400, None, ""),
+        ("/..", 400, None, ""),
+        ("/public/../../admin", 400, None, ""),
+    ];
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        for (path, status, upstream, seen_path) in cases {
+            let (a, p) = (admin.requests().len(), public.requests().len());
+            let r = c.send(req("GET", path, &[], "")).await;
+            assert_eq!(r.status.as_u16(), *status, "{proto:?} {path}: {}", r.text());
+            match upstream {
+                Some(name) => {
+                    let up = if *name == "admin" { &admin } else { &public };
+                    assert_eq!(r.text(), format!("upstream: {name}"), "{path}");
+                    assert_eq!(&up.last().path_and_query, seen_path, "{path}");
+                }
+                None => {
+                    r.assert_error(400, "invalid_request");
+                    assert_eq!(
+                        (admin.requests().len(), public.requests().len()),
+                        (a, p),
+                        "{path} reached an upstream"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A raw backslash cannot be sent through a typed client; send it by hand.
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_backslash_is_refused() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let mut s = gw.raw().await;
+    let out = exchange(
+        &mut s,
+        b"GET /public\\..\\admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains(r#""error":"invalid_request""#), "{out}");
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spoofed_identity_and_hop_by_hop_headers_are_stripped() {
+    let up = Upstream::start("app").await;
+    let extra = "identity:\n  strip_incoming: [\"X-Auth-*\", \"X-Internal-*\"]\n  claims:\n    X-User-Email: email\n";
+    let gw = TestGateway::start(&config(&up, extra)).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        let mut headers = vec![
+            ("x-auth-subject", "admin"),
+            ("x_auth_scopes", "everything"),
+            ("X-Internal-Role", "root"),
+            ("x-user-email", "spoof@example.com"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "http"),
+            ("x-request-id", "client-id_1.2"),
+            ("authorization", "Bearer abc"),
+            ("x-keep", "yes"),
+        ];
+        if proto == Proto::H1 {
+            headers.extend([
+                ("connection", "x-drop-me"),
+                ("x-drop-me", "1"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authorization", "Basic x"),
+            ]);
+        }
+        let r = c.send(req("GET", "/public", &headers, "")).await;
+        assert_eq!(r.status, 200, "{proto:?}");
+        assert_eq!(
+            r.header("x-request-id"),
+            Some("client-id_1.2"),
+            "a well-formed id is kept"
+        );
+        let h = up.last().headers;
+        for gone in [
+            "x-auth-subject",
+            "x_auth_scopes",
+            "x-internal-role",
+            "x-user-email",
+            "authorization",
+            "connection",
+            "x-drop-me",
+            "keep-alive",
+            "proxy-authorization",
+        ] {
+            assert!(!h.contains_key(gone), "{proto:?}: {gone} reached the upstream");
+        }
+        assert_eq!(h["x-keep"], "yes");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "localhost");
+        assert_eq!(h["x-request-id"], "client-id_1.2");
+    }
+    // An ill-formed id is replaced.
+    let r = gw
+        .client(Proto::H1)
+        .await
+        .send(req("GET", "/public", &[("x-request-id", "bad id!")], ""))
+        .await;
+    let id = r.header("x-request-id").unwrap().to_string();
+    assert_ne!(id, "bad id!");
+    assert_eq!(up.last().headers["x-request-id"], id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_pooled_and_reused() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let mut h2 = gw.client(Proto::H2).await;
+    let mut h1 = gw.client(Proto::H1).await;
+    for _ in 0..5 {
+        assert_eq!(h2.send(req("GET", "/public", &[], "")).await.status, 200);
+        assert_eq!(h1.send(req("GET", "/public", &[], "")).await.status, 200);
+    }
+    assert_eq!(up.requests().len(), 10);
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one pooled keep-alive upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_header_can_be_set_per_upstream() {
+    let up = Upstream::start("app").await;
+    let yaml = format!(
+        "{}upstreams:\n  app:\n    targets: [{}]\n    host: internal.svc:8080\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        header(""),
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(gw.get("/x").await.status, 200);
+    assert_eq!(up.last().headers["host"], "internal.svc:8080");
+    assert_eq!(up.last().headers["x-forwarded-host"], "localhost");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_stream_both_ways() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, "limits:\n  max_body_bytes: 8388608\n")).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        let big = "y".repeat(5 * 1024 * 1024);
+        let r = c.send(req("POST", "/public/upload", &[], &big)).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(up.last().body_len, big.len());
+        // 20 MiB down: larger than any limit, so it can only have been streamed.
+        let r = c
+            .send(req("GET", "/public/download", &[("x-test", "stream:20971520")], ""))
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), 20 * 1024 * 1024);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_robin_skips_a_refusing_target() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let dead = closed_port().await;
+    let yaml = format!(
+        "{}upstreams:\n  app:\n    targets: [{}, http://{dead}, {}]\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        header(""),
+        a.url(),
+        b.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut c = gw.client(Proto::H1).await;
+    for _ in 0..9 {
+        let r = c.send(req("POST", "/x", &[], "payload")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // The dead target's turns went to the next live one; the body arrived every time.
+    let (na, nb) = (a.requests().len(), b.requests().len());
+    assert_eq!(na + nb, 9);
+    assert!(na >= 3 && nb >= 3, "a={na} b={nb}");
+    assert!(a.requests().iter().chain(b.requests().iter()).all(|s| s.body_len == 7));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_failures_map_to_502_and_504() {
+    let dead = closed_port().await;
+    let up = Upstream::start("app").await;
+    let yaml = format!(
+        "{}upstreams:\n  dead:\n    targets: [http://{dead}]\n    connect_timeout: 500ms\n  app:\n    targets: [{}]\n    request_timeout: 500ms\nroutes:\n  - match: {{ path: /dead }}\n    upstream: dead\n    public: true\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        header(""),
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut c = gw.client(Proto::H1).await;
+    let r = c.send(req("GET", "/dead", &[], "")).await;
+    r.assert_error(502, "bad_gateway");
+    assert!(
+        !r.text().contains("127.0.0.1"),
+        "no internal address in errors: {}",
+        r.text()
+    );
+    c.send(req("GET", "/x", &[("x-test", "reset")], ""))
+        .await
+        .assert_error(502, "bad_gateway");
+    let r = c.send(req("GET", "/x", &[("x-test", "slow")], "")).await;
+    r.assert_error(504, "gateway_timeout");
+    assert!(r.header("x-request-id").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn body_and_header_limits() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(
+        &up,
+        "limits:\n  max_body_bytes: 1000\n  max_header_bytes: 2048\n",
+    ))
+    .await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        let r = c.send(req("POST", "/public", &[], &"z".repeat(1000))).await;
+        assert_eq!(r.status, 200, "exactly the limit passes");
+        let before = up.requests().len();
+        c.send(req("POST", "/public", &[], &"z".repeat(1001)))
+            .await
+            .assert_error(413, "payload_too_large");
+        assert_eq!(
+            up.requests().len(),
+            before,
+            "a Content-Length over the limit is refused before forwarding"
+        );
+
+        let mut c = gw.client(proto).await;
+        let r = c.send(req("GET", "/public", &[("x-big", &"h".repeat(3000))], "")).await;
+        r.assert_error(431, "request_header_fields_too_large");
+    }
+    // A chunked body (no Content-Length) is cut while it streams.
+    let mut s = gw.raw().await;
+    let mut msg = b"POST /public HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        msg.extend_from_slice(b"200\r\n");
+        msg.extend_from_slice(&[b'q'; 0x200]);
+        msg.extend_from_slice(b"\r\n");
+    }
+    msg.extend_from_slice(b"0\r\n\r\n");
+    let out = exchange(&mut s, &msg).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("payload_too_large"), "{out}");
+}
+
+/// RFC 9112 §6.3: Content-Length with Transfer-Encoding can never smuggle a
+/// second request to the upstream, and the client connection is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn content_length_with_transfer_encoding_cannot_smuggle() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let attacks: [&[u8]; 2] = [
+        b"POST /public HTTP/1.1\r\nHost: localhost\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"POST /public HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5c\r\nGPOST /admin HTTP/1.1\r\n\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    ];
+    for attack in attacks {
+        let before = up.requests().len();
+        let mut s = gw.raw().await;
+        s.write_all(attack).await.unwrap();
+        let (out, closed) = read_to_close(&mut s, Duration::from_secs(5)).await;
+        assert!(closed, "the gateway must close the connection: {out}");
+        assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "exactly one response: {out}");
+        let after = up.requests();
+        assert!(
+            after.len() - before <= 1,
+            "the upstream saw {} requests",
+            after.len() - before
+        );
+        assert!(
+            after[before..].iter().all(|s| s.path_and_query == "/public"),
+            "{:?}",
+            after
+        );
+    }
+}
+
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_on_the_https_port_is_refused() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let out = exchange(&mut tcp, b"GET /public HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(!out.contains("HTTP/1.1 200"), "{out}");
+    assert!(up.requests().is_empty());
+}

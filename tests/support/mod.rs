@@ -1,0 +1,440 @@
+//! Test harness: a recording upstream, a gateway started in-process on
+//! ephemeral loopback ports with a freshly generated certificate, and HTTP/1.1,
+//! HTTP/2 and raw-TLS clients that trust that certificate.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use portcullis::server::Running;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+    pub conn_id: usize,
+}
+
+/// A plain-HTTP/1.1 upstream on loopback that records every request and answers
+/// `200` with `upstream: <name>`. The request header `x-test` selects other
+/// behaviour: `slow` (sleep 3 s), `reset` (close without answering),
+/// `stream:N` (a chunked body of N bytes), `status:NNN`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (s, c, n) = (seen.clone(), connections.clone(), name.to_string());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let conn_id = c.fetch_add(1, Ordering::SeqCst) + 1;
+                let (s, n) = (s.clone(), n.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| upstream_answer(req, s.clone(), n.clone(), conn_id));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            name: name.to_string(),
+            seen,
+            connections,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests().pop().expect("the upstream received no request")
+    }
+}
+
+type UpBody = http_body_util::Either<Full<Bytes>, Chunks>;
+
+async fn upstream_answer(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    name: String,
+    conn_id: usize,
+) -> Result<Response<UpBody>, std::io::Error> {
+    let behaviour = req
+        .headers()
+        .get("x-test")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let method = req.method().to_string();
+    let path_and_query = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let version = req.version();
+    let headers = req.headers().clone();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Seen {
+        method,
+        path_and_query,
+        version,
+        headers,
+        body_len: body.len(),
+        conn_id,
+    });
+    if behaviour == "slow" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if behaviour == "reset" {
+        return Err(std::io::Error::other("reset on purpose"));
+    }
+    if let Some(n) = behaviour.strip_prefix("stream:") {
+        let n: usize = n.parse().unwrap();
+        return Ok(Response::new(http_body_util::Either::Right(Chunks { left: n })));
+    }
+    let mut resp = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(format!(
+        "upstream: {name}"
+    )))));
+    if let Some(code) = behaviour.strip_prefix("status:") {
+        *resp.status_mut() = StatusCode::from_u16(code.parse().unwrap()).unwrap();
+    }
+    resp.headers_mut()
+        .insert("connection", "x-upstream-private".parse().unwrap());
+    resp.headers_mut().insert("x-upstream-private", "1".parse().unwrap());
+    resp.headers_mut()
+        .insert("strict-transport-security", "max-age=1".parse().unwrap());
+    Ok(resp)
+}
+
+/// A body of `left` bytes sent in 16 KiB chunks with no Content-Length.
+pub struct Chunks {
+    pub left: usize,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(16 * 1024);
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n])))))
+    }
+}
+
+/// A gateway running in this test process on ephemeral loopback ports.
+pub struct TestGateway {
+    pub dir: tempfile::TempDir,
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    pub cert: CertificateDer<'static>,
+    pub config_path: PathBuf,
+}
+
+/// The `listen` and `tls` sections every test config starts with.
+pub fn header(extra_tls: &str) -> String {
+    format!("listen:\n  https: 127.0.0.1:0\ntls:\n  cert: cert.pem\n  key: key.pem\n{extra_tls}")
+}
+
+/// Write a fresh self-signed certificate for localhost / 127.0.0.1 into `dir`.
+pub fn write_cert(dir: &Path) -> CertificateDer<'static> {
+    let hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let (cert, key) = portcullis::tls::self_signed(&hosts).unwrap();
+    std::fs::write(dir.join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.join("key.pem"), &key).unwrap();
+    CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()
+}
+
+impl TestGateway {
+    /// Start a gateway from full YAML text (relative paths resolve in a fresh temp dir,
+    /// where `cert.pem` / `key.pem` already exist).
+    pub async fn start(yaml: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = write_cert(dir.path());
+        Self::start_in(dir, cert, yaml).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, cert: CertificateDer<'static>, yaml: &str) -> TestGateway {
+        let config_path = dir.path().join("gateway.yaml");
+        std::fs::write(&config_path, yaml).unwrap();
+        let (snapshot, _warnings) =
+            portcullis::load(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let running = portcullis::server::start(snapshot).await.unwrap();
+        let (addr, http_addr) = (running.https_addr, running.http_addr);
+        TestGateway {
+            dir,
+            running: Some(running),
+            addr,
+            http_addr,
+            cert,
+            config_path,
+        }
+    }
+
+    pub async fn client(&self, proto: Proto) -> Client {
+        Client::connect(self.addr, &self.cert, proto).await
+    }
+
+    /// One request on a fresh HTTP/1.1 connection.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.client(Proto::H1)
+            .await
+            .send(Request::get(path).body(Full::default()).unwrap())
+            .await
+    }
+
+    pub async fn raw(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        raw_tls(self.addr, &self.cert, &[b"http/1.1"]).await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            // Not awaited: closing the listeners is enough for a test that ends.
+            tokio::spawn(r.shutdown(Duration::from_millis(10)));
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    H1,
+    H2,
+}
+
+pub fn tls_client_config(cert: &CertificateDer<'static>, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(portcullis::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+pub async fn raw_tls(
+    addr: SocketAddr,
+    cert: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(cert, alpn)));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Write `bytes`, then read until the peer closes (or 5 s pass).
+pub async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> String {
+    stream.write_all(bytes).await.unwrap();
+    read_to_close(stream, Duration::from_secs(5)).await.0
+}
+
+/// Read until EOF; returns what was read and whether EOF came before `limit`.
+pub async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+        }
+    }
+}
+
+/// A response with its body read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// Assert a gateway-made JSON error of SPEC §4.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let v = self.json();
+        assert_eq!(v["error"], code, "body: {}", self.text());
+        assert!(v["error_description"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+/// One client connection to the gateway, HTTP/1.1 or HTTP/2 by ALPN.
+pub struct Client {
+    sender: Sender,
+    pub closed: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, cert: &CertificateDer<'static>, proto: Proto) -> Client {
+        let alpn: &[&[u8]] = match proto {
+            Proto::H1 => &[b"http/1.1"],
+            Proto::H2 => &[b"h2"],
+        };
+        let tls = raw_tls(addr, cert, alpn).await;
+        let io = TokioIo::new(tls);
+        let (tx, closed) = tokio::sync::oneshot::channel();
+        let sender = match proto {
+            Proto::H1 => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    let _ = tx.send(());
+                });
+                Sender::H1(sender)
+            }
+            Proto::H2 => {
+                let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    let _ = tx.send(());
+                });
+                Sender::H2(sender)
+            }
+        };
+        Client { sender, closed }
+    }
+
+    /// Send a request whose URI is a path; Host / :authority is `localhost`
+    /// unless the request sets its own.
+    pub async fn send(&mut self, mut req: Request<Full<Bytes>>) -> Reply {
+        self.try_send(&mut req).await.unwrap()
+    }
+
+    pub async fn try_send(&mut self, req: &mut Request<Full<Bytes>>) -> Result<Reply, hyper::Error> {
+        let req = std::mem::take(req);
+        let resp = match &mut self.sender {
+            Sender::H1(s) => {
+                let mut req = req;
+                if !req.headers().contains_key("host") {
+                    req.headers_mut().insert("host", "localhost".parse().unwrap());
+                }
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+            Sender::H2(s) => {
+                let (mut parts, body) = req.into_parts();
+                if parts.uri.authority().is_none() {
+                    let pq = parts
+                        .uri
+                        .path_and_query()
+                        .map(|p| p.as_str())
+                        .unwrap_or("/")
+                        .to_string();
+                    parts.uri = format!("https://localhost{pq}").parse().unwrap();
+                }
+                s.ready().await?;
+                s.send_request(Request::from_parts(parts, body)).await?
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            version: parts.version,
+        })
+    }
+}
+
+/// A request builder shortcut: `req("GET", "/x", &[("h", "v")], "")`.
+pub fn req(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Request<Full<Bytes>> {
+    let mut b = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+/// A loopback port with nothing listening on it (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
