@@ -571,9 +571,11 @@ fn validate_route(
     };
     let access = match (raw.auth, raw.public) {
         (Some(_), true) => return Err(ctx.err(format!("{at}: has both `auth` and `public: true`; choose one"))),
-        (None, false) => return Err(ctx.err(format!(
+        (None, false) => {
+            return Err(ctx.err(format!(
             "{at}: declares neither `auth:` nor `public: true`; routes are denied by default, say which one you mean"
-        ))),
+        )))
+        }
         (None, true) => Access::Public,
         (Some(auth), false) => Access::Protected(validate_auth(ctx, &at, auth, providers)?),
     };

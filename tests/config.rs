@@ -1,0 +1,240 @@
+//! Configuration validation (SPEC §2) and `portcullis check` (SPEC §1).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use portcullis::config::{Config, ConfigError, Loaded};
+
+const BASE: &str = "listen:\n  https: 127.0.0.1:8443\ntls:\n  cert: cert.pem\n  key: key.pem\n";
+
+fn dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let (cert, key) = portcullis::tls::self_signed(&["localhost".into()]).unwrap();
+    std::fs::write(d.path().join("cert.pem"), cert).unwrap();
+    std::fs::write(d.path().join("key.pem"), key).unwrap();
+    std::fs::write(d.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
+    d
+}
+
+fn load(d: &Path, yaml: &str) -> Result<Loaded, ConfigError> {
+    Config::from_yaml(yaml, &d.join("gateway.yaml"))
+}
+
+fn err(yaml: &str) -> ConfigError {
+    let d = dir();
+    load(d.path(), yaml).expect_err("config should be refused")
+}
+
+fn with(providers: &str, routes: &str) -> String {
+    format!("{BASE}providers:\n{providers}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\nroutes:\n{routes}")
+}
+
+const PUBLIC_ROUTE: &str = "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n";
+const FILE_PROVIDER: &str =
+    "  corp:\n    issuer: https://id.example.com/\n    audiences: [api]\n    jwks_file: jwks.json\n";
+
+#[test]
+fn a_full_config_loads() {
+    let d = dir();
+    let yaml = with(
+        FILE_PROVIDER,
+        "  - name: read\n    match: { path: /api/, methods: [get, HEAD], host: API.example.com:443 }\n    upstream: app\n    strip_prefix: /api\n    auth:\n      scopes: [orders:read]\n  - name: h\n    match: { path_exact: /health }\n    upstream: app\n    public: true\n",
+    );
+    let loaded = load(d.path(), &yaml).unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes[0].host.as_deref(), Some("api.example.com"));
+    assert_eq!(c.routes[0].methods.as_ref().unwrap().len(), 2);
+    assert_eq!(c.routes[0].path, portcullis::config::PathMatch::Prefix("/api".into()));
+    assert_eq!(c.limits.max_body_bytes, 10 * 1024 * 1024, "defaults apply");
+    // Relative paths resolve against the config file's directory.
+    assert_eq!(c.tls.cert, d.path().join("cert.pem"));
+    assert_eq!(
+        c.providers[0].keys,
+        portcullis::config::KeySource::JwksFile(d.path().join("jwks.json"))
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn yaml_and_schema_errors_carry_line_and_column() {
+    let e = err(&format!(
+        "{BASE}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\n    conect_timeout: 2s\nroutes: []\n"
+    ));
+    assert_eq!(e.position.map(|p| p.0), Some(9), "{e}");
+    assert!(e.message.contains("unknown field `conect_timeout`"), "{e}");
+    let shown = e.to_string();
+    assert!(shown.contains("gateway.yaml:9:"), "{shown}");
+
+    let e = err(&format!(
+        "{BASE}limits:\n  idle_timeout: 30x\n{}",
+        &with("", PUBLIC_ROUTE)[BASE.len()..]
+    ));
+    assert_eq!(e.position.map(|p| p.0), Some(7), "{e}");
+    assert!(e.message.contains("invalid duration"), "{e}");
+
+    let e = err("listen: [\n");
+    assert!(e.position.is_some(), "{e}");
+
+    let e = err(&with("", PUBLIC_ROUTE).replace("127.0.0.1:8443", "localhost"));
+    assert!(e.message.contains("invalid listen address"), "{e}");
+}
+
+#[test]
+fn validation_rules() {
+    let cases: Vec<(String, &str)> = vec![
+        (with("", "  - match: { path: / }\n    upstream: app\n"), "neither `auth:` nor `public: true`"),
+        (with(FILE_PROVIDER, "  - match: { path: / }\n    upstream: app\n    public: true\n    auth: {}\n"), "both `auth` and `public: true`"),
+        (with("", "  - match: { path: / }\n    upstream: nope\n    public: true\n"), "no upstream named \"nope\""),
+        (with(FILE_PROVIDER, "  - match: { path: / }\n    upstream: app\n    auth: { providers: [other] }\n"), "no provider named \"other\""),
+        (with("", "  - match: { path: / }\n    upstream: app\n    auth: {}\n"), "no providers are configured"),
+        (with("  p:\n    issuer: https://a/\n", PUBLIC_ROUTE), "no key source"),
+        (with("  p:\n    issuer: https://a/\n    jwks_file: jwks.json\n    jwks_uri: https://a/jwks\n", PUBLIC_ROUTE), "more than one key source"),
+        (with("  p:\n    issuer: https://a/\n    jwks_file: jwks.json\n    algorithms: [RS256, none]\n", PUBLIC_ROUTE), "`none` is never allowed"),
+        (with("  p:\n    issuer: https://a/\n    jwks_file: jwks.json\n    algorithms: [NONE]\n", PUBLIC_ROUTE), "`none` is never allowed"),
+        (with("  p:\n    issuer: https://a/\n    jwks_file: jwks.json\n    algorithms: [RS256, HS256]\n", PUBLIC_ROUTE), "mixes HMAC"),
+        (with("  p:\n    issuer: https://a/\n    jwks_file: jwks.json\n    algorithms: [HS256]\n", PUBLIC_ROUTE), "does not fit the key source"),
+        (with("  p:\n    issuer: https://a/\n    jwks_file: jwks.json\n    algorithms: [XX999]\n", PUBLIC_ROUTE), "unknown algorithm"),
+        (with("  a:\n    jwks_file: jwks.json\n  b:\n    jwks_file: jwks.json\n", PUBLIC_ROUTE), "only one provider may leave out `issuer`"),
+        (with("  a:\n    issuer: https://a/\n    jwks_file: jwks.json\n  b:\n    issuer: https://a/\n    jwks_file: jwks.json\n", PUBLIC_ROUTE), "cannot share an issuer"),
+        (with("  a:\n    issuer: https://a/\n    jwks_file: missing.json\n", PUBLIC_ROUTE), "missing.json"),
+        (with("  a:\n    secret_env: PORTCULLIS_TEST_SURELY_UNSET\n", PUBLIC_ROUTE), "PORTCULLIS_TEST_SURELY_UNSET is not set"),
+        (with("  a:\n    issuer: https://a/\n    jwks_uri: http://keys.example.com/jwks\n", PUBLIC_ROUTE), "plain http"),
+        (with("  a:\n    discovery: true\n", PUBLIC_ROUTE), "discovery needs an `issuer`"),
+        (with("", "  - match: { path: /a, path_exact: /a }\n    upstream: app\n    public: true\n"), "exactly one of `path`"),
+        (with("", "  - match: { path: /a/../b }\n    upstream: app\n    public: true\n"), "not in normal form"),
+        (with("", "  - match: { path: /a }\n    upstream: app\n    strip_prefix: /b\n    public: true\n"), "is not a leading part"),
+        (with("", "  - match: { path: /a, methods: [\"G T\"] }\n    upstream: app\n    public: true\n"), "not an HTTP method"),
+        (with("", "  - name: x\n    match: { path: /a }\n    upstream: app\n    public: true\n  - name: x\n    match: { path: /b }\n    upstream: app\n    public: true\n"), "used twice"),
+        (format!("{BASE}upstreams:\n  app:\n    targets: []\nroutes:\n{PUBLIC_ROUTE}"), "the list is empty"),
+        (format!("{BASE}upstreams:\n  app:\n    targets: [ftp://x:1]\nroutes:\n{PUBLIC_ROUTE}"), "not a valid target"),
+        (format!("{BASE}upstreams:\n  app:\n    targets: [http://x:1/base]\nroutes:\n{PUBLIC_ROUTE}"), "has a path"),
+        (format!("{BASE}identity:\n  subject_header: Authorization\nupstreams:\n  app:\n    targets: [http://x:1]\nroutes:\n{PUBLIC_ROUTE}"), "controls"),
+        (format!("{BASE}upstreams:\n  app:\n    targets: [http://x:1]\nroutes: []\n"), "no routes"),
+        (format!("listen:\n  https: 127.0.0.1:8443\n  http: 127.0.0.1:8443\n{}", &with("", PUBLIC_ROUTE)["listen:\n  https: 127.0.0.1:8443\n".len()..]), "already used"),
+    ];
+    for (yaml, want) in cases {
+        let e = err(&yaml);
+        assert!(e.message.contains(want), "wanted {want:?}, got: {e}\n--- yaml:\n{yaml}");
+    }
+}
+
+#[test]
+fn warnings_for_shadowed_routes_plain_http_keys_and_missing_audiences() {
+    let d = dir();
+    let yaml = with(
+        "  a:\n    issuer: http://127.0.0.1:5556/\n    jwks_uri: http://127.0.0.1:5556/keys\n",
+        "  - name: all-api\n    match: { path: /api }\n    upstream: app\n    public: true\n  - name: orders\n    match: { path: /api/orders, methods: [GET] }\n    upstream: app\n    public: true\n  - name: get-only\n    match: { path: /x, methods: [GET] }\n    upstream: app\n    public: true\n  - name: any-x\n    match: { path_exact: /x/y }\n    upstream: app\n    public: true\n",
+    );
+    let w = load(d.path(), &yaml).unwrap().warnings.join("\n");
+    assert!(
+        w.contains("\"orders\" can never match") && w.contains("\"all-api\""),
+        "{w}"
+    );
+    assert!(
+        !w.contains("\"any-x\" can never match"),
+        "a route with more methods is not shadowed: {w}"
+    );
+    assert!(w.contains("plain http"), "{w}");
+    assert!(w.contains("no `audiences`"), "{w}");
+}
+
+fn portcullis(args: &[&str], dir: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PORTCULLIS_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn check_command() {
+    let d = dir();
+    let good = with(
+        FILE_PROVIDER,
+        "  - name: orders\n    match: { path: /api/orders }\n    upstream: app\n    auth: { scopes: [orders:read] }\n",
+    );
+    std::fs::write(d.path().join("gateway.yaml"), &good).unwrap();
+    let (code, out, err) = portcullis(&["check"], d.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("orders") && out.contains("/api/orders") && out.contains("orders:read"),
+        "{out}"
+    );
+
+    let bad_path: PathBuf = d.path().join("bad.yaml");
+    std::fs::write(&bad_path, good.replace("upstream: app", "upstream: app\n    bogus: 1")).unwrap();
+    let (code, out, err) = portcullis(&["check", "-c", "bad.yaml"], d.path());
+    assert_eq!(code, 1, "{out}{err}");
+    let line = err.lines().next().unwrap_or_default();
+    assert!(
+        line.starts_with("bad.yaml:") && line.contains("unknown field `bogus`"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let (code, _, err) = portcullis(&["check", "-c", "nope.yaml"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("nope.yaml") && err.contains("cannot read"), "{err}");
+
+    let (code, _, err) = portcullis(&["check", "--frobnicate"], d.path());
+    assert_eq!(code, 2);
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // PORTCULLIS_CONFIG is the default when -c is absent.
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check"])
+        .current_dir(std::env::temp_dir())
+        .env("PORTCULLIS_CONFIG", d.path().join("gateway.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn run_with_a_bad_config_exits_1_with_one_line() {
+    let d = dir();
+    std::fs::write(
+        d.path().join("gateway.yaml"),
+        with("", "  - match: { path: / }\n    upstream: app\n"),
+    )
+    .unwrap();
+    let (code, _, err) = portcullis(&["run", "-c", "gateway.yaml"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("neither `auth:` nor `public: true`"), "{err}");
+}
+
+#[test]
+fn the_reference_config_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let loaded = Config::load(&root.join("gateway.yaml")).expect("gateway.yaml is valid");
+    assert!(loaded.config.routes.len() >= 3);
+    let (code, out, err) = portcullis(&["check", "-c", "gateway.yaml"], root);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn certs_command_writes_a_usable_pair() {
+    let d = tempfile::tempdir().unwrap();
+    let (code, out, err) = portcullis(
+        &["certs", "--out", "out", "--host", "gw.test", "--host", "10.0.0.1"],
+        d.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let tls = portcullis::config::Tls {
+        cert: d.path().join("out/gateway.crt"),
+        key: d.path().join("out/gateway.key"),
+        min_version: portcullis::config::TlsVersion::Tls12,
+        hsts: None,
+        self_signed_if_missing: false,
+    };
+    portcullis::tls::server_config(&tls).expect("the written pair loads");
+}
