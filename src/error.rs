@@ -2,10 +2,11 @@
 //! exhaustive mapping to status, JSON body and extra headers.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
+use crate::auth::token::Rejection;
 use crate::routing::normalize::PathError;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +16,15 @@ pub enum GatewayError {
     /// A malformed request; the description is fixed text, never client input.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("no bearer token on a protected route")]
+    MissingToken,
+    #[error("invalid token: {}", .0.reason())]
+    InvalidToken(Rejection),
+    /// The value for the `scope` attribute of `WWW-Authenticate`.
+    #[error("insufficient scope: needs {0}")]
+    InsufficientScope(String),
+    #[error("the provider's keys are not available yet")]
+    KeysUnavailable,
     #[error("no route matches the request path")]
     NotFound,
     #[error("the route does not allow this method")]
@@ -35,6 +45,9 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadPath(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::MissingToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            GatewayError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -49,6 +62,15 @@ impl GatewayError {
         match self {
             GatewayError::BadPath(e) => ("invalid_request", path_description(*e)),
             GatewayError::BadRequest(why) => ("invalid_request", why),
+            GatewayError::MissingToken => ("unauthorized", "A bearer token is required."),
+            GatewayError::InvalidToken(r) => ("invalid_token", r.description()),
+            GatewayError::InsufficientScope(_) => {
+                ("insufficient_scope", "The token lacks a scope this route requires.")
+            }
+            GatewayError::KeysUnavailable => (
+                "temporarily_unavailable",
+                "The token issuer's keys are not available yet; retry shortly.",
+            ),
             GatewayError::NotFound => ("not_found", "No route matches the request path."),
             GatewayError::MethodNotAllowed(_) => (
                 "method_not_allowed",
@@ -79,6 +101,22 @@ impl GatewayError {
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let (code, description) = self.code_and_description();
         let mut resp = json_response(self.status(), code, description);
+        let challenge = match &self {
+            // RFC 6750 §3.1: no error attribute when the request had no token.
+            GatewayError::MissingToken => Some(r#"Bearer realm="portcullis""#.to_string()),
+            GatewayError::InvalidToken(_) => Some(format!(
+                r#"Bearer realm="portcullis", error="invalid_token", error_description="{}""#,
+                description.trim_end_matches('.')
+            )),
+            // Scope tokens never contain `"` or `\` (checked at config load).
+            GatewayError::InsufficientScope(scope) => Some(format!(
+                r#"Bearer realm="portcullis", error="insufficient_scope", scope="{scope}""#
+            )),
+            _ => None,
+        };
+        if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            resp.headers_mut().insert(WWW_AUTHENTICATE, v);
+        }
         if let GatewayError::MethodNotAllowed(allow) = self {
             resp.headers_mut().insert(ALLOW, allow);
         }
@@ -116,6 +154,10 @@ mod tests {
         let cases = [
             (GatewayError::BadPath(PathError::AboveRoot), 400, "invalid_request"),
             (GatewayError::BadRequest("x"), 400, "invalid_request"),
+            (GatewayError::MissingToken, 401, "unauthorized"),
+            (GatewayError::InvalidToken(Rejection::Expired), 401, "invalid_token"),
+            (GatewayError::InsufficientScope("a".into()), 403, "insufficient_scope"),
+            (GatewayError::KeysUnavailable, 503, "temporarily_unavailable"),
             (GatewayError::NotFound, 404, "not_found"),
             (
                 GatewayError::MethodNotAllowed(HeaderValue::from_static("GET")),
@@ -131,6 +173,21 @@ mod tests {
             assert_eq!(err.status().as_u16(), status, "{err}");
             assert_eq!(err.kind(), code);
         }
+    }
+
+    #[test]
+    fn bearer_challenges() {
+        let h = |e: GatewayError| e.into_response().headers().get(WWW_AUTHENTICATE).cloned();
+        assert_eq!(h(GatewayError::MissingToken).unwrap(), r#"Bearer realm="portcullis""#);
+        assert_eq!(
+            h(GatewayError::InvalidToken(Rejection::Expired)).unwrap(),
+            r#"Bearer realm="portcullis", error="invalid_token", error_description="The token has expired""#
+        );
+        assert_eq!(
+            h(GatewayError::InsufficientScope("a b".into())).unwrap(),
+            r#"Bearer realm="portcullis", error="insufficient_scope", scope="a b""#
+        );
+        assert_eq!(h(GatewayError::NotFound), None);
     }
 
     #[tokio::test]

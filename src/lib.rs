@@ -1,8 +1,10 @@
 //! Portcullis: a TLS-terminating API gateway. `run` is the whole life of the
 //! process: load the configuration, bind, serve, and react to signals.
 
+pub mod auth;
 pub mod config;
 pub mod error;
+pub mod mint;
 pub mod proxy;
 pub mod redirect;
 pub mod routing;

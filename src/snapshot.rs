@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 
+use crate::auth::ProviderState;
 use crate::config::{Config, ConfigError};
 use crate::proxy::forward::{SharedPool, UpstreamPool};
-use crate::proxy::headers::StripRules;
+use crate::proxy::headers::{IdentityHeaders, StripRules};
 use crate::routing::table::RouteTable;
 
 #[derive(Debug)]
@@ -17,12 +18,16 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// Indexed like `config.upstreams`.
     pub upstreams: Vec<SharedPool>,
+    /// Indexed like `config.providers`.
+    pub providers: Vec<Arc<ProviderState>>,
     pub strip: StripRules,
+    pub identity: IdentityHeaders,
 }
 
 impl Snapshot {
-    /// Read and parse everything the configuration names. Upstream pools whose
-    /// configuration is unchanged from `previous` are carried over.
+    /// Read and parse everything the configuration names. Upstream pools and
+    /// provider key stores whose configuration is unchanged from `previous` are
+    /// carried over.
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
         let fail = |message: String| ConfigError {
             file: config.source.clone(),
@@ -39,17 +44,34 @@ impl Snapshot {
             };
             upstreams.push(pool);
         }
+        let mut providers = Vec::with_capacity(config.providers.len());
+        for p in &config.providers {
+            // Local key files are re-read on every build (they may have changed
+            // on disk); a remote provider keeps the keys it has fetched.
+            let reused = previous
+                .and_then(|prev| prev.providers.iter().find(|old| old.config == *p))
+                .filter(|old| old.config.keys.is_remote())
+                .cloned();
+            let state = match reused {
+                Some(state) => state,
+                None => Arc::new(ProviderState::new(p.clone()).map_err(fail)?),
+            };
+            providers.push(state);
+        }
         let identity = &config.identity;
         let mut identity_names = vec![&identity.subject_header, &identity.scopes_header];
         identity_names.extend(identity.claims.iter().map(|(h, _)| h));
         let strip = StripRules::new(identity.strip_incoming.clone(), &identity_names);
+        let identity = IdentityHeaders::new(identity);
         let routes = RouteTable::new(config.routes.clone());
         Ok(Snapshot {
             config,
             tls,
             routes,
             upstreams,
+            providers,
             strip,
+            identity,
         })
     }
 }

@@ -89,6 +89,11 @@ impl KeySource {
     pub fn is_hmac(&self) -> bool {
         matches!(self, KeySource::SecretEnv(_) | KeySource::SecretFile(_))
     }
+
+    /// Keys fetched over the network, rather than read from disk or the environment.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, KeySource::Discovery | KeySource::JwksUri(_))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -62,6 +62,58 @@ impl StripRules {
     }
 }
 
+/// The identity headers set on authenticated requests (SPEC §2 `identity`).
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    subject: HeaderName,
+    scopes: HeaderName,
+    claims: Vec<(HeaderName, String)>,
+}
+
+impl IdentityHeaders {
+    pub fn new(config: &crate::config::Identity) -> Self {
+        IdentityHeaders {
+            subject: config.subject_header.clone(),
+            scopes: config.scopes_header.clone(),
+            claims: config.claims.clone(),
+        }
+    }
+
+    /// Set the identity headers from verified claims. A claim that is absent is
+    /// left out; a value that cannot travel safely in a header (control
+    /// characters, newlines) is left out rather than forwarded raw.
+    pub fn apply(&self, headers: &mut HeaderMap, identity: &crate::auth::Identity) {
+        if let Some(v) = identity.subject.as_ref().and_then(claim_value) {
+            headers.insert(self.subject.clone(), v);
+        }
+        // Scope tokens were filtered to printable ASCII when collected.
+        if let Ok(v) = HeaderValue::from_str(&identity.scopes.join(" ")) {
+            headers.insert(self.scopes.clone(), v);
+        }
+        for (name, claim) in &self.claims {
+            match identity.claims.get(claim).and_then(claim_value) {
+                Some(v) => headers.insert(name.clone(), v),
+                None => headers.remove(name),
+            };
+        }
+    }
+}
+
+/// A claim as a header value: strings as they are, anything else as compact
+/// JSON (which escapes control characters itself).
+fn claim_value(v: &serde_json::Value) -> Option<HeaderValue> {
+    let text = match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => return None,
+        other => other.to_string(),
+    };
+    if text.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        tracing::debug!("identity claim value has control characters; header left out");
+        return None;
+    }
+    HeaderValue::from_str(&text).ok()
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -252,6 +304,20 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
+    }
+
+    #[test]
+    fn identity_values() {
+        use serde_json::json;
+        assert_eq!(claim_value(&json!("alice")).unwrap(), "alice");
+        assert_eq!(claim_value(&json!(42)).unwrap(), "42");
+        assert_eq!(claim_value(&json!({"a": [1, "b"]})).unwrap(), r#"{"a":[1,"b"]}"#);
+        assert!(claim_value(&json!("line\nbreak")).is_none());
+        assert!(claim_value(&json!("evil\r\nX-Injected: 1")).is_none());
+        assert!(claim_value(&json!("nul\u{0}")).is_none());
+        assert!(claim_value(&json!(null)).is_none());
+        // Newlines inside non-string claims are escaped by JSON, so they are safe.
+        assert_eq!(claim_value(&json!(["a\nb"])).unwrap(), r#"["a\nb"]"#);
     }
 
     #[test]

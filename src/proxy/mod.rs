@@ -167,12 +167,18 @@ async fn pipeline(
     let route = snap.routes.get(route_index);
     log.route = Some(route.name.clone());
 
-    match &route.access {
-        Access::Public => {}
-        // Token validation plugs in here; until a provider can vouch for the
-        // request, a protected route lets nothing through.
-        Access::Protected(_) => return Err(GatewayError::BadRequest("Authentication is not available yet.")),
-    }
+    // SPEC §3.5-3.6: authenticate and authorise before anything is sent on.
+    let identity = match &route.access {
+        Access::Public => None,
+        Access::Protected(rule) => {
+            let identity = crate::auth::authenticate(&snap.providers, rule, &parts.headers)?;
+            log.subject = identity
+                .subject
+                .as_ref()
+                .map(|s| s.as_str().map_or_else(|| s.to_string(), str::to_string));
+            Some(identity)
+        }
+    };
 
     if content_length.is_some_and(|n| n > limits.max_body_bytes) {
         return Err(GatewayError::PayloadTooLarge);
@@ -184,6 +190,9 @@ async fn pipeline(
     headers::remove_hop_by_hop(h);
     if !snap.config.identity.forward_authorization {
         h.remove(header::AUTHORIZATION);
+    }
+    if let Some(identity) = &identity {
+        snap.identity.apply(h, identity);
     }
     headers::set_forwarded(h, conn.peer.ip(), host.as_ref().map(|(v, _)| v));
     h.insert(X_REQUEST_ID, request_id.clone());

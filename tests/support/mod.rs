@@ -3,6 +3,8 @@
 //! HTTP/2 and raw-TLS clients that trust that certificate.
 #![allow(dead_code)]
 
+pub mod tokens;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

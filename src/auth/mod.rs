@@ -1,0 +1,139 @@
+//! Authentication and authorisation (SPEC §3.5, §3.6): the bearer token from
+//! the request, the provider that must vouch for it, its signature and claims,
+//! then the route's scope requirement.
+
+pub mod keys;
+pub mod scopes;
+pub mod token;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use http::header::{HeaderMap, AUTHORIZATION};
+use serde_json::{Map, Value};
+
+use crate::config::{AuthRule, Provider};
+use crate::error::GatewayError;
+use keys::KeySet;
+use token::Rejection;
+
+/// A provider at run time: its configuration and its current keys. Shared
+/// across reloads while the provider's configuration is unchanged, so keys
+/// already loaded or fetched are kept.
+#[derive(Debug)]
+pub struct ProviderState {
+    pub config: Provider,
+    /// `None` until the keys are available (remote sources before their first fetch).
+    pub keys: ArcSwapOption<KeySet>,
+}
+
+impl ProviderState {
+    /// Load local key material now; remote sources start empty.
+    pub fn new(config: Provider) -> Result<Self, String> {
+        let keys = keys::load_local(&config)?;
+        Ok(ProviderState {
+            config,
+            keys: ArcSwapOption::from(keys.map(Arc::new)),
+        })
+    }
+}
+
+/// What a verified token says about the caller.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub subject: Option<Value>,
+    pub scopes: Vec<String>,
+    pub claims: Map<String, Value>,
+}
+
+/// The bearer token of a request: `Ok(None)` when there is none.
+/// Two `Authorization` headers, or a `Bearer` credential that is not a
+/// well-formed `b64token` (RFC 6750 §2.1), is a bad request.
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(GatewayError::BadRequest("Send exactly one Authorization header."));
+    }
+    let malformed = GatewayError::BadRequest("The Authorization header is not a valid Bearer credential.");
+    let Ok(value) = value.to_str() else {
+        return Err(malformed);
+    };
+    let (scheme, credentials) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme (Basic, ...) carries no bearer token.
+        return Ok(None);
+    }
+    let token = credentials.trim_start_matches(' ');
+    let b64token = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=');
+    if token.is_empty() || !token.bytes().all(b64token) {
+        return Err(malformed);
+    }
+    Ok(Some(token))
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Authenticate the request for a protected route and check its scopes.
+pub fn authenticate(
+    providers: &[Arc<ProviderState>],
+    rule: &AuthRule,
+    headers: &HeaderMap,
+) -> Result<Identity, GatewayError> {
+    let token = bearer_token(headers)?.ok_or(GatewayError::MissingToken)?;
+    let invalid = GatewayError::InvalidToken;
+    let unverified = token::decode(token).map_err(invalid)?;
+    let issuer = unverified.issuer().map_err(invalid)?;
+    // The unverified `iss` only chooses which provider checks the token; the
+    // provider must be one the route allows.
+    let provider = rule
+        .providers
+        .iter()
+        .map(|&i| &providers[i])
+        .find(|p| p.config.issuer.as_deref() == issuer)
+        .ok_or(GatewayError::InvalidToken(Rejection::Issuer))?;
+    let keys = provider.keys.load_full().ok_or(GatewayError::KeysUnavailable)?;
+    let claims = unverified.verify(&provider.config, &keys, now()).map_err(invalid)?;
+    let scopes = scopes::collect(&claims, &provider.config.scope_claims);
+    scopes::authorize(rule, &scopes).map_err(GatewayError::InsufficientScope)?;
+    Ok(Identity {
+        subject: claims.get(&provider.config.subject_claim).cloned(),
+        scopes,
+        claims,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_extraction() {
+        assert_eq!(bearer_token(&headers(&[])).unwrap(), None);
+        assert_eq!(
+            bearer_token(&headers(&["Bearer abc.def.ghi"])).unwrap(),
+            Some("abc.def.ghi")
+        );
+        assert_eq!(bearer_token(&headers(&["bearer abc"])).unwrap(), Some("abc"));
+        assert_eq!(bearer_token(&headers(&["BEARER  abc="])).unwrap(), Some("abc="));
+        assert_eq!(bearer_token(&headers(&["Basic dXNlcjpwYXNz"])).unwrap(), None);
+        for bad in ["Bearer", "Bearer ", "Bearer a b", "Bearer a,b", "Bearer \"a\""] {
+            assert!(bearer_token(&headers(&[bad])).is_err(), "{bad:?}");
+        }
+        assert!(bearer_token(&headers(&["Bearer a", "Bearer b"])).is_err());
+    }
+}

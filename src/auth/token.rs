@@ -1,0 +1,348 @@
+//! Compact JWS access tokens (RFC 7515 / 7519 / 9068): split, decode, verify
+//! the signature with a configured key, then check the registered claims.
+//! The token never chooses its own algorithm family, issuer, audience or key:
+//! those come from the provider's configuration; `jwk`, `jku`, `x5u` and `x5c`
+//! headers are never read.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::keys::KeySet;
+use crate::config::Provider;
+
+/// Why a token was refused. The text is safe to show the client: it never
+/// contains the token or anything from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Malformed,
+    Algorithm,
+    UnknownKey,
+    Signature,
+    Critical,
+    Type,
+    ClaimType,
+    Expired,
+    MissingExp,
+    NotYetValid,
+    Issuer,
+    Audience,
+}
+
+impl Rejection {
+    pub fn description(self) -> &'static str {
+        match self {
+            Rejection::Malformed => "The token is not a well-formed JWT.",
+            Rejection::Algorithm => "The token's signing algorithm is not accepted.",
+            Rejection::UnknownKey => "The token was signed with an unknown key.",
+            Rejection::Signature => "The token signature is invalid.",
+            Rejection::Critical => "The token requires an extension the gateway does not support.",
+            Rejection::Type => "The token is not an access token of the required type.",
+            Rejection::ClaimType => "A registered claim in the token has the wrong type.",
+            Rejection::Expired => "The token has expired.",
+            Rejection::MissingExp => "The token has no expiry.",
+            Rejection::NotYetValid => "The token is not valid yet.",
+            Rejection::Issuer => "The token issuer is not accepted here.",
+            Rejection::Audience => "The token audience is not accepted here.",
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::Algorithm => "algorithm",
+            Rejection::UnknownKey => "unknown_key",
+            Rejection::Signature => "signature",
+            Rejection::Critical => "crit",
+            Rejection::Type => "typ",
+            Rejection::ClaimType => "claim_type",
+            Rejection::Expired => "expired",
+            Rejection::MissingExp => "missing_exp",
+            Rejection::NotYetValid => "not_yet_valid",
+            Rejection::Issuer => "issuer",
+            Rejection::Audience => "audience",
+        }
+    }
+}
+
+/// The JOSE header fields the gateway reads. Everything else is ignored, on
+/// purpose: a header can name a key (`jwk`, `jku`, `x5u`, `x5c`) but never
+/// supply one.
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    typ: Option<String>,
+    #[serde(default)]
+    crit: Option<Value>,
+}
+
+/// A decoded but not yet verified token.
+pub struct Unverified<'t> {
+    header: JoseHeader,
+    pub claims: Map<String, Value>,
+    /// `header.payload`, the signed bytes.
+    message: &'t str,
+    signature: &'t str,
+}
+
+/// Longest token accepted; far above any real access token.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+fn b64_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, Rejection> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| Rejection::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| Rejection::Malformed)
+}
+
+/// Split and decode a compact JWS. Nothing here is trusted yet.
+pub fn decode(token: &str) -> Result<Unverified<'_>, Rejection> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(Rejection::Malformed);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(Rejection::Malformed);
+    };
+    let header: JoseHeader = b64_json(h)?;
+    let claims: Map<String, Value> = b64_json(p)?;
+    Ok(Unverified {
+        header,
+        claims,
+        message: &token[..h.len() + 1 + p.len()],
+        signature,
+    })
+}
+
+impl Unverified<'_> {
+    /// The unverified `iss`: only used to pick which provider verifies the token.
+    pub fn issuer(&self) -> Result<Option<&str>, Rejection> {
+        match self.claims.get("iss") {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(Rejection::ClaimType),
+        }
+    }
+
+    pub fn kid(&self) -> Option<&str> {
+        self.header.kid.as_deref()
+    }
+
+    /// Verify the signature and every claim rule of the provider; `now` is Unix seconds.
+    pub fn verify(self, provider: &Provider, keys: &KeySet, now: f64) -> Result<Map<String, Value>, Rejection> {
+        // `alg` names are case-sensitive (RFC 7518 §3.1): `none`, `None` and `NONE`
+        // all fail to parse, and no key is ever pinned to them.
+        let alg: Algorithm = self.header.alg.parse().map_err(|_| Rejection::Algorithm)?;
+        // RFC 7515 §4.1.11: extensions we do not understand must fail the token.
+        if self.header.crit.is_some() {
+            return Err(Rejection::Critical);
+        }
+        let kid = self.header.kid.as_deref();
+        let mut candidates = keys.candidates(kid, alg).peekable();
+        if candidates.peek().is_none() {
+            return Err(
+                if kid.is_some_and(|k| keys.has_kid(k)) || kid.is_none() && !keys.keys.is_empty() {
+                    Rejection::Algorithm
+                } else {
+                    Rejection::UnknownKey
+                },
+            );
+        }
+        let verified = candidates.any(|k| {
+            jsonwebtoken::crypto::verify(self.signature, self.message.as_bytes(), &k.key, alg).unwrap_or(false)
+        });
+        if !verified {
+            return Err(Rejection::Signature);
+        }
+        if let Some(want) = &provider.typ {
+            if !self.header.typ.as_deref().is_some_and(|t| typ_matches(t, want)) {
+                return Err(Rejection::Type);
+            }
+        }
+        check_claims(&self.claims, provider, now)?;
+        Ok(self.claims)
+    }
+}
+
+/// `typ` compares case-insensitively and may omit `application/` (RFC 7515 §4.1.9).
+fn typ_matches(got: &str, want: &str) -> bool {
+    let strip = |s: &str| {
+        let lower = s.to_ascii_lowercase();
+        lower.strip_prefix("application/").map(str::to_string).unwrap_or(lower)
+    };
+    strip(got) == strip(want)
+}
+
+fn numeric(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, Rejection> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or(Rejection::ClaimType),
+        Some(_) => Err(Rejection::ClaimType),
+    }
+}
+
+/// Registered-claim rules (RFC 7519 §4.1): types first, so `"exp": "9999999999"`
+/// is refused rather than read as absent; then time, issuer and audience.
+fn check_claims(claims: &Map<String, Value>, provider: &Provider, now: f64) -> Result<(), Rejection> {
+    let exp = numeric(claims, "exp")?;
+    let nbf = numeric(claims, "nbf")?;
+    numeric(claims, "iat")?;
+    for name in ["iss", "sub", "jti"] {
+        if claims.get(name).is_some_and(|v| !v.is_string()) {
+            return Err(Rejection::ClaimType);
+        }
+    }
+    let audiences: Vec<&str> = match claims.get("aud") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().ok_or(Rejection::ClaimType))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(Rejection::ClaimType),
+    };
+
+    let leeway = provider.leeway.as_secs_f64();
+    let exp = exp.ok_or(Rejection::MissingExp)?;
+    if now >= exp + leeway {
+        return Err(Rejection::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf > now + leeway) {
+        return Err(Rejection::NotYetValid);
+    }
+    let iss = claims.get("iss").and_then(Value::as_str);
+    if iss != provider.issuer.as_deref() {
+        return Err(Rejection::Issuer);
+    }
+    if let Some(accepted) = &provider.audiences {
+        if !audiences.iter().any(|a| accepted.iter().any(|b| b == a)) {
+            return Err(Rejection::Audience);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn provider() -> Provider {
+        Provider {
+            name: "p".into(),
+            issuer: Some("https://id.example.com/".into()),
+            audiences: Some(vec!["api".into(), "other".into()]),
+            keys: crate::config::KeySource::SecretEnv("X".into()),
+            ca_file: None,
+            algorithms: None,
+            leeway: Duration::from_secs(30),
+            jwks_refresh: Duration::from_secs(600),
+            scope_claims: vec!["scope".into()],
+            subject_claim: "sub".into(),
+            typ: None,
+        }
+    }
+
+    fn check(claims: Value) -> Result<(), Rejection> {
+        let Value::Object(map) = claims else { panic!("object") };
+        check_claims(&map, &provider(), 1_000_000.0)
+    }
+
+    #[test]
+    fn claim_rules() {
+        let iss = "https://id.example.com/";
+        let cases = [
+            (json!({"iss": iss, "aud": "api", "exp": 1_000_100}), Ok(())),
+            (json!({"iss": iss, "aud": ["x", "other"], "exp": 1_000_100.5}), Ok(())),
+            (json!({"iss": iss, "aud": "api", "exp": 999_990}), Ok(())),
+            (
+                json!({"iss": iss, "aud": "api", "exp": 999_960}),
+                Err(Rejection::Expired),
+            ),
+            (json!({"iss": iss, "aud": "api"}), Err(Rejection::MissingExp)),
+            (
+                json!({"iss": iss, "aud": "api", "exp": "9999999999"}),
+                Err(Rejection::ClaimType),
+            ),
+            (
+                json!({"iss": iss, "aud": "api", "exp": 1_000_100, "nbf": "1"}),
+                Err(Rejection::ClaimType),
+            ),
+            (
+                json!({"iss": iss, "aud": "api", "exp": 1_000_100, "nbf": 1_000_020}),
+                Ok(()),
+            ),
+            (
+                json!({"iss": iss, "aud": "api", "exp": 1_000_100, "nbf": 1_000_040}),
+                Err(Rejection::NotYetValid),
+            ),
+            (
+                json!({"iss": iss, "aud": "api", "exp": 1_000_100, "iat": "now"}),
+                Err(Rejection::ClaimType),
+            ),
+            (
+                json!({"iss": iss, "aud": "api", "exp": 1_000_100, "sub": 7}),
+                Err(Rejection::ClaimType),
+            ),
+            (
+                json!({"iss": [iss], "aud": "api", "exp": 1_000_100}),
+                Err(Rejection::ClaimType),
+            ),
+            (
+                json!({"iss": "https://id.example.com", "aud": "api", "exp": 1_000_100}),
+                Err(Rejection::Issuer),
+            ),
+            (json!({"aud": "api", "exp": 1_000_100}), Err(Rejection::Issuer)),
+            (
+                json!({"iss": iss, "aud": "nope", "exp": 1_000_100}),
+                Err(Rejection::Audience),
+            ),
+            (
+                json!({"iss": iss, "aud": [], "exp": 1_000_100}),
+                Err(Rejection::Audience),
+            ),
+            (json!({"iss": iss, "exp": 1_000_100}), Err(Rejection::Audience)),
+            (
+                json!({"iss": iss, "aud": ["api", 1], "exp": 1_000_100}),
+                Err(Rejection::ClaimType),
+            ),
+            (
+                json!({"iss": iss, "aud": {"a": 1}, "exp": 1_000_100}),
+                Err(Rejection::ClaimType),
+            ),
+        ];
+        for (claims, want) in cases {
+            assert_eq!(check(claims.clone()), want, "{claims}");
+        }
+    }
+
+    #[test]
+    fn malformed_tokens() {
+        for t in [
+            "",
+            "a",
+            "a.b",
+            "a.b.c.d",
+            "!!.e30.x",
+            "e30.!!.x",
+            "bm90anNvbg.e30.x",
+            "e30.W10.x",
+        ] {
+            assert!(decode(t).is_err(), "{t:?}");
+        }
+        // {"alg":"HS256"} . {} . sig
+        assert!(decode("eyJhbGciOiJIUzI1NiJ9.e30.c2ln").is_ok());
+    }
+
+    #[test]
+    fn typ_comparison() {
+        assert!(typ_matches("at+jwt", "at+jwt"));
+        assert!(typ_matches("application/AT+JWT", "at+jwt"));
+        assert!(!typ_matches("JWT", "at+jwt"));
+    }
+}
