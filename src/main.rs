@@ -25,6 +25,10 @@ enum Command {
     Run,
     /// Validate the configuration and everything it names; print the route table
     Check,
+    /// Start an echo upstream and the gateway on loopback, and print tokens and curl lines
+    Demo,
+    /// Mint a test token and print it
+    Token(TokenArgs),
     /// Write a self-signed development certificate and key
     Certs {
         /// Directory to write gateway.crt and gateway.key into
@@ -34,6 +38,45 @@ enum Command {
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Signing algorithm [default: HS256 with --secret-env, else from the key type]
+    #[arg(long)]
+    alg: Option<String>,
+    /// PEM private key (RSA, EC or Ed25519)
+    #[arg(
+        long,
+        value_name = "PEM",
+        conflicts_with = "secret_env",
+        required_unless_present = "secret_env"
+    )]
+    key: Option<PathBuf>,
+    /// Environment variable holding the HMAC secret
+    #[arg(long, value_name = "VAR")]
+    secret_env: Option<String>,
+    #[arg(long)]
+    iss: Option<String>,
+    #[arg(long)]
+    aud: Option<String>,
+    #[arg(long)]
+    sub: Option<String>,
+    /// Space-separated scopes, written to the `scope` claim
+    #[arg(long)]
+    scope: Option<String>,
+    /// Lifetime, e.g. 15m
+    #[arg(long, default_value = "15m")]
+    ttl: String,
+    /// JOSE `kid` header
+    #[arg(long)]
+    kid: Option<String>,
+    /// JOSE `typ` header, e.g. at+jwt
+    #[arg(long)]
+    typ: Option<String>,
+    /// Extra claim name=value (value parsed as JSON when it can be); repeatable
+    #[arg(long = "claim", value_name = "K=V")]
+    claims: Vec<String>,
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -81,17 +124,100 @@ fn main() -> ExitCode {
         Command::Run => run(&path),
         Command::Check => check(&path),
         Command::Certs { out, hosts } => certs(&out, hosts),
+        Command::Token(args) => match token(args) {
+            Ok(t) => {
+                println!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo => demo(),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn demo() -> ExitCode {
+    init_tracing();
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(portcullis::demo::run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> Result<String, String> {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let ttl = portcullis::config::raw::parse_duration(&args.ttl).map_err(|e| format!("--ttl: {e}"))?;
+    let parse_alg = |a: &str| {
+        a.parse::<Algorithm>()
+            .map_err(|_| format!("--alg {a:?}: use one of {}", portcullis::config::ALGORITHMS.join(", ")))
+    };
+    let (alg, key) = match (&args.key, &args.secret_env) {
+        (_, Some(var)) => {
+            let secret = std::env::var(var)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| format!("--secret-env: {var} is not set or is empty"))?;
+            let alg = parse_alg(args.alg.as_deref().unwrap_or("HS256"))?;
+            if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                return Err(format!("--alg {alg:?} needs --key, not a shared secret"));
+            }
+            (alg, EncodingKey::from_secret(secret.as_bytes()))
+        }
+        (Some(path), None) => {
+            let pem = std::fs::read(path).map_err(|e| format!("--key: cannot read {}: {e}", path.display()))?;
+            let alg = match &args.alg {
+                Some(a) => parse_alg(a)?,
+                None => [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA]
+                    .into_iter()
+                    .find(|a| portcullis::mint::pem_signing_key(*a, &pem).is_ok())
+                    .ok_or_else(|| format!("--key: {} is not an RSA, EC or Ed25519 private key", path.display()))?,
+            };
+            (alg, portcullis::mint::pem_signing_key(alg, &pem)?)
+        }
+        (None, None) => return Err("give --key PEM or --secret-env VAR".into()),
+    };
+    let claims = args
+        .claims
+        .iter()
+        .map(|c| portcullis::mint::parse_claim(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let spec = portcullis::mint::TokenSpec {
+        kid: args.kid,
+        typ: args.typ,
+        iss: args.iss,
+        aud: args.aud,
+        sub: args.sub,
+        scope: args.scope,
+        ttl,
+        claims,
+    };
+    portcullis::mint::mint(alg, &key, &spec)
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(portcullis::run(path)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,183 @@
+//! The `token` and `demo` commands, run as the built binary (SPEC §1).
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use support::tokens::KeyPair;
+use support::*;
+
+fn portcullis() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+}
+
+fn decode(token: &str, key: &DecodingKey, alg: Algorithm) -> serde_json::Value {
+    let mut v = Validation::new(alg);
+    v.set_audience(&["api"]);
+    jsonwebtoken::decode::<serde_json::Value>(token, key, &v)
+        .unwrap()
+        .claims
+}
+
+#[test]
+fn token_command_signs_with_a_secret_or_a_key() {
+    let out = portcullis()
+        .args([
+            "token",
+            "--secret-env",
+            "CLI_TEST_SECRET",
+            "--sub",
+            "bob",
+            "--aud",
+            "api",
+            "--scope",
+            "a b",
+            "--ttl",
+            "5m",
+        ])
+        .args(["--claim", "scopes=[\"x\",\"y\"]", "--claim", "team=blue"])
+        .env("CLI_TEST_SECRET", "s3cret-s3cret-s3cret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let c = decode(
+        token.trim(),
+        &DecodingKey::from_secret(b"s3cret-s3cret-s3cret"),
+        Algorithm::HS256,
+    );
+    assert_eq!(c["sub"], "bob");
+    assert_eq!(c["scope"], "a b");
+    assert_eq!(c["scopes"], serde_json::json!(["x", "y"]));
+    assert_eq!(c["team"], "blue");
+    let ttl = c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap();
+    assert_eq!(ttl, 300);
+
+    let dir = tempfile::tempdir().unwrap();
+    for alg in [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA] {
+        let kp = KeyPair::generate(alg);
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&key_path, &kp.private_pem).unwrap();
+        let out = portcullis()
+            .args([
+                "token",
+                "--key",
+                key_path.to_str().unwrap(),
+                "--iss",
+                "https://x/",
+                "--aud",
+                "api",
+                "--kid",
+                "k1",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{alg:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap();
+        let header = jsonwebtoken::decode_header(token.trim()).unwrap();
+        assert_eq!((header.alg, header.kid.as_deref()), (alg, Some("k1")));
+        let key = match alg {
+            Algorithm::RS256 => DecodingKey::from_rsa_pem(kp.public_pem.as_bytes()).unwrap(),
+            Algorithm::ES256 => DecodingKey::from_ec_pem(kp.public_pem.as_bytes()).unwrap(),
+            _ => DecodingKey::from_ed_pem(kp.public_pem.as_bytes()).unwrap(),
+        };
+        assert_eq!(decode(token.trim(), &key, alg)["iss"], "https://x/");
+    }
+
+    // Errors are one line, never a panic.
+    let out = portcullis()
+        .args(["token", "--secret-env", "CLI_TEST_UNSET_VAR"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CLI_TEST_UNSET_VAR") && err.lines().count() == 1, "{err}");
+}
+
+/// The README's tour: `portcullis demo` prints tokens and curl lines that give
+/// 200 / 401 / 403, and Ctrl-C stops it cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_shows_200_401_403() {
+    let mut child = portcullis()
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(20), lines)
+        .await
+        .expect("demo printed its tour")
+        .unwrap();
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {prefix} in {lines:?}"))
+    };
+    let (valid, noscope) = (find("VALID="), find("NOSCOPE="));
+    let port: u16 = lines
+        .iter()
+        .find_map(|l| l.split("https://127.0.0.1:").nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", child.id()));
+    let cert_pem = std::fs::read(dir.join("gateway.crt")).unwrap();
+    use rustls_pki_types::pem::PemObject;
+    let cert = rustls_pki_types::CertificateDer::from_pem_slice(&cert_pem).unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let mut c = Client::connect(addr, &cert, Proto::H1).await;
+    let r = c
+        .send(req(
+            "GET",
+            "/api/orders",
+            &[("authorization", &format!("Bearer {valid}"))],
+            "",
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"x-auth-subject\": \"demo-user\""), "{}", r.text());
+    c.send(req("GET", "/api/orders", &[], ""))
+        .await
+        .assert_error(401, "unauthorized");
+    c.send(req(
+        "GET",
+        "/api/orders",
+        &[("authorization", &format!("Bearer {noscope}"))],
+        "",
+    ))
+    .await
+    .assert_error(403, "insufficient_scope");
+
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!dir.exists(), "the demo removes its throwaway files");
+}
