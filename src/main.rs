@@ -28,7 +28,7 @@ enum Command {
     /// Start an echo upstream and the gateway on loopback, and print tokens and curl lines
     Demo,
     /// Mint a test token and print it
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
     /// Write a self-signed development certificate and key
     Certs {
         /// Directory to write gateway.crt and gateway.key into
@@ -124,7 +124,7 @@ fn main() -> ExitCode {
         Command::Run => run(&path),
         Command::Check => check(&path),
         Command::Certs { out, hosts } => certs(&out, hosts),
-        Command::Token(args) => match token(args) {
+        Command::Token(args) => match token(*args) {
             Ok(t) => {
                 println!("{t}");
                 ExitCode::SUCCESS
