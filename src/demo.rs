@@ -126,7 +126,7 @@ pub async fn run() -> Result<(), String> {
     let dir: PathBuf = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
     let (valid, lacking) = write_files(&dir, upstream, port)?;
     let url = format!("https://127.0.0.1:{port}/api/orders");
-    println!(
+    let tour = format!(
         r#"
 Portcullis demo: gateway on https://127.0.0.1:{port}, echo upstream on http://{upstream}
 Route /api/orders needs a token from the demo issuer with scope orders:read; /health is public.
@@ -142,7 +142,14 @@ Route /api/orders needs a token from the demo issuer with scope orders:read; /he
 Press Ctrl-C to stop.
 "#
     );
-    let result = crate::run(&dir.join("gateway.yaml")).await.map_err(|e| e.to_string());
+    // Printed once the gateway listens, so the curl lines work at once.
+    let result = crate::run(&dir.join("gateway.yaml"), |_| {
+        // A closed stdout (piped into `head`) must not take the gateway down.
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{tour}").and_then(|()| std::io::stdout().flush());
+    })
+    .await
+    .map_err(|e| e.to_string());
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

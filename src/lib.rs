@@ -1,10 +1,12 @@
 //! Portcullis: a TLS-terminating API gateway. `run` is the whole life of the
 //! process: load the configuration, bind, serve, and react to signals.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod metrics;
 pub mod mint;
 pub mod proxy;
 pub mod redirect;
@@ -37,7 +39,8 @@ pub fn load(path: &Path) -> Result<(Snapshot, Vec<String>), config::ConfigError>
 }
 
 /// Run the gateway until SIGTERM or SIGINT. SIGHUP reloads the configuration.
-pub async fn run(path: &Path) -> Result<(), StartError> {
+/// `on_ready` runs once every listener is bound.
+pub async fn run(path: &Path, on_ready: impl FnOnce(&server::Running)) -> Result<(), StartError> {
     use tokio::signal::unix::{signal, SignalKind};
 
     let loaded = Config::load(path)?;
@@ -59,11 +62,13 @@ pub async fn run(path: &Path) -> Result<(), StartError> {
         tracing::warn!("{w}");
     }
     let snapshot = Snapshot::build(loaded.config, None)?;
-    let running = server::start(snapshot).await?;
-
+    // Handlers first: a signal that arrives once we are ready must not kill us.
     let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    let running = server::start(snapshot).await?;
+    on_ready(&running);
+
     loop {
         tokio::select! {
             _ = hup.recv() => match running.reload(path) {

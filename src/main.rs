@@ -219,7 +219,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(portcullis::run(path)) {
+    match runtime.block_on(portcullis::run(path, |_| {})) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

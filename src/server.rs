@@ -33,6 +33,7 @@ pub struct Gateway {
 pub struct Running {
     pub https_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
     connections: Arc<Semaphore>,
@@ -70,6 +71,12 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
         source,
     })?;
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let admin = match listen.admin {
+        Some(addr) => Some(bind("listen.admin", addr).await?),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    snapshot.start_background();
 
     let gateway = Arc::new(Gateway {
         snapshot: ArcSwap::from_pointee(snapshot),
@@ -83,6 +90,15 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
         connections.clone(),
         shutdown.subscribe(),
     ))];
+    if let Some(admin) = admin {
+        accept_loops.push(tokio::spawn(accept_loop(
+            admin,
+            Listener::Admin,
+            gateway.clone(),
+            connections.clone(),
+            shutdown.subscribe(),
+        )));
+    }
     if let Some(http) = http {
         let redirect = Listener::Redirect {
             https_port: https_addr.port(),
@@ -95,10 +111,11 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
             shutdown.subscribe(),
         )));
     }
-    tracing::info!(https = %https_addr, http = ?http_addr, "listening");
+    tracing::info!(https = %https_addr, http = ?http_addr, admin = ?admin_addr, "listening");
     Ok(Running {
         https_addr,
         http_addr,
+        admin_addr,
         gateway,
         shutdown,
         connections,
@@ -111,6 +128,12 @@ impl Running {
     /// Re-read the configuration file and swap it in whole, or keep the
     /// current one and return why not. Returns the new config's warnings.
     pub fn reload(&self, path: &std::path::Path) -> Result<Vec<String>, ConfigError> {
+        let result = self.try_reload(path);
+        crate::metrics::config_reload(result.is_ok());
+        result
+    }
+
+    fn try_reload(&self, path: &std::path::Path) -> Result<Vec<String>, ConfigError> {
         let loaded = Config::load(path)?;
         let current = self.gateway.snapshot.load();
         let mut warnings = loaded.warnings;
@@ -119,6 +142,7 @@ impl Running {
                 .push("listen: listener addresses cannot change on reload; restart the gateway to move them".into());
         }
         let snapshot = Snapshot::build(loaded.config, Some(&current))?;
+        snapshot.start_background();
         self.gateway.snapshot.store(Arc::new(snapshot));
         Ok(warnings)
     }
@@ -140,6 +164,7 @@ impl Running {
 #[derive(Debug, Clone, Copy)]
 enum Listener {
     Https,
+    Admin,
     Redirect { https_port: u16 },
 }
 
@@ -176,6 +201,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             match kind {
                 Listener::Https => serve_https(gateway, stream, peer, shutdown).await,
+                Listener::Admin => serve_admin(gateway, stream, shutdown).await,
                 Listener::Redirect { https_port } => serve_redirect(gateway, stream, https_port, shutdown).await,
             }
             drop(permit);
@@ -184,6 +210,7 @@ async fn accept_loop(
 }
 
 async fn serve_https(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
+    let _open = crate::metrics::OpenConnection::open();
     let snap = gateway.snapshot.load_full();
     let limits = snap.config.limits.clone();
     // New handshakes use the certificate of the snapshot current at accept time.
@@ -251,6 +278,23 @@ async fn serve_redirect(gateway: Arc<Gateway>, stream: TcpStream, https_port: u1
     let service = service_fn(move |req| {
         let _guard = InFlight::enter(&service_state);
         async move { Ok::<_, Infallible>(crate::redirect::answer(&req, https_port)) }
+    });
+    let conn = http1_builder(&limits).serve_connection(io, service);
+    drive(conn, &limits, &state, shutdown).await;
+}
+
+async fn serve_admin(gateway: Arc<Gateway>, stream: TcpStream, shutdown: watch::Receiver<bool>) {
+    let limits = gateway.snapshot.load().config.limits.clone();
+    let state = Arc::new(ConnState::new(&limits, true));
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        state: state.clone(),
+    });
+    let service_state = state.clone();
+    let service = service_fn(move |req| {
+        let _guard = InFlight::enter(&service_state);
+        let resp = crate::admin::answer(&req, &gateway.snapshot.load());
+        async move { Ok::<_, Infallible>(resp) }
     });
     let conn = http1_builder(&limits).serve_connection(io, service);
     drive(conn, &limits, &state, shutdown).await;

@@ -25,6 +25,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Start what runs beside requests: remote key refresh for providers that
+    /// do not have it running yet. Never called by `check`.
+    pub fn start_background(&self) {
+        for p in &self.providers {
+            p.start_refresher();
+        }
+    }
+
     /// Read and parse everything the configuration names. Upstream pools and
     /// provider key stores whose configuration is unchanged from `previous` are
     /// carried over.

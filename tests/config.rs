@@ -12,7 +12,15 @@ fn dir() -> tempfile::TempDir {
     let (cert, key) = portcullis::tls::self_signed(&["localhost".into()]).unwrap();
     std::fs::write(d.path().join("cert.pem"), cert).unwrap();
     std::fs::write(d.path().join("key.pem"), key).unwrap();
-    std::fs::write(d.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
+    // The example EC key of RFC 7517 appendix A.1.
+    let jwks = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"1"}]}"#;
+    std::fs::write(d.path().join("jwks.json"), jwks).unwrap();
+    std::fs::write(d.path().join("empty-jwks.json"), r#"{"keys":[]}"#).unwrap();
+    std::fs::write(
+        d.path().join("not-a-key.pem"),
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
     d
 }
 
@@ -179,6 +187,28 @@ fn check_command() {
     );
     assert_eq!(err.lines().count(), 1, "one clear line: {err}");
     assert!(!err.contains("panicked"), "{err}");
+
+    // `check` parses every key file the config names.
+    for (key_line, want) in [
+        ("jwks_file: empty-jwks.json", "no usable signature key"),
+        (
+            "public_key_file: not-a-key.pem",
+            "not a PEM RSA, EC or Ed25519 public key",
+        ),
+        (
+            "jwks_file: jwks.json\n    algorithms: [RS256]",
+            "no usable signature key",
+        ),
+    ] {
+        std::fs::write(
+            d.path().join("keys.yaml"),
+            good.replace("jwks_file: jwks.json", key_line),
+        )
+        .unwrap();
+        let (code, out, err) = portcullis(&["check", "-c", "keys.yaml"], d.path());
+        assert_eq!(code, 1, "{key_line}: {out}{err}");
+        assert!(err.contains(want), "{key_line}: {err}");
+    }
 
     let (code, _, err) = portcullis(&["check", "-c", "nope.yaml"], d.path());
     assert_eq!(code, 1);

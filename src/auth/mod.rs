@@ -2,10 +2,12 @@
 //! the request, the provider that must vouch for it, its signature and claims,
 //! then the route's scope requirement.
 
+pub mod jwks;
 pub mod keys;
 pub mod scopes;
 pub mod token;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,16 +28,42 @@ pub struct ProviderState {
     pub config: Provider,
     /// `None` until the keys are available (remote sources before their first fetch).
     pub keys: ArcSwapOption<KeySet>,
+    /// Bumped each time new keys are installed.
+    generation: AtomicU64,
+    /// How remote keys are fetched; `None` for keys on disk or in the environment.
+    pub remote: Option<jwks::RemoteKeys>,
 }
 
 impl ProviderState {
-    /// Load local key material now; remote sources start empty.
+    /// Load local key material now; remote sources start empty and are filled
+    /// by [`ProviderState::start_refresher`] (never by `check`).
     pub fn new(config: Provider) -> Result<Self, String> {
         let keys = keys::load_local(&config)?;
+        let remote = if config.keys.is_remote() {
+            Some(jwks::RemoteKeys::new(&config)?)
+        } else {
+            None
+        };
         Ok(ProviderState {
             config,
             keys: ArcSwapOption::from(keys.map(Arc::new)),
+            generation: AtomicU64::new(0),
+            remote,
         })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn install(&self, keys: KeySet) {
+        self.keys.store(Some(Arc::new(keys)));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether the provider can verify tokens now.
+    pub fn ready(&self) -> bool {
+        self.keys.load().is_some()
     }
 }
 
@@ -81,7 +109,25 @@ fn now() -> f64 {
 }
 
 /// Authenticate the request for a protected route and check its scopes.
-pub fn authenticate(
+pub async fn authenticate(
+    providers: &[Arc<ProviderState>],
+    rule: &AuthRule,
+    headers: &HeaderMap,
+) -> Result<Identity, GatewayError> {
+    let result = verify(providers, rule, headers).await;
+    if let Err(e) = &result {
+        crate::metrics::auth_failure(match e {
+            GatewayError::MissingToken => "missing_token",
+            GatewayError::InvalidToken(r) => r.reason(),
+            GatewayError::InsufficientScope(_) => "insufficient_scope",
+            GatewayError::KeysUnavailable => "keys_unavailable",
+            _ => "malformed_request",
+        });
+    }
+    result
+}
+
+async fn verify(
     providers: &[Arc<ProviderState>],
     rule: &AuthRule,
     headers: &HeaderMap,
@@ -99,7 +145,16 @@ pub fn authenticate(
         .find(|p| p.config.issuer.as_deref() == issuer)
         .ok_or(GatewayError::InvalidToken(Rejection::Issuer))?;
     let keys = provider.keys.load_full().ok_or(GatewayError::KeysUnavailable)?;
-    let claims = unverified.verify(&provider.config, &keys, now()).map_err(invalid)?;
+    let verified = match unverified.verify(&provider.config, &keys, now()) {
+        // A `kid` we have never seen may be a key the provider just rotated in.
+        Err(Rejection::UnknownKey) if provider.remote.is_some() && provider.refetch_for_unknown_kid().await => {
+            let keys = provider.keys.load_full().ok_or(GatewayError::KeysUnavailable)?;
+            unverified.verify(&provider.config, &keys, now())
+        }
+        other => other,
+    };
+    verified.map_err(invalid)?;
+    let claims = unverified.into_claims();
     let scopes = scopes::collect(&claims, &provider.config.scope_claims);
     scopes::authorize(rule, &scopes).map_err(GatewayError::InsufficientScope)?;
     Ok(Identity {

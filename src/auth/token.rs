@@ -85,7 +85,7 @@ struct JoseHeader {
 /// A decoded but not yet verified token.
 pub struct Unverified<'t> {
     header: JoseHeader,
-    pub claims: Map<String, Value>,
+    claims: Map<String, Value>,
     /// `header.payload`, the signed bytes.
     message: &'t str,
     signature: &'t str,
@@ -133,7 +133,7 @@ impl Unverified<'_> {
     }
 
     /// Verify the signature and every claim rule of the provider; `now` is Unix seconds.
-    pub fn verify(self, provider: &Provider, keys: &KeySet, now: f64) -> Result<Map<String, Value>, Rejection> {
+    pub fn verify(&self, provider: &Provider, keys: &KeySet, now: f64) -> Result<(), Rejection> {
         // `alg` names are case-sensitive (RFC 7518 §3.1): `none`, `None` and `NONE`
         // all fail to parse, and no key is ever pinned to them.
         let alg: Algorithm = self.header.alg.parse().map_err(|_| Rejection::Algorithm)?;
@@ -163,8 +163,12 @@ impl Unverified<'_> {
                 return Err(Rejection::Type);
             }
         }
-        check_claims(&self.claims, provider, now)?;
-        Ok(self.claims)
+        check_claims(&self.claims, provider, now)
+    }
+
+    /// The claims, once [`Unverified::verify`] has accepted them.
+    pub fn into_claims(self) -> Map<String, Value> {
+        self.claims
     }
 }
 

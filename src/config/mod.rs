@@ -6,7 +6,7 @@
 pub mod raw;
 mod validate;
 
-pub use validate::{segment_prefix, ALGORITHMS};
+pub use validate::{is_loopback_host, segment_prefix, ALGORITHMS};
 
 use std::fmt;
 use std::net::SocketAddr;

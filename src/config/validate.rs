@@ -200,7 +200,7 @@ fn validate_limits(ctx: &Ctx, raw: raw::RawLimits) -> Result<Limits, ConfigError
     })
 }
 
-fn is_loopback_host(host: &str) -> bool {
+pub fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

@@ -73,6 +73,12 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     };
     h.insert(X_REQUEST_ID, request_id.clone());
 
+    let elapsed = started.elapsed();
+    crate::metrics::request(
+        log.route.as_deref().unwrap_or("-"),
+        resp.status().as_u16(),
+        elapsed.as_secs_f64(),
+    );
     tracing::info!(
         target: "portcullis::access",
         request_id = request_id.to_str().unwrap_or(""),
@@ -82,7 +88,7 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
         route = log.route.as_deref().unwrap_or("-"),
         status = resp.status().as_u16(),
         upstream_status = log.upstream_status,
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
         subject = log.subject.as_deref(),
     );
     resp
@@ -171,7 +177,7 @@ async fn pipeline(
     let identity = match &route.access {
         Access::Public => None,
         Access::Protected(rule) => {
-            let identity = crate::auth::authenticate(&snap.providers, rule, &parts.headers)?;
+            let identity = crate::auth::authenticate(&snap.providers, rule, &parts.headers).await?;
             log.subject = identity
                 .subject
                 .as_ref()
@@ -219,6 +225,7 @@ async fn pipeline(
         Err(_) if tripped.load(Ordering::Acquire) => Err(GatewayError::PayloadTooLarge),
         Err(failure) => {
             tracing::warn!(upstream = %upstream.config.name, kind = failure.kind(), "upstream request failed");
+            crate::metrics::upstream_error(&upstream.config.name, failure.kind());
             Err(failure.into_gateway_error())
         }
     }

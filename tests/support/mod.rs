@@ -3,6 +3,7 @@
 //! HTTP/2 and raw-TLS clients that trust that certificate.
 #![allow(dead_code)]
 
+pub mod idp;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -181,6 +182,7 @@ pub struct TestGateway {
     pub running: Option<Running>,
     pub addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     pub cert: CertificateDer<'static>,
     pub config_path: PathBuf,
 }
@@ -188,6 +190,15 @@ pub struct TestGateway {
 /// The `listen` and `tls` sections every test config starts with.
 pub fn header(extra_tls: &str) -> String {
     format!("listen:\n  https: 127.0.0.1:0\ntls:\n  cert: cert.pem\n  key: key.pem\n{extra_tls}")
+}
+
+/// Like [`header`], with an admin listener on an ephemeral port.
+pub fn header_with_admin() -> String {
+    header("").replacen(
+        "  https: 127.0.0.1:0\n",
+        "  https: 127.0.0.1:0\n  admin: 127.0.0.1:0\n",
+        1,
+    )
 }
 
 /// Write a fresh self-signed certificate for localhost / 127.0.0.1 into `dir`.
@@ -214,12 +225,13 @@ impl TestGateway {
         let (snapshot, _warnings) =
             portcullis::load(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let running = portcullis::server::start(snapshot).await.unwrap();
-        let (addr, http_addr) = (running.https_addr, running.http_addr);
+        let (addr, http_addr, admin_addr) = (running.https_addr, running.http_addr, running.admin_addr);
         TestGateway {
             dir,
             running: Some(running),
             addr,
             http_addr,
+            admin_addr,
             cert,
             config_path,
         }
@@ -239,6 +251,27 @@ impl TestGateway {
 
     pub async fn raw(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
         raw_tls(self.addr, &self.cert, &[b"http/1.1"]).await
+    }
+
+    /// GET a path on the admin listener: (status, body).
+    pub async fn admin(&self, path: &str) -> (u16, String) {
+        let addr = self.admin_addr.expect("admin listener configured");
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let out = exchange(
+            &mut tcp,
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let status = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    pub fn reload(&self) -> Result<Vec<String>, portcullis::config::ConfigError> {
+        self.running.as_ref().unwrap().reload(&self.config_path)
     }
 
     pub async fn shutdown(mut self) {

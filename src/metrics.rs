@@ -1,0 +1,187 @@
+//! Prometheus metrics (SPEC §6). One process-wide registry: counters survive
+//! configuration reloads. Labels are route, upstream and provider names from
+//! the configuration, never raw request data, so cardinality stays bounded.
+
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+    result: &'static str,
+}
+
+struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, Histogram>,
+    auth_failures: Family<ReasonLabels, Counter>,
+    upstream_errors: Family<UpstreamLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    jwks_refresh: Family<ProviderLabels, Counter>,
+    open_connections: Gauge,
+}
+
+fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests = Family::default();
+        registry.register("requests", "Requests answered, by route and status", requests.clone());
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time to the response headers, by route",
+            duration.clone(),
+        );
+        let auth_failures = Family::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused by authentication or authorisation",
+            auth_failures.clone(),
+        );
+        let upstream_errors = Family::default();
+        registry.register(
+            "upstream_errors",
+            "Failed upstream requests, by upstream and kind",
+            upstream_errors.clone(),
+        );
+        let reloads = Family::default();
+        registry.register("config_reloads", "Configuration reloads, by result", reloads.clone());
+        let jwks_refresh = Family::default();
+        registry.register(
+            "jwks_refresh",
+            "Remote key fetches, by provider and result",
+            jwks_refresh.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            auth_failures,
+            upstream_errors,
+            reloads,
+            jwks_refresh,
+            open_connections,
+        }
+    })
+}
+
+/// One answered request. `route` is `-` when no route matched.
+pub fn request(route: &str, status: u16, seconds: f64) {
+    let m = metrics();
+    m.requests
+        .get_or_create(&RequestLabels {
+            route: route.to_string(),
+            status,
+        })
+        .inc();
+    m.duration
+        .get_or_create(&RouteLabels {
+            route: route.to_string(),
+        })
+        .observe(seconds);
+}
+
+pub fn auth_failure(reason: &'static str) {
+    metrics().auth_failures.get_or_create(&ReasonLabels { reason }).inc();
+}
+
+pub fn upstream_error(upstream: &str, kind: &'static str) {
+    metrics()
+        .upstream_errors
+        .get_or_create(&UpstreamLabels {
+            upstream: upstream.to_string(),
+            kind,
+        })
+        .inc();
+}
+
+pub fn config_reload(ok: bool) {
+    metrics()
+        .reloads
+        .get_or_create(&ResultLabels {
+            result: if ok { "success" } else { "failure" },
+        })
+        .inc();
+}
+
+pub fn jwks_refresh(provider: &str, ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    metrics()
+        .jwks_refresh
+        .get_or_create(&ProviderLabels {
+            provider: provider.to_string(),
+            result,
+        })
+        .inc();
+}
+
+/// Counts an open client connection until dropped.
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    pub fn open() -> Self {
+        metrics().open_connections.inc();
+        OpenConnection(())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics().open_connections.dec();
+    }
+}
+
+/// The text exposition of every metric.
+pub fn render() -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &metrics().registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// The Content-Type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

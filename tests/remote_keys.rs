@@ -1,0 +1,256 @@
+//! Remote keys (SPEC §2 `discovery` / `jwks_uri`, §3.5, §4 503): a real OpenID
+//! Connect provider on loopback over HTTPS, trusted through `ca_file`.
+
+mod support;
+
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+use support::idp::Idp;
+use support::tokens::*;
+use support::*;
+
+struct Setup {
+    gw: TestGateway,
+    idp: Idp,
+    up: Upstream,
+}
+
+async fn setup(idp: Idp, source: &str, refresh: &str) -> Setup {
+    let up = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("idp-ca.pem"), &idp.ca_pem).unwrap();
+    let source = match source {
+        "discovery" => "discovery: true".to_string(),
+        _ => format!("jwks_uri: {}", idp.jwks_uri()),
+    };
+    let yaml = format!(
+        "{}providers:\n  idp:\n    issuer: {}\n    audiences: [api]\n    {source}\n    ca_file: idp-ca.pem\n    jwks_refresh: {refresh}\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: orders\n    match: {{ path: /orders }}\n    upstream: app\n    auth: {{ scopes: [orders:read] }}\n",
+        header_with_admin(),
+        idp.issuer(),
+        up.url()
+    );
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    Setup { gw, idp, up }
+}
+
+fn token(kp: &KeyPair, kid: &str, iss: &str) -> String {
+    kp.sign(
+        &json!({"iss": iss, "aud": "api", "sub": "u1", "scope": "orders:read", "exp": now() + 300}),
+        Some(kid),
+    )
+}
+
+impl Setup {
+    async fn call(&self, token: &str) -> Reply {
+        let auth = format!("Bearer {token}");
+        self.gw
+            .client(Proto::H1)
+            .await
+            .send(req("GET", "/orders", &[("authorization", &auth)], ""))
+            .await
+    }
+
+    /// Poll until the gateway answers `status` (or give up after `limit`).
+    async fn wait_for(&self, token: &str, status: u16, limit: Duration) -> Reply {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let r = self.call(token).await;
+            if r.status.as_u16() == status || tokio::time::Instant::now() > deadline {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_happy_path_and_readiness() {
+    let kp = KeyPair::generate(Algorithm::RS256);
+    let idp = Idp::start(vec![kp.jwk("k1")]).await;
+    let s = setup(idp, "discovery", "10m").await;
+    let t = token(&kp, "k1", &s.idp.issuer());
+    let r = s.wait_for(&t, 200, Duration::from_secs(5)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.up.last().headers["x-auth-subject"], "u1");
+    assert!(s.idp.discovery_hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let (status, body) = s.gw.admin("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, metrics) = s.gw.admin("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_jwks_refresh_total{provider="idp",result="success"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_issuer_mismatch_is_refused() {
+    let kp = KeyPair::generate(Algorithm::RS256);
+    let idp = Idp::start(vec![kp.jwk("k1")]).await;
+    idp.set(|s| s.claimed_issuer = Some("https://evil.example/".into()));
+    let s = setup(idp, "discovery", "10m").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let t = token(&kp, "k1", &s.idp.issuer());
+    s.call(&t).await.assert_error(503, "temporarily_unavailable");
+    assert_eq!(
+        s.idp.jwks_fetches(),
+        0,
+        "the JWKS of a mismatched issuer is never fetched"
+    );
+    let (status, body) = s.gw.admin("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("providers.idp"), "{body}");
+    assert!(s.up.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_kid_triggers_one_shared_refetch() {
+    let old = KeyPair::generate(Algorithm::ES256);
+    let new = KeyPair::generate(Algorithm::ES256);
+    let idp = Idp::start(vec![old.jwk("old")]).await;
+    let s = setup(idp, "jwks_uri", "10m").await;
+    assert_eq!(
+        s.wait_for(&token(&old, "old", &s.idp.issuer()), 200, Duration::from_secs(5))
+            .await
+            .status,
+        200
+    );
+    let before = s.idp.jwks_fetches();
+
+    // The provider rotates a key in; tokens with its kid arrive all at once.
+    s.idp.set(|st| {
+        st.keys.push(new.jwk("new"));
+        st.delay = Duration::from_millis(300);
+    });
+    let t = token(&new, "new", &s.idp.issuer());
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let (addr, cert, t) = (s.gw.addr, s.gw.cert.clone(), t.clone());
+        calls.push(tokio::spawn(async move {
+            let auth = format!("Bearer {t}");
+            Client::connect(addr, &cert, Proto::H1)
+                .await
+                .send(req("GET", "/orders", &[("authorization", &auth)], ""))
+                .await
+                .status
+        }));
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    assert_eq!(
+        s.idp.jwks_fetches() - before,
+        1,
+        "exactly one refetch for all concurrent requests"
+    );
+
+    // A kid that does not exist refetches at most once per 30 s.
+    s.idp.set(|st| st.delay = Duration::ZERO);
+    let ghost = KeyPair::generate(Algorithm::ES256);
+    let before = s.idp.jwks_fetches();
+    for _ in 0..5 {
+        let t = token(&ghost, "ghost", &s.idp.issuer());
+        s.call(&t).await.assert_error(401, "invalid_token");
+    }
+    assert!(
+        s.idp.jwks_fetches() - before <= 1,
+        "unknown kids must not hammer the provider"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_down_at_startup_then_up() {
+    let kp = KeyPair::generate(Algorithm::RS256);
+    let idp = Idp::start(vec![kp.jwk("k1")]).await;
+    idp.set(|s| s.up = false);
+    let s = setup(idp, "discovery", "10m").await;
+    let t = token(&kp, "k1", &s.idp.issuer());
+    let r = s.call(&t).await;
+    r.assert_error(503, "temporarily_unavailable");
+    assert_eq!(s.gw.admin("/readyz").await.0, 503);
+    s.idp.set(|st| st.up = true);
+    let r = s.wait_for(&t, 200, Duration::from_secs(10)).await;
+    assert_eq!(r.status, 200, "keys arrive once the provider is back: {}", r.text());
+    assert_eq!(s.gw.admin("/readyz").await.0, 200);
+    let (_, metrics) = s.gw.admin("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_jwks_refresh_total{provider="idp",result="failure"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_keys_keep_working_while_the_provider_is_down() {
+    let kp = KeyPair::generate(Algorithm::RS256);
+    let idp = Idp::start(vec![kp.jwk("k1")]).await;
+    let s = setup(idp, "jwks_uri", "1s").await;
+    let t = token(&kp, "k1", &s.idp.issuer());
+    assert_eq!(s.wait_for(&t, 200, Duration::from_secs(5)).await.status, 200);
+    s.idp.set(|st| st.up = false);
+    let before = s.idp.jwks_fetches();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(s.idp.jwks_fetches() > before, "refresh kept trying");
+    assert_eq!(s.call(&t).await.status, 200, "keys already held keep working");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removed_key_is_rejected_after_refresh() {
+    let a = KeyPair::generate(Algorithm::RS256);
+    let b = KeyPair::generate(Algorithm::RS256);
+    let idp = Idp::start(vec![a.jwk("a"), b.jwk("b")]).await;
+    let s = setup(idp, "jwks_uri", "1s").await;
+    let ta = token(&a, "a", &s.idp.issuer());
+    assert_eq!(s.wait_for(&ta, 200, Duration::from_secs(5)).await.status, 200);
+    s.idp.set(|st| st.keys = vec![b.jwk("b")]);
+    let r = s.wait_for(&ta, 401, Duration::from_secs(5)).await;
+    r.assert_error(401, "invalid_token");
+    assert_eq!(s.call(&token(&b, "b", &s.idp.issuer())).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_control_max_age_shortens_the_refresh() {
+    let a = KeyPair::generate(Algorithm::ES256);
+    let idp = Idp::start(vec![a.jwk("a")]).await;
+    idp.set(|st| st.cache_control = Some("public, max-age=1".into()));
+    let s = setup(idp, "jwks_uri", "10m").await;
+    let ta = token(&a, "a", &s.idp.issuer());
+    assert_eq!(s.wait_for(&ta, 200, Duration::from_secs(5)).await.status, 200);
+    s.idp.set(|st| st.keys = vec![]);
+    s.idp.set(|st| st.raw_jwks = Some(r#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"other"}]}"#.into()));
+    let r = s.wait_for(&ta, 401, Duration::from_secs(5)).await;
+    assert_eq!(
+        r.status, 401,
+        "max-age=1 means the removal is seen within seconds, not after 10m"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_or_oversize_jwks_keeps_the_old_keys() {
+    let kp = KeyPair::generate(Algorithm::RS256);
+    let idp = Idp::start(vec![kp.jwk("k1")]).await;
+    let s = setup(idp, "jwks_uri", "1s").await;
+    let t = token(&kp, "k1", &s.idp.issuer());
+    assert_eq!(s.wait_for(&t, 200, Duration::from_secs(5)).await.status, 200);
+    for bad in [
+        "{not json".to_string(),
+        r#"{"keys": "nope"}"#.to_string(),
+        r#"{"keys": []}"#.to_string(),
+        format!(r#"{{"keys": [], "pad": "{}"}}"#, "x".repeat(300 * 1024)),
+    ] {
+        s.idp.set(|st| st.raw_jwks = Some(bad.clone()));
+        let before = s.idp.jwks_fetches();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while s.idp.jwks_fetches() <= before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(s.idp.jwks_fetches() > before, "a refresh happened");
+        assert_eq!(
+            s.call(&t).await.status,
+            200,
+            "old keys kept after a bad document ({} bytes)",
+            bad.len()
+        );
+    }
+}
