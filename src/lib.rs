@@ -38,26 +38,25 @@ pub fn load(path: &Path) -> Result<(Snapshot, Vec<String>), config::ConfigError>
     Ok((snapshot, loaded.warnings))
 }
 
+/// Tell systemd (`Type=notify`) what we are doing; a no-op outside systemd.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 /// Run the gateway until SIGTERM or SIGINT. SIGHUP reloads the configuration.
 /// `on_ready` runs once every listener is bound.
 pub async fn run(path: &Path, on_ready: impl FnOnce(&server::Running)) -> Result<(), StartError> {
+    use sd_notify::NotifyState;
     use tokio::signal::unix::{signal, SignalKind};
 
     let loaded = Config::load(path)?;
-    match tls::ensure_self_signed(&loaded.config.tls) {
-        Ok(true) => {
-            tracing::warn!(cert = %loaded.config.tls.cert.display(), "created a self-signed development certificate")
-        }
-        Ok(false) => {}
-        Err(message) => {
-            return Err(config::ConfigError {
-                file: path.to_path_buf(),
-                position: None,
-                message,
-            }
-            .into())
-        }
-    }
+    tls::ensure_self_signed(&loaded.config.tls).map_err(|message| config::ConfigError {
+        file: path.to_path_buf(),
+        position: None,
+        message,
+    })?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -67,28 +66,36 @@ pub async fn run(path: &Path, on_ready: impl FnOnce(&server::Running)) -> Result
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
     let running = server::start(snapshot).await?;
+    notify(&[NotifyState::Ready]);
     on_ready(&running);
 
     loop {
         tokio::select! {
-            _ = hup.recv() => match running.reload(path) {
-                Ok(warnings) => {
-                    for w in warnings {
-                        tracing::warn!("{w}");
+            _ = hup.recv() => {
+                let mut reloading = vec![NotifyState::Reloading];
+                reloading.extend(NotifyState::monotonic_usec_now().ok());
+                notify(&reloading);
+                match running.reload(path) {
+                    Ok(warnings) => {
+                        for w in warnings {
+                            tracing::warn!("{w}");
+                        }
+                        tracing::info!(config = %path.display(), "configuration reloaded");
                     }
-                    tracing::info!(config = %path.display(), "configuration reloaded");
+                    Err(e) => tracing::error!("reload failed, keeping the previous configuration: {e}"),
                 }
-                Err(e) => tracing::error!("reload failed, keeping the previous configuration: {e}"),
-            },
+                notify(&[NotifyState::Ready]);
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    notify(&[NotifyState::Stopping]);
     let grace = running.gateway.snapshot.load().config.limits.shutdown_grace;
-    tracing::info!(grace = ?grace, "shutting down");
+    tracing::info!(grace = ?grace, "shutting down: no new connections, waiting for requests in flight");
     // A second signal skips the drain.
     tokio::select! {
-        _ = running.shutdown(grace) => {}
+        _ = running.shutdown(grace) => tracing::info!("stopped"),
         _ = term.recv() => tracing::warn!("second signal: exiting now"),
         _ = int.recv() => tracing::warn!("second signal: exiting now"),
     }

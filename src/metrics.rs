@@ -108,6 +108,57 @@ fn metrics() -> &'static Metrics {
     })
 }
 
+/// Create the series a configuration will use, at zero, so every metric name
+/// is visible from the first scrape on (dashboards and alerts need no traffic).
+pub fn register(config: &crate::config::Config) {
+    let m = metrics();
+    for result in ["success", "failure"] {
+        let _ = m.reloads.get_or_create(&ResultLabels { result });
+        for p in &config.providers {
+            if p.keys.is_remote() {
+                let _ = m.jwks_refresh.get_or_create(&ProviderLabels {
+                    provider: p.name.clone(),
+                    result,
+                });
+            }
+        }
+    }
+    for reason in AUTH_FAILURE_REASONS {
+        let _ = m.auth_failures.get_or_create(&ReasonLabels { reason });
+    }
+    for u in &config.upstreams {
+        for kind in ["connect", "timeout", "reset"] {
+            let _ = m.upstream_errors.get_or_create(&UpstreamLabels {
+                upstream: u.name.clone(),
+                kind,
+            });
+        }
+    }
+    for r in &config.routes {
+        let _ = m.duration.get_or_create(&RouteLabels { route: r.name.clone() });
+    }
+}
+
+/// Every `reason` label of `portcullis_auth_failures_total`.
+pub const AUTH_FAILURE_REASONS: &[&str] = &[
+    "missing_token",
+    "malformed_request",
+    "malformed",
+    "algorithm",
+    "unknown_key",
+    "signature",
+    "crit",
+    "typ",
+    "claim_type",
+    "expired",
+    "missing_exp",
+    "not_yet_valid",
+    "issuer",
+    "audience",
+    "insufficient_scope",
+    "keys_unavailable",
+];
+
 /// One answered request. `route` is `-` when no route matched.
 pub fn request(route: &str, status: u16, seconds: f64) {
     let m = metrics();

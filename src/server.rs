@@ -111,7 +111,12 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
             shutdown.subscribe(),
         )));
     }
-    tracing::info!(https = %https_addr, http = ?http_addr, admin = ?admin_addr, "listening");
+    tracing::info!(
+        https = %https_addr,
+        http = http_addr.map(|a| a.to_string()),
+        admin = admin_addr.map(|a| a.to_string()),
+        "listening"
+    );
     Ok(Running {
         https_addr,
         http_addr,
@@ -135,6 +140,11 @@ impl Running {
 
     fn try_reload(&self, path: &std::path::Path) -> Result<Vec<String>, ConfigError> {
         let loaded = Config::load(path)?;
+        crate::tls::ensure_self_signed(&loaded.config.tls).map_err(|message| ConfigError {
+            file: path.to_path_buf(),
+            position: None,
+            message,
+        })?;
         let current = self.gateway.snapshot.load();
         let mut warnings = loaded.warnings;
         if loaded.config.listen != current.config.listen {

@@ -28,6 +28,7 @@ impl Snapshot {
     /// Start what runs beside requests: remote key refresh for providers that
     /// do not have it running yet. Never called by `check`.
     pub fn start_background(&self) {
+        crate::metrics::register(&self.config);
         for p in &self.providers {
             p.start_refresher();
         }

@@ -344,6 +344,27 @@ mod tests {
     }
 
     #[test]
+    fn every_reason_has_a_metric_series() {
+        use Rejection::*;
+        for r in [
+            Malformed,
+            Algorithm,
+            UnknownKey,
+            Signature,
+            Critical,
+            Type,
+            ClaimType,
+            Expired,
+            MissingExp,
+            NotYetValid,
+            Issuer,
+            Audience,
+        ] {
+            assert!(crate::metrics::AUTH_FAILURE_REASONS.contains(&r.reason()), "{r:?}");
+        }
+    }
+
+    #[test]
     fn typ_comparison() {
         assert!(typ_matches("at+jwt", "at+jwt"));
         assert!(typ_matches("application/AT+JWT", "at+jwt"));
