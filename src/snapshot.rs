@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 
+use crate::auth::cache::TokenCache;
 use crate::auth::ProviderState;
 use crate::config::{Config, ConfigError};
 use crate::proxy::forward::{SharedPool, UpstreamPool};
@@ -22,6 +23,8 @@ pub struct Snapshot {
     pub providers: Vec<Arc<ProviderState>>,
     pub strip: StripRules,
     pub identity: IdentityHeaders,
+    /// Verified tokens; a reload starts with an empty cache.
+    pub tokens: TokenCache,
 }
 
 impl Snapshot {
@@ -81,6 +84,7 @@ impl Snapshot {
             providers,
             strip,
             identity,
+            tokens: TokenCache::default(),
         })
     }
 }

@@ -62,6 +62,7 @@ async fn setup_with(identity_extra: &str) -> Setup {
     audiences: [api]
     secret_file: hs.secret
     algorithms: [HS256, HS384, HS512]
+    leeway: 0s
   fastapi:
     secret_env: {FASTAPI_SECRET_VAR}
     algorithms: [HS256]
@@ -592,4 +593,32 @@ async fn http2_clients_are_authenticated_too() {
     c.send(req("GET", "/orders", &[], ""))
         .await
         .assert_error(401, "unauthorized");
+}
+
+/// A cached token skips only the signature check: every hit still checks the
+/// route's providers, the route's scopes and the token's expiry.
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_tokens_still_get_every_route_check() {
+    let s = setup().await;
+    let token = s.ec.sign(&claims("https://jwks.test/", "orders:read"), Some("ec1"));
+    for _ in 0..3 {
+        assert_eq!(s.with_token("/orders", &token).await.status, 200);
+    }
+    s.with_token("/admin", &token)
+        .await
+        .assert_error(403, "insufficient_scope");
+    assert_invalid_token(
+        &s.with_token("/rsa-only", &token).await,
+        &token,
+        "provider not allowed on a cache hit",
+    );
+    assert_eq!(s.with_token("/orders", &token).await.status, 200);
+
+    // Expiry is checked on every hit (this provider has leeway 0s).
+    let c = json!({"iss": "https://hs.test/", "aud": "api", "sub": "x", "scope": "orders:read", "exp": now() + 2});
+    let short = hs_sign(Algorithm::HS256, HS_SECRET.as_bytes(), &c);
+    assert_eq!(s.with_token("/orders", &short).await.status, 200);
+    assert_eq!(s.with_token("/orders", &short).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    assert_invalid_token(&s.with_token("/orders", &short).await, &short, "expired while cached");
 }

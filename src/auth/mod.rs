@@ -2,6 +2,7 @@
 //! the request, the provider that must vouch for it, its signature and claims,
 //! then the route's scope requirement.
 
+pub mod cache;
 pub mod jwks;
 pub mod keys;
 pub mod scopes;
@@ -17,6 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{AuthRule, Provider};
 use crate::error::GatewayError;
+use cache::{CachedToken, TokenCache};
 use keys::KeySet;
 use token::Rejection;
 
@@ -56,7 +58,7 @@ impl ProviderState {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn install(&self, keys: KeySet) {
+    pub(crate) fn install(&self, keys: KeySet) {
         self.keys.store(Some(Arc::new(keys)));
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -111,10 +113,11 @@ fn now() -> f64 {
 /// Authenticate the request for a protected route and check its scopes.
 pub async fn authenticate(
     providers: &[Arc<ProviderState>],
+    cache: &TokenCache,
     rule: &AuthRule,
     headers: &HeaderMap,
-) -> Result<Identity, GatewayError> {
-    let result = verify(providers, rule, headers).await;
+) -> Result<Arc<Identity>, GatewayError> {
+    let result = verify(providers, cache, rule, headers).await;
     if let Err(e) = &result {
         crate::metrics::auth_failure(match e {
             GatewayError::MissingToken => "missing_token",
@@ -129,39 +132,66 @@ pub async fn authenticate(
 
 async fn verify(
     providers: &[Arc<ProviderState>],
+    cache: &TokenCache,
     rule: &AuthRule,
     headers: &HeaderMap,
-) -> Result<Identity, GatewayError> {
+) -> Result<Arc<Identity>, GatewayError> {
     let token = bearer_token(headers)?.ok_or(GatewayError::MissingToken)?;
+    let now = now();
+    let key = TokenCache::key(token);
+    if let Some(hit) = cache.get(&key, providers, now) {
+        // A hit saves the signature check only: the route's own rules still apply.
+        if !rule.providers.contains(&hit.provider) {
+            return Err(GatewayError::InvalidToken(Rejection::Issuer));
+        }
+        scopes::authorize(rule, &hit.identity.scopes).map_err(GatewayError::InsufficientScope)?;
+        return Ok(hit.identity.clone());
+    }
+
     let invalid = GatewayError::InvalidToken;
     let unverified = token::decode(token).map_err(invalid)?;
     let issuer = unverified.issuer().map_err(invalid)?;
     // The unverified `iss` only chooses which provider checks the token; the
     // provider must be one the route allows.
-    let provider = rule
+    let (index, provider) = rule
         .providers
         .iter()
-        .map(|&i| &providers[i])
-        .find(|p| p.config.issuer.as_deref() == issuer)
+        .map(|&i| (i, &providers[i]))
+        .find(|(_, p)| p.config.issuer.as_deref() == issuer)
         .ok_or(GatewayError::InvalidToken(Rejection::Issuer))?;
+    let mut generation = provider.generation();
     let keys = provider.keys.load_full().ok_or(GatewayError::KeysUnavailable)?;
-    let verified = match unverified.verify(&provider.config, &keys, now()) {
+    let verified = match unverified.verify(&provider.config, &keys, now) {
         // A `kid` we have never seen may be a key the provider just rotated in.
         Err(Rejection::UnknownKey) if provider.remote.is_some() && provider.refetch_for_unknown_kid().await => {
+            generation = provider.generation();
             let keys = provider.keys.load_full().ok_or(GatewayError::KeysUnavailable)?;
-            unverified.verify(&provider.config, &keys, now())
+            unverified.verify(&provider.config, &keys, now)
         }
         other => other,
     };
     verified.map_err(invalid)?;
     let claims = unverified.into_claims();
+    let valid_until = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0) + provider.config.leeway.as_secs_f64();
     let scopes = scopes::collect(&claims, &provider.config.scope_claims);
-    scopes::authorize(rule, &scopes).map_err(GatewayError::InsufficientScope)?;
-    Ok(Identity {
+    let identity = Arc::new(Identity {
         subject: claims.get(&provider.config.subject_claim).cloned(),
         scopes,
         claims,
-    })
+    });
+    // Cached before the scope check: the token is valid whatever this route wants.
+    cache.insert(
+        key,
+        CachedToken {
+            provider: index,
+            generation,
+            valid_until,
+            identity: identity.clone(),
+        },
+        now,
+    );
+    scopes::authorize(rule, &identity.scopes).map_err(GatewayError::InsufficientScope)?;
+    Ok(identity)
 }
 
 #[cfg(test)]

@@ -177,7 +177,7 @@ async fn pipeline(
     let identity = match &route.access {
         Access::Public => None,
         Access::Protected(rule) => {
-            let identity = crate::auth::authenticate(&snap.providers, rule, &parts.headers).await?;
+            let identity = crate::auth::authenticate(&snap.providers, &snap.tokens, rule, &parts.headers).await?;
             log.subject = identity
                 .subject
                 .as_ref()

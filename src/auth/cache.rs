@@ -1,0 +1,189 @@
+//! The verified-token cache. Verifying an RS256 or ES256 signature costs tens of
+//! microseconds; a client sends the same token many times. A hit skips the
+//! signature and claim parsing, and nothing else: every hit still checks
+//! expiry, the route's providers and the route's scopes (a cache that skipped
+//! those was GHSA-qvp4-rpmr-xwrr in Ory Oathkeeper).
+//!
+//! Keys are the SHA-256 of the whole token, so no crafted token can collide
+//! with a cached one. The cache belongs to one configuration snapshot (a reload
+//! starts empty) and an entry is only valid for the key generation of the
+//! provider that verified it (new keys, a removed key: the entry is dropped).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::{Identity, ProviderState};
+
+/// Entries kept at most; past it, expired entries and then about half of the
+/// rest are evicted.
+pub const DEFAULT_CAPACITY: usize = 4096;
+
+pub type CacheKey = [u8; 32];
+
+#[derive(Debug)]
+pub struct CachedToken {
+    /// Index of the provider that verified the token.
+    pub provider: usize,
+    /// That provider's key generation at verification time.
+    pub generation: u64,
+    /// `exp` plus the provider's leeway, Unix seconds.
+    pub valid_until: f64,
+    pub identity: Arc<Identity>,
+}
+
+#[derive(Debug)]
+pub struct TokenCache {
+    entries: DashMap<CacheKey, Arc<CachedToken>>,
+    capacity: usize,
+    /// Which half of the key space the next overflow evicts.
+    sweep: AtomicU8,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
+}
+
+impl TokenCache {
+    pub fn with_capacity(capacity: usize) -> Self {
+        TokenCache {
+            entries: DashMap::new(),
+            capacity: capacity.max(1),
+            sweep: AtomicU8::new(0),
+        }
+    }
+
+    pub fn key(token: &str) -> CacheKey {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        key
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// A still-valid entry: not expired, and verified with the provider's
+    /// current keys. Stale entries are removed on the way.
+    pub fn get(&self, key: &CacheKey, providers: &[Arc<ProviderState>], now: f64) -> Option<Arc<CachedToken>> {
+        let entry = self.entries.get(key).map(|e| e.value().clone())?;
+        let current = providers.get(entry.provider).map(|p| p.generation());
+        if now >= entry.valid_until || current != Some(entry.generation) {
+            self.entries.remove(key);
+            return None;
+        }
+        Some(entry)
+    }
+
+    pub fn insert(&self, key: CacheKey, entry: CachedToken, now: f64) {
+        if self.entries.len() >= self.capacity {
+            self.evict(now);
+        }
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    /// Drop expired entries; if that frees too little, drop about half, a
+    /// different half each time (by the first bit of the key).
+    fn evict(&self, now: f64) {
+        self.entries.retain(|_, e| now < e.valid_until);
+        if self.entries.len() >= self.capacity * 3 / 4 {
+            let bit = self.sweep.fetch_add(1, Ordering::Relaxed) & 1;
+            self.entries.retain(|k, _| k[0] & 1 != bit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Arc<Identity> {
+        Arc::new(Identity {
+            subject: None,
+            scopes: vec![],
+            claims: Default::default(),
+        })
+    }
+
+    fn entry(valid_until: f64, generation: u64) -> CachedToken {
+        CachedToken {
+            provider: 0,
+            generation,
+            valid_until,
+            identity: identity(),
+        }
+    }
+
+    fn provider() -> Arc<ProviderState> {
+        std::env::set_var("PORTCULLIS_CACHE_TEST_SECRET", "x");
+        let config = crate::config::Provider {
+            name: "p".into(),
+            issuer: None,
+            audiences: None,
+            keys: crate::config::KeySource::SecretEnv("PORTCULLIS_CACHE_TEST_SECRET".into()),
+            ca_file: None,
+            algorithms: None,
+            leeway: std::time::Duration::from_secs(30),
+            jwks_refresh: std::time::Duration::from_secs(600),
+            scope_claims: vec!["scope".into()],
+            subject_claim: "sub".into(),
+            typ: None,
+        };
+        Arc::new(ProviderState::new(config).unwrap())
+    }
+
+    #[test]
+    fn keys_are_sha256_of_the_whole_token() {
+        assert_ne!(TokenCache::key("a.b.c"), TokenCache::key("a.b.d"));
+        assert_eq!(TokenCache::key("a.b.c"), TokenCache::key("a.b.c"));
+    }
+
+    #[test]
+    fn entries_never_outlive_their_expiry() {
+        let cache = TokenCache::default();
+        let providers = vec![provider()];
+        let k = TokenCache::key("t");
+        cache.insert(k, entry(100.0, 0), 50.0);
+        assert!(cache.get(&k, &providers, 99.0).is_some());
+        assert!(cache.get(&k, &providers, 100.0).is_none());
+        assert!(cache.is_empty(), "the expired entry is removed");
+    }
+
+    #[test]
+    fn entries_die_with_the_keys_that_verified_them() {
+        let cache = TokenCache::default();
+        let providers = vec![provider()];
+        let k = TokenCache::key("t");
+        cache.insert(k, entry(1e12, providers[0].generation()), 0.0);
+        assert!(cache.get(&k, &providers, 1.0).is_some());
+        providers[0].install(crate::auth::keys::KeySet::default());
+        assert!(
+            cache.get(&k, &providers, 1.0).is_none(),
+            "new keys invalidate the entry"
+        );
+    }
+
+    #[test]
+    fn size_is_bounded() {
+        let cache = TokenCache::with_capacity(100);
+        for i in 0..10_000 {
+            cache.insert(TokenCache::key(&i.to_string()), entry(1e12, 0), 0.0);
+            assert!(cache.len() <= 100, "{} entries after {i} inserts", cache.len());
+        }
+        // Expired entries go first.
+        let cache = TokenCache::with_capacity(10);
+        for i in 0..10 {
+            cache.insert(TokenCache::key(&i.to_string()), entry(5.0, 0), 0.0);
+        }
+        cache.insert(TokenCache::key("fresh"), entry(1e12, 0), 6.0);
+        assert_eq!(cache.len(), 1);
+    }
+}
