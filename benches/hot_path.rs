@@ -1,0 +1,232 @@
+//! Microbenchmarks of the request path: `cargo bench`. Criterion reports the
+//! figures; nothing here asserts a time.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, HeaderValue, Method};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use portcullis::auth::cache::TokenCache;
+use portcullis::auth::{token, ProviderState};
+use portcullis::config::{Access, AuthRule, KeySource, PathMatch, Provider, Route};
+use portcullis::proxy::headers::{self, IdentityHeaders, StripRules};
+use portcullis::routing::normalize::normalize;
+use portcullis::routing::table::RouteTable;
+
+fn bench_normalize(c: &mut Criterion) {
+    let mut g = c.benchmark_group("normalize");
+    for path in [
+        "/api/orders/12345",
+        "/api/v1/users/42/orders?x",
+        "/public/%2e%2e/admin//x/./y",
+        "/a%20b/c%7Ed/%41",
+    ] {
+        g.bench_with_input(BenchmarkId::from_parameter(path), path, |b, p| {
+            b.iter(|| normalize(black_box(p)))
+        });
+    }
+    g.finish();
+}
+
+fn route(i: usize) -> Route {
+    Route {
+        name: format!("r{i}"),
+        path: if i % 2 == 0 {
+            PathMatch::Prefix(format!("/svc{i}/items"))
+        } else {
+            PathMatch::Exact(format!("/svc{i}/health"))
+        },
+        methods: Some(vec![Method::GET, Method::POST]),
+        host: None,
+        upstream: 0,
+        strip_prefix: None,
+        access: Access::Public,
+    }
+}
+
+fn bench_routes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_lookup");
+    for n in [10usize, 100, 1000] {
+        let table = RouteTable::new((0..n).map(route).collect());
+        // The last route: the worst case for a scan in file order.
+        let path = format!("/svc{}/items/7", if (n - 1) % 2 == 0 { n - 1 } else { n - 2 });
+        g.bench_with_input(BenchmarkId::new("last_route", n), &path, |b, p| {
+            b.iter(|| table.find(black_box(Some("api.example.com")), &Method::GET, black_box(p)))
+        });
+        g.bench_with_input(BenchmarkId::new("no_match", n), "/nothing/here", |b, p| {
+            b.iter(|| table.find(black_box(None), &Method::GET, black_box(p)))
+        });
+    }
+    g.finish();
+}
+
+struct Signer {
+    alg: Algorithm,
+    key: EncodingKey,
+    public_pem: String,
+}
+
+fn signer(alg: Algorithm) -> Signer {
+    let rc = match alg {
+        Algorithm::RS256 => &rcgen::PKCS_RSA_SHA256,
+        Algorithm::ES256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        _ => &rcgen::PKCS_ED25519,
+    };
+    let kp = rcgen::KeyPair::generate_for(rc).unwrap();
+    let key = portcullis::mint::pem_signing_key(alg, kp.serialize_pem().as_bytes()).unwrap();
+    Signer {
+        alg,
+        key,
+        public_pem: kp.public_key_pem(),
+    }
+}
+
+fn provider(dir: &std::path::Path, name: &str, keys: KeySource) -> Arc<ProviderState> {
+    let _ = dir;
+    let config = Provider {
+        name: name.into(),
+        issuer: Some("https://id.example.com/".into()),
+        audiences: Some(vec!["api".into()]),
+        keys,
+        ca_file: None,
+        algorithms: None,
+        leeway: std::time::Duration::from_secs(30),
+        jwks_refresh: std::time::Duration::from_secs(600),
+        scope_claims: vec!["scope".into(), "scp".into(), "scopes".into()],
+        subject_claim: "sub".into(),
+        typ: None,
+    };
+    Arc::new(ProviderState::new(config).unwrap())
+}
+
+fn claims() -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    serde_json::json!({
+        "iss": "https://id.example.com/", "aud": "api", "sub": "user-1234",
+        "scope": "orders:read orders:write profile", "exp": now + 3600, "iat": now,
+        "email": "user@example.com"
+    })
+}
+
+fn bench_tokens(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rule = AuthRule {
+        providers: vec![0],
+        scopes: vec!["orders:read".into()],
+        any_scopes: vec![],
+    };
+    let mut g = c.benchmark_group("token");
+    std::env::set_var("PORTCULLIS_BENCH_SECRET", "bench-secret-0123456789abcdef0123456789");
+    let mut cases: Vec<(&str, Arc<ProviderState>, String)> = Vec::new();
+    let hs = provider(&dir, "hs", KeySource::SecretEnv("PORTCULLIS_BENCH_SECRET".into()));
+    let hs_token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims(),
+        &EncodingKey::from_secret(b"bench-secret-0123456789abcdef0123456789"),
+    )
+    .unwrap();
+    cases.push(("HS256", hs, hs_token));
+    for alg in [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA] {
+        let s = signer(alg);
+        let pem = dir.join(format!("{alg:?}.pem"));
+        std::fs::write(&pem, &s.public_pem).unwrap();
+        let p = provider(&dir, &format!("{alg:?}"), KeySource::PublicKeyFile(pem));
+        let t = jsonwebtoken::encode(&Header::new(s.alg), &claims(), &s.key).unwrap();
+        cases.push((
+            match alg {
+                Algorithm::RS256 => "RS256",
+                Algorithm::ES256 => "ES256",
+                _ => "EdDSA",
+            },
+            p,
+            t,
+        ));
+    }
+    for (name, p, t) in &cases {
+        let keys = p.keys.load_full().unwrap();
+        g.bench_function(BenchmarkId::new("verify_cold", name), |b| {
+            b.iter(|| {
+                let u = token::decode(black_box(t)).unwrap();
+                u.verify(&p.config, &keys, 1.0).unwrap();
+                u.into_claims()
+            })
+        });
+        let providers = vec![p.clone()];
+        let cache = TokenCache::default();
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+        );
+        rt.block_on(portcullis::auth::authenticate(&providers, &cache, &rule, &h))
+            .unwrap();
+        g.bench_function(BenchmarkId::new("authenticate_cached", name), |b| {
+            b.iter(|| {
+                rt.block_on(portcullis::auth::authenticate(&providers, &cache, &rule, black_box(&h)))
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn bench_headers(c: &mut Criterion) {
+    let identity = portcullis::config::Identity {
+        subject_header: http::HeaderName::from_static("x-auth-subject"),
+        scopes_header: http::HeaderName::from_static("x-auth-scopes"),
+        claims: vec![(http::HeaderName::from_static("x-auth-email"), "email".into())],
+        strip_incoming: vec!["x-auth-*".into()],
+        forward_authorization: false,
+    };
+    let strip = StripRules::new(
+        identity.strip_incoming.clone(),
+        &[&identity.subject_header, &identity.scopes_header],
+    );
+    let apply = IdentityHeaders::new(&identity);
+    let who = portcullis::auth::Identity {
+        subject: Some("user-1234".into()),
+        scopes: vec!["orders:read".into(), "profile".into()],
+        claims: serde_json::json!({"email": "user@example.com"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    };
+    let mut base = HeaderMap::new();
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "curl/8.5.0"),
+        ("accept", "*/*"),
+        ("authorization", "Bearer abc.def.ghi"),
+        ("x-auth-subject", "spoofed"),
+        ("connection", "keep-alive"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("content-type", "application/json"),
+    ] {
+        base.insert(http::HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    let host = HeaderValue::from_static("api.example.com");
+    c.bench_function("identity_header_rewrite", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut h| {
+                strip.strip(&mut h);
+                headers::remove_hop_by_hop(&mut h);
+                h.remove(http::header::AUTHORIZATION);
+                apply.apply(&mut h, &who);
+                headers::set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some(&host));
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench_normalize, bench_routes, bench_tokens, bench_headers);
+criterion_main!(benches);
