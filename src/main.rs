@@ -77,6 +77,9 @@ struct TokenArgs {
     /// Extra claim name=value (value parsed as JSON when it can be); repeatable
     #[arg(long = "claim", value_name = "K=V")]
     claims: Vec<String>,
+    /// Print this many tokens, one per line, each with its own `jti` (for load tests)
+    #[arg(long, default_value_t = 1)]
+    count: usize,
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -125,8 +128,16 @@ fn main() -> ExitCode {
         Command::Check => check(&path),
         Command::Certs { out, hosts } => certs(&out, hosts),
         Command::Token(args) => match token(*args) {
-            Ok(t) => {
-                println!("{t}");
+            Ok(tokens) => {
+                use std::io::Write;
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                let written = tokens
+                    .iter()
+                    .try_for_each(|t| writeln!(out, "{t}"))
+                    .and_then(|()| out.flush());
+                if written.is_err() {
+                    return ExitCode::FAILURE;
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -163,7 +174,7 @@ fn demo() -> ExitCode {
     }
 }
 
-fn token(args: TokenArgs) -> Result<String, String> {
+fn token(args: TokenArgs) -> Result<Vec<String>, String> {
     use jsonwebtoken::{Algorithm, EncodingKey};
     let ttl = portcullis::config::raw::parse_duration(&args.ttl).map_err(|e| format!("--ttl: {e}"))?;
     let parse_alg = |a: &str| {
@@ -210,7 +221,17 @@ fn token(args: TokenArgs) -> Result<String, String> {
         ttl,
         claims,
     };
-    portcullis::mint::mint(alg, &key, &spec)
+    if args.count <= 1 {
+        return Ok(vec![portcullis::mint::mint(alg, &key, &spec)?]);
+    }
+    (0..args.count)
+        .map(|i| {
+            let mut spec = spec.clone();
+            spec.claims
+                .push(("jti".into(), serde_json::Value::String(format!("t{i}"))));
+            portcullis::mint::mint(alg, &key, &spec)
+        })
+        .collect()
 }
 
 fn run(path: &std::path::Path) -> ExitCode {

@@ -2,7 +2,7 @@
 //! configuration reloads. Labels are route, upstream and provider names from
 //! the configuration, never raw request data, so cardinality stays bounded.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,13 +13,13 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
+    route: Arc<str>,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -135,7 +135,9 @@ pub fn register(config: &crate::config::Config) {
         }
     }
     for r in &config.routes {
-        let _ = m.duration.get_or_create(&RouteLabels { route: r.name.clone() });
+        let _ = m.duration.get_or_create(&RouteLabels {
+            route: Arc::from(r.name.as_str()),
+        });
     }
 }
 
@@ -159,20 +161,16 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
     "keys_unavailable",
 ];
 
-/// One answered request. `route` is `-` when no route matched.
-pub fn request(route: &str, status: u16, seconds: f64) {
+/// One answered request. `route` is `None` (label `-`) when no route matched.
+/// Route names are shared `Arc<str>`s, so counting allocates nothing.
+pub fn request(route: Option<&Arc<str>>, status: u16, seconds: f64) {
+    static NO_ROUTE: OnceLock<Arc<str>> = OnceLock::new();
+    let route = route.unwrap_or_else(|| NO_ROUTE.get_or_init(|| Arc::from("-"))).clone();
     let m = metrics();
-    m.requests
-        .get_or_create(&RequestLabels {
-            route: route.to_string(),
-            status,
-        })
-        .inc();
     m.duration
-        .get_or_create(&RouteLabels {
-            route: route.to_string(),
-        })
+        .get_or_create(&RouteLabels { route: route.clone() })
         .observe(seconds);
+    m.requests.get_or_create(&RequestLabels { route, status }).inc();
 }
 
 pub fn auth_failure(reason: &'static str) {

@@ -39,7 +39,7 @@ pub struct ConnInfo {
 #[derive(Debug, Default)]
 struct RequestLog {
     path: Option<String>,
-    route: Option<String>,
+    route: Option<Arc<str>>,
     upstream_status: Option<u16>,
     subject: Option<String>,
 }
@@ -74,11 +74,7 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     h.insert(X_REQUEST_ID, request_id.clone());
 
     let elapsed = started.elapsed();
-    crate::metrics::request(
-        log.route.as_deref().unwrap_or("-"),
-        resp.status().as_u16(),
-        elapsed.as_secs_f64(),
-    );
+    crate::metrics::request(log.route.as_ref(), resp.status().as_u16(), elapsed.as_secs_f64());
     tracing::info!(
         target: "portcullis::access",
         request_id = request_id.to_str().unwrap_or(""),
@@ -96,7 +92,10 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
 
 /// Size of the request head as the client sent it, near enough for the limit.
 fn header_bytes<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let target =
+        uri.path_and_query().map_or(1, |pq| pq.as_str().len()) + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
     line + req
         .headers()
         .iter()
@@ -171,7 +170,7 @@ async fn pipeline(
         Lookup::NotFound => return Err(GatewayError::NotFound),
     };
     let route = snap.routes.get(route_index);
-    log.route = Some(route.name.clone());
+    log.route = Some(snap.routes.shared_name(route_index));
 
     // SPEC §3.5-3.6: authenticate and authorise before anything is sent on.
     let identity = match &route.access {

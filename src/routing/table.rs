@@ -3,6 +3,7 @@
 //! method, the answer is 405 with the methods that would have matched.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::{HeaderValue, Method};
 
@@ -25,6 +26,8 @@ pub enum Lookup {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Route names, shared with logs and metrics without copying per request.
+    names: Vec<Arc<str>>,
     /// First segment -> indexes of the routes that could match a path starting with it.
     by_segment: HashMap<Box<str>, Vec<usize>>,
     /// Routes for a first segment no route names: the ones with prefix `/`.
@@ -54,8 +57,10 @@ impl RouteTable {
                 })
                 .collect();
         }
+        let names = routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
         RouteTable {
             routes,
+            names,
             by_segment,
             fallback,
         }
@@ -67,6 +72,10 @@ impl RouteTable {
 
     pub fn get(&self, index: usize) -> &Route {
         &self.routes[index]
+    }
+
+    pub fn shared_name(&self, index: usize) -> Arc<str> {
+        self.names[index].clone()
     }
 
     pub fn routes(&self) -> &[Route] {
