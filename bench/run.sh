@@ -122,7 +122,10 @@ backend nginx
 CONF
 "$HAPROXY" -f "$W/haproxy.cfg" -db 2>"$W/haproxy.log" & HA_PID=$!; PIDS+=($HA_PID)
 
-for _ in $(seq 50); do curl -skf -o /dev/null "https://$PC/public" && break; sleep 0.1; done
+for _ in $(seq 100); do
+  curl -sf -o /dev/null "http://$UP/" && curl -skf -o /dev/null "https://$PC/public" && curl -skf -o /dev/null "https://$HA/" && break
+  sleep 0.1
+done
 AUTH="Authorization: Bearer $TOKEN"
 check() { local code; code=$(curl -sk -o /dev/null -w '%{http_code}' "$@"); echo "$code"; }
 [[ $(check "http://$UP/") == 200 && $(check "https://$PC/auth" -H "$AUTH") == 200 && $(check "https://$HAJ/" -H "$AUTH") == 200 ]] \

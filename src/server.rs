@@ -23,6 +23,9 @@ use crate::config::{Config, ConfigError, Limits};
 use crate::proxy::{self, ConnInfo};
 use crate::snapshot::Snapshot;
 
+/// Concurrent connections on the admin listener.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// State shared by every connection: the current configuration snapshot.
 #[derive(Debug)]
 pub struct Gateway {
@@ -91,11 +94,14 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
         shutdown.subscribe(),
     ))];
     if let Some(admin) = admin {
+        // The admin listener has its own small budget, so a gateway saturated
+        // with clients still answers its health checks and scrapes.
+        let admin_connections = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
         accept_loops.push(tokio::spawn(accept_loop(
             admin,
             Listener::Admin,
             gateway.clone(),
-            connections.clone(),
+            admin_connections,
             shutdown.subscribe(),
         )));
     }

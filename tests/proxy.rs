@@ -439,3 +439,55 @@ async fn plain_http_on_the_https_port_is_refused() {
     assert!(!out.contains("HTTP/1.1 200"), "{out}");
     assert!(up.requests().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_upstreams_are_verified_against_ca_file() {
+    let (up, ca_pem) = Upstream::start_tls("secure").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("upstream-ca.pem"), ca_pem).unwrap();
+    let target = format!("https://127.0.0.1:{}", up.addr.port());
+    let yaml = format!(
+        "{}upstreams:\n  trusted:\n    targets: [{target}]\n    ca_file: upstream-ca.pem\n  untrusted:\n    targets: [{target}]\nroutes:\n  - match: {{ path: /trusted }}\n    upstream: trusted\n    public: true\n  - match: {{ path: /untrusted }}\n    upstream: untrusted\n    public: true\n",
+        header("")
+    );
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let r = gw.get("/trusted/x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "upstream: secure");
+    assert_eq!(up.last().headers["x-forwarded-proto"], "https");
+    // Without the CA file the web PKI roots apply, and a self-signed upstream is refused.
+    gw.get("/untrusted/x").await.assert_error(502, "bad_gateway");
+    assert_eq!(up.requests().len(), 1);
+}
+
+/// A reload keeps the connection pools of upstreams whose configuration did
+/// not change, and swaps routes atomically for new requests on old connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_keeps_pools_and_applies_to_open_connections() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let mut c = gw.client(Proto::H2).await;
+    assert_eq!(c.send(req("GET", "/public", &[], "")).await.status, 200);
+    let extra = format!(
+        "{}  - name: added\n    match: {{ path: /added }}\n    upstream: app\n    public: true\n",
+        ""
+    );
+    std::fs::write(&gw.config_path, format!("{}{extra}", config(&up, ""))).unwrap();
+    gw.reload().expect("reload");
+    assert_eq!(
+        c.send(req("GET", "/added", &[], "")).await.status,
+        200,
+        "the new route, on an existing connection"
+    );
+    assert_eq!(c.send(req("GET", "/public", &[], "")).await.status, 200);
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the upstream pool survived the reload"
+    );
+    // A bad file changes nothing.
+    std::fs::write(&gw.config_path, "routes: [").unwrap();
+    assert!(gw.reload().is_err());
+    assert_eq!(c.send(req("GET", "/added", &[], "")).await.status, 200);
+}

@@ -254,3 +254,21 @@ async fn malformed_or_oversize_jwks_keeps_the_old_keys() {
         );
     }
 }
+
+/// Keys fetched for a provider whose configuration did not change survive a
+/// reload: no refetch, and tokens keep working even if the provider is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_keeps_fetched_keys() {
+    let kp = KeyPair::generate(Algorithm::RS256);
+    let idp = Idp::start(vec![kp.jwk("k1")]).await;
+    let s = setup(idp, "jwks_uri", "10m").await;
+    let t = token(&kp, "k1", &s.idp.issuer());
+    assert_eq!(s.wait_for(&t, 200, Duration::from_secs(5)).await.status, 200);
+    s.idp.set(|st| st.up = false);
+    let fetches = s.idp.jwks_fetches();
+    let yaml = std::fs::read_to_string(&s.gw.config_path).unwrap();
+    std::fs::write(&s.gw.config_path, yaml.replace("name: orders", "name: orders-renamed")).unwrap();
+    s.gw.reload().expect("reload");
+    assert_eq!(s.call(&t).await.status, 200, "keys carried over the reload");
+    assert_eq!(s.idp.jwks_fetches(), fetches, "no refetch caused by the reload");
+}

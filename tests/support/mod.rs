@@ -56,6 +56,25 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start(name: &str) -> Upstream {
+        Self::serve(name, None).await
+    }
+
+    /// The same upstream behind TLS; returns it and its certificate (PEM) to trust.
+    pub async fn start_tls(name: &str) -> (Upstream, String) {
+        let (cert_pem, key_pem) = portcullis::tls::self_signed(&["127.0.0.1".into(), "localhost".into()]).unwrap();
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(portcullis::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let up = Self::serve(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+        (up, cert_pem)
+    }
+
+    async fn serve(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -67,12 +86,20 @@ impl Upstream {
                     return;
                 };
                 let conn_id = c.fetch_add(1, Ordering::SeqCst) + 1;
-                let (s, n) = (s.clone(), n.clone());
+                let (s, n, tls) = (s.clone(), n.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| upstream_answer(req, s.clone(), n.clone(), conn_id));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(tls), service).await;
+                            }
+                        }
+                    }
                 });
             }
         });
