@@ -11,6 +11,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
@@ -217,8 +221,11 @@ async fn accept_loop(
         tokio::spawn(async move {
             match kind {
                 Listener::Https => serve_https(gateway, stream, peer, shutdown).await,
-                Listener::Admin => serve_admin(gateway, stream, shutdown).await,
-                Listener::Redirect { https_port } => serve_redirect(gateway, stream, https_port, shutdown).await,
+                Listener::Admin => serve_plain(gateway, stream, shutdown, crate::admin::answer).await,
+                Listener::Redirect { https_port } => {
+                    let answer = move |req: &Request<Incoming>, _: &Snapshot| crate::redirect::answer(req, https_port);
+                    serve_plain(gateway, stream, shutdown, answer).await
+                }
             }
             drop(permit);
         });
@@ -283,7 +290,12 @@ fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
     b
 }
 
-async fn serve_redirect(gateway: Arc<Gateway>, stream: TcpStream, https_port: u16, shutdown: watch::Receiver<bool>) {
+/// The plain-HTTP/1.1 listeners (redirect, admin): small answers computed from
+/// the request and the current snapshot.
+async fn serve_plain<F>(gateway: Arc<Gateway>, stream: TcpStream, shutdown: watch::Receiver<bool>, answer: F)
+where
+    F: Fn(&Request<Incoming>, &Snapshot) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
     let limits = gateway.snapshot.load().config.limits.clone();
     let state = Arc::new(ConnState::new(&limits, true));
     let io = TokioIo::new(Tracked {
@@ -293,23 +305,7 @@ async fn serve_redirect(gateway: Arc<Gateway>, stream: TcpStream, https_port: u1
     let service_state = state.clone();
     let service = service_fn(move |req| {
         let _guard = InFlight::enter(&service_state);
-        async move { Ok::<_, Infallible>(crate::redirect::answer(&req, https_port)) }
-    });
-    let conn = http1_builder(&limits).serve_connection(io, service);
-    drive(conn, &limits, &state, shutdown).await;
-}
-
-async fn serve_admin(gateway: Arc<Gateway>, stream: TcpStream, shutdown: watch::Receiver<bool>) {
-    let limits = gateway.snapshot.load().config.limits.clone();
-    let state = Arc::new(ConnState::new(&limits, true));
-    let io = TokioIo::new(Tracked {
-        inner: stream,
-        state: state.clone(),
-    });
-    let service_state = state.clone();
-    let service = service_fn(move |req| {
-        let _guard = InFlight::enter(&service_state);
-        let resp = crate::admin::answer(&req, &gateway.snapshot.load());
+        let resp = answer(&req, &gateway.snapshot.load());
         async move { Ok::<_, Infallible>(resp) }
     });
     let conn = http1_builder(&limits).serve_connection(io, service);

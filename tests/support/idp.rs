@@ -13,8 +13,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
 pub struct IdpState {
@@ -47,16 +45,7 @@ impl Drop for Idp {
 
 impl Idp {
     pub async fn start(keys: Vec<Value>) -> Idp {
-        let (cert_pem, key_pem) = portcullis::tls::self_signed(&["127.0.0.1".into(), "localhost".into()]).unwrap();
-        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(portcullis::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert], key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (acceptor, cert_pem) = super::tls_acceptor();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(IdpState {

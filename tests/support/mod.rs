@@ -61,16 +61,8 @@ impl Upstream {
 
     /// The same upstream behind TLS; returns it and its certificate (PEM) to trust.
     pub async fn start_tls(name: &str) -> (Upstream, String) {
-        let (cert_pem, key_pem) = portcullis::tls::self_signed(&["127.0.0.1".into(), "localhost".into()]).unwrap();
-        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(portcullis::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert], key)
-            .unwrap();
-        let up = Self::serve(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+        let (acceptor, cert_pem) = tls_acceptor();
+        let up = Self::serve(name, Some(acceptor)).await;
         (up, cert_pem)
     }
 
@@ -201,6 +193,21 @@ impl http_body::Body for Chunks {
         self.left -= n;
         std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n])))))
     }
+}
+
+/// A TLS acceptor for 127.0.0.1 / localhost with a fresh self-signed
+/// certificate, and that certificate as PEM (to trust through `ca_file`).
+pub fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
+    let (cert_pem, key_pem) = portcullis::tls::self_signed(&["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(portcullis::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), cert_pem)
 }
 
 /// A gateway running in this test process on ephemeral loopback ports.
