@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ulimit -n 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 ROUNDS=3 DURATION=10 CONNS=64 H2_CONNS=16 H2_STREAMS=4 TOKENS=10000
 if [[ "${1:-}" == "--quick" ]]; then ROUNDS=1 DURATION=3; fi
 
@@ -223,3 +223,6 @@ printf '\nportcullis vs haproxy-tls (no auth) with full auth: h1 %.2f\n' \
   "$(awk -v a="$(rps 'h1 portcullis-auth')" -v b="$(rps 'h1 haproxy-tls')" 'BEGIN {print a / b}')"
 echo "portcullis peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$PC_PID/status"); haproxy: $(awk '/VmHWM/ {print $2, $3}' "/proc/$HA_PID/status")"
 echo "portcullis upstream connections open now: $(ss -tnH state established "( dport = :${UP##*:} )" 2>/dev/null | grep -c . || true) (pooled; nginx sees them as keep-alive)"
+IDLE=$(( $(ulimit -n) > 12000 ? 10000 : $(ulimit -n) / 2 ))
+echo "portcullis idle RSS and with $IDLE idle keep-alive clients:"
+python3 bench/idle_connections.py "$PC" "$PC_PID" "$IDLE" /public || echo "(idle-connection measurement failed)"

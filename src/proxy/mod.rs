@@ -59,10 +59,8 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
             resp
         }
         Err(e) => {
-            match e.status().as_u16() {
-                500.. => tracing::warn!(error = %e, route = log.route.as_deref(), "upstream failure"),
-                _ => tracing::debug!(error = %e, route = log.route.as_deref(), "request refused"),
-            }
+            // Client faults are routine (debug); upstream failures were logged at warn where they happened.
+            tracing::debug!(error = %e, route = log.route.as_deref(), "request answered by the gateway");
             e.into_response().map(Either::Right)
         }
     };
