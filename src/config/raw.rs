@@ -45,13 +45,34 @@ pub struct RawTls {
     pub self_signed_if_missing: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum TlsVersion {
     #[default]
-    #[serde(rename = "1.2")]
     Tls12,
-    #[serde(rename = "1.3")]
     Tls13,
+}
+
+impl<'de> Deserialize<'de> for TlsVersion {
+    /// `"1.2"` / `"1.3"`, quoted or not (unquoted, YAML reads them as numbers).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Text(String),
+            Number(f64),
+        }
+        let text = match Written::deserialize(d)? {
+            Written::Text(s) => s,
+            Written::Number(n) => format!("{n:.1}"),
+        };
+        match text.as_str() {
+            "1.2" => Ok(TlsVersion::Tls12),
+            "1.3" => Ok(TlsVersion::Tls13),
+            other => Err(serde::de::Error::custom(format!(
+                "tls.min_version {other:?} is not supported: write \"1.2\" or \"1.3\""
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +244,15 @@ impl<'de> Deserialize<'de> for HeaderNameStr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_versions_quoted_or_not() {
+        let v = |y: &str| serde_yaml::from_str::<TlsVersion>(y);
+        assert_eq!(v("\"1.2\"").unwrap(), TlsVersion::Tls12);
+        assert_eq!(v("1.3").unwrap(), TlsVersion::Tls13);
+        assert!(v("1.1").is_err());
+        assert!(v("\"1.0\"").is_err());
+    }
 
     #[test]
     fn durations() {
