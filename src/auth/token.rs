@@ -365,6 +365,24 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut state: u64 = 42;
+        for _ in 0..20_000 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (state >> 58) as usize;
+            let token: String = (0..len)
+                .map(|i| b"eyJ.AaZz09-_%="[((state >> (i % 50)) % 14) as usize] as char)
+                .collect();
+            if let Ok(u) = decode(&token) {
+                let _ = u.issuer();
+                let _ = u.verify(&provider(), &KeySet::default(), 0.0);
+            }
+        }
+    }
+
+    #[test]
     fn typ_comparison() {
         assert!(typ_matches("at+jwt", "at+jwt"));
         assert!(typ_matches("application/AT+JWT", "at+jwt"));

@@ -219,6 +219,37 @@ mod tests {
         }
     }
 
+    /// Random paths over the characters that matter: never a panic, and every
+    /// accepted result is absolute, has no empty, `.` or `..` segment, and
+    /// normalises to itself.
+    #[test]
+    fn random_inputs_hold_the_invariants() {
+        const ALPHABET: &[&str] = &[
+            "/", "/", ".", "..", "%", "%2e", "%2E", "%2f", "%5c", "%25", "%00", "%41", "a", "\\", "~", "%7", "é", ";",
+            "?",
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut path = String::from("/");
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            for i in 0..(state % 12) {
+                let pick = (state.rotate_left(i as u32 * 5) % ALPHABET.len() as u64) as usize;
+                path.push_str(ALPHABET[pick]);
+            }
+            if let Ok(out) = normalize(&path) {
+                assert!(out.starts_with('/'), "{path:?} -> {out:?}");
+                let inner = &out[1..out.len() - usize::from(out.len() > 1 && out.ends_with('/'))];
+                assert!(
+                    inner.is_empty() || inner.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".."),
+                    "{path:?} -> {out:?}"
+                );
+                assert_eq!(normalize(&out).as_deref(), Ok(out.as_str()), "{path:?}");
+            }
+        }
+    }
+
     #[test]
     fn normalising_twice_changes_nothing() {
         for input in ["/a//b/./c/../d/", "/%2e/x", "/%252e", "/x%20y/"] {
