@@ -145,6 +145,18 @@ fn warnings_for_shadowed_routes_plain_http_keys_and_missing_audiences() {
     );
     assert!(w.contains("plain http"), "{w}");
     assert!(w.contains("no `audiences`"), "{w}");
+
+    std::fs::write(d.path().join("short.secret"), "hunter2\n").unwrap();
+    let yaml = with("  a:\n    secret_file: short.secret\n", PUBLIC_ROUTE);
+    let w = load(d.path(), &yaml).unwrap().warnings.join("\n");
+    assert!(w.contains("shorter than 32 bytes"), "{w}");
+    // The trailing newline is not part of the secret, so it does not count.
+    std::fs::write(d.path().join("short.secret"), format!("{}\n", "k".repeat(32))).unwrap();
+    let w = load(d.path(), &yaml).unwrap().warnings.join("\n");
+    assert!(!w.contains("shorter than 32 bytes"), "{w}");
+    std::fs::write(d.path().join("short.secret"), format!("{}\n", "k".repeat(31))).unwrap();
+    let w = load(d.path(), &yaml).unwrap().warnings.join("\n");
+    assert!(w.contains("shorter than 32 bytes"), "{w}");
 }
 
 fn portcullis(args: &[&str], dir: &Path) -> (i32, String, String) {

@@ -88,17 +88,12 @@ pub fn load_local(provider: &Provider) -> Result<Option<KeySet>, String> {
             vec![hmac_key(secret.as_bytes(), &allow)]
         }
         KeySource::SecretFile(path) => {
-            let raw = std::fs::read(path)
+            let secret = read_secret_file(path)
                 .map_err(|e| format!("{}: cannot read {}: {e}", field("secret_file"), path.display()))?;
-            // One trailing newline is what editors add; it is not part of the secret.
-            let secret = raw
-                .strip_suffix(b"\n")
-                .map(|s| s.strip_suffix(b"\r").unwrap_or(s))
-                .unwrap_or(&raw);
             if secret.is_empty() {
                 return Err(format!("{}: {} is empty", field("secret_file"), path.display()));
             }
-            vec![hmac_key(secret, &allow)]
+            vec![hmac_key(&secret, &allow)]
         }
         KeySource::PublicKeyFile(path) => {
             let pem = std::fs::read(path)
@@ -120,6 +115,19 @@ pub fn load_local(provider: &Provider) -> Result<Option<KeySet>, String> {
         ));
     }
     Ok(Some(KeySet { keys }))
+}
+
+/// A `secret_file`'s secret: its bytes without the one trailing newline
+/// editors add (`\n` or `\r\n`), which is not part of the secret.
+pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let mut raw = std::fs::read(path)?;
+    if raw.ends_with(b"\n") {
+        raw.pop();
+        if raw.ends_with(b"\r") {
+            raw.pop();
+        }
+    }
+    Ok(raw)
 }
 
 fn hmac_key(secret: &[u8], allow: &Option<Vec<Algorithm>>) -> VerifyKey {

@@ -317,6 +317,16 @@ fn validate_provider(ctx: &mut Ctx, name: String, raw: RawProvider) -> Result<Pr
         }
     };
 
+    let secret_len = match &keys {
+        KeySource::SecretEnv(var) => std::env::var(var).map(|v| v.len()).ok(),
+        KeySource::SecretFile(path) => crate::auth::keys::read_secret_file(path).map(|s| s.len()).ok(),
+        _ => None,
+    };
+    if secret_len.is_some_and(|n| n < 32) {
+        ctx.warnings.push(format!(
+            "providers.{name}: the HMAC secret is shorter than 32 bytes; short secrets can be brute-forced offline from any token"
+        ));
+    }
     if raw.audiences.is_none() {
         ctx.warnings.push(format!("providers.{name}: no `audiences`, so the `aud` claim is not checked; any token from this issuer is accepted"));
     }
