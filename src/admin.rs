@@ -47,9 +47,21 @@ pub fn answer<B>(req: &Request<B>, snap: &Snapshot) -> Response<Full<Bytes>> {
             }
         }
         "/metrics" => {
-            let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render())));
+            // Prometheus asks for OpenMetrics in `Accept`; anything else gets the classic text format.
+            let openmetrics = req
+                .headers()
+                .get_all(http::header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("application/openmetrics-text"));
+            let content_type = if openmetrics {
+                crate::metrics::OPENMETRICS_CONTENT_TYPE
+            } else {
+                crate::metrics::TEXT_CONTENT_TYPE
+            };
+            let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render(openmetrics))));
             resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
             resp
         }
         _ => json_response(

@@ -223,14 +223,68 @@ impl Drop for OpenConnection {
     }
 }
 
-/// The text exposition of every metric.
-pub fn render() -> String {
+/// The Content-Type of the OpenMetrics exposition.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Content-Type of the classic Prometheus text exposition.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every metric in OpenMetrics text, or (`openmetrics: false`) in the classic
+/// Prometheus text format 0.0.4 that every scraper and `curl | grep` reads.
+pub fn render(openmetrics: bool) -> String {
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &metrics().registry).is_err() {
         out.clear();
     }
+    if openmetrics {
+        out
+    } else {
+        to_prometheus_text(&out)
+    }
+}
+
+/// OpenMetrics -> Prometheus 0.0.4: a counter family is named with its
+/// `_total` suffix in `# HELP` / `# TYPE`, and `# UNIT` / `# EOF` do not exist.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find(|p| line.starts_with(p));
+        match meta {
+            Some(prefix) => {
+                let rest = &line[prefix.len()..];
+                let name = rest.split(' ').next().unwrap_or("");
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(&name) {
+                    out.push_str("_total");
+                }
+                out.push_str(&rest[name.len()..]);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
     out
 }
 
-/// The Content-Type of [`render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_with_their_suffix() {
+        let om = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total{a=\"1\"} 2\n\
+                  # HELP x_open Open.\n# TYPE x_open gauge\n# UNIT x_open connections\nx_open 3\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total{a=\"1\"} 2\n\
+             # HELP x_open Open.\n# TYPE x_open gauge\nx_open 3\n"
+        );
+    }
+}

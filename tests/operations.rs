@@ -111,19 +111,11 @@ impl Gateway {
     }
 
     async fn admin(&self, path: &str) -> (u16, String) {
-        let mut tcp = tokio::net::TcpStream::connect(self.admin).await.unwrap();
-        let out = exchange(
-            &mut tcp,
-            format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
-        let status = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        (
-            status,
-            out.split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_string())
-                .unwrap_or_default(),
-        )
+        status_and_body(&self.admin_raw(path, "").await)
+    }
+
+    async fn admin_raw(&self, path: &str, headers: &str) -> String {
+        admin_get(self.admin, path, headers).await
     }
 
     fn logs(&self) -> Vec<String> {
@@ -441,14 +433,38 @@ async fn admin_endpoints() {
     assert_eq!(gw.get("/a").await, 200);
     let (status, body) = gw.admin("/metrics").await;
     assert_eq!(status, 200);
-    for name in [
-        "portcullis_open_connections",
-        "portcullis_config_reloads",
-        "portcullis_requests",
-        "portcullis_request_duration_seconds",
-        "portcullis_auth_failures",
-        "portcullis_upstream_errors",
+    // The classic Prometheus text format by default: counters are typed under
+    // their `_total` name, and there is no OpenMetrics `# EOF`.
+    for (name, kind) in [
+        ("portcullis_open_connections", "gauge"),
+        ("portcullis_config_reloads_total", "counter"),
+        ("portcullis_requests_total", "counter"),
+        ("portcullis_request_duration_seconds", "histogram"),
+        ("portcullis_auth_failures_total", "counter"),
+        ("portcullis_upstream_errors_total", "counter"),
     ] {
-        assert!(body.contains(&format!("# TYPE {name}")), "{name} missing:\n{body}");
+        assert!(
+            body.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name} missing:\n{body}"
+        );
     }
+    assert!(!body.contains("# EOF"), "{body}");
+    assert!(
+        body.contains(r#"portcullis_requests_total{route="a",status="200"} 1"#),
+        "{body}"
+    );
+    let plain = gw.admin_raw("/metrics", "").await;
+    assert!(plain.contains("content-type: text/plain; version=0.0.4"), "{plain}");
+    // A scraper that asks for OpenMetrics gets it.
+    let om = gw
+        .admin_raw(
+            "/metrics",
+            "Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n",
+        )
+        .await;
+    assert!(om.contains("content-type: application/openmetrics-text"), "{om}");
+    assert!(
+        om.contains("# TYPE portcullis_requests counter\n") && om.ends_with("# EOF\n"),
+        "{om}"
+    );
 }

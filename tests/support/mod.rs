@@ -289,19 +289,11 @@ impl TestGateway {
 
     /// GET a path on the admin listener: (status, body).
     pub async fn admin(&self, path: &str) -> (u16, String) {
-        let addr = self.admin_addr.expect("admin listener configured");
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
-        let out = exchange(
-            &mut tcp,
-            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
-        let status = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        status_and_body(&self.admin_raw(path, "").await)
+    }
+
+    pub async fn admin_raw(&self, path: &str, headers: &str) -> String {
+        admin_get(self.admin_addr.expect("admin listener configured"), path, headers).await
     }
 
     pub fn reload(&self) -> Result<Vec<String>, portcullis::config::ConfigError> {
@@ -506,4 +498,25 @@ pub fn req(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Re
 pub async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
+}
+
+/// The whole response (head and body) to a GET on an admin listener;
+/// `headers` are extra request header lines, each ending in `\r\n`.
+pub async fn admin_get(addr: SocketAddr, path: &str, headers: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    exchange(
+        &mut tcp,
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+/// The status code and body of a raw HTTP/1.1 response.
+pub fn status_and_body(response: &str) -> (u16, String) {
+    let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
