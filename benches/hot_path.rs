@@ -57,6 +57,21 @@ fn bench_routes(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("no_match", n), "/nothing/here", |b, p| {
             b.iter(|| table.find(black_box(None), &Method::GET, black_box(p)))
         });
+        // Every route under one shared prefix, as real APIs are (`/api/v1/...`).
+        let shared = RouteTable::new(
+            (0..n)
+                .map(|i| {
+                    let mut r = route(i);
+                    let (PathMatch::Prefix(p) | PathMatch::Exact(p)) = &mut r.path;
+                    *p = format!("/api/v1{p}");
+                    r
+                })
+                .collect(),
+        );
+        let path = format!("/api/v1{path}");
+        g.bench_with_input(BenchmarkId::new("shared_prefix_last_route", n), &path, |b, p| {
+            b.iter(|| shared.find(black_box(None), &Method::GET, black_box(p)))
+        });
     }
     g.finish();
 }
