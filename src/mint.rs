@@ -24,18 +24,19 @@ pub struct TokenSpec {
 /// A signing key for `alg` from a PEM private key (RSA, EC or Ed25519, PKCS#8
 /// or the traditional forms jsonwebtoken reads).
 pub fn pem_signing_key(alg: Algorithm, pem: &[u8]) -> Result<EncodingKey, String> {
-    let key = match alg {
+    let (key, kind) = match alg {
         Algorithm::RS256
         | Algorithm::RS384
         | Algorithm::RS512
         | Algorithm::PS256
         | Algorithm::PS384
-        | Algorithm::PS512 => EncodingKey::from_rsa_pem(pem),
-        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem),
-        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+        | Algorithm::PS512 => (EncodingKey::from_rsa_pem(pem), "an RSA"),
+        Algorithm::ES256 => (EncodingKey::from_ec_pem(pem), "a P-256 EC"),
+        Algorithm::ES384 => (EncodingKey::from_ec_pem(pem), "a P-384 EC"),
+        Algorithm::EdDSA => (EncodingKey::from_ed_pem(pem), "an Ed25519"),
         _ => return Err(format!("{alg:?} takes a shared secret (--secret-env), not a PEM key")),
     };
-    key.map_err(|e| format!("cannot use the key for {alg:?}: {e}"))
+    key.map_err(|e| format!("{alg:?} needs {kind} private key in PEM ({e}); pick --alg to match the key"))
 }
 
 /// Sign a token. Registered time claims are whole seconds.

@@ -162,6 +162,12 @@ async fn every_algorithm_family_is_accepted() {
             s.rsa.sign(&claims("https://rsa.test/", "orders:read"), None),
         ),
         (
+            // IdPs put a `kid` in every token; a PEM key has none, so it fits any.
+            "RS256 PEM, token with a kid",
+            s.rsa
+                .sign(&claims("https://rsa.test/", "orders:read"), Some("idp-key-7")),
+        ),
+        (
             "ES256 JWKS",
             s.ec.sign(&claims("https://jwks.test/", "orders:read"), Some("ec1")),
         ),

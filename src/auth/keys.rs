@@ -15,6 +15,12 @@ pub struct VerifyKey {
     pub algorithms: Vec<Algorithm>,
 }
 
+impl VerifyKey {
+    fn fits_kid(&self, kid: Option<&str>) -> bool {
+        kid.is_none() || self.kid.is_none() || self.kid.as_deref() == kid
+    }
+}
+
 impl std::fmt::Debug for VerifyKey {
     // Never print key material.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,16 +38,19 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// Candidate keys for a token: by `kid` when it has one, else every key that
-    /// may verify `alg`.
+    /// Candidate keys for a token: the keys that may verify `alg` and whose
+    /// `kid` fits the token's. A key without a `kid` (a PEM file, a secret, a
+    /// JWKS entry without one) fits any token, as in Envoy's jwt_authn: IdPs put
+    /// a `kid` in every token, and the signature decides.
     pub fn candidates<'a>(&'a self, kid: Option<&'a str>, alg: Algorithm) -> impl Iterator<Item = &'a VerifyKey> {
         self.keys
             .iter()
-            .filter(move |k| k.algorithms.contains(&alg) && (kid.is_none() || k.kid.as_deref() == kid))
+            .filter(move |k| k.algorithms.contains(&alg) && k.fits_kid(kid))
     }
 
-    pub fn has_kid(&self, kid: &str) -> bool {
-        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    /// Whether some key, whatever its algorithms, could be the one `kid` names.
+    pub fn knows_kid(&self, kid: Option<&str>) -> bool {
+        self.keys.iter().any(|k| k.fits_kid(kid))
     }
 }
 

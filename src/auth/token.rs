@@ -144,13 +144,13 @@ impl Unverified<'_> {
         let kid = self.header.kid.as_deref();
         let mut candidates = keys.candidates(kid, alg).peekable();
         if candidates.peek().is_none() {
-            return Err(
-                if kid.is_some_and(|k| keys.has_kid(k)) || kid.is_none() && !keys.keys.is_empty() {
-                    Rejection::Algorithm
-                } else {
-                    Rejection::UnknownKey
-                },
-            );
+            // A key that fits the `kid` exists, but not for this `alg`: that is
+            // an algorithm problem, not a key the provider may have rotated in.
+            return Err(if keys.knows_kid(kid) {
+                Rejection::Algorithm
+            } else {
+                Rejection::UnknownKey
+            });
         }
         let verified = candidates.any(|k| {
             jsonwebtoken::crypto::verify(self.signature, self.message.as_bytes(), &k.key, alg).unwrap_or(false)
