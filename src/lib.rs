@@ -52,11 +52,7 @@ pub async fn run(path: &Path, on_ready: impl FnOnce(&server::Running)) -> Result
     use tokio::signal::unix::{signal, SignalKind};
 
     let loaded = Config::load(path)?;
-    tls::ensure_self_signed(&loaded.config.tls).map_err(|message| config::ConfigError {
-        file: path.to_path_buf(),
-        position: None,
-        message,
-    })?;
+    tls::ensure_self_signed(&loaded.config.tls).map_err(|message| config::ConfigError::at_field(path, message))?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }

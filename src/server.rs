@@ -150,11 +150,7 @@ impl Running {
 
     fn try_reload(&self, path: &std::path::Path) -> Result<Vec<String>, ConfigError> {
         let loaded = Config::load(path)?;
-        crate::tls::ensure_self_signed(&loaded.config.tls).map_err(|message| ConfigError {
-            file: path.to_path_buf(),
-            position: None,
-            message,
-        })?;
+        crate::tls::ensure_self_signed(&loaded.config.tls).map_err(|message| ConfigError::at_field(path, message))?;
         let current = self.gateway.snapshot.load();
         let mut warnings = loaded.warnings;
         if loaded.config.listen != current.config.listen {

@@ -41,11 +41,7 @@ impl Snapshot {
     /// provider key stores whose configuration is unchanged from `previous` are
     /// carried over.
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
-        let fail = |message: String| ConfigError {
-            file: config.source.clone(),
-            position: None,
-            message,
-        };
+        let fail = |message: String| ConfigError::at_field(&config.source, message);
         let tls = crate::tls::server_config(&config.tls).map_err(fail)?;
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {

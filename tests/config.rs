@@ -88,6 +88,39 @@ fn yaml_and_schema_errors_carry_line_and_column() {
     assert!(e.message.contains("invalid listen address"), "{e}");
 }
 
+/// Errors found after parsing (a name that does not resolve, a key file that
+/// does not parse) point at the field too, so an editor can jump there.
+#[test]
+fn validation_errors_point_at_the_field() {
+    let yaml = with(
+        FILE_PROVIDER,
+        "  - name: a\n    match: { path: / }\n    upstream: app\n    public: true\n  - name: b\n    match: { path: /b }\n    upstream: nope\n    public: true\n",
+    );
+    let e = err(&yaml);
+    let line = yaml.lines().position(|l| l.contains("upstream: nope")).unwrap() + 1;
+    assert_eq!(e.position, Some((line, 15)), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("gateway.yaml:{line}:15: routes[1] (b).upstream")),
+        "{e}"
+    );
+
+    // Key material is parsed when the snapshot is built; the error still has a place.
+    let d = dir();
+    let yaml = with(
+        "  corp:\n    issuer: https://id.example.com/\n    audiences: [api]\n    public_key_file: not-a-key.pem\n",
+        PUBLIC_ROUTE,
+    );
+    std::fs::write(d.path().join("gateway.yaml"), &yaml).unwrap();
+    let (code, _, stderr) = portcullis(&["check", "-c", "gateway.yaml"], d.path());
+    let line = yaml.lines().position(|l| l.contains("public_key_file")).unwrap() + 1;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("gateway.yaml:{line}:22: providers.corp.public_key_file: ")),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn validation_rules() {
     let cases: Vec<(String, &str)> = vec![

@@ -3,6 +3,7 @@
 //! Loading never touches the network; key material and certificates are read
 //! and parsed when the config is compiled into a snapshot.
 
+mod locate;
 pub mod raw;
 mod validate;
 
@@ -173,6 +174,31 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// An error about the field `message` starts with (`routes[2] (name).upstream: ...`),
+    /// positioned where that field is written in `text`.
+    pub fn in_text(file: &Path, text: &str, message: String) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            position: locate::locate(text, &locate::field_path(&message)),
+            message,
+        }
+    }
+
+    /// As [`ConfigError::in_text`], reading the text from `file` (for errors found
+    /// after validation, such as a key file that does not parse).
+    pub fn at_field(file: &Path, message: String) -> Self {
+        match std::fs::read_to_string(file) {
+            Ok(text) => Self::in_text(file, &text, message),
+            Err(_) => ConfigError {
+                file: file.to_path_buf(),
+                position: None,
+                message,
+            },
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
@@ -206,7 +232,7 @@ impl Config {
     pub fn from_yaml(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         let raw: raw::RawConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        validate::validate(raw, path, &base)
+        validate::validate(raw, text, path, &base)
     }
 
     pub fn upstream_of(&self, route: &Route) -> &Upstream {

@@ -39,17 +39,15 @@ const RESERVED_HEADERS: &[&str] = &[
 
 struct Ctx<'a> {
     file: &'a Path,
+    text: &'a str,
     base: &'a Path,
     warnings: Vec<String>,
 }
 
 impl Ctx<'_> {
+    /// `message` starts with the field it is about, which gives its position.
     fn err(&self, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.to_path_buf(),
-            position: None,
-            message: message.into(),
-        }
+        ConfigError::in_text(self.file, self.text, message.into())
     }
 
     fn resolve(&self, p: &Path) -> PathBuf {
@@ -71,9 +69,10 @@ impl Ctx<'_> {
     }
 }
 
-pub(super) fn validate(raw: RawConfig, file: &Path, base: &Path) -> Result<Loaded, ConfigError> {
+pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> Result<Loaded, ConfigError> {
     let mut ctx = Ctx {
         file,
+        text,
         base,
         warnings: Vec::new(),
     };

@@ -1,0 +1,187 @@
+//! Where a field sits in the YAML text, so that validation errors (found after
+//! parsing, on typed values) still point at `file:line:column`.
+//!
+//! yaml_serde keeps no spans, but it stamps every error raised while visiting a
+//! node with that node's position. [`locate`] walks the document to the field
+//! and raises a marker error there; the error's position is the answer.
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// One step of a field path: `routes[2].match` is `routes`, `2`, `match`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Key(String),
+    Index(usize),
+}
+
+const FOUND: &str = "portcullis-located";
+
+/// The field path a validation message starts with: `routes[2] (orders).match.path: ...`
+/// gives `routes`, `2`, `match`, `path` (a route's name in parentheses is dropped).
+pub fn field_path(message: &str) -> Vec<Step> {
+    let field = message.split(": ").next().unwrap_or("");
+    let mut plain = String::with_capacity(field.len());
+    let mut in_name = false;
+    for c in field.chars() {
+        match c {
+            '(' if plain.ends_with(' ') => {
+                plain.pop();
+                in_name = true;
+            }
+            ')' if in_name => in_name = false,
+            c if !in_name => plain.push(c),
+            _ => {}
+        }
+    }
+    if plain.is_empty() || plain.contains(' ') {
+        return Vec::new();
+    }
+    let mut steps = Vec::new();
+    for part in plain.split('.') {
+        let (key, index) = part.split_once('[').unwrap_or((part, ""));
+        steps.push(Step::Key(key.to_string()));
+        if let Ok(i) = index.trim_end_matches(']').parse() {
+            steps.push(Step::Index(i));
+        }
+    }
+    steps
+}
+
+/// 1-based line and column of the node at `path`, or of its deepest ancestor
+/// that the text has (a key left out to take its default is not in the text).
+pub fn locate(text: &str, path: &[Step]) -> Option<(usize, usize)> {
+    (1..=path.len()).rev().find_map(|n| {
+        let err = Seek(&path[..n])
+            .deserialize(serde_yaml::Deserializer::from_str(text))
+            .err()?;
+        // yaml_serde prefixes the message with the path it walked.
+        if !err.to_string().contains(FOUND) {
+            return None;
+        }
+        err.location().map(|l| (l.line(), l.column()))
+    })
+}
+
+/// Visits the document down `path`; at its end, fails with [`FOUND`].
+struct Seek<'p>(&'p [Step]);
+
+impl<'de> DeserializeSeed<'de> for Seek<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Seek<'_> {
+    fn scalar<E: de::Error>(self) -> Result<(), E> {
+        if self.0.is_empty() {
+            Err(E::custom(FOUND))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Seek<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML node")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.scalar()
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Some((step, rest)) = self.0.split_first() else {
+            return Err(de::Error::custom(FOUND));
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            if matches!(step, Step::Key(k) if *k == key) {
+                map.next_value_seed(Seek(rest))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Some((step, rest)) = self.0.split_first() else {
+            return Err(de::Error::custom(FOUND));
+        };
+        let mut i = 0;
+        loop {
+            let found = if matches!(step, Step::Index(n) if *n == i) {
+                seq.next_element_seed(Seek(rest))?.is_some()
+            } else {
+                seq.next_element::<IgnoredAny>()?.is_some()
+            };
+            if !found {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = "listen:\n  https: 127.0.0.1:8443\nproviders:\n  corp:\n    issuer: https://id/\n    secret_env: X\nroutes:\n  - name: a\n    match: { path: /a }\n    upstream: nope\n  - name: b\n    match:\n      path: /b\n";
+
+    fn at(message: &str) -> Option<(usize, usize)> {
+        locate(YAML, &field_path(message))
+    }
+
+    #[test]
+    fn paths_from_messages() {
+        use Step::*;
+        assert_eq!(
+            field_path("routes[2] (orders).match.path: not normal"),
+            vec![Key("routes".into()), Index(2), Key("match".into()), Key("path".into())]
+        );
+        assert_eq!(
+            field_path("providers.corp.secret_env: not set"),
+            vec![Key("providers".into()), Key("corp".into()), Key("secret_env".into())]
+        );
+        assert_eq!(field_path("cannot read the file: x"), vec![]);
+    }
+
+    #[test]
+    fn fields_are_found_where_they_are_written() {
+        assert_eq!(at("routes[0] (a).upstream: no upstream named \"nope\""), Some((10, 15)));
+        assert_eq!(at("routes[1] (b).match.path: x"), Some((13, 13)));
+        assert_eq!(
+            at("routes[0] (a).match.path: x"),
+            Some((9, 20)),
+            "inside a flow mapping"
+        );
+        assert_eq!(at("providers.corp.secret_env: not set"), Some((6, 17)));
+        // A key left out is reported at its parent.
+        assert_eq!(at("providers.corp.audiences: empty"), Some((5, 5)));
+        assert_eq!(at("routes[7]: x"), Some((8, 3)));
+        assert_eq!(at("no field here"), None);
+    }
+}
