@@ -3,19 +3,47 @@
 //! to the provider's allowlist, so an HS256 token can never be checked against
 //! an RSA public key (key confusion) and `alg: none` has no key at all.
 
+use aws_lc_rs::hmac;
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 
 use crate::config::{KeySource, Provider};
 
-/// One key and the algorithms it may verify.
+/// One key and, for each algorithm it may verify, its verifier: parsed once
+/// when the key is loaded, so a request pays for the signature check only.
 pub struct VerifyKey {
     pub kid: Option<String>,
-    pub key: DecodingKey,
-    pub algorithms: Vec<Algorithm>,
+    verifiers: Vec<(Algorithm, Verifier)>,
+}
+
+enum Verifier {
+    Hmac(Box<hmac::Key>),
+    Public(ParsedPublicKey),
 }
 
 impl VerifyKey {
+    /// Whether this key may verify `alg` at all.
+    pub fn supports(&self, alg: Algorithm) -> bool {
+        self.verifiers.iter().any(|(a, _)| *a == alg)
+    }
+
+    /// Whether `signature` is this key's `alg` signature over `message`.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        self.verifiers.iter().any(|(a, v)| {
+            *a == alg
+                && match v {
+                    // Constant-time comparison of the MAC.
+                    Verifier::Hmac(key) => hmac::verify(key, message, signature).is_ok(),
+                    Verifier::Public(key) => key.verify_sig(message, signature).is_ok(),
+                }
+        })
+    }
+
+    fn algorithms(&self) -> Vec<Algorithm> {
+        self.verifiers.iter().map(|(a, _)| *a).collect()
+    }
+
     fn fits_kid(&self, kid: Option<&str>) -> bool {
         kid.is_none() || self.kid.is_none() || self.kid.as_deref() == kid
     }
@@ -26,7 +54,7 @@ impl std::fmt::Debug for VerifyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerifyKey")
             .field("kid", &self.kid)
-            .field("algorithms", &self.algorithms)
+            .field("algorithms", &self.algorithms())
             .finish()
     }
 }
@@ -43,9 +71,7 @@ impl KeySet {
     /// JWKS entry without one) fits any token, as in Envoy's jwt_authn: IdPs put
     /// a `kid` in every token, and the signature decides.
     pub fn candidates<'a>(&'a self, kid: Option<&'a str>, alg: Algorithm) -> impl Iterator<Item = &'a VerifyKey> {
-        self.keys
-            .iter()
-            .filter(move |k| k.algorithms.contains(&alg) && k.fits_kid(kid))
+        self.keys.iter().filter(move |k| k.supports(alg) && k.fits_kid(kid))
     }
 
     /// Whether some key, whatever its algorithms, could be the one `kid` names.
@@ -117,7 +143,7 @@ pub fn load_local(provider: &Provider) -> Result<Option<KeySet>, String> {
             set.keys
         }
     };
-    if keys.iter().all(|k| k.algorithms.is_empty()) {
+    if keys.iter().all(|k| k.verifiers.is_empty()) {
         return Err(format!(
             "providers.{}: none of its keys can verify the algorithms in `algorithms`; check the list against the key type",
             provider.name
@@ -140,11 +166,111 @@ pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
 }
 
 fn hmac_key(secret: &[u8], allow: &Option<Vec<Algorithm>>) -> VerifyKey {
-    VerifyKey {
-        kid: None,
-        key: DecodingKey::from_secret(secret),
-        algorithms: pin(HMAC, allow),
+    let verifiers = pin(HMAC, allow)
+        .into_iter()
+        .map(|alg| {
+            let kind = match alg {
+                Algorithm::HS384 => hmac::HMAC_SHA384,
+                Algorithm::HS512 => hmac::HMAC_SHA512,
+                _ => hmac::HMAC_SHA256,
+            };
+            (alg, Verifier::Hmac(Box::new(hmac::Key::new(kind, secret))))
+        })
+        .collect();
+    VerifyKey { kid: None, verifiers }
+}
+
+/// The aws-lc-rs verification algorithm for a JWS asymmetric `alg` (RFC 7518
+/// §3): RSA keys below 2048 bits are refused; ECDSA signatures are the fixed
+/// `r || s` form JWS uses.
+fn public_algorithm(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    Some(match alg {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &sig::ED25519,
+        _ => return None,
+    })
+}
+
+/// A public key with a verifier for each algorithm of `algorithms` it parses
+/// for (a P-384 point is no P-256 key; a 1024-bit RSA key fits none).
+fn public_key(kid: Option<String>, key: &DecodingKey, algorithms: Vec<Algorithm>) -> VerifyKey {
+    let der;
+    let bytes: &[u8] = match key.kind() {
+        DecodingKeyKind::SecretOrDer(bytes) => bytes,
+        DecodingKeyKind::RsaModulusExponent { n, e } => {
+            der = rsa_public_key_der(n, e);
+            &der
+        }
+    };
+    // aws-lc-rs parses a short RSA key and refuses it only when verifying:
+    // refuse it here, so the configuration says so.
+    if algorithms.iter().any(|a| RSA.contains(a)) && rsa_bits(bytes).is_none_or(|bits| bits < 2048) {
+        return VerifyKey {
+            kid,
+            verifiers: Vec::new(),
+        };
     }
+    let verifiers = algorithms
+        .into_iter()
+        .filter_map(|alg| {
+            let parsed = ParsedPublicKey::new(public_algorithm(alg)?, bytes).ok()?;
+            Some((alg, Verifier::Public(parsed)))
+        })
+        .collect();
+    VerifyKey { kid, verifiers }
+}
+
+/// The modulus size of an RFC 8017 `RSAPublicKey` (DER).
+fn rsa_bits(pkcs1: &[u8]) -> Option<usize> {
+    use aws_lc_rs::encoding::AsDer;
+    let spki = aws_lc_rs::rsa::PublicKey::from_der(pkcs1).ok()?.as_der().ok()?;
+    let key = aws_lc_rs::rsa::PublicEncryptingKey::from_der(spki.as_ref()).ok()?;
+    Some(key.key_size_bits())
+}
+
+/// DER of an RFC 8017 `RSAPublicKey { modulus, publicExponent }` from the
+/// big-endian `n` and `e` of a JWK.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn push_len(out: &mut Vec<u8>, len: usize) {
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let bytes = &bytes[bytes.iter().take_while(|b| **b == 0).count()..];
+            out.push(0x80 | bytes.len() as u8);
+            out.extend_from_slice(bytes);
+        }
+    }
+    fn push_integer(out: &mut Vec<u8>, value: &[u8]) {
+        let value = &value[value
+            .iter()
+            .take_while(|b| **b == 0)
+            .count()
+            .min(value.len().saturating_sub(1))..];
+        // A leading 1 bit would make the INTEGER negative: prefix a zero byte.
+        let pad = value.first().is_some_and(|b| b & 0x80 != 0);
+        out.push(0x02);
+        push_len(out, value.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(value);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    push_integer(&mut body, n);
+    push_integer(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.push(0x30);
+    push_len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 /// A PEM public key: RSA (PKCS#1 or SPKI), EC (P-256 / P-384) or Ed25519.
@@ -158,11 +284,14 @@ fn pem_key(pem: &[u8], allow: &Option<Vec<Algorithm>>) -> Result<VerifyKey, Stri
     } else {
         return Err("not a PEM RSA, EC or Ed25519 public key".into());
     };
-    Ok(VerifyKey {
-        kid: None,
-        key,
-        algorithms: pin(family, allow),
-    })
+    let algorithms = pin(family, allow);
+    let key = public_key(None, &key, algorithms.clone());
+    if key.verifiers.is_empty() {
+        return Err(format!(
+            "the key cannot verify {algorithms:?}: RSA keys need at least 2048 bits, EC keys are P-256 for ES256 and P-384 for ES384"
+        ));
+    }
+    Ok(key)
 }
 
 /// Largest JWKS document accepted, local or fetched.
@@ -218,10 +347,64 @@ fn jwk_key(jwk: &Jwk, allow: &Option<Vec<Algorithm>>) -> Option<VerifyKey> {
     if algorithms.is_empty() {
         return None;
     }
-    let key = DecodingKey::from_jwk(jwk).ok()?;
-    Some(VerifyKey {
-        kid: jwk.common.key_id.clone(),
-        key,
-        algorithms,
-    })
+    let key = public_key(jwk.common.key_id.clone(), &DecodingKey::from_jwk(jwk).ok()?, algorithms);
+    (!key.verifiers.is_empty()).then_some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RSA_1024: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDB9FMhYHkN+FDNNBlBP0HNhFQn
+4SsWqGCSE8ugGf1GEOWTDUN54ZywKSJEBWAJtdR00rFYV4OgSJEVepiwTPK2cjqb
+pScwlNAiZ2tuJxN4PhGbC33LY+lm5f16XTq8AcWoJGsgqcctUYgi2PUis4WSl8Ic
+EGNVtf2yUclWV9iUHQIDAQAB
+-----END PUBLIC KEY-----
+";
+    const P384: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEWzPgfkr+ZZjadirQXe56DTK137kXtLSj
+w0HppBqdCkJpDdRn+sk8Zu744VqzHhuhsB2xE0cV5rwPYfDRrLSF/7zXnCNSqh8a
+IVaPteFdI8d4YGZYgdSxPynaMDMajHqv
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn weak_or_mismatched_keys_get_no_verifier() {
+        let e = pem_key(RSA_1024.as_bytes(), &None).expect_err("1024-bit RSA is refused");
+        assert!(e.contains("2048 bits"), "{e}");
+        // An EC PEM key verifies only the algorithm of its own curve.
+        let k = pem_key(P384.as_bytes(), &None).unwrap();
+        assert_eq!(k.algorithms(), vec![Algorithm::ES384]);
+        assert!(pem_key(P384.as_bytes(), &Some(vec![Algorithm::ES256])).is_err());
+    }
+
+    #[test]
+    fn hmac_keys_verify_only_their_own_algorithms() {
+        let key = hmac_key(b"0123456789abcdef0123456789abcdef", &Some(vec![Algorithm::HS256]));
+        let mac = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, b"0123456789abcdef0123456789abcdef"),
+            b"msg",
+        );
+        assert!(key.verify(Algorithm::HS256, b"msg", mac.as_ref()));
+        assert!(!key.verify(Algorithm::HS256, b"msh", mac.as_ref()));
+        assert!(
+            !key.verify(Algorithm::HS512, b"msg", mac.as_ref()),
+            "HS512 is not allowed"
+        );
+        assert!(!key.verify(Algorithm::RS256, b"msg", mac.as_ref()));
+    }
+
+    #[test]
+    fn rsa_der_from_jwk_components() {
+        // Leading zeros are dropped; a high bit gets a 0x00 pad; e = 65537.
+        let der = rsa_public_key_der(&[0, 0x80, 1], &[1, 0, 1]);
+        assert_eq!(
+            der,
+            vec![0x30, 0x0a, 0x02, 0x03, 0x00, 0x80, 0x01, 0x02, 0x03, 0x01, 0x00, 0x01]
+        );
+        // A 2048-bit modulus needs the long length form.
+        let der = rsa_public_key_der(&[0xc0; 256], &[1, 0, 1]);
+        assert_eq!(&der[..8], &[0x30, 0x82, 0x01, 0x0a, 0x02, 0x82, 0x01, 0x01]);
+    }
 }

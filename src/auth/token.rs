@@ -152,10 +152,10 @@ impl Unverified<'_> {
                 Rejection::UnknownKey
             });
         }
-        let verified = candidates.any(|k| {
-            jsonwebtoken::crypto::verify(self.signature, self.message.as_bytes(), &k.key, alg).unwrap_or(false)
-        });
-        if !verified {
+        let signature = URL_SAFE_NO_PAD
+            .decode(self.signature)
+            .map_err(|_| Rejection::Signature)?;
+        if !candidates.any(|k| k.verify(alg, self.message.as_bytes(), &signature)) {
             return Err(Rejection::Signature);
         }
         if let Some(want) = &provider.typ {
