@@ -157,6 +157,12 @@ impl Running {
             warnings
                 .push("listen: listener addresses cannot change on reload; restart the gateway to move them".into());
         }
+        if loaded.config.limits.max_connections != current.config.limits.max_connections {
+            warnings.push(format!(
+                "limits.max_connections: stays {} until the gateway restarts (the connection budget is set at startup)",
+                self.max_connections
+            ));
+        }
         let snapshot = Snapshot::build(loaded.config, Some(&current))?;
         snapshot.start_background();
         self.gateway.snapshot.store(Arc::new(snapshot));

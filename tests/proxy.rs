@@ -490,4 +490,23 @@ async fn reload_keeps_pools_and_applies_to_open_connections() {
     std::fs::write(&gw.config_path, "routes: [").unwrap();
     assert!(gw.reload().is_err());
     assert_eq!(c.send(req("GET", "/added", &[], "")).await.status, 200);
+
+    // What only a restart can change is applied no further than a warning says.
+    let moved = config(&up, "limits:\n  max_connections: 5\n").replacen(
+        "https: 127.0.0.1:0",
+        "https: 127.0.0.1:0\n  http: 127.0.0.1:0",
+        1,
+    );
+    std::fs::write(&gw.config_path, moved).unwrap();
+    let warnings = gw.reload().expect("reload").join("\n");
+    assert!(
+        warnings.contains("listen: listener addresses cannot change on reload"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("limits.max_connections: stays 10000"), "{warnings}");
+    assert_eq!(
+        c.send(req("GET", "/added", &[], "")).await.status,
+        404,
+        "the rest is applied"
+    );
 }
