@@ -82,7 +82,7 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
         route = log.route.as_deref().unwrap_or("-"),
         status = resp.status().as_u16(),
         upstream_status = log.upstream_status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        duration_ms = elapsed.as_micros() as f64 / 1000.0,
         subject = log.subject.as_deref(),
     );
     resp
