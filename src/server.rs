@@ -246,8 +246,24 @@ async fn serve_https(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr,
         Ok(Err(e)) => return tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(client = %peer, "TLS handshake timed out"),
     };
+    let (conn, state) = https_connection(gateway, tls, peer, &limits);
+    drive(conn, &limits, &state, shutdown).await;
+}
+
+/// A connection as [`drive`] runs it. Boxed, so that each connection's task
+/// holds exactly its own protocol's state (an idle keep-alive connection costs
+/// memory for as long as it is open).
+type Connection = Pin<Box<dyn GracefulConnection<Error = hyper::Error, Output = Result<(), hyper::Error>> + Send>>;
+
+/// The HTTP/1.1 or HTTP/2 connection over an established TLS stream.
+fn https_connection(
+    gateway: Arc<Gateway>,
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    limits: &Limits,
+) -> (Connection, Arc<ConnState>) {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let state = Arc::new(ConnState::new(&limits, !h2));
+    let state = Arc::new(ConnState::new(limits, !h2));
     let io = TokioIo::new(Tracked {
         inner: tls,
         state: state.clone(),
@@ -266,17 +282,18 @@ async fn serve_https(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr,
     });
     // hyper's automatic protocol detection reads the connection preface; we
     // pick the protocol from ALPN instead, so a client gets what it negotiated.
-    if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256)
-            .serve_connection(io, service);
-        drive(conn, &limits, &state, shutdown).await;
+    let conn: Connection = if h2 {
+        Box::pin(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
+                .max_concurrent_streams(256)
+                .serve_connection(io, service),
+        )
     } else {
-        let conn = http1_builder(&limits).serve_connection(io, service);
-        drive(conn, &limits, &state, shutdown).await;
-    }
+        Box::pin(http1_builder(limits).serve_connection(io, service))
+    };
+    (conn, state)
 }
 
 fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
@@ -310,18 +327,14 @@ where
         let resp = answer(&req, &gateway.snapshot.load());
         async move { Ok::<_, Infallible>(resp) }
     });
-    let conn = http1_builder(&limits).serve_connection(io, service);
+    let conn = Box::pin(http1_builder(&limits).serve_connection(io, service));
     drive(conn, &limits, &state, shutdown).await;
 }
 
 /// Run a connection to completion. It is closed gracefully when the gateway
 /// shuts down or after `idle_timeout` without bytes or requests, and dropped
 /// when a request head takes longer than `header_read_timeout` (slowloris).
-async fn drive<C>(conn: C, limits: &Limits, state: &ConnState, mut shutdown: watch::Receiver<bool>)
-where
-    C: GracefulConnection<Error = hyper::Error>,
-{
-    let mut conn = std::pin::pin!(conn);
+async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut shutdown: watch::Receiver<bool>) {
     let mut closing = *shutdown.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
