@@ -5,6 +5,8 @@ mod support;
 
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
+
 use support::*;
 
 /// Two public routes plus a catch-all, in front of one recording upstream.
@@ -392,9 +394,19 @@ async fn body_and_header_limits() {
         msg.extend_from_slice(b"\r\n");
     }
     msg.extend_from_slice(b"0\r\n\r\n");
-    let out = exchange(&mut s, &msg).await;
+    s.write_all(&msg).await.unwrap();
+    let (out, closed) = read_to_close(&mut s, Duration::from_secs(5)).await;
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     assert!(out.contains("payload_too_large"), "{out}");
+    assert!(closed, "the connection is closed after a refused body: {out}");
+    // Also when the Content-Length alone was too large and the body was never read.
+    let mut s = gw.raw().await;
+    let mut msg = b"POST /public HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1500\r\n\r\n".to_vec();
+    msg.extend_from_slice(&[b'q'; 1500]);
+    s.write_all(&msg).await.unwrap();
+    let (out, closed) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(closed, "{out}");
 }
 
 /// RFC 9112 §6.3: Content-Length with Transfer-Encoding can never smuggle a
@@ -427,8 +439,6 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
         );
     }
 }
-
-use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_http_on_the_https_port_is_refused() {

@@ -49,6 +49,7 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     let started = Instant::now();
     let request_id = headers::incoming_request_id(req.headers()).unwrap_or_else(headers::new_request_id);
     let method = req.method().clone();
+    let http1 = req.version() < http::Version::HTTP_2;
     let mut log = RequestLog::default();
 
     let mut resp = match pipeline(&snap, conn, req, &request_id, &mut log).await {
@@ -61,7 +62,15 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
         Err(e) => {
             // Client faults are routine (debug); upstream failures were logged at warn where they happened.
             tracing::debug!(error = %e, route = log.route.as_deref(), "request answered by the gateway");
-            e.into_response().map(Either::Right)
+            let refused_body = matches!(e, GatewayError::PayloadTooLarge);
+            let mut resp = e.into_response().map(Either::Right);
+            // The rest of a refused body is still on the wire: close the
+            // connection rather than read or skip it.
+            if refused_body && http1 {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     };
     let h = resp.headers_mut();
