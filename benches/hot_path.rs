@@ -227,6 +227,7 @@ fn bench_headers(c: &mut Criterion) {
         base.insert(http::HeaderName::from_static(k), HeaderValue::from_static(v));
     }
     let host = HeaderValue::from_static("api.example.com");
+    let client = headers::client_address("127.0.0.1".parse().unwrap());
     c.bench_function("identity_header_rewrite", |b| {
         b.iter_batched(
             || base.clone(),
@@ -235,7 +236,7 @@ fn bench_headers(c: &mut Criterion) {
                 headers::remove_hop_by_hop(&mut h);
                 h.remove(http::header::AUTHORIZATION);
                 apply.apply(&mut h, &who);
-                headers::set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some(&host));
+                headers::set_forwarded(&mut h, &client, Some(&host));
                 h
             },
             criterion::BatchSize::SmallInput,

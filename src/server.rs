@@ -268,7 +268,7 @@ fn https_connection(
         inner: tls,
         state: state.clone(),
     });
-    let conn = Arc::new(ConnInfo { peer });
+    let conn = Arc::new(ConnInfo::new(peer));
     let service_state = state.clone();
     let service = service_fn(move |req| {
         let gateway = gateway.clone();

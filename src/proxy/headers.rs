@@ -114,43 +114,29 @@ fn claim_value(v: &serde_json::Value) -> Option<HeaderValue> {
     HeaderValue::from_str(&text).ok()
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway, and
+/// every `Proxy-*` header: those are for the hop to a proxy, never for the service.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || name.as_str().starts_with("proxy-")
+}
 
 /// Drop hop-by-hop headers, including every header named in `Connection`.
 /// This runs before the gateway adds anything, so a client's
 /// `Connection: X-Auth-Subject` can only remove the client's own copy.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for h in named {
-        headers.remove(&h);
+    // One pass to find them: most messages carry none, or only `Connection`.
+    let mut doomed: Vec<HeaderName> = headers.keys().filter(|h| is_hop_by_hop(h)).cloned().collect();
+    if doomed.is_empty() {
+        return;
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for v in headers.get_all(header::CONNECTION) {
+        let named = v.to_str().unwrap_or("").split(',');
+        doomed.extend(named.filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()));
     }
-    headers.remove(header::UPGRADE);
-    // `Proxy-*` headers are for the hop to a proxy, never for the service.
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|h| h.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for h in proxy {
+    for h in doomed {
         headers.remove(&h);
     }
 }
@@ -194,9 +180,15 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The client address as an `X-Forwarded-For` element; computed once per connection.
+pub fn client_address(client: std::net::IpAddr) -> HeaderValue {
+    // An IP address in text form is always a valid header value.
+    HeaderValue::from_str(&client.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Append the client address to `X-Forwarded-For`, folding repeated headers
 /// into one list; set `X-Forwarded-Proto: https` and `X-Forwarded-Host`.
-pub fn set_forwarded(headers: &mut HeaderMap, client: std::net::IpAddr, host: Option<&HeaderValue>) {
+pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option<&HeaderValue>) {
     let mut chain = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -207,9 +199,13 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: std::net::IpAddr, host: Op
             }
         }
     }
-    chain.push_str(&client.to_string());
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(X_FORWARDED_FOR, v);
+    if chain.is_empty() {
+        headers.insert(X_FORWARDED_FOR, client.clone());
+    } else {
+        chain.push_str(client.to_str().unwrap_or("unknown"));
+        if let Ok(v) = HeaderValue::from_str(&chain) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     match host {
@@ -295,13 +291,14 @@ mod tests {
             ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
             ("x-forwarded-proto", "http"),
         ]);
-        set_forwarded(
-            &mut h,
-            "127.0.0.1".parse().unwrap(),
-            Some(&HeaderValue::from_static("api.example.com")),
-        );
+        let client = client_address("127.0.0.1".parse().unwrap());
+        set_forwarded(&mut h, &client, Some(&HeaderValue::from_static("api.example.com")));
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1");
+        let mut first = HeaderMap::new();
+        set_forwarded(&mut first, &client_address("::1".parse().unwrap()), None);
+        assert_eq!(first["x-forwarded-for"], "::1");
+        assert!(!first.contains_key("x-forwarded-host"));
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
     }

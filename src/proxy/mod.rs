@@ -33,6 +33,17 @@ pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// `peer`'s address as an `X-Forwarded-For` element.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr) -> Self {
+        ConnInfo {
+            peer,
+            forwarded_for: headers::client_address(peer.ip()),
+        }
+    }
 }
 
 /// Facts gathered along the pipeline for the access log.
@@ -206,7 +217,7 @@ async fn pipeline(
     if let Some(identity) = &identity {
         snap.identity.apply(h, identity);
     }
-    headers::set_forwarded(h, conn.peer.ip(), host.as_ref().map(|(v, _)| v));
+    headers::set_forwarded(h, &conn.forwarded_for, host.as_ref().map(|(v, _)| v));
     h.insert(X_REQUEST_ID, request_id.clone());
     let upstream = &snap.upstreams[route.upstream];
     match &upstream.config.host {
