@@ -38,14 +38,20 @@ impl Snapshot {
     }
 
     /// Read and parse everything the configuration names. Upstream pools and
-    /// provider key stores whose configuration is unchanged from `previous` are
-    /// carried over.
+    /// provider key stores whose configuration (and `ca_file` content) is
+    /// unchanged from `previous` are carried over.
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
         let fail = |message: String| ConfigError::at_field(&config.source, message);
         let tls = crate::tls::server_config(&config.tls).map_err(fail)?;
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
-            let reused = previous.and_then(|p| p.upstreams.iter().find(|old| old.config == *u).cloned());
+            let ca_digest = crate::tls::ca_digest(u.ca_file.as_deref());
+            let reused = previous.and_then(|p| {
+                p.upstreams
+                    .iter()
+                    .find(|old| old.config == *u && old.ca_digest == ca_digest)
+                    .cloned()
+            });
             let pool = match reused {
                 Some(pool) => pool,
                 None => Arc::new(UpstreamPool::new(u).map_err(|e| fail(format!("upstreams.{}: {e}", u.name)))?),
@@ -56,12 +62,18 @@ impl Snapshot {
         for p in &config.providers {
             // Local key files are re-read on every build (they may have changed
             // on disk); a remote provider keeps the keys it has fetched.
-            let reused = previous
+            let same = previous
                 .and_then(|prev| prev.providers.iter().find(|old| old.config == *p))
-                .filter(|old| old.config.keys.is_remote())
-                .cloned();
-            let state = match reused {
-                Some(state) => state,
+                .filter(|old| old.config.keys.is_remote());
+            let ca_digest = crate::tls::ca_digest(p.ca_file.as_deref());
+            let state = match same {
+                Some(old) if old.remote.as_ref().is_some_and(|r| r.ca_digest == ca_digest) => old.clone(),
+                // A new CA file: fetch with a new client, serving the keys already held meanwhile.
+                Some(old) => {
+                    let state = ProviderState::new(p.clone()).map_err(fail)?;
+                    state.keys.store(old.keys.load_full());
+                    Arc::new(state)
+                }
                 None => Arc::new(ProviderState::new(p.clone()).map_err(fail)?),
             };
             providers.push(state);

@@ -455,7 +455,8 @@ async fn https_upstreams_are_verified_against_ca_file() {
     let (up, ca_pem) = Upstream::start_tls("secure").await;
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("upstream-ca.pem"), ca_pem).unwrap();
+    std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
+    let ca_pem_again = ca_pem.clone();
     let target = format!("https://127.0.0.1:{}", up.addr.port());
     let yaml = format!(
         "{}upstreams:\n  trusted:\n    targets: [{target}]\n    ca_file: upstream-ca.pem\n  untrusted:\n    targets: [{target}]\nroutes:\n  - match: {{ path: /trusted }}\n    upstream: trusted\n    public: true\n  - match: {{ path: /untrusted }}\n    upstream: untrusted\n    public: true\n",
@@ -469,6 +470,15 @@ async fn https_upstreams_are_verified_against_ca_file() {
     // Without the CA file the web PKI roots apply, and a self-signed upstream is refused.
     gw.get("/untrusted/x").await.assert_error(502, "bad_gateway");
     assert_eq!(up.requests().len(), 1);
+
+    // A reload reads the CA file again, even when the configuration text is the same.
+    let ca_path = gw.config_path.parent().unwrap().join("upstream-ca.pem");
+    std::fs::write(&ca_path, tls_acceptor().1).unwrap();
+    gw.reload().expect("reload");
+    gw.get("/trusted/x").await.assert_error(502, "bad_gateway");
+    std::fs::write(&ca_path, &ca_pem_again).unwrap();
+    gw.reload().expect("reload");
+    assert_eq!(gw.get("/trusted/x").await.status, 200);
 }
 
 /// A reload keeps the connection pools of upstreams whose configuration did

@@ -272,3 +272,30 @@ async fn reload_keeps_fetched_keys() {
     assert_eq!(s.call(&t).await.status, 200, "keys carried over the reload");
     assert_eq!(s.idp.jwks_fetches(), fetches, "no refetch caused by the reload");
 }
+
+/// A reload reads the provider's CA file again, even when the configuration is
+/// unchanged; the keys already fetched keep working meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_uses_a_changed_ca_file_and_keeps_the_keys() {
+    let (k1, k2) = (KeyPair::generate(Algorithm::RS256), KeyPair::generate(Algorithm::RS256));
+    let idp = Idp::start(vec![k1.jwk("k1")]).await;
+    let s = setup(idp, "jwks_uri", "10m").await;
+    let (t1, t2) = (token(&k1, "k1", &s.idp.issuer()), token(&k2, "k2", &s.idp.issuer()));
+    assert_eq!(s.wait_for(&t1, 200, Duration::from_secs(5)).await.status, 200);
+    s.idp.set(|st| st.keys.push(k2.jwk("k2")));
+
+    // A CA that does not sign the IdP's certificate: fetching fails from now on.
+    let ca_path = s.gw.config_path.parent().unwrap().join("idp-ca.pem");
+    std::fs::write(&ca_path, tls_acceptor().1).unwrap();
+    s.gw.reload().expect("reload");
+    assert_eq!(s.call(&t1).await.status, 200, "the keys already held are kept");
+    assert_eq!(
+        s.call(&t2).await.status,
+        401,
+        "the unknown kid's refetch goes through the new CA, which refuses the IdP"
+    );
+
+    std::fs::write(&ca_path, &s.idp.ca_pem).unwrap();
+    s.gw.reload().expect("reload");
+    assert_eq!(s.wait_for(&t2, 200, Duration::from_secs(5)).await.status, 200);
+}

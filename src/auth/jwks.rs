@@ -37,6 +37,8 @@ const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// The fetching side of a remote provider.
 pub struct RemoteKeys {
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    /// What the provider's `ca_file` held when the client was built.
+    pub ca_digest: Option<[u8; 32]>,
     /// Held while an unknown-`kid` refetch runs, so concurrent requests share it.
     refetch: tokio::sync::Mutex<Option<Instant>>,
     refresher_started: AtomicBool,
@@ -90,6 +92,7 @@ impl RemoteKeys {
             .wrap_connector(http);
         Ok(RemoteKeys {
             client: Client::builder(TokioExecutor::new()).build(connector),
+            ca_digest: crate::tls::ca_digest(provider.ca_file.as_deref()),
             refetch: tokio::sync::Mutex::new(None),
             refresher_started: AtomicBool::new(false),
         })

@@ -22,6 +22,8 @@ use crate::proxy::body::ReplayableBody;
 /// the upstream's configuration is unchanged, so warm connections survive.
 pub struct UpstreamPool {
     pub config: Upstream,
+    /// What `config.ca_file` held when the pool was built.
+    pub ca_digest: Option<[u8; 32]>,
     client: Client<HttpsConnector<HttpConnector>, ReplayableBody>,
     targets: Vec<(Scheme, http::uri::Authority)>,
     next: AtomicUsize,
@@ -63,6 +65,7 @@ impl UpstreamFailure {
 
 impl UpstreamPool {
     pub fn new(config: &Upstream) -> Result<Self, String> {
+        let ca_digest = crate::tls::ca_digest(config.ca_file.as_deref());
         let roots = match &config.ca_file {
             Some(path) => crate::tls::load_roots(path)?,
             None => rustls::RootCertStore {
@@ -95,6 +98,7 @@ impl UpstreamPool {
             .collect();
         Ok(UpstreamPool {
             config: config.clone(),
+            ca_digest,
             client,
             targets,
             next: AtomicUsize::new(0),
