@@ -61,7 +61,7 @@ pub async fn run(path: &Path, on_ready: impl FnOnce(&server::Running)) -> Result
     let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
-    let running = server::start(snapshot).await?;
+    let mut running = server::start(snapshot).await?;
     notify(&[NotifyState::Ready]);
     on_ready(&running);
 
@@ -87,11 +87,12 @@ pub async fn run(path: &Path, on_ready: impl FnOnce(&server::Running)) -> Result
         }
     }
     notify(&[NotifyState::Stopping]);
+    running.stop_accepting().await;
     let grace = running.gateway.snapshot.load().config.limits.shutdown_grace;
     tracing::info!(grace = ?grace, "shutting down: no new connections, waiting for requests in flight");
     // A second signal skips the drain.
     tokio::select! {
-        _ = running.shutdown(grace) => tracing::info!("stopped"),
+        _ = running.drain(grace) => tracing::info!("stopped"),
         _ = term.recv() => tracing::warn!("second signal: exiting now"),
         _ = int.recv() => tracing::warn!("second signal: exiting now"),
     }

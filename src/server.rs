@@ -171,11 +171,22 @@ impl Running {
 
     /// Stop accepting, let open connections finish their requests for up to
     /// `grace`, then return (dropping whatever is left).
-    pub async fn shutdown(self, grace: Duration) {
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.stop_accepting().await;
+        self.drain(grace).await;
+    }
+
+    /// Close the listeners (new clients are refused from here on) and ask every
+    /// open connection to finish what it is doing and close.
+    pub async fn stop_accepting(&mut self) {
         let _ = self.shutdown.send(true);
-        for task in self.accept_loops {
+        for task in self.accept_loops.drain(..) {
             let _ = task.await;
         }
+    }
+
+    /// Wait up to `grace` for the open connections to close.
+    pub async fn drain(self, grace: Duration) {
         let drained = tokio::time::timeout(grace, self.connections.acquire_many(self.max_connections)).await;
         if drained.is_err() {
             tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining connections");
