@@ -36,7 +36,9 @@ pub enum GatewayError {
     #[error("no upstream target accepted the connection")]
     UpstreamConnect,
     #[error("the upstream failed while answering")]
-    UpstreamFailed(#[source] hyper_util::client::legacy::Error),
+    UpstreamFailed(#[source] hyper::Error),
+    #[error("no upstream connection became free in time")]
+    UpstreamBusy,
     #[error("the upstream did not answer in time")]
     UpstreamTimeout,
 }
@@ -47,7 +49,7 @@ impl GatewayError {
             GatewayError::BadPath(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MissingToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InsufficientScope(_) => StatusCode::FORBIDDEN,
-            GatewayError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::KeysUnavailable | GatewayError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -88,6 +90,10 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => (
                 "bad_gateway",
                 "The upstream service closed the connection without a valid response.",
+            ),
+            GatewayError::UpstreamBusy => (
+                "temporarily_unavailable",
+                "Every connection to the upstream service is busy; retry shortly.",
             ),
             GatewayError::UpstreamTimeout => ("gateway_timeout", "The upstream service did not answer in time."),
         }
@@ -167,6 +173,7 @@ mod tests {
             (GatewayError::HeadersTooLarge, 431, "request_header_fields_too_large"),
             (GatewayError::PayloadTooLarge, 413, "payload_too_large"),
             (GatewayError::UpstreamConnect, 502, "bad_gateway"),
+            (GatewayError::UpstreamBusy, 503, "temporarily_unavailable"),
             (GatewayError::UpstreamTimeout, 504, "gateway_timeout"),
         ];
         for (err, status, code) in cases {

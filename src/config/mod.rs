@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
-pub use raw::TlsVersion;
+pub use raw::{TlsVersion, UpstreamProtocol};
 
 /// A validated configuration. Paths are absolute or relative to the working
 /// directory (already resolved against the config file's directory).
@@ -115,6 +115,9 @@ pub struct Upstream {
     pub request_timeout: Duration,
     pub host: HostPolicy,
     pub ca_file: Option<PathBuf>,
+    pub protocol: UpstreamProtocol,
+    /// Open connections per target, idle ones included.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -140,6 +140,30 @@ pub struct RawUpstream {
     pub request_timeout: Option<Dur>,
     pub host: Option<String>,
     pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    pub max_connections: Option<usize>,
+}
+
+/// How the gateway speaks to an upstream's targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over keep-alive connections, one request at a time per connection.
+    #[default]
+    #[serde(rename = "http1")]
+    Http1,
+    /// HTTP/2 over TLS, negotiated with ALPN `h2` (for `https://` targets).
+    #[serde(rename = "h2")]
+    H2,
+    /// HTTP/2 over plain TCP with prior knowledge (for `http://` targets).
+    #[serde(rename = "h2c")]
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn is_http2(self) -> bool {
+        self != UpstreamProtocol::Http1
+    }
 }
 
 #[derive(Debug, Deserialize)]

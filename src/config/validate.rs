@@ -473,6 +473,19 @@ fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Up
         }
         None => None,
     };
+    match raw.protocol {
+        UpstreamProtocol::H2 if targets.iter().any(|t| !t.https) => {
+            return Err(ctx.err(format!("upstreams.{name}.protocol: h2 is HTTP/2 over TLS and needs https:// targets; use h2c for http:// targets")));
+        }
+        UpstreamProtocol::H2c if targets.iter().any(|t| t.https) => {
+            return Err(ctx.err(format!("upstreams.{name}.protocol: h2c is HTTP/2 over plain TCP and needs http:// targets; use h2 for https:// targets")));
+        }
+        _ => {}
+    }
+    let max_connections = raw.max_connections.unwrap_or(256);
+    if max_connections == 0 {
+        return Err(ctx.err(format!("upstreams.{name}.max_connections: must be at least 1")));
+    }
     let connect_timeout = raw.connect_timeout.map_or(Duration::from_secs(2), |d| d.0);
     let request_timeout = raw.request_timeout.map_or(Duration::from_secs(30), |d| d.0);
     if connect_timeout.is_zero() || request_timeout.is_zero() {
@@ -487,6 +500,8 @@ fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Up
         request_timeout,
         host,
         ca_file,
+        protocol: raw.protocol,
+        max_connections,
     })
 }
 

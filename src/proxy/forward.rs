@@ -1,31 +1,30 @@
-//! Sending a request to an upstream: one keep-alive HTTP/1.1 connection pool
-//! per upstream, round-robin over its targets, the next target tried when one
-//! refuses the connection, and the upstream timeouts of SPEC §4.
+//! Sending a request to an upstream: round-robin over its targets, the next
+//! target tried when one refuses the connection, and the upstream timeouts and
+//! connection limits. Connections themselves live in [`super::pool`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
+use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Upstream;
 use crate::error::GatewayError;
 use crate::proxy::body::ReplayableBody;
+use crate::proxy::pool::{self, ConnectError, SendError, TargetPool, UpstreamBody};
 
-/// One upstream's targets and connection pool. Shared across reloads while
+/// How often one request is put on another connection when the one it got
+/// closed before the request went out (a keep-alive race, not a failure).
+const NOT_SENT_RETRIES: usize = 3;
+
+/// One upstream's targets and their connections. Shared across reloads while
 /// the upstream's configuration is unchanged, so warm connections survive.
 pub struct UpstreamPool {
     pub config: Upstream,
     /// What `config.ca_file` held when the pool was built.
     pub ca_digest: Option<[u8; 32]>,
-    client: Client<HttpsConnector<HttpConnector>, ReplayableBody>,
-    targets: Vec<(Scheme, http::uri::Authority)>,
+    targets: Vec<Arc<TargetPool>>,
     next: AtomicUsize,
 }
 
@@ -41,14 +40,16 @@ impl std::fmt::Debug for UpstreamPool {
 #[derive(Debug)]
 pub enum UpstreamFailure {
     Connect,
+    Busy,
     Timeout,
-    Failed(hyper_util::client::legacy::Error),
+    Failed(hyper::Error),
 }
 
 impl UpstreamFailure {
     pub fn kind(&self) -> &'static str {
         match self {
             UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Busy => "busy",
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::Failed(_) => "reset",
         }
@@ -57,6 +58,7 @@ impl UpstreamFailure {
     pub fn into_gateway_error(self) -> GatewayError {
         match self {
             UpstreamFailure::Connect => GatewayError::UpstreamConnect,
+            UpstreamFailure::Busy => GatewayError::UpstreamBusy,
             UpstreamFailure::Timeout => GatewayError::UpstreamTimeout,
             UpstreamFailure::Failed(e) => GatewayError::UpstreamFailed(e),
         }
@@ -66,40 +68,37 @@ impl UpstreamFailure {
 impl UpstreamPool {
     pub fn new(config: &Upstream) -> Result<Self, String> {
         let ca_digest = crate::tls::ca_digest(config.ca_file.as_deref());
-        let roots = match &config.ca_file {
-            Some(path) => crate::tls::load_roots(path)?,
-            None => rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            },
+        let tls = if config.targets.iter().any(|t| t.https) {
+            let roots = match &config.ca_file {
+                Some(path) => crate::tls::load_roots(path)?,
+                None => rustls::RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                },
+            };
+            let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS client setup failed: {e}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Some(Arc::new(tls))
+        } else {
+            None
         };
-        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS client setup failed: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        let targets = config
-            .targets
-            .iter()
-            .map(|t| (if t.https { Scheme::HTTPS } else { Scheme::HTTP }, t.authority.clone()))
-            .collect();
+        let mut targets = Vec::with_capacity(config.targets.len());
+        for t in &config.targets {
+            let target = TargetPool::new(
+                t.authority.clone(),
+                t.https,
+                config.protocol,
+                tls.as_ref(),
+                config.connect_timeout,
+                config.max_connections,
+            )?;
+            targets.push(Arc::new(target));
+        }
         Ok(UpstreamPool {
             config: config.clone(),
             ca_digest,
-            client,
             targets,
             next: AtomicUsize::new(0),
         })
@@ -108,45 +107,31 @@ impl UpstreamPool {
     /// Send one request, trying each target at most once, starting with the
     /// next one in round-robin order. Only connection failures move on to the
     /// next target: the request has not been sent then, so retrying is safe.
+    /// `request_timeout` bounds everything up to the response headers; the
+    /// body then streams for as long as it takes.
     pub async fn send(
         &self,
         method: Method,
         path_and_query: PathAndQuery,
         headers: HeaderMap,
         body: ReplayableBody,
-    ) -> Result<Response<Incoming>, UpstreamFailure> {
+    ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
         let attempt = async {
             let n = self.targets.len();
             let start = self.next.fetch_add(1, Ordering::Relaxed);
             let mut headers = Some(headers);
             for i in 0..n {
-                let (scheme, authority) = &self.targets[(start + i) % n];
+                let target = &self.targets[(start + i) % n];
                 let last = i + 1 == n;
                 let h = if last {
                     headers.take().unwrap_or_default()
                 } else {
                     headers.clone().unwrap_or_default()
                 };
-                let uri = Uri::builder()
-                    .scheme(scheme.clone())
-                    .authority(authority.clone())
-                    .path_and_query(path_and_query.clone())
-                    .build();
-                let Ok(uri) = uri else {
-                    return Err(UpstreamFailure::Connect);
-                };
-                let mut req = Request::new(body.again());
-                *req.method_mut() = method.clone();
-                *req.uri_mut() = uri;
-                *req.version_mut() = Version::HTTP_11;
-                *req.headers_mut() = h;
-                match self.client.request(req).await {
-                    Ok(resp) => return Ok(resp),
-                    Err(e) if e.is_connect() && !body.consumed() => {
-                        tracing::warn!(upstream = %self.config.name, target = %authority, error = %e, "upstream target refused the connection");
-                        continue;
-                    }
-                    Err(e) => return Err(UpstreamFailure::Failed(e)),
+                let req = self.request(target, &method, &path_and_query, h, body.again());
+                match send_to(target, req).await {
+                    Err(UpstreamFailure::Connect) if !body.consumed() && !last => continue,
+                    other => return other,
                 }
             }
             Err(UpstreamFailure::Connect)
@@ -156,6 +141,71 @@ impl UpstreamPool {
             Err(_) => Err(UpstreamFailure::Timeout),
         }
     }
+
+    /// The request as this target's protocol carries it: origin-form with a
+    /// `Host` header for HTTP/1.1; for HTTP/2 the host travels as
+    /// `:authority` and no `Host` header goes with it (RFC 9113 §8.3.1).
+    fn request(
+        &self,
+        target: &TargetPool,
+        method: &Method,
+        path_and_query: &PathAndQuery,
+        mut headers: HeaderMap,
+        body: ReplayableBody,
+    ) -> Request<ReplayableBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = method.clone();
+        if self.config.protocol.is_http2() {
+            let host = headers.remove(header::HOST);
+            let authority = host
+                .and_then(|h| h.to_str().ok().and_then(|s| s.parse().ok()))
+                .unwrap_or_else(|| target.authority.clone());
+            let scheme = if target.is_https() { Scheme::HTTPS } else { Scheme::HTTP };
+            let uri = Uri::builder()
+                .scheme(scheme)
+                .authority(authority)
+                .path_and_query(path_and_query.clone())
+                .build();
+            *req.uri_mut() = uri.unwrap_or_default();
+            *req.version_mut() = Version::HTTP_2;
+        } else {
+            if !headers.contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(target.authority.as_str()) {
+                    headers.insert(header::HOST, v);
+                }
+            }
+            *req.uri_mut() = Uri::from(path_and_query.clone());
+            *req.version_mut() = Version::HTTP_11;
+        }
+        *req.headers_mut() = headers;
+        req
+    }
+}
+
+/// One target: a connection, then the request on it.
+async fn send_to(
+    target: &Arc<TargetPool>,
+    mut req: Request<ReplayableBody>,
+) -> Result<Response<UpstreamBody>, UpstreamFailure> {
+    for _ in 0..NOT_SENT_RETRIES {
+        let conn = match target.checkout().await {
+            Ok(conn) => conn,
+            Err(ConnectError::Busy) => {
+                tracing::warn!(target_addr = %target.authority, "no upstream connection free within connect_timeout");
+                return Err(UpstreamFailure::Busy);
+            }
+            Err(ConnectError::Refused(why)) => {
+                tracing::warn!(target_addr = %target.authority, error = %why, "upstream target refused the connection");
+                return Err(UpstreamFailure::Connect);
+            }
+        };
+        match pool::send(target, conn, req).await {
+            Ok(resp) => return Ok(resp),
+            Err(SendError::NotSent(back)) => req = back,
+            Err(SendError::Failed(e)) => return Err(UpstreamFailure::Failed(e)),
+        }
+    }
+    Err(UpstreamFailure::Connect)
 }
 
 pub type SharedPool = Arc<UpstreamPool>;

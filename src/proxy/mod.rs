@@ -5,6 +5,7 @@
 pub mod body;
 pub mod forward;
 pub mod headers;
+pub mod pool;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,9 +26,10 @@ use crate::routing::table::{strip_prefix, Lookup};
 use crate::snapshot::Snapshot;
 use body::{LimitedBody, ReplayableBody};
 use headers::X_REQUEST_ID;
+use pool::UpstreamBody;
 
 /// What every HTTPS response body is: the upstream's stream, or our own JSON.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// What the gateway knows about the client connection a request came on.
 #[derive(Debug, Clone)]
@@ -155,7 +157,7 @@ async fn pipeline(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     log: &mut RequestLog,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<Response<UpstreamBody>, GatewayError> {
     let limits = &snap.config.limits;
     if header_bytes(&req) > limits.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge);

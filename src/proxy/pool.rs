@@ -1,0 +1,464 @@
+//! Connections to one upstream target: HTTP/1.1 keep-alive connections reused
+//! last-in first-out, or a few shared HTTP/2 connections that multiplex, all
+//! under one per-target cap (`upstreams[].max_connections`).
+//!
+//! Why our own pool rather than a generic client: the cap must hold for both
+//! protocols (one client connection may carry a hundred HTTP/2 streams, and
+//! each must not become its own upstream socket), a request must wait a bounded
+//! time for a free connection and then get a 503, and the hot path should not
+//! hop through a channel or spawn a task per request.
+//!
+//! Every open connection holds one permit of the target's semaphore for as long
+//! as its I/O task runs, so the cap counts idle and busy connections alike.
+//! An HTTP/1.1 connection goes back on the idle stack when its response body
+//! has been read to the end ([`UpstreamBody`]); a body dropped half-way leaves
+//! the connection in an unknown state, so it is closed instead.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::Request;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::UpstreamProtocol;
+use crate::proxy::body::ReplayableBody;
+
+/// An idle HTTP/1.1 connection unused for this long is closed rather than
+/// reused: the upstream may have dropped it already.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Streams in flight on one HTTP/2 connection before another is opened.
+const STREAMS_PER_H2_CONNECTION: usize = 100;
+
+type H1Sender = http1::SendRequest<ReplayableBody>;
+type H2Sender = http2::SendRequest<ReplayableBody>;
+
+/// Why no connection could be had.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The target refused, timed out, or failed the TLS handshake: nothing was sent.
+    Refused(String),
+    /// Every connection the cap allows stayed busy for the whole wait.
+    Busy,
+}
+
+/// The connections of one target.
+pub struct TargetPool {
+    pub authority: Authority,
+    https: bool,
+    protocol: UpstreamProtocol,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+    permits: Arc<Semaphore>,
+    /// HTTP/1.1: idle connections, most recently used last.
+    idle: Mutex<Vec<(H1Sender, Instant)>>,
+    /// HTTP/2: the open connections, each with its count of streams in flight.
+    shared: Mutex<Vec<H2Conn>>,
+    /// One HTTP/2 handshake at a time, so a burst shares the new connection.
+    h2_connecting: tokio::sync::Mutex<()>,
+    /// Woken when a connection goes idle or closes: a waiter may proceed.
+    freed: Arc<Notify>,
+}
+
+#[derive(Clone)]
+struct H2Conn {
+    sender: H2Sender,
+    streams: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for TargetPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetPool")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection checked out for one request.
+pub enum Checkout {
+    H1(H1Sender),
+    H2(H2Sender, StreamGuard),
+}
+
+impl TargetPool {
+    pub fn new(
+        authority: Authority,
+        https: bool,
+        protocol: UpstreamProtocol,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        connect_timeout: Duration,
+        max_connections: usize,
+    ) -> Result<Self, String> {
+        let tls = match (https, tls) {
+            (true, Some(config)) => {
+                let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+                let name = ServerName::try_from(host.to_string())
+                    .map_err(|_| format!("{host:?} is not a valid TLS server name"))?;
+                let mut config = rustls::ClientConfig::clone(config);
+                config.alpn_protocols = vec![alpn(protocol).to_vec()];
+                Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+            }
+            _ => None,
+        };
+        Ok(TargetPool {
+            authority,
+            https,
+            protocol,
+            tls,
+            connect_timeout,
+            permits: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(Vec::new()),
+            h2_connecting: tokio::sync::Mutex::new(()),
+            freed: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+
+    /// A connection for one request: an idle or shared one when there is one,
+    /// else a new one while the cap allows, else wait up to `connect_timeout`
+    /// for one to free up.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, ConnectError> {
+        let deadline = Instant::now() + self.connect_timeout;
+        if self.protocol.is_http2() {
+            return self.checkout_h2(deadline).await;
+        }
+        loop {
+            // Registered before looking, so a connection freed in between still wakes us.
+            let freed = self.freed.clone();
+            let notified = freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(sender) = self.pop_idle().await {
+                return Ok(Checkout::H1(sender));
+            }
+            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                return self.connect_h1(permit).await.map(Checkout::H1);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ConnectError::Busy);
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still usable.
+    async fn pop_idle(&self) -> Option<H1Sender> {
+        loop {
+            let (mut sender, since) = self.idle.lock().ok()?.pop()?;
+            if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
+                continue;
+            }
+            // Ready at once unless its last response is still being wound up.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// Put a connection whose last response was read to the end back on the stack.
+    fn put_idle(&self, sender: H1Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            // The oldest entries sit at the bottom; drop the expired ones.
+            let expired = idle.iter().take_while(|(_, t)| t.elapsed() > IDLE_TIMEOUT).count();
+            idle.drain(..expired);
+            idle.push((sender, Instant::now()));
+        }
+        self.freed.notify_one();
+    }
+
+    async fn connect_h1(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Result<H1Sender, ConnectError> {
+        let (sender, task) = match &self.tls {
+            None => {
+                let io = self.tcp().await?;
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(|e| ConnectError::Refused(e.to_string()))?;
+                (
+                    sender,
+                    Box::pin(async move { conn.await.map_err(|e| e.to_string()) }) as ConnTask,
+                )
+            }
+            Some(_) => {
+                let io = self.tls().await?;
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(|e| ConnectError::Refused(e.to_string()))?;
+                (
+                    sender,
+                    Box::pin(async move { conn.await.map_err(|e| e.to_string()) }) as ConnTask,
+                )
+            }
+        };
+        self.run(task, permit);
+        Ok(sender)
+    }
+
+    async fn checkout_h2(self: &Arc<Self>, deadline: Instant) -> Result<Checkout, ConnectError> {
+        loop {
+            let freed = self.freed.clone();
+            let notified = freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(conn) = self.least_loaded_h2(true) {
+                return Ok(conn.checkout());
+            }
+            // All connections are busy (or there are none): open one, one
+            // handshake at a time; whoever waited re-checks first.
+            let _connecting = match tokio::time::timeout_at(deadline, self.h2_connecting.lock()).await {
+                Ok(guard) => guard,
+                Err(_) => return Err(ConnectError::Busy),
+            };
+            if let Some(conn) = self.least_loaded_h2(true) {
+                return Ok(conn.checkout());
+            }
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let conn = self.connect_h2(permit).await?;
+                    if let Ok(mut shared) = self.shared.lock() {
+                        shared.push(conn.clone());
+                    }
+                    return Ok(conn.checkout());
+                }
+                // At the cap: share the least loaded connection (HTTP/2 queues
+                // the stream) or, with none open, wait for a permit.
+                Err(_) => {
+                    if let Some(conn) = self.least_loaded_h2(false) {
+                        return Ok(conn.checkout());
+                    }
+                }
+            }
+            drop(_connecting);
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ConnectError::Busy);
+            }
+        }
+    }
+
+    /// The open HTTP/2 connection with the fewest streams; with `below_limit`,
+    /// only one that has room for another stream.
+    fn least_loaded_h2(&self, below_limit: bool) -> Option<H2Conn> {
+        let mut shared = self.shared.lock().ok()?;
+        shared.retain(|c| !c.sender.is_closed());
+        shared
+            .iter()
+            .filter(|c| !below_limit || c.streams.load(Ordering::Relaxed) < STREAMS_PER_H2_CONNECTION)
+            .min_by_key(|c| c.streams.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    async fn connect_h2(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Result<H2Conn, ConnectError> {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        // Pings find a dead connection before a request does.
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let refused = |e: hyper::Error| ConnectError::Refused(e.to_string());
+        let (sender, task) = match &self.tls {
+            None => {
+                let io = self.tcp().await?;
+                let (sender, conn) = builder.handshake(TokioIo::new(io)).await.map_err(refused)?;
+                (
+                    sender,
+                    Box::pin(async move { conn.await.map_err(|e| e.to_string()) }) as ConnTask,
+                )
+            }
+            Some(_) => {
+                let io = self.tls().await?;
+                let (sender, conn) = builder.handshake(TokioIo::new(io)).await.map_err(refused)?;
+                (
+                    sender,
+                    Box::pin(async move { conn.await.map_err(|e| e.to_string()) }) as ConnTask,
+                )
+            }
+        };
+        self.run(task, permit);
+        Ok(H2Conn {
+            sender,
+            streams: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Drive a connection's I/O until it ends, holding its permit meanwhile.
+    fn run(&self, task: ConnTask, permit: OwnedSemaphorePermit) {
+        let freed = self.freed.clone();
+        let authority = self.authority.clone();
+        tokio::spawn(async move {
+            if let Err(e) = task.await {
+                tracing::debug!(target_addr = %authority, error = %e, "upstream connection ended with an error");
+            }
+            drop(permit);
+            freed.notify_one();
+        });
+    }
+
+    async fn tcp(&self) -> Result<TcpStream, ConnectError> {
+        let host = self.authority.host().trim_start_matches('[').trim_end_matches(']');
+        let port = self.authority.port_u16().unwrap_or(if self.https { 443 } else { 80 });
+        let connect = TcpStream::connect((host, port));
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                Ok(tcp)
+            }
+            Ok(Err(e)) => Err(ConnectError::Refused(e.to_string())),
+            Err(_) => Err(ConnectError::Refused("connect timed out".into())),
+        }
+    }
+
+    async fn tls(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+        let Some((connector, name)) = &self.tls else {
+            return Err(ConnectError::Refused("no TLS configuration".into()));
+        };
+        let tcp = self.tcp().await?;
+        let handshake = connector.connect(name.clone(), tcp);
+        let tls = match tokio::time::timeout(self.connect_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(ConnectError::Refused(format!("TLS handshake failed: {e}"))),
+            Err(_) => return Err(ConnectError::Refused("TLS handshake timed out".into())),
+        };
+        // A server that ignores ALPN speaks HTTP/1.1; only h2 needs the answer.
+        if self.protocol.is_http2() && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(ConnectError::Refused(
+                "the target did not negotiate HTTP/2 (ALPN h2); use protocol: http1 for it".into(),
+            ));
+        }
+        Ok(tls)
+    }
+}
+
+/// The ALPN protocol id offered to a TLS target.
+fn alpn(protocol: UpstreamProtocol) -> &'static [u8] {
+    if protocol.is_http2() {
+        b"h2"
+    } else {
+        b"http/1.1"
+    }
+}
+
+type ConnTask = Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+impl H2Conn {
+    fn checkout(self) -> Checkout {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        Checkout::H2(self.sender, StreamGuard(self.streams))
+    }
+}
+
+/// Counts one stream as in flight on an HTTP/2 connection until dropped.
+pub struct StreamGuard(Arc<AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What an upstream response body keeps of its connection.
+pub enum Lease {
+    /// An HTTP/1.1 connection, returned to its pool when the body has ended.
+    H1(Arc<TargetPool>, H1Sender),
+    H2(StreamGuard),
+}
+
+/// An upstream response body: the stream as it arrives, which gives its
+/// connection back when it has been read to the end.
+pub struct UpstreamBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+    ended: bool,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, lease: Lease) -> Self {
+        UpstreamBody {
+            inner,
+            lease: Some(lease),
+            ended: false,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(Lease::H1(pool, sender)) = self.lease.take() {
+            if self.ended || self.inner.is_end_stream() {
+                pool.put_idle(sender);
+            }
+            // Otherwise dropping the sender closes the connection.
+        }
+    }
+}
+
+/// Send a request on a checked-out connection. A request that the connection
+/// could not take (it closed as we picked it) comes back for another try.
+pub async fn send(
+    pool: &Arc<TargetPool>,
+    checkout: Checkout,
+    req: Request<ReplayableBody>,
+) -> Result<http::Response<UpstreamBody>, SendError> {
+    match checkout {
+        Checkout::H1(mut sender) => match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp.map(|b| UpstreamBody::new(b, Lease::H1(pool.clone(), sender)))),
+            Err(mut e) => match e.take_message() {
+                Some(req) => Err(SendError::NotSent(req)),
+                None => Err(SendError::Failed(e.into_error())),
+            },
+        },
+        Checkout::H2(mut sender, guard) => match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp.map(|b| UpstreamBody::new(b, Lease::H2(guard)))),
+            Err(mut e) => match e.take_message() {
+                Some(req) => Err(SendError::NotSent(req)),
+                None => Err(SendError::Failed(e.into_error())),
+            },
+        },
+    }
+}
+
+pub enum SendError {
+    /// The connection closed before the request went out: safe to resend.
+    NotSent(Request<ReplayableBody>),
+    Failed(hyper::Error),
+}
