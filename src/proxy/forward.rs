@@ -201,7 +201,7 @@ async fn send_to(
         };
         match pool::send(target, conn, req).await {
             Ok(resp) => return Ok(resp),
-            Err(SendError::NotSent(back)) => req = back,
+            Err(SendError::NotSent(back)) => req = *back,
             Err(SendError::Failed(e)) => return Err(UpstreamFailure::Failed(e)),
         }
     }

@@ -443,14 +443,14 @@ pub async fn send(
         Checkout::H1(mut sender) => match sender.try_send_request(req).await {
             Ok(resp) => Ok(resp.map(|b| UpstreamBody::new(b, Lease::H1(pool.clone(), sender)))),
             Err(mut e) => match e.take_message() {
-                Some(req) => Err(SendError::NotSent(req)),
+                Some(req) => Err(SendError::NotSent(Box::new(req))),
                 None => Err(SendError::Failed(e.into_error())),
             },
         },
         Checkout::H2(mut sender, guard) => match sender.try_send_request(req).await {
             Ok(resp) => Ok(resp.map(|b| UpstreamBody::new(b, Lease::H2(guard)))),
             Err(mut e) => match e.take_message() {
-                Some(req) => Err(SendError::NotSent(req)),
+                Some(req) => Err(SendError::NotSent(Box::new(req))),
                 None => Err(SendError::Failed(e.into_error())),
             },
         },
@@ -459,6 +459,6 @@ pub async fn send(
 
 pub enum SendError {
     /// The connection closed before the request went out: safe to resend.
-    NotSent(Request<ReplayableBody>),
+    NotSent(Box<Request<ReplayableBody>>),
     Failed(hyper::Error),
 }
