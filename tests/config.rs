@@ -313,3 +313,34 @@ fn certs_command_writes_a_usable_pair() {
     };
     portcullis::tls::server_config(&tls).expect("the written pair loads");
 }
+
+#[test]
+fn upstream_protocol_must_fit_the_target_scheme() {
+    for (protocol, target, says) in [
+        ("h2", "http://127.0.0.1:9000", "h2 is HTTP/2 over TLS"),
+        ("h2c", "https://127.0.0.1:9000", "h2c is HTTP/2 over plain TCP"),
+    ] {
+        let yaml = format!(
+            "{BASE}upstreams:\n  app:\n    targets: [{target}]\n    protocol: {protocol}\nroutes:\n{PUBLIC_ROUTE}"
+        );
+        let e = err(&yaml);
+        let line = yaml.lines().position(|l| l.contains("protocol:")).unwrap() + 1;
+        assert_eq!(e.position, Some((line, 15)), "{e}");
+        assert!(
+            e.message.starts_with("upstreams.app.protocol: ") && e.message.contains(says),
+            "{e}"
+        );
+    }
+    let e = err(&format!(
+        "{BASE}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\n    protocol: http3\nroutes:\n{PUBLIC_ROUTE}"
+    ));
+    assert!(e.message.contains("http3"), "{e}");
+    let e = err(&format!(
+        "{BASE}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\n    max_connections: 0\nroutes:\n{PUBLIC_ROUTE}"
+    ));
+    assert!(
+        e.message
+            .starts_with("upstreams.app.max_connections: must be at least 1"),
+        "{e}"
+    );
+}

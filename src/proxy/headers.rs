@@ -141,6 +141,19 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the client's `TE` header lists `trailers` (RFC 9110 §10.1.4).
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().unwrap_or("").split(',').any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        })
+    })
+}
+
 /// An `X-Request-Id` worth keeping: `[A-Za-z0-9._-]{1,128}`.
 pub fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
@@ -282,6 +295,16 @@ mod tests {
         ]);
         remove_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["accept"]);
+    }
+
+    #[test]
+    fn te_trailers() {
+        assert!(accepts_trailers(&map(&[("te", "trailers")])));
+        assert!(accepts_trailers(&map(&[("te", "gzip, Trailers")])));
+        assert!(accepts_trailers(&map(&[("te", "deflate;q=0.5"), ("te", "trailers")])));
+        assert!(!accepts_trailers(&map(&[("te", "gzip")])));
+        assert!(!accepts_trailers(&map(&[("te", "trailersx")])));
+        assert!(!accepts_trailers(&HeaderMap::new()));
     }
 
     #[test]

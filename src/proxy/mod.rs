@@ -212,7 +212,14 @@ async fn pipeline(
     // SPEC §3.7: hop-by-hop first, so nothing a client names in `Connection`
     // can remove what the gateway adds below.
     let h = &mut parts.headers;
+    let upstream = &snap.upstreams[route.upstream];
+    // `TE: trailers` is the one TE value HTTP/2 allows (RFC 9113 §8.2.2); gRPC
+    // servers need it to know the client reads trailers.
+    let te_trailers = upstream.config.protocol.is_http2() && headers::accepts_trailers(h);
     headers::remove_hop_by_hop(h);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if !snap.config.identity.forward_authorization {
         h.remove(header::AUTHORIZATION);
     }
@@ -221,7 +228,6 @@ async fn pipeline(
     }
     headers::set_forwarded(h, &conn.forwarded_for, host.as_ref().map(|(v, _)| v));
     h.insert(X_REQUEST_ID, request_id.clone());
-    let upstream = &snap.upstreams[route.upstream];
     match &upstream.config.host {
         HostPolicy::Preserve => match &host {
             Some((v, _)) => h.insert(header::HOST, v.clone()),

@@ -29,6 +29,8 @@ use portcullis::server::Running;
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
+    /// The request target's authority (HTTP/2 `:authority`), if any.
+    pub authority: Option<String>,
     pub path_and_query: String,
     pub version: http::Version,
     pub headers: HeaderMap,
@@ -54,19 +56,39 @@ impl Drop for Upstream {
     }
 }
 
+/// How a test upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpProto {
+    H1,
+    /// HTTP/2 with prior knowledge (plain TCP).
+    H2c,
+}
+
 impl Upstream {
     pub async fn start(name: &str) -> Upstream {
-        Self::serve(name, None).await
+        Self::serve(name, None, UpProto::H1).await
     }
 
     /// The same upstream behind TLS; returns it and its certificate (PEM) to trust.
     pub async fn start_tls(name: &str) -> (Upstream, String) {
-        let (acceptor, cert_pem) = tls_acceptor();
-        let up = Self::serve(name, Some(acceptor)).await;
+        let (acceptor, cert_pem) = tls_acceptor_alpn(&[b"http/1.1"]);
+        let up = Self::serve(name, Some(acceptor), UpProto::H1).await;
         (up, cert_pem)
     }
 
-    async fn serve(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+    /// An HTTP/2-only upstream over plain TCP (prior knowledge).
+    pub async fn start_h2c(name: &str) -> Upstream {
+        Self::serve(name, None, UpProto::H2c).await
+    }
+
+    /// An HTTP/2-only upstream behind TLS (ALPN h2); returns its certificate too.
+    pub async fn start_h2_tls(name: &str) -> (Upstream, String) {
+        let (acceptor, cert_pem) = tls_acceptor_alpn(&[b"h2"]);
+        let up = Self::serve(name, Some(acceptor), UpProto::H2c).await;
+        (up, cert_pem)
+    }
+
+    async fn serve(name: &str, tls: Option<tokio_rustls::TlsAcceptor>, proto: UpProto) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -81,14 +103,11 @@ impl Upstream {
                 let (s, n, tls) = (s.clone(), n.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| upstream_answer(req, s.clone(), n.clone(), conn_id));
-                    let http = hyper::server::conn::http1::Builder::new();
                     match tls {
-                        None => {
-                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                        }
+                        None => serve_upstream_conn(TokioIo::new(stream), service, proto).await,
                         Some(acceptor) => {
                             if let Ok(tls) = acceptor.accept(stream).await {
-                                let _ = http.serve_connection(TokioIo::new(tls), service).await;
+                                serve_upstream_conn(TokioIo::new(tls), service, proto).await;
                             }
                         }
                     }
@@ -117,6 +136,27 @@ impl Upstream {
     }
 }
 
+async fn serve_upstream_conn<I, S>(io: I, service: S, proto: UpProto)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = UpBody> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match proto {
+        UpProto::H1 => {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        }
+        UpProto::H2c => {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, service)
+                .await;
+        }
+    }
+}
+
 type UpBody = http_body_util::Either<Full<Bytes>, Chunks>;
 
 async fn upstream_answer(
@@ -132,6 +172,7 @@ async fn upstream_answer(
         .unwrap_or("")
         .to_string();
     let method = req.method().to_string();
+    let authority = req.uri().authority().map(|a| a.to_string());
     let path_and_query = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let version = req.version();
     let headers = req.headers().clone();
@@ -143,6 +184,7 @@ async fn upstream_answer(
         .unwrap_or_default();
     seen.lock().unwrap().push(Seen {
         method,
+        authority,
         path_and_query,
         version,
         headers,
@@ -152,12 +194,26 @@ async fn upstream_answer(
     if behaviour == "slow" {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
+    if let Some(ms) = behaviour.strip_prefix("sleep:") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+    }
     if behaviour == "reset" {
         return Err(std::io::Error::other("reset on purpose"));
     }
     if let Some(n) = behaviour.strip_prefix("stream:") {
         let n: usize = n.parse().unwrap();
-        return Ok(Response::new(http_body_util::Either::Right(Chunks { left: n })));
+        return Ok(Response::new(http_body_util::Either::Right(Chunks {
+            left: n,
+            trailers: None,
+        })));
+    }
+    if behaviour == "trailers" {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-trailer", "end".parse().unwrap());
+        return Ok(Response::new(http_body_util::Either::Right(Chunks {
+            left: 5,
+            trailers: Some(trailers),
+        })));
     }
     let mut resp = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(format!(
         "upstream: {name}"
@@ -173,9 +229,11 @@ async fn upstream_answer(
     Ok(resp)
 }
 
-/// A body of `left` bytes sent in 16 KiB chunks with no Content-Length.
+/// A body of `left` bytes sent in 16 KiB chunks with no Content-Length,
+/// then `trailers` if any.
 pub struct Chunks {
     pub left: usize,
+    pub trailers: Option<HeaderMap>,
 }
 
 impl http_body::Body for Chunks {
@@ -187,7 +245,7 @@ impl http_body::Body for Chunks {
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         if self.left == 0 {
-            return std::task::Poll::Ready(None);
+            return std::task::Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
         }
         let n = self.left.min(16 * 1024);
         self.left -= n;
@@ -198,6 +256,11 @@ impl http_body::Body for Chunks {
 /// A TLS acceptor for 127.0.0.1 / localhost with a fresh self-signed
 /// certificate, and that certificate as PEM (to trust through `ca_file`).
 pub fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
+    tls_acceptor_alpn(&[])
+}
+
+/// [`tls_acceptor`] offering these ALPN protocols.
+pub fn tls_acceptor_alpn(alpn: &[&[u8]]) -> (tokio_rustls::TlsAcceptor, String) {
     let (cert_pem, key_pem) = portcullis::tls::self_signed(&["127.0.0.1".into(), "localhost".into()]).unwrap();
     let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
     let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
@@ -207,6 +270,8 @@ pub fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)
         .unwrap();
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     (tokio_rustls::TlsAcceptor::from(Arc::new(config)), cert_pem)
 }
 
@@ -373,6 +438,7 @@ pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
     pub version: http::Version,
 }
 
@@ -442,6 +508,18 @@ impl Client {
         Client { sender, closed }
     }
 
+    /// Another handle on the same HTTP/2 connection, for concurrent streams.
+    pub fn h2_stream(&self) -> Client {
+        let Sender::H2(s) = &self.sender else {
+            panic!("h2_stream needs an HTTP/2 client");
+        };
+        let (_, closed) = tokio::sync::oneshot::channel();
+        Client {
+            sender: Sender::H2(s.clone()),
+            closed,
+        }
+    }
+
     /// Send a request whose URI is a path; Host / :authority is `localhost`
     /// unless the request sets its own.
     pub async fn send(&mut self, mut req: Request<Full<Bytes>>) -> Reply {
@@ -475,11 +553,14 @@ impl Client {
             }
         };
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await?.to_bytes();
+        let collected = body.collect().await?;
+        let trailers = collected.trailers().cloned();
+        let body = collected.to_bytes();
         Ok(Reply {
             status: parts.status,
             headers: parts.headers,
             body,
+            trailers,
             version: parts.version,
         })
     }
@@ -492,6 +573,19 @@ pub fn req(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Re
         b = b.header(*k, *v);
     }
     b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+/// Wait until `condition` holds, checking every 10 ms; fail the test when it
+/// still does not after `limit`. Use it wherever a test waits for an event.
+pub async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A loopback port with nothing listening on it (bound, then released).

@@ -1,0 +1,178 @@
+//! Upstream connections: HTTP/2 upstreams (h2c, h2 over TLS), trailers, and
+//! the per-target connection cap, over real sockets.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use support::*;
+
+fn one_route(upstream_yaml: &str) -> String {
+    format!(
+        "{}upstreams:\n  app:\n{upstream_yaml}routes:\n  - name: all\n    match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        header("")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_upstream_serves_http1_and_http2_clients() {
+    let up = Upstream::start_h2c("grpcish").await;
+    let gw = TestGateway::start(&one_route(&format!("    targets: [{}]\n    protocol: h2c\n", up.url()))).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        // HTTP/2 clients may only send `TE: trailers` themselves.
+        let te = if proto == Proto::H1 {
+            "deflate, trailers"
+        } else {
+            "trailers"
+        };
+        let r = c.send(req("POST", "/svc/Method?x=1", &[("te", te)], "hello")).await;
+        assert_eq!(r.status, 200, "{proto:?}: {}", r.text());
+        assert_eq!(r.text(), "upstream: grpcish");
+        let seen = up.last();
+        assert_eq!(seen.version, http::Version::HTTP_2);
+        assert_eq!(seen.path_and_query, "/svc/Method?x=1");
+        assert_eq!(seen.body_len, 5);
+        // The client's host travels as :authority, and no Host header goes with it.
+        assert_eq!(seen.authority.as_deref(), Some("localhost"));
+        assert!(seen.headers.get("host").is_none());
+        // Only `trailers` of TE reaches an HTTP/2 upstream.
+        assert_eq!(seen.headers.get_all("te").iter().collect::<Vec<_>>(), ["trailers"]);
+        assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1, "one multiplexed connection");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn te_is_never_sent_to_http1_upstreams() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&one_route(&format!("    targets: [{}]\n", up.url()))).await;
+    let r = gw
+        .client(Proto::H1)
+        .await
+        .send(req("GET", "/x", &[("te", "trailers")], ""))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(up.last().headers.get("te").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_upstream_over_tls_with_ca_file() {
+    let (up, ca_pem) = Upstream::start_h2_tls("secure-h2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
+    let yaml = one_route(&format!(
+        "    targets: [https://localhost:{}]\n    protocol: h2\n    ca_file: upstream-ca.pem\n    host: orders.internal\n",
+        up.addr.port()
+    ));
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let r = gw.get("/a").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "upstream: secure-h2");
+    let seen = up.last();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    // `host:` picks the :authority of an HTTP/2 upstream.
+    assert_eq!(seen.authority.as_deref(), Some("orders.internal"));
+    assert!(seen.headers.get("host").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http1_only_tls_target_is_refused_for_h2() {
+    // The target answers ALPN with http/1.1 only: the gateway must not guess.
+    let (up, ca_pem) = Upstream::start_tls("h1-only").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
+    let yaml = one_route(&format!(
+        "    targets: [https://localhost:{}]\n    protocol: h2\n    ca_file: upstream-ca.pem\n",
+        up.addr.port()
+    ));
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    gw.get("/a").await.assert_error(502, "bad_gateway");
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn response_trailers_reach_http2_clients() {
+    let up = Upstream::start_h2c("trailing").await;
+    let gw = TestGateway::start(&one_route(&format!("    targets: [{}]\n    protocol: h2c\n", up.url()))).await;
+    let r = gw
+        .client(Proto::H2)
+        .await
+        .send(req("GET", "/t", &[("x-test", "trailers")], ""))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 5);
+    let trailers = r.trailers.expect("trailers relayed");
+    assert_eq!(trailers["x-trailer"], "end");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_streams_share_few_upstream_connections() {
+    // 40 concurrent streams on one client connection: against an h2c upstream
+    // they share one connection; against HTTP/1.1 they never exceed the cap.
+    let h2 = Upstream::start_h2c("h2").await;
+    let h1 = Upstream::start("h1").await;
+    let yaml = format!(
+        "{}upstreams:\n  h2:\n    targets: [{}]\n    protocol: h2c\n  h1:\n    targets: [{}]\n    max_connections: 4\n    connect_timeout: 5s\nroutes:\n  - match: {{ path: /h2 }}\n    upstream: h2\n    public: true\n  - match: {{ path: /h1 }}\n    upstream: h1\n    public: true\n",
+        header(""),
+        h2.url(),
+        h1.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let client = gw.client(Proto::H2).await;
+    for (path, up, most) in [("/h2", &h2, 1), ("/h1", &h1, 4)] {
+        let mut calls = Vec::new();
+        for _ in 0..40 {
+            let mut c = client.h2_stream();
+            calls.push(tokio::spawn(async move {
+                c.send(req("GET", path, &[("x-test", "sleep:50")], "")).await.status
+            }));
+        }
+        for call in calls {
+            assert_eq!(call.await.unwrap(), 200);
+        }
+        assert_eq!(up.requests().len(), 40);
+        let opened = up.connections.load(Ordering::SeqCst);
+        assert!(opened >= 1 && opened <= most, "{path}: {opened} upstream connections");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_target_answers_503_after_connect_timeout() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&one_route(&format!(
+        "    targets: [{}]\n    max_connections: 1\n    connect_timeout: 300ms\n    request_timeout: 10s\n",
+        up.url()
+    )))
+    .await;
+    let mut busy = gw.client(Proto::H1).await;
+    let held = tokio::spawn(async move { busy.send(req("GET", "/slow", &[("x-test", "sleep:1500")], "")).await });
+    // Wait until the first request holds the only connection.
+    wait_for(std::time::Duration::from_secs(5), || !up.requests().is_empty()).await;
+    let started = std::time::Instant::now();
+    gw.get("/second").await.assert_error(503, "temporarily_unavailable");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    assert_eq!(held.await.unwrap().status, 200);
+    // The connection went back to the pool: the next request reuses it.
+    assert_eq!(gw.get("/third").await.status, 200);
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(up.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_request_gets_the_connection_that_frees_up() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&one_route(&format!(
+        "    targets: [{}]\n    max_connections: 1\n    connect_timeout: 5s\n",
+        up.url()
+    )))
+    .await;
+    let mut busy = gw.client(Proto::H1).await;
+    let held = tokio::spawn(async move { busy.send(req("GET", "/slow", &[("x-test", "sleep:300")], "")).await });
+    wait_for(std::time::Duration::from_secs(5), || !up.requests().is_empty()).await;
+    assert_eq!(gw.get("/second").await.status, 200);
+    assert_eq!(held.await.unwrap().status, 200);
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
