@@ -113,11 +113,13 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
         let redirect = Listener::Redirect {
             https_port: https_addr.port(),
         };
+        // Its own budget too: redirect clients never take HTTPS clients' places.
+        let redirect_connections = Arc::new(Semaphore::new(max as usize));
         accept_loops.push(tokio::spawn(accept_loop(
             http,
             redirect,
             gateway.clone(),
-            connections.clone(),
+            redirect_connections,
             shutdown.subscribe(),
         )));
     }

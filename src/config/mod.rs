@@ -30,6 +30,8 @@ pub struct Config {
     pub identity: Identity,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
+    /// `paths.allow_semicolons`: whether a `;` in a request path is accepted.
+    pub allow_semicolons: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

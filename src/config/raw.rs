@@ -23,6 +23,18 @@ pub struct RawConfig {
     pub identity: RawIdentity,
     pub upstreams: BTreeMap<String, RawUpstream>,
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub paths: RawPaths,
+}
+
+/// How request paths are treated before routing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPaths {
+    /// Accept `;` in paths. Off by default: Tomcat, Spring and Jetty read
+    /// `;...` as path parameters (`/public/..;/admin`), the route table does not.
+    #[serde(default)]
+    pub allow_semicolons: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -150,6 +150,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         identity,
         upstreams,
         routes,
+        allow_semicolons: raw.paths.allow_semicolons,
     };
     Ok(Loaded {
         config,

@@ -199,9 +199,23 @@ pub fn client_address(client: std::net::IpAddr) -> HeaderValue {
     HeaderValue::from_str(&client.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
+/// Forwarding headers the gateway does not write. A client's copies are
+/// always removed, so an upstream that trusts "proxy headers" only ever sees
+/// values the gateway wrote.
+const FOREIGN_FORWARDING: [HeaderName; 4] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+];
+
 /// Append the client address to `X-Forwarded-For`, folding repeated headers
-/// into one list; set `X-Forwarded-Proto: https` and `X-Forwarded-Host`.
+/// into one list; set `X-Forwarded-Proto: https` and `X-Forwarded-Host`;
+/// remove the other forwarding headers a client may have sent.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option<&HeaderValue>) {
+    for name in &FOREIGN_FORWARDING {
+        headers.remove(name);
+    }
     let mut chain = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -313,6 +327,10 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
             ("x-forwarded-proto", "http"),
+            ("forwarded", "for=10.0.0.1;proto=https"),
+            ("x-real-ip", "10.0.0.1"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
         ]);
         let client = client_address("127.0.0.1".parse().unwrap());
         set_forwarded(&mut h, &client, Some(&HeaderValue::from_static("api.example.com")));
@@ -324,6 +342,9 @@ mod tests {
         assert!(!first.contains_key("x-forwarded-host"));
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
+        for foreign in ["forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix"] {
+            assert!(!h.contains_key(foreign), "{foreign} must be removed");
+        }
     }
 
     #[test]

@@ -125,7 +125,9 @@ fn header_bytes<B>(req: &Request<B>) -> usize {
 
 /// The host the client asked for: the URI authority (HTTP/2, absolute-form)
 /// or the single `Host` header. Returns the header value to forward and the
-/// lower-case host without port, for routing.
+/// lower-case host without port, for routing. One trailing dot is removed
+/// (`admin.example.com.` names the same host as `admin.example.com`, and a
+/// host-scoped route must not be skipped by it).
 fn request_host(uri: &http::Uri, headers: &http::HeaderMap) -> Result<Option<(HeaderValue, String)>, GatewayError> {
     let bad = || GatewayError::BadRequest("The Host header is repeated or malformed.");
     let authority = match uri.authority() {
@@ -143,12 +145,49 @@ fn request_host(uri: &http::Uri, headers: &http::HeaderMap) -> Result<Option<(He
             }
         }
     };
-    if authority.as_str().contains('@') || authority.host().is_empty() {
+    let host = authority.host();
+    if authority.as_str().contains('@') || host.is_empty() {
         return Err(bad());
     }
-    let value = HeaderValue::from_str(authority.as_str())
-        .map_err(|_| GatewayError::BadRequest("The Host header is malformed."))?;
-    Ok(Some((value, authority.host().to_ascii_lowercase())))
+    let Some(undotted) = host.strip_suffix('.') else {
+        let value = HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?;
+        return Ok(Some((value, host.to_ascii_lowercase())));
+    };
+    if undotted.is_empty() {
+        return Err(bad());
+    }
+    let value = match authority.port() {
+        Some(port) => HeaderValue::from_str(&format!("{undotted}:{port}")),
+        None => HeaderValue::from_str(undotted),
+    }
+    .map_err(|_| bad())?;
+    Ok(Some((value, undotted.to_ascii_lowercase())))
+}
+
+/// Refusals that come before anything reads the path or the host: request
+/// shapes that common upstreams read differently from the route table.
+fn check_request_shape(snap: &Snapshot, parts: &http::request::Parts) -> Result<(), GatewayError> {
+    // Routing compares methods exactly, but Werkzeug, Django and ASP.NET Core
+    // upper-case them: `post` must not slip past a POST-only route.
+    if parts.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(GatewayError::BadRequest(
+            "The request method must be written in upper case.",
+        ));
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
+    if parts.version == http::Version::HTTP_11
+        && parts.uri.authority().is_none()
+        && !parts.headers.contains_key(header::HOST)
+    {
+        return Err(GatewayError::BadRequest("An HTTP/1.1 request needs a Host header."));
+    }
+    // Tomcat, Spring and Jetty read `;...` as path parameters: `/public/..;/admin`.
+    if !snap.config.allow_semicolons && parts.uri.path().contains(';') {
+        return Err(GatewayError::BadRequest(
+            "The request path contains ';', which this gateway does not accept.",
+        ));
+    }
+    Ok(())
 }
 
 async fn pipeline(
@@ -176,7 +215,8 @@ async fn pipeline(
         ),
     };
 
-    // SPEC §3.2-3.4: normalise, strip spoofable headers, route.
+    // Normalise, strip spoofable headers, route (docs/request-lifecycle.md).
+    check_request_shape(snap, &parts)?;
     let host = request_host(&parts.uri, &parts.headers)?;
     let path = normalize(parts.uri.path()).map_err(GatewayError::BadPath)?;
     log.path = Some(path.clone());

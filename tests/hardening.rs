@@ -1,0 +1,163 @@
+//! Request shapes that common upstreams read differently from the route
+//! table, forwarding headers the gateway does not own, and listener budgets.
+//! Each test sends the attack over a real socket and checks what the upstream
+//! received (or that it received nothing).
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn config(up: &Upstream, extra: &str) -> String {
+    format!(
+        "{}{extra}upstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: write\n    match: {{ path: /api/orders, methods: [POST] }}\n    upstream: app\n    public: true\n  - name: public\n    match: {{ path: /api/public }}\n    upstream: app\n    public: true\n",
+        header(""),
+        up.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn methods_not_in_upper_case_are_refused() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        for method in ["post", "Post", "get"] {
+            let r = c.send(req(method, "/api/public/x", &[], "")).await;
+            r.assert_error(400, "invalid_request");
+        }
+        assert_eq!(c.send(req("POST", "/api/orders", &[], "")).await.status, 200);
+    }
+    assert_eq!(up.requests().len(), 2, "only the upper-case requests were forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http11_without_host_is_refused() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let mut tls = gw.raw().await;
+    let out = exchange(&mut tls, b"GET /api/public HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("invalid_request"), "{out}");
+    assert!(up.requests().is_empty());
+    // HTTP/1.0 had no Host requirement; the upstream gets the target's authority.
+    let mut tls = gw.raw().await;
+    let out = exchange(&mut tls, b"GET /api/public HTTP/1.0\r\n\r\n").await;
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    assert_eq!(up.last().headers["host"], up.addr.to_string().as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn semicolons_in_paths_are_refused_unless_allowed() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    for path in ["/api/public/..;/admin", "/api/public;x=1", "/api/public/a;jsessionid=1"] {
+        for proto in [Proto::H1, Proto::H2] {
+            let r = gw.client(proto).await.send(req("GET", path, &[], "")).await;
+            r.assert_error(400, "invalid_request");
+        }
+    }
+    // An encoded semicolon is data, not a parameter delimiter, and passes.
+    assert_eq!(gw.get("/api/public/a%3Bb").await.status, 200);
+    assert_eq!(up.requests().len(), 1);
+
+    let allowed = TestGateway::start(&config(&up, "paths:\n  allow_semicolons: true\n")).await;
+    let r = allowed.get("/api/public/a;jsessionid=1").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().path_and_query, "/api/public/a;jsessionid=1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trailing_dot_on_the_host_is_the_same_host() {
+    let admin = Upstream::start("admin").await;
+    let public = Upstream::start("public").await;
+    let yaml = format!(
+        "{}upstreams:\n  admin:\n    targets: [{}]\n  public:\n    targets: [{}]\nroutes:\n  - match: {{ path: /, host: admin.example.com }}\n    upstream: admin\n    public: true\n  - match: {{ path: / }}\n    upstream: public\n    public: true\n",
+        header(""),
+        admin.url(),
+        public.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for host in ["admin.example.com.", "ADMIN.example.com.:8443"] {
+        for proto in [Proto::H1, Proto::H2] {
+            let mut c = gw.client(proto).await;
+            let r = match proto {
+                Proto::H1 => c.send(req("GET", "/x", &[("host", host)], "")).await,
+                Proto::H2 => {
+                    let uri = format!("https://{host}/x");
+                    c.send(req("GET", &uri, &[], "")).await
+                }
+            };
+            assert_eq!(r.text(), "upstream: admin", "{host} {proto:?}");
+            let seen = admin.last();
+            let want = host.replacen(".:", ":", 1);
+            let want = want.strip_suffix('.').unwrap_or(&want);
+            assert_eq!(seen.headers["host"], want);
+            assert_eq!(seen.headers["x-forwarded-host"], want);
+        }
+    }
+    assert!(public.requests().is_empty());
+    // A host that is only a dot is malformed.
+    let r = gw
+        .client(Proto::H1)
+        .await
+        .send(req("GET", "/x", &[("host", ".")], ""))
+        .await;
+    r.assert_error(400, "invalid_request");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_forwarding_headers_never_reach_the_upstream() {
+    let up = Upstream::start("app").await;
+    // Even with nothing configured to strip.
+    let gw = TestGateway::start(&config(&up, "identity:\n  strip_incoming: []\n")).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let headers = [
+            ("forwarded", "for=10.0.0.1;host=admin;proto=https"),
+            ("x-real-ip", "10.0.0.1"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+        ];
+        let r = gw
+            .client(proto)
+            .await
+            .send(req("GET", "/api/public", &headers, ""))
+            .await;
+        assert_eq!(r.status, 200);
+        let h = up.last().headers;
+        for (name, _) in headers {
+            assert!(!h.contains_key(name), "{proto:?}: {name} reached the upstream");
+        }
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_redirect_listener_has_its_own_connection_budget() {
+    let up = Upstream::start("app").await;
+    let yaml = config(&up, "limits:\n  max_connections: 1\n").replacen(
+        "  https: 127.0.0.1:0\n",
+        "  https: 127.0.0.1:0\n  http: 127.0.0.1:0\n",
+        1,
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // Several HTTPS connections one after another, and redirects in between:
+    // none may wait on the other listener's place.
+    for _ in 0..2 {
+        for _ in 0..2 {
+            let r = tokio::time::timeout(Duration::from_secs(5), gw.get("/api/public"))
+                .await
+                .expect("an HTTPS client waited for a place the redirect listener held");
+            assert_eq!(r.status, 200);
+        }
+        let http = gw.http_addr.expect("http listener");
+        let out = tokio::time::timeout(Duration::from_secs(5), admin_get(http, "/x", ""))
+            .await
+            .expect("redirect listener answers");
+        assert!(out.starts_with("HTTP/1.1 308"), "{out}");
+    }
+}
