@@ -61,14 +61,19 @@ impl Snapshot {
         let mut providers = Vec::with_capacity(config.providers.len());
         for p in &config.providers {
             // Local key files are re-read on every build (they may have changed
-            // on disk); a remote provider keeps the keys it has fetched.
-            let same = previous
-                .and_then(|prev| prev.providers.iter().find(|old| old.config == *p))
+            // on disk); a remote provider keeps the keys it has fetched as long
+            // as what decides them (source, issuer, algorithms) is unchanged,
+            // so a reload while the IdP is down never empties it.
+            let same_keys = previous
+                .and_then(|prev| prev.providers.iter().find(|old| same_key_source(&old.config, p)))
                 .filter(|old| old.config.keys.is_remote());
             let ca_digest = crate::tls::ca_digest(p.ca_file.as_deref());
-            let state = match same {
-                Some(old) if old.remote.as_ref().is_some_and(|r| r.ca_digest == ca_digest) => old.clone(),
-                // A new CA file: fetch with a new client, serving the keys already held meanwhile.
+            let state = match same_keys {
+                Some(old) if old.config == *p && old.remote.as_ref().is_some_and(|r| r.ca_digest == ca_digest) => {
+                    old.clone()
+                }
+                // Other settings or a new CA file: a new state (fetching with a
+                // new client), serving the keys already held meanwhile.
                 Some(old) => {
                     let state = ProviderState::new(p.clone()).map_err(fail)?;
                     state.keys.store(old.keys.load_full());
@@ -95,4 +100,10 @@ impl Snapshot {
             tokens: TokenCache::default(),
         })
     }
+}
+
+/// Whether two provider configurations fetch and accept the same keys: the
+/// fields that decide which keys are loaded and what each may verify.
+fn same_key_source(a: &crate::config::Provider, b: &crate::config::Provider) -> bool {
+    a.keys == b.keys && a.issuer == b.issuer && a.algorithms == b.algorithms && a.ca_file == b.ca_file
 }

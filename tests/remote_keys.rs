@@ -273,6 +273,32 @@ async fn reload_keeps_fetched_keys() {
     assert_eq!(s.idp.jwks_fetches(), fetches, "no refetch caused by the reload");
 }
 
+/// Changing a remote provider's other settings (here `audiences`) on reload
+/// keeps the keys it holds: a reload while the IdP is down must not turn
+/// every protected route into a 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_of_other_provider_settings_keeps_fetched_keys() {
+    let kp = KeyPair::generate(Algorithm::RS256);
+    let idp = Idp::start(vec![kp.jwk("k1")]).await;
+    let s = setup(idp, "jwks_uri", "10m").await;
+    let t = token(&kp, "k1", &s.idp.issuer());
+    assert_eq!(s.wait_for(&t, 200, Duration::from_secs(5)).await.status, 200);
+    s.idp.set(|st| st.up = false);
+    let yaml = std::fs::read_to_string(&s.gw.config_path).unwrap();
+    let changed = yaml.replace("audiences: [api]", "audiences: [other]");
+    assert_ne!(changed, yaml);
+    std::fs::write(&s.gw.config_path, changed).unwrap();
+    s.gw.reload().expect("reload");
+    // The new audience applies at once, with the keys held before the reload.
+    s.call(&t).await.assert_error(401, "invalid_token");
+    let other = kp.sign(
+        &json!({"iss": s.idp.issuer(), "aud": "other", "sub": "u1", "scope": "orders:read", "exp": now() + 300}),
+        Some("k1"),
+    );
+    let r = s.call(&other).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 /// A reload reads the provider's CA file again, even when the configuration is
 /// unchanged; the keys already fetched keep working meanwhile.
 #[tokio::test(flavor = "multi_thread")]
