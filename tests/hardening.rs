@@ -161,3 +161,34 @@ async fn the_redirect_listener_has_its_own_connection_budget() {
         assert!(out.starts_with("HTTP/1.1 308"), "{out}");
     }
 }
+
+/// A request the client abandons after it reached the upstream still gets its
+/// access-log line and metrics, with status 499.
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_requests_are_logged_as_499() {
+    let up = Upstream::start("app").await;
+    let yaml = format!(
+        "{}upstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: abandoned-h1\n    match: {{ path: /h1 }}\n    upstream: app\n    public: true\n  - name: abandoned-h2\n    match: {{ path: /h2 }}\n    upstream: app\n    public: true\n",
+        header_with_admin(),
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for (proto, path) in [(Proto::H1, "/h1"), (Proto::H2, "/h2")] {
+        let mut c = gw.client(proto).await;
+        let before = up.requests().len();
+        let call = tokio::spawn(async move { c.send(req("POST", path, &[("x-test", "sleep:2000")], "write")).await });
+        wait_for(Duration::from_secs(5), || up.requests().len() > before).await;
+        // Dropping the client resets the HTTP/2 stream / closes the HTTP/1.1 connection.
+        call.abort();
+        let line = format!(
+            r#"portcullis_requests_total{{route="abandoned-{}",status="499"}} 1"#,
+            &path[1..]
+        );
+        wait_for_async(Duration::from_secs(5), || {
+            let gw = &gw;
+            let line = line.clone();
+            async move { gw.admin("/metrics").await.1.contains(&line) }
+        })
+        .await;
+    }
+}

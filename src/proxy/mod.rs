@@ -2,6 +2,7 @@
 //! Each step returns a value or a [`GatewayError`]; none reaches back into an
 //! earlier one.
 
+pub mod access_log;
 pub mod body;
 pub mod forward;
 pub mod headers;
@@ -10,7 +11,6 @@ pub mod pool;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -24,6 +24,7 @@ use crate::error::GatewayError;
 use crate::routing::normalize::normalize;
 use crate::routing::table::{strip_prefix, Lookup};
 use crate::snapshot::Snapshot;
+use access_log::AccessLog;
 use body::{LimitedBody, ReplayableBody};
 use headers::X_REQUEST_ID;
 use pool::UpstreamBody;
@@ -48,24 +49,14 @@ impl ConnInfo {
     }
 }
 
-/// Facts gathered along the pipeline for the access log.
-#[derive(Debug, Default)]
-struct RequestLog {
-    path: Option<String>,
-    route: Option<Arc<str>>,
-    upstream_status: Option<u16>,
-    subject: Option<String>,
-}
-
 /// Serve one request end to end and write its access-log line.
 pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
-    let started = Instant::now();
     let request_id = headers::incoming_request_id(req.headers()).unwrap_or_else(headers::new_request_id);
-    let method = req.method().clone();
     let http1 = req.version() < http::Version::HTTP_2;
-    let mut log = RequestLog::default();
+    // Written on every path out of here, including the future being dropped.
+    let mut log = AccessLog::start(request_id, conn.peer, req.method().clone());
 
-    let mut resp = match pipeline(&snap, conn, req, &request_id, &mut log).await {
+    let mut resp = match pipeline(&snap, conn, req, &mut log).await {
         Ok(resp) => {
             log.upstream_status = Some(resp.status().as_u16());
             let mut resp = resp.map(Either::Left);
@@ -91,22 +82,8 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
         Some(v) => h.insert(header::STRICT_TRANSPORT_SECURITY, v.clone()),
         None => h.remove(header::STRICT_TRANSPORT_SECURITY),
     };
-    h.insert(X_REQUEST_ID, request_id.clone());
-
-    let elapsed = started.elapsed();
-    crate::metrics::request(log.route.as_ref(), resp.status().as_u16(), elapsed.as_secs_f64());
-    tracing::info!(
-        target: "portcullis::access",
-        request_id = request_id.to_str().unwrap_or(""),
-        client = %conn.peer,
-        method = %method,
-        path = log.path.as_deref().unwrap_or("-"),
-        route = log.route.as_deref().unwrap_or("-"),
-        status = resp.status().as_u16(),
-        upstream_status = log.upstream_status,
-        duration_ms = elapsed.as_micros() as f64 / 1000.0,
-        subject = log.subject.as_deref(),
-    );
+    h.insert(X_REQUEST_ID, log.request_id().clone());
+    log.write(resp.status().as_u16());
     resp
 }
 
@@ -194,8 +171,7 @@ async fn pipeline(
     snap: &Snapshot,
     conn: &ConnInfo,
     req: Request<Incoming>,
-    request_id: &HeaderValue,
-    log: &mut RequestLog,
+    log: &mut AccessLog,
 ) -> Result<Response<UpstreamBody>, GatewayError> {
     let limits = &snap.config.limits;
     if header_bytes(&req) > limits.max_header_bytes {
@@ -267,7 +243,7 @@ async fn pipeline(
         snap.identity.apply(h, identity);
     }
     headers::set_forwarded(h, &conn.forwarded_for, host.as_ref().map(|(v, _)| v));
-    h.insert(X_REQUEST_ID, request_id.clone());
+    h.insert(X_REQUEST_ID, log.request_id().clone());
     match &upstream.config.host {
         HostPolicy::Preserve => match &host {
             Some((v, _)) => h.insert(header::HOST, v.clone()),

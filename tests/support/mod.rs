@@ -588,6 +588,22 @@ pub async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// [`wait_for`] with a condition that has to await (an admin scrape, a request).
+pub async fn wait_for_async<F, Fut>(limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A loopback port with nothing listening on it (bound, then released).
 pub async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

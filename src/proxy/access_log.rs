@@ -1,0 +1,77 @@
+//! One access-log line and one set of request metrics per request, written
+//! when the answer is known, or by `Drop` with status 499 (nginx's "client
+//! closed request") when the client went away first: an HTTP/2 stream reset
+//! or an HTTP/1.1 disconnect drops the request's future, and an authenticated
+//! write the upstream may already have executed must still be in the log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Method};
+
+/// The status logged for a request whose client went away before the answer.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// Facts gathered along the pipeline, written out once.
+#[derive(Debug)]
+pub struct AccessLog {
+    started: Instant,
+    request_id: HeaderValue,
+    client: SocketAddr,
+    method: Method,
+    pub path: Option<String>,
+    pub route: Option<Arc<str>>,
+    pub upstream_status: Option<u16>,
+    pub subject: Option<String>,
+    written: bool,
+}
+
+impl AccessLog {
+    pub fn start(request_id: HeaderValue, client: SocketAddr, method: Method) -> Self {
+        AccessLog {
+            started: Instant::now(),
+            request_id,
+            client,
+            method,
+            path: None,
+            route: None,
+            upstream_status: None,
+            subject: None,
+            written: false,
+        }
+    }
+
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    /// Write the line and the metrics with the gateway's own view of the
+    /// status (a gRPC refusal travels as HTTP 200 but is logged as, say, 401).
+    pub fn write(&mut self, status: u16) {
+        if self.written {
+            return;
+        }
+        self.written = true;
+        let elapsed = self.started.elapsed();
+        crate::metrics::request(self.route.as_ref(), status, elapsed.as_secs_f64());
+        tracing::info!(
+            target: "portcullis::access",
+            request_id = self.request_id.to_str().unwrap_or(""),
+            client = %self.client,
+            method = %self.method,
+            path = self.path.as_deref().unwrap_or("-"),
+            route = self.route.as_deref().unwrap_or("-"),
+            status,
+            upstream_status = self.upstream_status,
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
+            subject = self.subject.as_deref(),
+        );
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.write(CLIENT_CLOSED);
+    }
+}
