@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod error;
 pub mod metrics;

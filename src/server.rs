@@ -4,10 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -17,18 +14,21 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulConnection;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tokio::time::Instant;
 
 use crate::config::{Config, ConfigError, Limits};
+use crate::connection::{drive, ConnState, Connection, Exchange, Tracked};
 use crate::proxy::{self, ConnInfo};
 use crate::snapshot::Snapshot;
 
 /// Concurrent connections on the admin listener.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// HTTP/2 keep-alive: a PING this often, and the connection is dropped when
+/// its answer takes longer than the timeout.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// State shared by every connection: the current configuration snapshot.
 #[derive(Debug)]
@@ -263,11 +263,6 @@ async fn serve_https(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr,
     drive(conn, &limits, &state, shutdown).await;
 }
 
-/// A connection as [`drive`] runs it. Boxed, so that each connection's task
-/// holds exactly its own protocol's state (an idle keep-alive connection costs
-/// memory for as long as it is open).
-type Connection = Pin<Box<dyn GracefulConnection<Error = hyper::Error, Output = Result<(), hyper::Error>> + Send>>;
-
 /// The HTTP/1.1 or HTTP/2 connection over an established TLS stream.
 fn https_connection(
     gateway: Arc<Gateway>,
@@ -277,20 +272,16 @@ fn https_connection(
 ) -> (Connection, Arc<ConnState>) {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let state = Arc::new(ConnState::new(limits, !h2));
-    let io = TokioIo::new(Tracked {
-        inner: tls,
-        state: state.clone(),
-    });
+    let io = TokioIo::new(Tracked::new(tls, state.clone()));
     let conn = Arc::new(ConnInfo::new(peer));
     let service_state = state.clone();
     let service = service_fn(move |req| {
         let gateway = gateway.clone();
         let conn = conn.clone();
-        let guard = InFlight::enter(&service_state);
+        let exchange = Exchange::begin(&service_state);
         async move {
             let resp = proxy::handle(gateway.snapshot.load_full(), &conn, req).await;
-            drop(guard);
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|body| exchange.respond(body)))
         }
     });
     // hyper's automatic protocol detection reads the connection preface; we
@@ -300,7 +291,10 @@ fn https_connection(
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
-                .max_concurrent_streams(256)
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                // Pings find a vanished client; one that does not answer is dropped.
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
                 .serve_connection(io, service),
         )
     } else {
@@ -330,194 +324,13 @@ where
 {
     let limits = gateway.snapshot.load().config.limits.clone();
     let state = Arc::new(ConnState::new(&limits, true));
-    let io = TokioIo::new(Tracked {
-        inner: stream,
-        state: state.clone(),
-    });
+    let io = TokioIo::new(Tracked::new(stream, state.clone()));
     let service_state = state.clone();
     let service = service_fn(move |req| {
-        let _guard = InFlight::enter(&service_state);
+        let exchange = Exchange::begin(&service_state);
         let resp = answer(&req, &gateway.snapshot.load());
-        async move { Ok::<_, Infallible>(resp) }
+        async move { Ok::<_, Infallible>(resp.map(|body| exchange.respond(body))) }
     });
     let conn = Box::pin(http1_builder(&limits).serve_connection(io, service));
     drive(conn, &limits, &state, shutdown).await;
-}
-
-/// Run a connection to completion. It is closed gracefully when the gateway
-/// shuts down or after `idle_timeout` without bytes or requests, and dropped
-/// when a request head takes longer than `header_read_timeout` (slowloris).
-async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut shutdown: watch::Receiver<bool>) {
-    let mut closing = *shutdown.borrow();
-    if closing {
-        conn.as_mut().graceful_shutdown();
-    }
-    loop {
-        let idle_deadline = state.last_activity() + limits.idle_timeout;
-        let head_deadline = state.head_deadline();
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = shutdown.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = tokio::time::sleep_until(idle_deadline), if !closing => {
-                let idle = state.in_flight.load(Ordering::Acquire) == 0
-                    && state.last_activity() + limits.idle_timeout <= Instant::now();
-                if idle {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
-            _ = tokio::time::sleep_until(head_deadline.unwrap_or_else(Instant::now)), if head_deadline.is_some() => {
-                if state.head_deadline().is_some_and(|d| d <= Instant::now()) {
-                    tracing::debug!("request head not received within header_read_timeout; closing");
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Milliseconds since a process-wide epoch, for lock-free timestamps.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    // +1 so that 0 can mean "unset".
-    Instant::now().saturating_duration_since(epoch()).as_millis() as u64 + 1
-}
-
-fn at_ms(ms: u64) -> Instant {
-    epoch() + Duration::from_millis(ms.saturating_sub(1))
-}
-
-/// Per-connection timing shared by the I/O wrapper, the service and `drive`.
-struct ConnState {
-    last_activity: AtomicU64,
-    /// When the request head now being read must be complete (0: none pending).
-    head_deadline: AtomicU64,
-    in_flight: AtomicUsize,
-    /// HTTP/1 only: HTTP/2 multiplexes, so "a head is pending" has no meaning there.
-    track_heads: bool,
-    header_read_timeout_ms: u64,
-}
-
-impl ConnState {
-    fn new(limits: &Limits, track_heads: bool) -> Self {
-        let now = now_ms();
-        let header_read_timeout_ms = limits.header_read_timeout.as_millis() as u64;
-        ConnState {
-            last_activity: AtomicU64::new(now),
-            // The first request's head must arrive within the timeout of the accept.
-            head_deadline: AtomicU64::new(if track_heads { now + header_read_timeout_ms } else { 0 }),
-            in_flight: AtomicUsize::new(0),
-            track_heads,
-            header_read_timeout_ms,
-        }
-    }
-
-    fn on_read(&self) {
-        let now = now_ms();
-        self.last_activity.store(now, Ordering::Relaxed);
-        // Bytes with no request in flight start the next request's head.
-        if self.track_heads
-            && self.in_flight.load(Ordering::Acquire) == 0
-            && self.head_deadline.load(Ordering::Acquire) == 0
-        {
-            self.head_deadline
-                .store(now + self.header_read_timeout_ms, Ordering::Release);
-        }
-    }
-
-    fn on_write(&self) {
-        self.last_activity.store(now_ms(), Ordering::Relaxed);
-    }
-
-    fn last_activity(&self) -> Instant {
-        at_ms(self.last_activity.load(Ordering::Relaxed))
-    }
-
-    fn head_deadline(&self) -> Option<Instant> {
-        match self.head_deadline.load(Ordering::Acquire) {
-            0 => None,
-            ms => Some(at_ms(ms)),
-        }
-    }
-}
-
-/// Counts a request as in flight until dropped; its head has fully arrived.
-struct InFlight(Arc<ConnState>);
-
-impl InFlight {
-    fn enter(state: &Arc<ConnState>) -> Self {
-        state.in_flight.fetch_add(1, Ordering::AcqRel);
-        state.head_deadline.store(0, Ordering::Release);
-        InFlight(state.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.last_activity.store(now_ms(), Ordering::Relaxed);
-    }
-}
-
-/// An I/O stream that reports reads and writes that move data to [`ConnState`].
-struct Tracked<T> {
-    inner: T,
-    state: Arc<ConnState>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.state.on_read();
-        }
-        res
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.on_write();
-        }
-        res
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.state.on_write();
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

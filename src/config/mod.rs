@@ -59,6 +59,13 @@ pub struct Limits {
     pub max_body_bytes: u64,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// A connection that makes no progress sending to the client this long is closed.
+    pub send_timeout: Duration,
+    /// HTTP/2 streams one client connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset within ten seconds before it gets a
+    /// GOAWAY (CVE-2023-44487, "rapid reset").
+    pub max_stream_resets: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

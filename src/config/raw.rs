@@ -96,6 +96,9 @@ pub struct RawLimits {
     pub max_body_bytes: u64,
     pub max_connections: usize,
     pub shutdown_grace: Dur,
+    pub send_timeout: Dur,
+    pub max_concurrent_streams: u32,
+    pub max_stream_resets: u32,
 }
 
 impl Default for RawLimits {
@@ -107,6 +110,9 @@ impl Default for RawLimits {
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10_000,
             shutdown_grace: Dur(Duration::from_secs(30)),
+            send_timeout: Dur(Duration::from_secs(60)),
+            max_concurrent_streams: 100,
+            max_stream_resets: 200,
         }
     }
 }

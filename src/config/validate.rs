@@ -179,6 +179,7 @@ fn validate_limits(ctx: &Ctx, raw: raw::RawLimits) -> Result<Limits, ConfigError
     for (name, d) in [
         ("header_read_timeout", raw.header_read_timeout),
         ("idle_timeout", raw.idle_timeout),
+        ("send_timeout", raw.send_timeout),
     ] {
         if d.0.is_zero() {
             return Err(ctx.err(format!("limits.{name}: must be longer than 0")));
@@ -190,6 +191,12 @@ fn validate_limits(ctx: &Ctx, raw: raw::RawLimits) -> Result<Limits, ConfigError
     if raw.max_connections == 0 {
         return Err(ctx.err("limits.max_connections: must be at least 1"));
     }
+    if raw.max_concurrent_streams == 0 {
+        return Err(ctx.err("limits.max_concurrent_streams: must be at least 1"));
+    }
+    if raw.max_stream_resets == 0 {
+        return Err(ctx.err("limits.max_stream_resets: must be at least 1"));
+    }
     Ok(Limits {
         header_read_timeout: raw.header_read_timeout.0,
         idle_timeout: raw.idle_timeout.0,
@@ -197,6 +204,9 @@ fn validate_limits(ctx: &Ctx, raw: raw::RawLimits) -> Result<Limits, ConfigError
         max_body_bytes: raw.max_body_bytes,
         max_connections: raw.max_connections,
         shutdown_grace: raw.shutdown_grace.0,
+        send_timeout: raw.send_timeout.0,
+        max_concurrent_streams: raw.max_concurrent_streams,
+        max_stream_resets: raw.max_stream_resets,
     })
 }
 

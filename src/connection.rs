@@ -1,0 +1,422 @@
+//! One client connection's timing, after the TLS handshake: when it is idle,
+//! when a request head is late, when the client stopped taking the response,
+//! when it is asked to close and how long it may take, and how many HTTP/2
+//! streams it has reset. [`drive`] runs the connection and enforces all of it.
+//!
+//! Every limit here exists because a client can otherwise hold a connection
+//! (and a place in `max_connections`) for as long as it likes: a head sent a
+//! byte at a time (slowloris), a response never read (an HTTP/1.1 client that
+//! stops reading, an HTTP/2 client that advertises a window of 0), a GOAWAY
+//! never acknowledged, or streams opened and reset in a loop (CVE-2023-44487).
+//!
+//! An *exchange* runs from a request head to the end of its response body;
+//! the connection counts the exchanges in flight. A response body is either
+//! waiting on the upstream (the gateway polled it and it had nothing yet) or
+//! waiting on the client (it has data, or has not been polled at all): only
+//! the second kind can be stalled by the client, and only it is timed.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::config::Limits;
+
+/// A connection as [`drive`] runs it. Boxed, so that each connection's task
+/// holds exactly its own protocol's state (an idle keep-alive connection costs
+/// memory for as long as it is open).
+pub type Connection = Pin<Box<dyn GracefulConnection<Error = hyper::Error, Output = Result<(), hyper::Error>> + Send>>;
+
+/// With nothing in flight, a connection asked to close gets this long to
+/// flush its last bytes (an HTTP/2 GOAWAY) and is then dropped, whether or
+/// not the client answered: idle clients never hold up a shutdown.
+const CLOSE_FLUSH: Duration = Duration::from_millis(250);
+
+/// A connection asked to close while a response is stuck on the client is
+/// dropped after this long without progress, whatever `send_timeout` says.
+const CLOSE_STALL: Duration = Duration::from_secs(5);
+
+/// The window over which HTTP/2 stream resets are counted.
+const RESET_WINDOW_MS: u64 = 10_000;
+
+/// Per-connection state shared by the I/O wrapper, the service and [`drive`].
+pub struct ConnState {
+    http1: bool,
+    header_read_timeout_ms: u64,
+    max_resets: u32,
+    /// HTTP/1.1: the last byte read or written; HTTP/2: the last exchange
+    /// started or finished (pings and window updates do not count).
+    last_activity: AtomicU64,
+    /// When the request head now being read must be complete (0: none pending).
+    head_deadline: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Response bodies waiting on the client to take data.
+    awaiting_client: AtomicUsize,
+    /// The last time the client took response data.
+    last_progress: AtomicU64,
+    reset_window_start: AtomicU64,
+    resets: AtomicU32,
+    too_many_resets: AtomicBool,
+    /// Wakes [`drive`] to look again: the last exchange ended, a body began
+    /// waiting on the client, or the reset cap was hit.
+    changed: Notify,
+}
+
+impl ConnState {
+    pub fn new(limits: &Limits, http1: bool) -> Self {
+        let now = now_ms();
+        let header_read_timeout_ms = limits.header_read_timeout.as_millis() as u64;
+        ConnState {
+            http1,
+            header_read_timeout_ms,
+            max_resets: limits.max_stream_resets,
+            last_activity: AtomicU64::new(now),
+            // The first request's head must arrive within the timeout of the
+            // accept, over either protocol.
+            head_deadline: AtomicU64::new(now + header_read_timeout_ms),
+            in_flight: AtomicUsize::new(0),
+            awaiting_client: AtomicUsize::new(0),
+            last_progress: AtomicU64::new(now),
+            reset_window_start: AtomicU64::new(now),
+            resets: AtomicU32::new(0),
+            too_many_resets: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    fn on_read(&self) {
+        if !self.http1 {
+            return;
+        }
+        let now = now_ms();
+        self.last_activity.store(now, Ordering::Relaxed);
+        // Bytes with no request in flight start the next request's head.
+        if self.in_flight.load(Ordering::Acquire) == 0 && self.head_deadline.load(Ordering::Acquire) == 0 {
+            self.head_deadline
+                .store(now + self.header_read_timeout_ms, Ordering::Release);
+        }
+    }
+
+    fn on_write(&self) {
+        if self.http1 {
+            let now = now_ms();
+            self.last_activity.store(now, Ordering::Relaxed);
+            self.last_progress.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn last_activity(&self) -> Instant {
+        at_ms(self.last_activity.load(Ordering::Relaxed))
+    }
+
+    fn head_deadline(&self) -> Option<Instant> {
+        match self.head_deadline.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(at_ms(ms)),
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// When a response stuck on the client should be given up, if one is.
+    fn stall_deadline(&self, patience: Duration) -> Option<Instant> {
+        (self.awaiting_client.load(Ordering::Acquire) > 0)
+            .then(|| at_ms(self.last_progress.load(Ordering::Relaxed)) + patience)
+    }
+
+    /// A stream the client abandoned before its answer; past the cap, the
+    /// connection is told to go away.
+    fn count_reset(&self) {
+        let now = now_ms();
+        let start = self.reset_window_start.load(Ordering::Relaxed);
+        let n = if now.saturating_sub(start) > RESET_WINDOW_MS {
+            self.reset_window_start.store(now, Ordering::Relaxed);
+            self.resets.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.resets.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if n > self.max_resets && !self.too_many_resets.swap(true, Ordering::AcqRel) {
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// One exchange from its request head until the service answers. Dropped
+/// unanswered, it was abandoned by the client (an HTTP/2 reset, an HTTP/1.1
+/// disconnect); answered, it becomes a [`TrackedBody`].
+pub struct Exchange {
+    state: Arc<ConnState>,
+    answered: bool,
+}
+
+impl Exchange {
+    pub fn begin(state: &Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        state.head_deadline.store(0, Ordering::Release);
+        if !state.http1 {
+            state.last_activity.store(now_ms(), Ordering::Relaxed);
+        }
+        Exchange {
+            state: state.clone(),
+            answered: false,
+        }
+    }
+
+    /// The response body, tracked until it has been sent or dropped.
+    pub fn respond<B>(mut self, body: B) -> TrackedBody<B> {
+        self.answered = true;
+        let state = self.state.clone();
+        // Not polled yet: the client's side decides when it will be.
+        if state.awaiting_client.fetch_add(1, Ordering::AcqRel) == 0 {
+            state.last_progress.store(now_ms(), Ordering::Relaxed);
+            state.changed.notify_one();
+        }
+        TrackedBody {
+            inner: body,
+            state,
+            waiting_on: Waiting::Client,
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.state.count_reset();
+            end_exchange(&self.state);
+        }
+    }
+}
+
+fn end_exchange(state: &ConnState) {
+    state.last_activity.store(now_ms(), Ordering::Relaxed);
+    if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        state.changed.notify_one();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Client,
+    Upstream,
+    Done,
+}
+
+/// A response body whose progress the connection watches.
+pub struct TrackedBody<B> {
+    inner: B,
+    state: Arc<ConnState>,
+    waiting_on: Waiting,
+}
+
+impl<B> TrackedBody<B> {
+    fn wait_on(&mut self, next: Waiting) {
+        let was_client = self.waiting_on == Waiting::Client;
+        let is_client = next == Waiting::Client;
+        if was_client && !is_client {
+            self.state.awaiting_client.fetch_sub(1, Ordering::AcqRel);
+        } else if is_client && !was_client && self.state.awaiting_client.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.state.changed.notify_one();
+        }
+        self.waiting_on = next;
+    }
+}
+
+impl<B> Body for TrackedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        // Being polled means the client's side has room for more.
+        this.state.last_progress.store(now_ms(), Ordering::Relaxed);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let next = match &polled {
+            Poll::Pending => Waiting::Upstream,
+            Poll::Ready(Some(Ok(_))) => Waiting::Client,
+            Poll::Ready(_) => Waiting::Done,
+        };
+        this.wait_on(next);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for TrackedBody<B> {
+    fn drop(&mut self) {
+        self.wait_on(Waiting::Done);
+        end_exchange(&self.state);
+    }
+}
+
+/// Run a connection to completion. It is closed gracefully when the gateway
+/// shuts down, after `idle_timeout` without requests, or after too many
+/// HTTP/2 stream resets; dropped when a request head takes longer than
+/// `header_read_timeout` (slowloris) or the client takes no response data for
+/// `send_timeout`. Once asked to close, it is dropped [`CLOSE_FLUSH`] after
+/// its last exchange ends, or after [`CLOSE_STALL`] stuck on the client.
+pub async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut shutdown: watch::Receiver<bool>) {
+    let mut closing: Option<Instant> = None;
+    if *shutdown.borrow() {
+        conn.as_mut().graceful_shutdown();
+        closing = Some(Instant::now());
+    }
+    loop {
+        let idle_deadline = state.last_activity() + limits.idle_timeout;
+        let head_deadline = state.head_deadline();
+        let patience = match closing {
+            Some(_) => limits.send_timeout.min(CLOSE_STALL),
+            None => limits.send_timeout,
+        };
+        let stall_deadline = state.stall_deadline(patience);
+        // Counted from the later of the close request and the last activity,
+        // so the final response has its moment to be flushed.
+        let close_deadline = closing
+            .filter(|_| state.in_flight() == 0)
+            .map(|at| at.max(state.last_activity()) + CLOSE_FLUSH);
+        let changed = state.changed.notified();
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = changed => {
+                if closing.is_none() && state.too_many_resets.load(Ordering::Acquire) {
+                    tracing::warn!(max = limits.max_stream_resets, "client reset too many HTTP/2 streams; closing the connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now());
+                }
+            }
+            _ = shutdown.changed(), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing = Some(Instant::now());
+            }
+            _ = tokio::time::sleep_until(idle_deadline), if closing.is_none() => {
+                let idle = state.in_flight() == 0 && state.last_activity() + limits.idle_timeout <= Instant::now();
+                if idle {
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now());
+                }
+            }
+            _ = sleep_until_some(head_deadline) => {
+                if state.head_deadline().is_some_and(|d| d <= Instant::now()) {
+                    tracing::debug!("request head not received within header_read_timeout; closing");
+                    return;
+                }
+            }
+            _ = sleep_until_some(stall_deadline) => {
+                if state.stall_deadline(patience).is_some_and(|d| d <= Instant::now()) {
+                    tracing::debug!(timeout = ?patience, "client took no response data; closing");
+                    return;
+                }
+            }
+            _ = sleep_until_some(close_deadline) => {
+                if state.in_flight() == 0 {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Milliseconds since a process-wide epoch, for lock-free timestamps.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    // +1 so that 0 can mean "unset".
+    Instant::now().saturating_duration_since(epoch()).as_millis() as u64 + 1
+}
+
+fn at_ms(ms: u64) -> Instant {
+    epoch() + Duration::from_millis(ms.saturating_sub(1))
+}
+
+/// An I/O stream that reports reads and writes that move data to [`ConnState`].
+pub struct Tracked<T> {
+    inner: T,
+    state: Arc<ConnState>,
+}
+
+impl<T> Tracked<T> {
+    pub fn new(inner: T, state: Arc<ConnState>) -> Self {
+        Tracked { inner, state }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.on_read();
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.on_write();
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.on_write();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
