@@ -176,3 +176,34 @@ async fn a_waiting_request_gets_the_connection_that_frees_up() {
     assert_eq!(held.await.unwrap().status, 200);
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_request_leaves_its_new_connection_in_the_pool() {
+    let (up, ca_pem) = Upstream::start_tls_slow_handshake("slow-tls", std::time::Duration::from_millis(500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
+    let yaml = one_route(&format!(
+        "    targets: [https://localhost:{}]\n    ca_file: upstream-ca.pem\n    max_connections: 1\n",
+        up.addr.port()
+    ));
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    // The client gives up while the gateway is still connecting upstream.
+    let mut c = gw.client(Proto::H2).await;
+    let call = tokio::spawn(async move { c.send(req("GET", "/first", &[], "")).await });
+    wait_for(std::time::Duration::from_secs(5), || {
+        up.connections.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    call.abort();
+    // The connection still completes and serves the next request (which, with
+    // one connection allowed, waits for it).
+    let r = gw.get("/second").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.requests().len(), 1, "the cancelled request never went out");
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "the connection was reused, not thrown away"
+    );
+}

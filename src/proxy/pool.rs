@@ -148,7 +148,7 @@ impl TargetPool {
                 return Ok(Checkout::H1(sender));
             }
             if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-                return self.connect_h1(permit).await.map(Checkout::H1);
+                return self.connect_h1_detached(permit).await.map(Checkout::H1);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(ConnectError::Busy);
@@ -182,6 +182,21 @@ impl TargetPool {
             idle.push((sender, Instant::now()));
         }
         self.freed.notify_one();
+    }
+
+    /// Connect in a task of its own: a request cancelled meanwhile (its client
+    /// went away) leaves the new connection on the idle stack, not thrown away.
+    async fn connect_h1_detached(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Result<H1Sender, ConnectError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let result = pool.connect_h1(permit).await;
+            if let Err(Ok(sender)) = tx.send(result) {
+                pool.put_idle(sender);
+            }
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(ConnectError::Refused("the connection attempt was abandoned".into())))
     }
 
     async fn connect_h1(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Result<H1Sender, ConnectError> {

@@ -76,6 +76,13 @@ impl Upstream {
         (up, cert_pem)
     }
 
+    /// [`Upstream::start_tls`] whose TLS handshakes each take `delay` to start.
+    pub async fn start_tls_slow_handshake(name: &str, delay: Duration) -> (Upstream, String) {
+        let (acceptor, cert_pem) = tls_acceptor_alpn(&[b"http/1.1"]);
+        let up = Self::serve_with(name, Some(acceptor), UpProto::H1, delay).await;
+        (up, cert_pem)
+    }
+
     /// An HTTP/2-only upstream over plain TCP (prior knowledge).
     pub async fn start_h2c(name: &str) -> Upstream {
         Self::serve(name, None, UpProto::H2c).await
@@ -89,6 +96,15 @@ impl Upstream {
     }
 
     async fn serve(name: &str, tls: Option<tokio_rustls::TlsAcceptor>, proto: UpProto) -> Upstream {
+        Self::serve_with(name, tls, proto, Duration::ZERO).await
+    }
+
+    async fn serve_with(
+        name: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        proto: UpProto,
+        handshake_delay: Duration,
+    ) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -106,6 +122,7 @@ impl Upstream {
                     match tls {
                         None => serve_upstream_conn(TokioIo::new(stream), service, proto).await,
                         Some(acceptor) => {
+                            tokio::time::sleep(handshake_delay).await;
                             if let Ok(tls) = acceptor.accept(stream).await {
                                 serve_upstream_conn(TokioIo::new(tls), service, proto).await;
                             }
