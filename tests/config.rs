@@ -344,3 +344,25 @@ fn upstream_protocol_must_fit_the_target_scheme() {
         "{e}"
     );
 }
+
+#[test]
+fn warns_when_a_protected_exact_path_with_a_slash_falls_to_a_public_route() {
+    let d = dir();
+    let routes = "  - name: admin\n    match: { path_exact: /admin }\n    upstream: app\n    auth: {}\n  - name: site\n    match: { path: / }\n    upstream: app\n    public: true\n";
+    let w = load(d.path(), &with(FILE_PROVIDER, routes))
+        .unwrap()
+        .warnings
+        .join("\n");
+    assert!(
+        w.contains(r#"route "admin" protects "/admin" exactly, but "/admin/" falls to the public route "site""#),
+        "{w}"
+    );
+    // A protected prefix, or a protected catch-all behind it, is fine.
+    for routes in [
+        "  - name: admin\n    match: { path: /admin }\n    upstream: app\n    auth: {}\n  - name: site\n    match: { path: / }\n    upstream: app\n    public: true\n",
+        "  - name: admin\n    match: { path_exact: /admin }\n    upstream: app\n    auth: {}\n  - name: rest\n    match: { path: / }\n    upstream: app\n    auth: {}\n",
+    ] {
+        let w = load(d.path(), &with(FILE_PROVIDER, routes)).unwrap().warnings.join("\n");
+        assert!(!w.contains("exactly"), "{w}");
+    }
+}

@@ -141,6 +141,8 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         }
     }
 
+    warn_trailing_slash_fallthrough(&mut ctx, &routes);
+
     let config = Config {
         source: file.to_path_buf(),
         listen,
@@ -672,6 +674,35 @@ fn validate_auth(ctx: &Ctx, at: &str, raw: RawAuth, providers: &[Provider]) -> R
 /// Whether `prefix` is `path` or a leading run of its segments.
 pub fn segment_prefix(prefix: &str, path: &str) -> bool {
     prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+}
+
+/// Express, Rails and others serve `/admin/` as `/admin`. A protected
+/// `path_exact: /admin` does not match `/admin/`, so if that request falls to
+/// a later public route, the upstream may serve the protected page unchecked.
+fn warn_trailing_slash_fallthrough(ctx: &mut Ctx, routes: &[Route]) {
+    for (i, route) in routes.iter().enumerate() {
+        let (PathMatch::Exact(p), Access::Protected(_)) = (&route.path, &route.access) else {
+            continue;
+        };
+        if p.ends_with('/') {
+            continue;
+        }
+        let slashed = format!("{p}/");
+        let falls_to = routes[i + 1..].iter().find(|later| {
+            let host = later.host.is_none() || later.host == route.host;
+            let methods = match (&route.methods, &later.methods) {
+                (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+                _ => true,
+            };
+            host && methods && crate::routing::table::path_matches(&later.path, &slashed)
+        });
+        if let Some(later) = falls_to.filter(|later| later.access == Access::Public) {
+            ctx.warnings.push(format!(
+                "route {:?} protects {p:?} exactly, but {slashed:?} falls to the public route {:?}; upstreams that serve {slashed:?} as {p:?} (Express, Rails) would answer it without a token: protect it with `path: {p}` or add {slashed:?}",
+                route.name, later.name
+            ));
+        }
+    }
 }
 
 /// Whether `earlier` matches every request `later` could match (shadowing).
