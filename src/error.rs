@@ -99,6 +99,11 @@ impl GatewayError {
         }
     }
 
+    /// The one-sentence description the client is given.
+    pub fn description(&self) -> &'static str {
+        self.code_and_description().1
+    }
+
     /// A short machine-friendly label for logs and metrics.
     pub fn kind(&self) -> &'static str {
         self.code_and_description().0

@@ -7,6 +7,7 @@ pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod error;
+pub mod grpc;
 pub mod metrics;
 pub mod mint;
 pub mod proxy;

@@ -53,12 +53,15 @@ impl ConnInfo {
 pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
     let request_id = headers::incoming_request_id(req.headers()).unwrap_or_else(headers::new_request_id);
     let http1 = req.version() < http::Version::HTTP_2;
+    let grpc = crate::grpc::is_grpc(req.headers());
     // Written on every path out of here, including the future being dropped.
     let mut log = AccessLog::start(request_id, conn.peer, req.method().clone());
 
+    let status;
     let mut resp = match pipeline(&snap, conn, req, &mut log).await {
         Ok(resp) => {
-            log.upstream_status = Some(resp.status().as_u16());
+            status = resp.status().as_u16();
+            log.upstream_status = Some(status);
             let mut resp = resp.map(Either::Left);
             headers::remove_hop_by_hop(resp.headers_mut());
             resp
@@ -67,7 +70,16 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
             // Client faults are routine (debug); upstream failures were logged at warn where they happened.
             tracing::debug!(error = %e, route = log.route.as_deref(), "request answered by the gateway");
             let refused_body = matches!(e, GatewayError::PayloadTooLarge);
-            let mut resp = e.into_response().map(Either::Right);
+            status = e.status().as_u16();
+            let description = e.description();
+            let resp = e.into_response();
+            // A gRPC client reads the outcome from grpc-status; the log keeps ours.
+            let resp = if grpc {
+                crate::grpc::trailers_only(resp, description)
+            } else {
+                resp
+            };
+            let mut resp = resp.map(Either::Right);
             // The rest of a refused body is still on the wire: close the
             // connection rather than read or skip it.
             if refused_body && http1 {
@@ -83,7 +95,7 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
         None => h.remove(header::STRICT_TRANSPORT_SECURITY),
     };
     h.insert(X_REQUEST_ID, log.request_id().clone());
-    log.write(resp.status().as_u16());
+    log.write(status);
     resp
 }
 
