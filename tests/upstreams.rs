@@ -207,3 +207,34 @@ async fn a_cancelled_request_leaves_its_new_connection_in_the_pool() {
         "the connection was reused, not thrown away"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_trailers_reach_http2_upstreams() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let up = Upstream::start_h2c("h2").await;
+    let gw = TestGateway::start(&one_route(&format!("    targets: [{}]\n    protocol: h2c\n", up.url()))).await;
+    let tls = raw_tls(gw.addr, &gw.cert, &[b"h2"]).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc123".parse().unwrap());
+    let frames: Vec<Result<Frame<bytes::Bytes>, std::io::Error>> = vec![
+        Ok(Frame::data(bytes::Bytes::from_static(b"payload"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let req = http::Request::post("https://localhost/upload")
+        .body(StreamBody::new(tokio_stream::iter(frames)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.body_len, 7);
+    assert_eq!(
+        seen.trailers.expect("request trailers forwarded")["x-checksum"],
+        "abc123"
+    );
+}

@@ -36,6 +36,7 @@ pub struct Seen {
     pub version: http::Version,
     pub headers: HeaderMap,
     pub body_len: usize,
+    pub trailers: Option<HeaderMap>,
     pub conn_id: usize,
 }
 
@@ -194,12 +195,13 @@ async fn upstream_answer(
     let path_and_query = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let version = req.version();
     let headers = req.headers().clone();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let (body, trailers) = match req.into_body().collect().await {
+        Ok(collected) => {
+            let trailers = collected.trailers().cloned();
+            (collected.to_bytes(), trailers)
+        }
+        Err(_) => (Bytes::new(), None),
+    };
     seen.lock().unwrap().push(Seen {
         method,
         authority,
@@ -207,6 +209,7 @@ async fn upstream_answer(
         version,
         headers,
         body_len: body.len(),
+        trailers,
         conn_id,
     });
     if behaviour == "slow" {
