@@ -42,6 +42,8 @@ fn route(i: usize) -> Route {
         upstream: 0,
         strip_prefix: None,
         access: Access::Public,
+        websocket: None,
+        cors: None,
     }
 }
 
@@ -135,6 +137,7 @@ fn bench_tokens(c: &mut Criterion) {
         providers: vec![0],
         scopes: vec!["orders:read".into()],
         any_scopes: vec![],
+        token_sources: vec![portcullis::config::TokenSource::Header],
     };
     let mut g = c.benchmark_group("token");
     std::env::set_var("PORTCULLIS_BENCH_SECRET", "bench-secret-0123456789abcdef0123456789");
@@ -179,12 +182,29 @@ fn bench_tokens(c: &mut Criterion) {
             http::header::AUTHORIZATION,
             HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
         );
-        rt.block_on(portcullis::auth::authenticate(&providers, &cache, &rule, &h))
-            .unwrap();
+        let token = |h: &HeaderMap| {
+            portcullis::auth::credential::find(&rule.token_sources, h, None)
+                .unwrap()
+                .map(|c| c.token.to_string())
+        };
+        rt.block_on(portcullis::auth::authenticate(
+            &providers,
+            &cache,
+            &rule,
+            token(&h).as_deref(),
+        ))
+        .unwrap();
         g.bench_function(BenchmarkId::new("authenticate_cached", name), |b| {
             b.iter(|| {
-                rt.block_on(portcullis::auth::authenticate(&providers, &cache, &rule, black_box(&h)))
-                    .unwrap()
+                let h = black_box(&h);
+                let found = portcullis::auth::credential::find(&rule.token_sources, h, None).unwrap();
+                rt.block_on(portcullis::auth::authenticate(
+                    &providers,
+                    &cache,
+                    &rule,
+                    found.map(|c| c.token),
+                ))
+                .unwrap()
             })
         });
     }
@@ -212,6 +232,7 @@ fn bench_headers(c: &mut Criterion) {
             .as_object()
             .unwrap()
             .clone(),
+        valid_until: 0.0,
     };
     let mut base = HeaderMap::new();
     for (k, v) in [

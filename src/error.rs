@@ -23,6 +23,8 @@ pub enum GatewayError {
     /// The value for the `scope` attribute of `WWW-Authenticate`.
     #[error("insufficient scope: needs {0}")]
     InsufficientScope(String),
+    #[error("the request's origin is not allowed by the route's CORS policy")]
+    CorsRejected,
     #[error("the provider's keys are not available yet")]
     KeysUnavailable,
     #[error("no route matches the request path")]
@@ -48,7 +50,7 @@ impl GatewayError {
         match self {
             GatewayError::BadPath(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MissingToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            GatewayError::InsufficientScope(_) | GatewayError::CorsRejected => StatusCode::FORBIDDEN,
             GatewayError::KeysUnavailable | GatewayError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -69,6 +71,10 @@ impl GatewayError {
             GatewayError::InsufficientScope(_) => {
                 ("insufficient_scope", "The token lacks a scope this route requires.")
             }
+            GatewayError::CorsRejected => (
+                "cors_rejected",
+                "The request's origin, method or headers are not allowed for this route.",
+            ),
             GatewayError::KeysUnavailable => (
                 "temporarily_unavailable",
                 "The token issuer's keys are not available yet; retry shortly.",
@@ -168,6 +174,7 @@ mod tests {
             (GatewayError::MissingToken, 401, "unauthorized"),
             (GatewayError::InvalidToken(Rejection::Expired), 401, "invalid_token"),
             (GatewayError::InsufficientScope("a".into()), 403, "insufficient_scope"),
+            (GatewayError::CorsRejected, 403, "cors_rejected"),
             (GatewayError::KeysUnavailable, 503, "temporarily_unavailable"),
             (GatewayError::NotFound, 404, "not_found"),
             (

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod cors;
 pub mod demo;
 pub mod error;
 pub mod grpc;
@@ -16,6 +17,7 @@ pub mod routing;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod tunnel;
 
 use std::path::Path;
 

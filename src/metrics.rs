@@ -23,6 +23,12 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteReasonLabels {
+    route: Arc<str>,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -53,6 +59,8 @@ struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     jwks_refresh: Family<ProviderLabels, Counter>,
     open_connections: Gauge,
+    websocket_open: Family<RouteLabels, Gauge>,
+    websocket_closed: Family<RouteReasonLabels, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -95,7 +103,21 @@ fn metrics() -> &'static Metrics {
             "Client connections open now",
             open_connections.clone(),
         );
+        let websocket_open = Family::default();
+        registry.register(
+            "websocket_open",
+            "WebSocket tunnels open now, by route",
+            websocket_open.clone(),
+        );
+        let websocket_closed = Family::default();
+        registry.register(
+            "websocket_closed",
+            "WebSocket tunnels closed, by route and reason (client, upstream, idle, token_expired, shutdown)",
+            websocket_closed.clone(),
+        );
         Metrics {
+            websocket_open,
+            websocket_closed,
             registry,
             requests,
             duration,
@@ -171,6 +193,28 @@ pub fn request(route: Option<&Arc<str>>, status: u16, seconds: f64) {
         .get_or_create(&RouteLabels { route: route.clone() })
         .observe(seconds);
     m.requests.get_or_create(&RequestLabels { route, status }).inc();
+}
+
+/// A WebSocket tunnel opened on `route`.
+pub fn websocket_opened(route: &Arc<str>) {
+    metrics()
+        .websocket_open
+        .get_or_create(&RouteLabels { route: route.clone() })
+        .inc();
+}
+
+/// A WebSocket tunnel on `route` closed, and why.
+pub fn websocket_closed(route: &Arc<str>, reason: &'static str) {
+    let m = metrics();
+    m.websocket_open
+        .get_or_create(&RouteLabels { route: route.clone() })
+        .dec();
+    m.websocket_closed
+        .get_or_create(&RouteReasonLabels {
+            route: route.clone(),
+            reason,
+        })
+        .inc();
 }
 
 pub fn auth_failure(reason: &'static str) {

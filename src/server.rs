@@ -34,6 +34,7 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct Gateway {
     pub snapshot: ArcSwap<Snapshot>,
+    pub tunnels: crate::tunnel::Tunnels,
 }
 
 /// A started gateway: its bound addresses and what stops or reloads it.
@@ -85,10 +86,11 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     snapshot.start_background();
 
+    let (shutdown, _) = watch::channel(false);
     let gateway = Arc::new(Gateway {
         snapshot: ArcSwap::from_pointee(snapshot),
+        tunnels: crate::tunnel::Tunnels::new(shutdown.subscribe()),
     });
-    let (shutdown, _) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(max as usize));
     let mut accept_loops = vec![tokio::spawn(accept_loop(
         https,
@@ -187,10 +189,19 @@ impl Running {
         }
     }
 
-    /// Wait up to `grace` for the open connections to close.
+    /// Wait up to `grace` for the open connections and WebSocket tunnels to
+    /// close (tunnels close themselves when the grace period ends).
     pub async fn drain(self, grace: Duration) {
-        let drained = tokio::time::timeout(grace, self.connections.acquire_many(self.max_connections)).await;
-        if drained.is_err() {
+        let tunnels = self.gateway.tunnels.open.clone();
+        let everything = async {
+            let _connections = self.connections.acquire_many(self.max_connections).await;
+            let _tunnels = tunnels.acquire_many(crate::tunnel::MAX_TUNNELS as u32).await;
+        };
+        // A little past the grace, so tunnels closing at its end are counted.
+        if tokio::time::timeout(grace + Duration::from_millis(200), everything)
+            .await
+            .is_err()
+        {
             tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining connections");
         }
     }
@@ -273,7 +284,7 @@ fn https_connection(
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let state = Arc::new(ConnState::new(limits, !h2));
     let io = TokioIo::new(Tracked::new(tls, state.clone()));
-    let conn = Arc::new(ConnInfo::new(peer));
+    let conn = Arc::new(ConnInfo::new(peer, gateway.tunnels.clone()));
     let service_state = state.clone();
     let service = service_fn(move |req| {
         let gateway = gateway.clone();
@@ -298,7 +309,8 @@ fn https_connection(
                 .serve_connection(io, service),
         )
     } else {
-        Box::pin(http1_builder(limits).serve_connection(io, service))
+        // Upgrades are only ever performed on WebSocket routes (see `tunnel`).
+        Box::pin(http1_builder(limits).serve_connection(io, service).with_upgrades())
     };
     (conn, state)
 }
@@ -331,6 +343,6 @@ where
         let resp = answer(&req, &gateway.snapshot.load());
         async move { Ok::<_, Infallible>(resp.map(|body| exchange.respond(body))) }
     });
-    let conn = Box::pin(http1_builder(&limits).serve_connection(io, service));
+    let conn = Box::pin(http1_builder(&limits).serve_connection(io, service).with_upgrades());
     drive(conn, &limits, &state, shutdown).await;
 }

@@ -366,3 +366,63 @@ fn warns_when_a_protected_exact_path_with_a_slash_falls_to_a_public_route() {
         assert!(!w.contains("exactly"), "{w}");
     }
 }
+
+#[test]
+fn browser_settings_are_validated() {
+    let cases = [
+        (
+            "cors:\n  web:\n    allow_origins: [\"*\"]\n    allow_credentials: true\n",
+            "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n    cors: web\n",
+            "cors.web.allow_credentials: cannot be true with the origin \"*\"",
+        ),
+        (
+            "cors:\n  web:\n    allow_origins: [\"https://*.*.example.com\"]\n",
+            "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n",
+            "cors.web.allow_origins: \"https://*.*.example.com\"",
+        ),
+        (
+            "cors:\n  web:\n    allow_origins: [\"app.example.com\"]\n",
+            "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n",
+            "is not an origin",
+        ),
+        (
+            "",
+            "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n    cors: web\n",
+            "routes[0] (r).cors: no CORS policy named \"web\"",
+        ),
+        (
+            "",
+            "  - name: r\n    match: { path: / }\n    upstream: app\n    auth: { token_sources: [header, \"form:x\"] }\n",
+            "routes[0] (r).auth.token_sources: \"form:x\" is not a token source",
+        ),
+        (
+            "",
+            "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n    websocket: { idle_timeout: 0s }\n",
+            "routes[0] (r).websocket.idle_timeout: must be longer than 0",
+        ),
+    ];
+    for (top, routes, says) in cases {
+        let yaml = format!("{}{top}", with(FILE_PROVIDER, routes));
+        let e = err(&yaml);
+        assert!(e.message.contains(says), "{e}\nwanted: {says}");
+        assert!(e.position.is_some(), "{e}");
+    }
+    // WebSockets need an HTTP/1.1 upstream.
+    let yaml = format!(
+        "{BASE}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\n    protocol: h2c\nroutes:\n  - name: r\n    match: {{ path: / }}\n    upstream: app\n    public: true\n    websocket: true\n"
+    );
+    assert!(err(&yaml)
+        .message
+        .contains("routes[0] (r).websocket: WebSockets go upstream as HTTP/1.1"));
+    // A query token source loads, with a warning.
+    let d = dir();
+    let routes = "  - name: r\n    match: { path: / }\n    upstream: app\n    auth: { token_sources: [header, \"query:access_token\", \"cookie:session\"] }\n    websocket: true\n";
+    let w = load(d.path(), &with(FILE_PROVIDER, routes))
+        .unwrap()
+        .warnings
+        .join("\n");
+    assert!(
+        w.contains("tokens in the query (access_token) end up in browser histories"),
+        "{w}"
+    );
+}

@@ -110,6 +110,7 @@ mod tests {
             subject: None,
             scopes: vec![],
             claims: Default::default(),
+            valid_until: 0.0,
         })
     }
 

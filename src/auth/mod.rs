@@ -3,6 +3,7 @@
 //! then the route's scope requirement.
 
 pub mod cache;
+pub mod credential;
 pub mod jwks;
 pub mod keys;
 pub mod scopes;
@@ -75,6 +76,8 @@ pub struct Identity {
     pub subject: Option<Value>,
     pub scopes: Vec<String>,
     pub claims: Map<String, Value>,
+    /// Unix seconds: the token's `exp` plus the provider's leeway.
+    pub valid_until: f64,
 }
 
 /// The bearer token of a request: `Ok(None)` when there is none.
@@ -123,14 +126,15 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Authenticate the request for a protected route and check its scopes.
+/// Authenticate a request's token (`None`: it has none) for a protected
+/// route and check its scopes.
 pub async fn authenticate(
     providers: &[Arc<ProviderState>],
     cache: &TokenCache,
     rule: &AuthRule,
-    headers: &HeaderMap,
+    token: Option<&str>,
 ) -> Result<Arc<Identity>, GatewayError> {
-    let result = verify(providers, cache, rule, headers).await;
+    let result = verify(providers, cache, rule, token).await;
     if let Err(e) = &result {
         crate::metrics::auth_failure(match e {
             GatewayError::MissingToken => "missing_token",
@@ -147,9 +151,9 @@ async fn verify(
     providers: &[Arc<ProviderState>],
     cache: &TokenCache,
     rule: &AuthRule,
-    headers: &HeaderMap,
+    token: Option<&str>,
 ) -> Result<Arc<Identity>, GatewayError> {
-    let token = bearer_token(headers)?.ok_or(GatewayError::MissingToken)?;
+    let token = token.ok_or(GatewayError::MissingToken)?;
     let now = now();
     let key = TokenCache::key(token);
     if let Some(hit) = cache.get(&key, providers, now) {
@@ -191,6 +195,7 @@ async fn verify(
         subject: claims.get(&provider.config.subject_claim).cloned(),
         scopes,
         claims,
+        valid_until,
     });
     // Cached before the scope check: the token is valid whatever this route wants.
     cache.insert(

@@ -80,6 +80,7 @@ mod tests {
             providers: vec![0],
             scopes: names(scopes),
             any_scopes: names(any),
+            token_sources: vec![crate::config::TokenSource::Header],
         };
         let granted = names(&["admin", "orders:read"]);
         assert_eq!(authorize(&rule(&[], &[]), &granted), Ok(()));

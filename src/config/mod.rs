@@ -3,6 +3,7 @@
 //! Loading never touches the network; key material and certificates are read
 //! and parsed when the config is compiled into a snapshot.
 
+mod browser;
 mod locate;
 pub mod raw;
 mod validate;
@@ -32,6 +33,55 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `paths.allow_semicolons`: whether a `;` in a request path is accepted.
     pub allow_semicolons: bool,
+    /// Named CORS policies; routes refer to them by index.
+    pub cors: Vec<CorsPolicy>,
+}
+
+/// A CORS policy (which browser origins may call a route, and how).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsPolicy {
+    pub name: String,
+    pub origins: Vec<OriginPattern>,
+    /// `None`: the route's own methods.
+    pub allow_methods: Option<Vec<Method>>,
+    /// Lower-case header names.
+    pub allow_headers: Vec<HeaderName>,
+    pub expose_headers: Vec<HeaderName>,
+    pub allow_credentials: bool,
+    pub max_age: Option<Duration>,
+}
+
+/// One entry of `allow_origins`, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// `*`: any origin.
+    Any,
+    /// `scheme://host[:port]` exactly.
+    Exact(String),
+    /// `scheme://*.suffix[:port]`: one or more labels in front of `.suffix`.
+    Subdomains {
+        scheme: String,
+        suffix: String,
+        port: Option<u16>,
+    },
+}
+
+/// WebSocket upgrades allowed on a route, and how long a tunnel may live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSocketPolicy {
+    pub idle_timeout: Duration,
+    pub close_at_token_expiry: bool,
+}
+
+/// Where a route's bearer token may come from, in order of preference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer ...`
+    Header,
+    /// A query parameter of this name.
+    Query(String),
+    /// A cookie of this name.
+    Cookie(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +204,9 @@ pub struct Route {
     pub upstream: usize,
     pub strip_prefix: Option<String>,
     pub access: Access,
+    pub websocket: Option<WebSocketPolicy>,
+    /// Index into [`Config::cors`].
+    pub cors: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +228,7 @@ pub struct AuthRule {
     pub providers: Vec<usize>,
     pub scopes: Vec<String>,
     pub any_scopes: Vec<String>,
+    pub token_sources: Vec<TokenSource>,
 }
 
 /// A configuration error: where it is, and what to do about it.

@@ -25,6 +25,23 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub paths: RawPaths,
+    #[serde(default)]
+    pub cors: BTreeMap<String, RawCors>,
+}
+
+/// A named CORS policy, referenced by routes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_headers: Vec<HeaderNameStr>,
+    #[serde(default)]
+    pub expose_headers: Vec<HeaderNameStr>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    pub max_age: Option<Dur>,
 }
 
 /// How request paths are treated before routing.
@@ -195,6 +212,23 @@ pub struct RawRoute {
     pub auth: Option<RawAuth>,
     #[serde(default)]
     pub public: bool,
+    pub websocket: Option<RawWebSocket>,
+    pub cors: Option<String>,
+}
+
+/// `websocket: true` or `websocket: { idle_timeout, close_at_token_expiry }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawWebSocket {
+    Enabled(bool),
+    Settings(RawWebSocketSettings),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebSocketSettings {
+    pub idle_timeout: Option<Dur>,
+    pub close_at_token_expiry: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +248,7 @@ pub struct RawAuth {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub any_scopes: Vec<String>,
+    pub token_sources: Option<Vec<String>>,
 }
 
 /// A duration written as `250ms`, `30s`, `5m` or `1h`.

@@ -37,16 +37,16 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-request-id",
 ];
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
     base: &'a Path,
-    warnings: Vec<String>,
+    pub(super) warnings: Vec<String>,
 }
 
 impl Ctx<'_> {
     /// `message` starts with the field it is about, which gives its position.
-    fn err(&self, message: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, message: impl Into<String>) -> ConfigError {
         ConfigError::in_text(self.file, self.text, message.into())
     }
 
@@ -118,12 +118,17 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         upstreams.push(validate_upstream(&mut ctx, name, u)?);
     }
 
+    let mut cors = Vec::new();
+    for (name, c) in raw.cors {
+        cors.push(super::browser::validate_cors(&ctx, name, c)?);
+    }
+
     if raw.routes.is_empty() {
         return Err(ctx.err("routes: no routes are defined; every request would be answered 404"));
     }
     let mut routes: Vec<Route> = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
-        let route = validate_route(&ctx, i, r, &upstreams, &providers)?;
+        let route = validate_route(&mut ctx, i, r, &upstreams, &providers, &cors)?;
         if routes.iter().any(|other| other.name == route.name) {
             return Err(ctx.err(format!(
                 "routes[{i}]: the name {:?} is used twice; route names must be unique",
@@ -153,6 +158,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         upstreams,
         routes,
         allow_semicolons: raw.paths.allow_semicolons,
+        cors,
     };
     Ok(Loaded {
         config,
@@ -531,11 +537,12 @@ fn route_path(ctx: &Ctx, field: &str, p: &str) -> Result<String, ConfigError> {
 }
 
 fn validate_route(
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     i: usize,
     raw: RawRoute,
     upstreams: &[Upstream],
     providers: &[Provider],
+    cors: &[CorsPolicy],
 ) -> Result<Route, ConfigError> {
     let name = raw.name.unwrap_or_else(|| format!("routes[{i}]"));
     let at = format!("routes[{i}] ({name})");
@@ -616,6 +623,27 @@ fn validate_route(
         (None, true) => Access::Public,
         (Some(auth), false) => Access::Protected(validate_auth(ctx, &at, auth, providers)?),
     };
+    let websocket = super::browser::websocket(ctx, &at, raw.websocket)?;
+    if websocket.is_some() && upstreams[upstream].protocol.is_http2() {
+        return Err(ctx.err(format!(
+            "{at}.websocket: WebSockets go upstream as HTTP/1.1 upgrades, but upstream {:?} speaks HTTP/2; give the route an http1 upstream",
+            upstreams[upstream].name
+        )));
+    }
+    let cors = match raw.cors {
+        None => None,
+        Some(name) => Some(cors.iter().position(|c| c.name == name).ok_or_else(|| {
+            let known: Vec<&str> = cors.iter().map(|c| c.name.as_str()).collect();
+            ctx.err(format!(
+                "{at}.cors: no CORS policy named {name:?}; defined policies: {}",
+                if known.is_empty() {
+                    "none (add one under `cors:`)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })?),
+    };
     Ok(Route {
         name,
         path,
@@ -624,10 +652,12 @@ fn validate_route(
         upstream,
         strip_prefix,
         access,
+        websocket,
+        cors,
     })
 }
 
-fn validate_auth(ctx: &Ctx, at: &str, raw: RawAuth, providers: &[Provider]) -> Result<AuthRule, ConfigError> {
+fn validate_auth(ctx: &mut Ctx, at: &str, raw: RawAuth, providers: &[Provider]) -> Result<AuthRule, ConfigError> {
     if providers.is_empty() {
         return Err(ctx.err(format!(
             "{at}.auth: no providers are configured, so no token could ever be accepted; add one under `providers:`"
@@ -664,10 +694,12 @@ fn validate_auth(ctx: &Ctx, at: &str, raw: RawAuth, providers: &[Provider]) -> R
             )));
         }
     }
+    let token_sources = super::browser::token_sources(ctx, at, raw.token_sources)?;
     Ok(AuthRule {
         providers: indexes,
         scopes: raw.scopes,
         any_scopes: raw.any_scopes,
+        token_sources,
     })
 }
 

@@ -142,6 +142,33 @@ impl UpstreamPool {
         }
     }
 
+    /// A connection of its own to the next target that accepts one, for a
+    /// request that may switch protocols (WebSocket).
+    pub async fn connect_dedicated(
+        &self,
+    ) -> Result<
+        (
+            http::uri::Authority,
+            pool::UpgradeSender,
+            tokio::sync::OwnedSemaphorePermit,
+        ),
+        UpstreamFailure,
+    > {
+        let n = self.targets.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let target = &self.targets[(start + i) % n];
+            match target.connect_dedicated().await {
+                Ok((sender, permit)) => return Ok((target.authority.clone(), sender, permit)),
+                Err(ConnectError::Busy) => return Err(UpstreamFailure::Busy),
+                Err(ConnectError::Refused(why)) => {
+                    tracing::warn!(target_addr = %target.authority, error = %why, "upstream target refused the connection");
+                }
+            }
+        }
+        Err(UpstreamFailure::Connect)
+    }
+
     /// The request as this target's protocol carries it: origin-form with a
     /// `Host` header for HTTP/1.1; for HTTP/2 the host travels as
     /// `:authority` and no `Host` header goes with it (RFC 9113 §8.3.1).

@@ -19,7 +19,8 @@ use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::config::{Access, HostPolicy};
+use crate::auth::credential;
+use crate::config::{Access, HostPolicy, TokenSource};
 use crate::error::GatewayError;
 use crate::routing::normalize::normalize;
 use crate::routing::table::{strip_prefix, Lookup};
@@ -38,13 +39,16 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// `peer`'s address as an `X-Forwarded-For` element.
     pub forwarded_for: HeaderValue,
+    /// Where WebSocket tunnels opened on this connection are counted.
+    pub tunnels: crate::tunnel::Tunnels,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr) -> Self {
+    pub fn new(peer: SocketAddr, tunnels: crate::tunnel::Tunnels) -> Self {
         ConnInfo {
             peer,
             forwarded_for: headers::client_address(peer.ip()),
+            tunnels,
         }
     }
 }
@@ -57,13 +61,18 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     // Written on every path out of here, including the future being dropped.
     let mut log = AccessLog::start(request_id, conn.peer, req.method().clone());
 
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut cors_policy = None;
+
     let status;
-    let mut resp = match pipeline(&snap, conn, req, &mut log).await {
-        Ok(resp) => {
+    let mut resp = match pipeline(&snap, conn, req, &mut log, &mut cors_policy).await {
+        Ok(mut resp) => {
             status = resp.status().as_u16();
             log.upstream_status = Some(status);
-            let mut resp = resp.map(Either::Left);
-            headers::remove_hop_by_hop(resp.headers_mut());
+            // A 101 carries the upgrade's own Connection / Upgrade headers.
+            if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                headers::remove_hop_by_hop(resp.headers_mut());
+            }
             resp
         }
         Err(e) => {
@@ -95,6 +104,9 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
         None => h.remove(header::STRICT_TRANSPORT_SECURITY),
     };
     h.insert(X_REQUEST_ID, log.request_id().clone());
+    if let Some(p) = cors_policy {
+        crate::cors::apply(&snap.config.cors[p], origin.as_ref(), h);
+    }
     log.write(status);
     resp
 }
@@ -184,7 +196,8 @@ async fn pipeline(
     conn: &ConnInfo,
     req: Request<Incoming>,
     log: &mut AccessLog,
-) -> Result<Response<UpstreamBody>, GatewayError> {
+    cors_policy: &mut Option<usize>,
+) -> Result<Response<ResponseBody>, GatewayError> {
     let limits = &snap.config.limits;
     if header_bytes(&req) > limits.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge);
@@ -206,30 +219,51 @@ async fn pipeline(
     // Normalise, strip spoofable headers, route (docs/request-lifecycle.md).
     check_request_shape(snap, &parts)?;
     let host = request_host(&parts.uri, &parts.headers)?;
+    let host_name = host.as_ref().map(|(_, h)| h.as_str());
     let path = normalize(parts.uri.path()).map_err(GatewayError::BadPath)?;
     log.path = Some(path.clone());
     snap.strip.strip(&mut parts.headers);
-    let route_index = match snap
-        .routes
-        .find(host.as_ref().map(|(_, h)| h.as_str()), &parts.method, &path)
-    {
+
+    // A CORS preflight is routed by the method it asks about, and answered
+    // here on a route with a policy: no token, nothing sent upstream.
+    if let Some(requested) = crate::cors::preflight_method(&parts.method, &parts.headers) {
+        if let Lookup::Found(i) = snap.routes.find(host_name, &requested, &path) {
+            let route = snap.routes.get(i);
+            if let Some(p) = route.cors {
+                log.route = Some(snap.routes.shared_name(i));
+                let policy = &snap.config.cors[p];
+                return crate::cors::answer_preflight(policy, route.methods.as_deref(), &parts.headers, &requested)
+                    .map(|r| r.map(Either::Right))
+                    .ok_or(GatewayError::CorsRejected);
+            }
+        }
+    }
+
+    let route_index = match snap.routes.find(host_name, &parts.method, &path) {
         Lookup::Found(i) => i,
         Lookup::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed(allow)),
         Lookup::NotFound => return Err(GatewayError::NotFound),
     };
     let route = snap.routes.get(route_index);
     log.route = Some(snap.routes.shared_name(route_index));
+    *cors_policy = route.cors;
 
-    // SPEC §3.5-3.6: authenticate and authorise before anything is sent on.
-    let identity = match &route.access {
-        Access::Public => None,
+    // Authenticate and authorise before anything is sent on.
+    let (identity, token_source) = match &route.access {
+        Access::Public => (None, None),
         Access::Protected(rule) => {
-            let identity = crate::auth::authenticate(&snap.providers, &snap.tokens, rule, &parts.headers).await?;
+            let found = credential::find(&rule.token_sources, &parts.headers, parts.uri.query())?;
+            if let Some(TokenSource::Cookie(_)) = found.map(|c| c.source) {
+                check_cookie_origin(snap, route, &parts.headers, host.as_ref().map(|(v, _)| v))?;
+            }
+            let token_source = found.map(|c| c.source.clone());
+            let identity =
+                crate::auth::authenticate(&snap.providers, &snap.tokens, rule, found.map(|c| c.token)).await?;
             log.subject = identity
                 .subject
                 .as_ref()
                 .map(|s| s.as_str().map_or_else(|| s.to_string(), str::to_string));
-            Some(identity)
+            (Some(identity), token_source)
         }
     };
 
@@ -237,8 +271,12 @@ async fn pipeline(
         return Err(GatewayError::PayloadTooLarge);
     }
 
-    // SPEC §3.7: hop-by-hop first, so nothing a client names in `Connection`
-    // can remove what the gateway adds below.
+    let websocket = route
+        .websocket
+        .as_ref()
+        .filter(|_| crate::tunnel::is_websocket_upgrade(&parts));
+    // Hop-by-hop first, so nothing a client names in `Connection` can remove
+    // what the gateway adds below.
     let h = &mut parts.headers;
     let upstream = &snap.upstreams[route.upstream];
     // `TE: trailers` is the one TE value HTTP/2 allows (RFC 9113 §8.2.2); gRPC
@@ -248,8 +286,17 @@ async fn pipeline(
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    // The credential goes no further, wherever it came from.
+    let mut query = parts.uri.query().map(std::borrow::Cow::Borrowed);
     if !snap.config.identity.forward_authorization {
         h.remove(header::AUTHORIZATION);
+        match &token_source {
+            Some(TokenSource::Query(name)) => {
+                query = query.and_then(|q| credential::strip_query(&q, name).map(std::borrow::Cow::Owned));
+            }
+            Some(TokenSource::Cookie(name)) => credential::strip_cookie(h, name),
+            _ => {}
+        }
     }
     if let Some(identity) = &identity {
         snap.identity.apply(h, identity);
@@ -265,21 +312,58 @@ async fn pipeline(
     };
 
     let upstream_path = strip_prefix(route.strip_prefix.as_deref(), &path);
-    let path_and_query = match parts.uri.query() {
+    let path_and_query = match query {
         Some(q) => PathAndQuery::try_from(format!("{upstream_path}?{q}")),
         None => PathAndQuery::try_from(upstream_path.as_ref()),
     }
-    .map_err(|_| GatewayError::BadPath(crate::routing::normalize::PathError::MalformedEscape))?;
+    .map_err(|_| GatewayError::BadRequest("The request target cannot be forwarded."))?;
+
+    if let Some(policy) = websocket {
+        let upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or(GatewayError::BadRequest("The connection cannot be upgraded."))?;
+        let tunnel = crate::tunnel::TunnelLimits::new(
+            log.route.clone().unwrap_or_else(|| "-".into()),
+            policy,
+            identity.as_ref().map(|i| i.valid_until),
+            limits.shutdown_grace,
+        );
+        return crate::tunnel::open(upstream, upgrade, path_and_query, parts.headers, tunnel, &conn.tunnels).await;
+    }
 
     let tripped = Arc::new(AtomicBool::new(false));
     let body = ReplayableBody::new(LimitedBody::new(body, limits.max_body_bytes, tripped.clone()));
     match upstream.send(parts.method, path_and_query, parts.headers, body).await {
-        Ok(resp) => Ok(resp),
+        Ok(resp) => Ok(resp.map(Either::Left)),
         Err(_) if tripped.load(Ordering::Acquire) => Err(GatewayError::PayloadTooLarge),
         Err(failure) => {
             tracing::warn!(upstream = %upstream.config.name, kind = failure.kind(), "upstream request failed");
             crate::metrics::upstream_error(&upstream.config.name, failure.kind());
             Err(failure.into_gateway_error())
         }
+    }
+}
+
+/// A cookie rides along on cross-site requests (forged form posts, cross-site
+/// WebSocket hijacking), so a cookie token counts only without `Origin`, from
+/// the gateway's own origin, or from an origin the route's CORS policy allows.
+fn check_cookie_origin(
+    snap: &Snapshot,
+    route: &crate::config::Route,
+    headers: &http::HeaderMap,
+    host: Option<&HeaderValue>,
+) -> Result<(), GatewayError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let allowed = crate::cors::same_origin(origin, host)
+        || route
+            .cors
+            .is_some_and(|p| crate::cors::allows_origin(&snap.config.cors[p], origin));
+    if allowed {
+        Ok(())
+    } else {
+        Err(GatewayError::CorsRejected)
     }
 }

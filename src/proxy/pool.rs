@@ -44,6 +44,8 @@ const STREAMS_PER_H2_CONNECTION: usize = 100;
 
 type H1Sender = http1::SendRequest<ReplayableBody>;
 type H2Sender = http2::SendRequest<ReplayableBody>;
+/// A connection of its own for an upgrade request, which has no body.
+pub type UpgradeSender = http1::SendRequest<http_body_util::Empty<Bytes>>;
 
 /// Why no connection could be had.
 #[derive(Debug)]
@@ -154,6 +156,56 @@ impl TargetPool {
                 return Err(ConnectError::Busy);
             }
         }
+    }
+
+    /// A connection of its own for one request that may switch protocols (a
+    /// WebSocket upgrade): never pooled, and its permit goes with it, to be
+    /// held for as long as the tunnel lives.
+    pub async fn connect_dedicated(self: &Arc<Self>) -> Result<(UpgradeSender, OwnedSemaphorePermit), ConnectError> {
+        let deadline = Instant::now() + self.connect_timeout;
+        let permit = loop {
+            let freed = self.freed.clone();
+            let notified = freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                break permit;
+            }
+            // An idle connection can be given up for it.
+            if let Some(idle) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+                drop(idle);
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ConnectError::Busy);
+            }
+        };
+        let handshake = |e: hyper::Error| ConnectError::Refused(e.to_string());
+        let (sender, task) = match &self.tls {
+            None => {
+                let io = self.tcp().await?;
+                let (sender, conn) = http1::handshake(TokioIo::new(io)).await.map_err(handshake)?;
+                (
+                    sender,
+                    Box::pin(async move { conn.with_upgrades().await.map_err(|e| e.to_string()) }) as ConnTask,
+                )
+            }
+            Some(_) => {
+                let io = self.tls().await?;
+                let (sender, conn) = http1::handshake(TokioIo::new(io)).await.map_err(handshake)?;
+                (
+                    sender,
+                    Box::pin(async move { conn.with_upgrades().await.map_err(|e| e.to_string()) }) as ConnTask,
+                )
+            }
+        };
+        let authority = self.authority.clone();
+        tokio::spawn(async move {
+            if let Err(e) = task.await {
+                tracing::debug!(target_addr = %authority, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok((sender, permit))
     }
 
     /// The most recently used idle connection that is still usable.
@@ -394,6 +446,9 @@ pub enum Lease {
     /// An HTTP/1.1 connection, returned to its pool when the body has ended.
     H1(Arc<TargetPool>, H1Sender),
     H2(StreamGuard),
+    /// A connection of its own (an upgrade the upstream declined): closed
+    /// with the body, its place in the cap freed.
+    Dedicated(OwnedSemaphorePermit),
 }
 
 /// An upstream response body: the stream as it arrives, which gives its

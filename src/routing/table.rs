@@ -183,6 +183,8 @@ mod tests {
             upstream: 0,
             strip_prefix: None,
             access: Access::Public,
+            websocket: None,
+            cors: None,
         }
     }
 

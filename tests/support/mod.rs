@@ -6,6 +6,7 @@
 pub mod grpc;
 pub mod idp;
 pub mod tokens;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -241,6 +242,15 @@ async fn upstream_answer(
     )))));
     if let Some(code) = behaviour.strip_prefix("status:") {
         *resp.status_mut() = StatusCode::from_u16(code.parse().unwrap()).unwrap();
+    }
+    if behaviour == "cors" {
+        let h = resp.headers_mut();
+        h.insert(
+            "access-control-allow-origin",
+            "https://upstream.example".parse().unwrap(),
+        );
+        h.insert("access-control-allow-credentials", "true".parse().unwrap());
+        h.insert("access-control-max-age", "86400".parse().unwrap());
     }
     resp.headers_mut()
         .insert("connection", "x-upstream-private".parse().unwrap());

@@ -1,0 +1,375 @@
+//! WebSocket tunnels (RFC 6455 over HTTP/1.1 upgrades). The upgrade request
+//! has been through the whole pipeline (normalised, stripped, routed,
+//! authenticated, authorised) before it gets here; it goes upstream on a
+//! connection of its own, and when the upstream answers `101` both upgraded
+//! connections are joined and bytes copied both ways. The gateway does not
+//! parse WebSocket frames: it only decides how long a tunnel may live.
+//!
+//! A tunnel closes when either side closes, after `idle_timeout` without a
+//! byte either way, when the token that opened it expires (`exp` + leeway, so
+//! a connection never outlives its credential), and at the end of
+//! `shutdown_grace` on SIGTERM. A reload leaves open tunnels alone.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::WebSocketPolicy;
+use crate::error::GatewayError;
+use crate::proxy::forward::UpstreamPool;
+use crate::proxy::pool::{Lease, UpstreamBody};
+use crate::proxy::ResponseBody;
+
+/// The most tunnels open at once, whatever `max_connections` says: a
+/// tunnel's client connection no longer counts once upgraded.
+pub const MAX_TUNNELS: usize = 1 << 20;
+
+/// What a tunnel needs from the gateway around it.
+#[derive(Debug, Clone)]
+pub struct Tunnels {
+    /// One permit per open tunnel; the drain at shutdown waits for all.
+    pub open: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Tunnels {
+    pub fn new(shutdown: watch::Receiver<bool>) -> Self {
+        Tunnels {
+            open: Arc::new(Semaphore::new(MAX_TUNNELS)),
+            shutdown,
+        }
+    }
+}
+
+/// Whether the request asks for a WebSocket: HTTP/1.1 `GET` with
+/// `Connection: upgrade` and `Upgrade: websocket` (other upgrades are never
+/// performed; their headers are dropped as hop-by-hop).
+pub fn is_websocket_upgrade(parts: &Parts) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        parts.headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    parts.version == Version::HTTP_11
+        && parts.method == Method::GET
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+}
+
+/// How one tunnel is bounded.
+#[derive(Debug, Clone)]
+pub struct TunnelLimits {
+    pub route: Arc<str>,
+    pub idle_timeout: Duration,
+    /// Unix seconds after which the tunnel is closed (the token's expiry).
+    pub close_at: Option<f64>,
+    pub shutdown_grace: Duration,
+}
+
+impl TunnelLimits {
+    pub fn new(route: Arc<str>, policy: &WebSocketPolicy, token_valid_until: Option<f64>, grace: Duration) -> Self {
+        TunnelLimits {
+            route,
+            idle_timeout: policy.idle_timeout,
+            close_at: token_valid_until.filter(|_| policy.close_at_token_expiry),
+            shutdown_grace: grace,
+        }
+    }
+}
+
+/// Send the upgrade upstream on a connection of its own. A `101` is relayed
+/// and the tunnel started; any other answer is relayed as a response.
+/// `headers` have been rewritten for the upstream already; the upgrade's own
+/// hop-by-hop headers are put back here.
+pub async fn open(
+    upstream: &UpstreamPool,
+    client_upgrade: OnUpgrade,
+    path_and_query: PathAndQuery,
+    mut headers: HeaderMap,
+    limits: TunnelLimits,
+    tunnels: &Tunnels,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let slot = tunnels
+        .open
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| GatewayError::UpstreamBusy)?;
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let (target, mut sender, permit) = upstream.connect_dedicated().await.map_err(|f| {
+        crate::metrics::upstream_error(&upstream.config.name, f.kind());
+        f.into_gateway_error()
+    })?;
+    if !headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(target.as_str()) {
+            headers.insert(header::HOST, v);
+        }
+    }
+    let mut req = Request::new(http_body_util::Empty::<Bytes>::new());
+    *req.uri_mut() = path_and_query.into();
+    *req.headers_mut() = headers;
+    let sent = tokio::time::timeout(upstream.config.request_timeout, sender.send_request(req)).await;
+    let mut resp = match sent {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            crate::metrics::upstream_error(&upstream.config.name, "reset");
+            return Err(GatewayError::UpstreamFailed(e));
+        }
+        Err(_) => {
+            crate::metrics::upstream_error(&upstream.config.name, "timeout");
+            return Err(GatewayError::UpstreamTimeout);
+        }
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Declined: relay the answer; the connection closes with its body.
+        return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, Lease::Dedicated(permit)))));
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let mut answer = Response::new(Either::Right(Full::new(Bytes::new())));
+    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for name in [
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::SEC_WEBSOCKET_EXTENSIONS,
+    ] {
+        if let Some(v) = resp.headers().get(&name) {
+            answer.headers_mut().insert(name, v.clone());
+        }
+    }
+    answer
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    answer
+        .headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let shutdown = tunnels.shutdown.clone();
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                tracing::debug!(
+                    client = c.is_ok(),
+                    upstream = u.is_ok(),
+                    "WebSocket upgrade did not complete"
+                );
+                return;
+            }
+        };
+        run(client, upstream, limits, shutdown, permit, slot).await;
+    });
+    Ok(answer)
+}
+
+/// Milliseconds on a monotonic clock, for the last-activity stamp.
+fn now_ms(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
+}
+
+async fn run(
+    client: Upgraded,
+    upstream: Upgraded,
+    limits: TunnelLimits,
+    mut shutdown: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+    _slot: OwnedSemaphorePermit,
+) {
+    crate::metrics::websocket_opened(&limits.route);
+    let epoch = Instant::now();
+    let activity = AtomicU64::new(0);
+    let first_close = AtomicU8::new(NO_CLOSE);
+    let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(TokioIo::new(upstream));
+    let from_client = pump(
+        &mut client_read,
+        &mut upstream_write,
+        &activity,
+        epoch,
+        (&first_close, FROM_CLIENT),
+    );
+    let from_upstream = pump(
+        &mut upstream_read,
+        &mut client_write,
+        &activity,
+        epoch,
+        (&first_close, FROM_UPSTREAM),
+    );
+    tokio::pin!(from_client, from_upstream);
+
+    let expiry = limits.close_at.map(|at| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        Instant::now() + Duration::from_secs_f64((at - now).max(0.0))
+    });
+    let mut grace_end: Option<Instant> = (*shutdown.borrow()).then(|| Instant::now() + limits.shutdown_grace);
+    let ended = loop {
+        let idle_deadline = epoch + Duration::from_millis(activity.load(Ordering::Relaxed)) + limits.idle_timeout;
+        tokio::select! {
+            _ = &mut from_client => break "client",
+            _ = &mut from_upstream => break "upstream",
+            _ = tokio::time::sleep_until(idle_deadline) => {
+                let last = epoch + Duration::from_millis(activity.load(Ordering::Relaxed));
+                if last + limits.idle_timeout <= Instant::now() {
+                    break "idle";
+                }
+            }
+            _ = sleep_until_some(expiry) => break "token_expired",
+            _ = shutdown.changed(), if grace_end.is_none() => {
+                grace_end = Some(Instant::now() + limits.shutdown_grace);
+            }
+            _ = sleep_until_some(grace_end) => break "shutdown",
+        }
+    };
+    // One side closed: give the other a moment to finish (a WebSocket close
+    // frame answering the one that went the other way).
+    let linger = Duration::from_secs(1);
+    match ended {
+        "client" => drop(tokio::time::timeout(linger, &mut from_upstream).await),
+        "upstream" => drop(tokio::time::timeout(linger, &mut from_client).await),
+        _ => {}
+    }
+    // Whoever sent the first Close frame closed the tunnel, whichever socket
+    // happened to end first.
+    let reason = match (ended, first_close.load(Ordering::Acquire)) {
+        ("client" | "upstream", FROM_CLIENT) => "client",
+        ("client" | "upstream", FROM_UPSTREAM) => "upstream",
+        (other, _) => other,
+    };
+    tracing::debug!(route = %limits.route, reason, "WebSocket tunnel closed");
+    crate::metrics::websocket_closed(&limits.route, reason);
+}
+
+const NO_CLOSE: u8 = 0;
+const FROM_CLIENT: u8 = 1;
+const FROM_UPSTREAM: u8 = 2;
+
+/// Copy bytes one way until EOF or an error, stamping activity and noting
+/// whether this side sent the first Close frame; then close the writing side
+/// so the peer sees the end too.
+async fn pump<R, W>(from: &mut R, to: &mut W, activity: &AtomicU64, epoch: Instant, close: (&AtomicU8, u8))
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut frames = Frames::default();
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        activity.store(now_ms(epoch), Ordering::Relaxed);
+        if frames.feed(&buf[..n]) {
+            let _ = close
+                .0
+                .compare_exchange(NO_CLOSE, close.1, Ordering::AcqRel, Ordering::Acquire);
+        }
+        if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Follows WebSocket frame boundaries in one direction (RFC 6455 §5.2), only
+/// to see a Close frame (opcode 8) go by: headers are read, payloads skipped.
+#[derive(Debug, Default)]
+struct Frames {
+    header: [u8; 14],
+    have: usize,
+    skip: u64,
+}
+
+impl Frames {
+    /// Feed the next bytes; true when a Close frame starts in them.
+    fn feed(&mut self, mut data: &[u8]) -> bool {
+        let mut close = false;
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = data.len().min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                data = &data[n..];
+                self.skip -= n as u64;
+                continue;
+            }
+            self.header[self.have] = data[0];
+            self.have += 1;
+            data = &data[1..];
+            if let Some((opcode, payload)) = self.parse() {
+                close |= opcode == 0x8;
+                self.skip = payload;
+                self.have = 0;
+            }
+        }
+        close
+    }
+
+    /// The opcode and payload length once the whole header is in.
+    fn parse(&self) -> Option<(u8, u64)> {
+        let h = &self.header[..self.have];
+        if h.len() < 2 {
+            return None;
+        }
+        let mask = if h[1] & 0x80 != 0 { 4 } else { 0 };
+        let (extended, len) = match h[1] & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(u64::from(n))),
+        };
+        if h.len() < 2 + extended + mask {
+            return None;
+        }
+        let len = len.unwrap_or_else(|| h[2..2 + extended].iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)));
+        Some((h[0] & 0x0f, len))
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_frames_are_spotted_across_reads() {
+        // A masked text frame "hi", then a masked Close frame with code 1000.
+        let text = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+        let close = [0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2];
+        let mut f = Frames::default();
+        assert!(!f.feed(&text));
+        assert!(f.feed(&close));
+        // The same bytes split at every point.
+        let all: Vec<u8> = text.iter().chain(&close).copied().collect();
+        for cut in 0..all.len() {
+            let mut f = Frames::default();
+            let seen = f.feed(&all[..cut]) | f.feed(&all[cut..]);
+            assert!(seen, "cut at {cut}");
+        }
+        // A long unmasked binary frame (16-bit length) whose payload holds 0x88.
+        let mut long = vec![0x82, 126, 0x01, 0x00];
+        long.extend(std::iter::repeat_n(0x88, 256));
+        let mut f = Frames::default();
+        assert!(!f.feed(&long));
+        assert!(f.feed(&[0x88, 0x00]));
+    }
+}

@@ -1,0 +1,179 @@
+//! CORS over real sockets: preflights answered by the gateway (never the
+//! upstream), refused ones without any Access-Control-* header, and the
+//! policy's headers on every response to an allowed origin, errors included.
+
+mod support;
+
+use support::*;
+
+fn config(up: &Upstream) -> String {
+    format!(
+        r#"{header}providers:
+  app:
+    secret_file: app.secret
+    algorithms: [HS256]
+cors:
+  web:
+    allow_origins: [https://app.example.com, "https://*.example.org"]
+    allow_methods: [GET, POST]
+    allow_headers: [Authorization, Content-Type]
+    expose_headers: [X-Request-Id]
+    allow_credentials: true
+    max_age: 10m
+  open:
+    allow_origins: ["*"]
+upstreams:
+  app:
+    targets: [{up}]
+routes:
+  - name: cors-api
+    match: {{ path: /api, methods: [GET, POST, DELETE] }}
+    upstream: app
+    auth: {{}}
+    cors: web
+  - name: cors-open
+    match: {{ path: /open }}
+    upstream: app
+    public: true
+    cors: open
+  - name: cors-none
+    match: {{ path: /plain }}
+    upstream: app
+    public: true
+"#,
+        header = header(""),
+        up = up.url()
+    )
+}
+
+async fn start(up: &Upstream) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("app.secret"), "a-cors-test-secret-of-decent-length-012").unwrap();
+    TestGateway::start_in(dir, cert, &config(up)).await
+}
+
+fn preflight<'a>(origin: &'a str, method: &'a str, headers: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut h = vec![("origin", origin), ("access-control-request-method", method)];
+    if !headers.is_empty() {
+        h.push(("access-control-request-headers", headers));
+    }
+    h
+}
+
+fn no_cors_headers(r: &Reply) {
+    let leaked: Vec<_> = r
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("access-control-"))
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preflights_are_answered_by_the_gateway() {
+    let up = Upstream::start("app").await;
+    let gw = start(&up).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        for origin in [
+            "https://app.example.com",
+            "https://a.example.org",
+            "https://x.y.example.org",
+        ] {
+            let r = c
+                .send(req(
+                    "OPTIONS",
+                    "/api/orders",
+                    &preflight(origin, "POST", "content-type, authorization"),
+                    "",
+                ))
+                .await;
+            assert_eq!(r.status, 204, "{origin}: {}", r.text());
+            assert_eq!(r.header("access-control-allow-origin"), Some(origin));
+            assert_eq!(r.header("access-control-allow-methods"), Some("GET, POST"));
+            assert_eq!(
+                r.header("access-control-allow-headers"),
+                Some("authorization, content-type")
+            );
+            assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+            assert_eq!(r.header("access-control-max-age"), Some("600"));
+            assert_eq!(r.header("vary"), Some("Origin"));
+        }
+    }
+    assert!(up.requests().is_empty(), "no preflight reaches the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_preflights_carry_no_cors_headers() {
+    let up = Upstream::start("app").await;
+    let gw = start(&up).await;
+    let mut c = gw.client(Proto::H1).await;
+    for (origin, method, headers) in [
+        ("https://evil.example", "GET", ""),
+        ("https://app.example.com.evil.net", "GET", ""),
+        ("https://example.org", "GET", ""),
+        ("https://evilexample.org", "GET", ""),
+        ("http://app.example.com", "GET", ""),
+        ("https://app.example.com", "DELETE", ""),
+        ("https://app.example.com", "GET", "x-secret"),
+    ] {
+        let r = c
+            .send(req("OPTIONS", "/api/orders", &preflight(origin, method, headers), ""))
+            .await;
+        r.assert_error(403, "cors_rejected");
+        no_cors_headers(&r);
+    }
+    assert!(up.requests().is_empty());
+    // On a route without a policy, OPTIONS is an ordinary request.
+    let r = c
+        .send(req(
+            "OPTIONS",
+            "/plain",
+            &preflight("https://app.example.com", "GET", ""),
+            "",
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().method, "OPTIONS");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_to_allowed_origins_carry_the_policy_errors_included() {
+    let up = Upstream::start("app").await;
+    let gw = start(&up).await;
+    let mut c = gw.client(Proto::H1).await;
+    // A 401 made by the gateway: the browser app can read it.
+    let r = c
+        .send(req("GET", "/api/orders", &[("origin", "https://app.example.com")], ""))
+        .await;
+    r.assert_error(401, "unauthorized");
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(r.header("access-control-expose-headers"), Some("x-request-id"));
+    assert_eq!(r.header("vary"), Some("Origin"));
+    // Another origin: nothing.
+    let r = c
+        .send(req("GET", "/api/orders", &[("origin", "https://evil.example")], ""))
+        .await;
+    r.assert_error(401, "unauthorized");
+    no_cors_headers(&r);
+
+    // An open policy answers `*` (no credentials) and replaces the upstream's own.
+    let r = c
+        .send(req(
+            "GET",
+            "/open/x",
+            &[("origin", "https://anyone.example"), ("x-test", "cors")],
+            "",
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-max-age"),
+        None,
+        "the upstream's CORS headers are gone"
+    );
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(r.header("access-control-allow-credentials").is_none());
+}
