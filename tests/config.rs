@@ -220,6 +220,23 @@ fn check_command() {
         out.contains("orders") && out.contains("/api/orders") && out.contains("orders:read"),
         "{out}"
     );
+    // Which routes take WebSockets, have CORS, read tokens from elsewhere.
+    let browser = format!(
+        "{}cors:\n  web:\n    allow_origins: [https://app.example.com]\n",
+        with(
+            FILE_PROVIDER,
+            "  - name: chat\n    match: { path: /ws }\n    upstream: app\n    auth: { token_sources: [header, \"cookie:s\"] }\n    websocket: true\n    cors: web\n"
+        )
+    );
+    std::fs::write(d.path().join("browser.yaml"), &browser).unwrap();
+    let (code, out, err) = portcullis(&["check", "-c", "browser.yaml"], d.path());
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("chat\t"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("token_sources=header,cookie:s"), "{line}");
+    assert!(line.ends_with("\twebsocket(idle 300s) cors=web"), "{line}");
 
     let bad_path: PathBuf = d.path().join("bad.yaml");
     std::fs::write(&bad_path, good.replace("upstream: app", "upstream: app\n    bogus: 1")).unwrap();

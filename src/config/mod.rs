@@ -323,7 +323,7 @@ fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
 /// The route table as `portcullis check` prints it: one line per route.
 pub fn describe_routes(config: &Config) -> String {
     use std::fmt::Write;
-    let mut out = String::from("ROUTE\tMETHODS\tHOST\tPATH\tUPSTREAM\tACCESS\n");
+    let mut out = String::from("ROUTE\tMETHODS\tHOST\tPATH\tUPSTREAM\tACCESS\tBROWSER\n");
     for r in &config.routes {
         let methods = r.methods.as_ref().map_or("*".to_string(), |ms| {
             ms.iter().map(Method::as_str).collect::<Vec<_>>().join(",")
@@ -343,12 +343,36 @@ pub fn describe_routes(config: &Config) -> String {
                 if !a.any_scopes.is_empty() {
                     let _ = write!(s, " any_scopes={}", a.any_scopes.join(","));
                 }
+                if a.token_sources != [TokenSource::Header] {
+                    let sources: Vec<String> = a
+                        .token_sources
+                        .iter()
+                        .map(|t| match t {
+                            TokenSource::Header => "header".to_string(),
+                            TokenSource::Query(n) => format!("query:{n}"),
+                            TokenSource::Cookie(n) => format!("cookie:{n}"),
+                        })
+                        .collect();
+                    let _ = write!(s, " token_sources={}", sources.join(","));
+                }
                 s
             }
         };
+        let mut browser = Vec::new();
+        if let Some(ws) = &r.websocket {
+            browser.push(format!("websocket(idle {}s)", ws.idle_timeout.as_secs()));
+        }
+        if let Some(c) = r.cors {
+            browser.push(format!("cors={}", config.cors[c].name));
+        }
+        let browser = if browser.is_empty() {
+            "-".to_string()
+        } else {
+            browser.join(" ")
+        };
         let _ = writeln!(
             out,
-            "{}\t{methods}\t{}\t{path}\t{}\t{access}",
+            "{}\t{methods}\t{}\t{path}\t{}\t{access}\t{browser}",
             r.name,
             r.host.as_deref().unwrap_or("*"),
             config.upstreams[r.upstream].name
