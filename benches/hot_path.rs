@@ -44,6 +44,7 @@ fn route(i: usize) -> Route {
         access: Access::Public,
         websocket: None,
         cors: None,
+        rate_limits: vec![],
     }
 }
 

@@ -1,10 +1,13 @@
 //! The admin listener (SPEC §6): `/healthz`, `/readyz` and `/metrics` over
 //! plain HTTP, meant for loopback or a private network only.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 
 use crate::error::json_response;
 use crate::snapshot::Snapshot;
@@ -17,16 +20,80 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     resp
 }
 
-/// What keeps the gateway from being ready: providers without keys.
+/// What keeps the gateway from being ready: providers without keys, a
+/// store not reached yet.
 pub fn missing(snap: &Snapshot) -> Vec<String> {
-    snap.providers
+    let mut missing: Vec<String> = snap
+        .providers
         .iter()
         .filter(|p| !p.ready())
         .map(|p| format!("providers.{}: no signing keys yet", p.config.name))
-        .collect()
+        .collect();
+    if let Some(store) = snap.store.as_ref().filter(|s| !s.ready()) {
+        missing.push(format!(
+            "store: {} not reached yet{}",
+            store.config.url,
+            if store.revocations.is_some() {
+                " (revocation list not loaded)"
+            } else {
+                ""
+            }
+        ));
+    }
+    missing
 }
 
-pub fn answer<B>(req: &Request<B>, snap: &Snapshot) -> Response<Full<Bytes>> {
+/// The largest `POST /revoke` body read.
+const MAX_REVOKE_BODY: usize = 4096;
+
+pub async fn answer(req: Request<Incoming>, snap: Arc<Snapshot>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/revoke" {
+        return revoke(req, &snap).await;
+    }
+    read(&req, &snap)
+}
+
+/// `POST /revoke`: `{"jti", "exp"}` or `{"sub", "before"}`, recorded in the
+/// shared store and applied on every instance.
+async fn revoke(req: Request<Incoming>, snap: &Snapshot) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        let mut resp = json_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Use POST.");
+        resp.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    let Some(store) = snap.store.as_ref().filter(|s| s.revocations.is_some()) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Revocation is not configured; add `revocation: { store: redis }`.",
+        );
+    };
+    let body = match Limited::new(req.into_body(), MAX_REVOKE_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "A revocation body is at most 4 KiB.",
+            )
+        }
+    };
+    let revocation = match crate::store::revocation::Revocation::parse(&body) {
+        Ok(r) => r,
+        Err(why) => return json_response(StatusCode::BAD_REQUEST, "invalid_request", why),
+    };
+    match crate::store::revocation::revoke(store, revocation.clone()).await {
+        Ok(()) => json(StatusCode::OK, serde_json::json!({ "revoked": revocation })),
+        Err(_) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "The shared store did not answer; the revocation was not recorded. Retry.",
+        ),
+    }
+}
+
+fn read<B>(req: &Request<B>, snap: &Snapshot) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = json_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Use GET.");
         resp.headers_mut()
@@ -67,7 +134,7 @@ pub fn answer<B>(req: &Request<B>, snap: &Snapshot) -> Response<Full<Bytes>> {
         _ => json_response(
             StatusCode::NOT_FOUND,
             "not_found",
-            "The admin listener serves /healthz, /readyz and /metrics.",
+            "The admin listener serves /healthz, /readyz, /metrics and POST /revoke.",
         ),
     }
 }

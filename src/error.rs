@@ -2,7 +2,7 @@
 //! exhaustive mapping to status, JSON body and extra headers.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
@@ -25,6 +25,11 @@ pub enum GatewayError {
     InsufficientScope(String),
     #[error("the request's origin is not allowed by the route's CORS policy")]
     CorsRejected,
+    /// Over a rate limit; retry after this many whole seconds.
+    #[error("over a rate limit")]
+    RateLimited(u64),
+    #[error("the shared store did not answer")]
+    StoreUnavailable,
     #[error("the provider's keys are not available yet")]
     KeysUnavailable,
     #[error("no route matches the request path")]
@@ -51,7 +56,10 @@ impl GatewayError {
             GatewayError::BadPath(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MissingToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InsufficientScope(_) | GatewayError::CorsRejected => StatusCode::FORBIDDEN,
-            GatewayError::KeysUnavailable | GatewayError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::KeysUnavailable | GatewayError::UpstreamBusy | GatewayError::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -74,6 +82,14 @@ impl GatewayError {
             GatewayError::CorsRejected => (
                 "cors_rejected",
                 "The request's origin, method or headers are not allowed for this route.",
+            ),
+            GatewayError::RateLimited(_) => (
+                "rate_limited",
+                "Too many requests; retry after the time in the Retry-After header.",
+            ),
+            GatewayError::StoreUnavailable => (
+                "temporarily_unavailable",
+                "The gateway's shared store is unavailable; retry shortly.",
             ),
             GatewayError::KeysUnavailable => (
                 "temporarily_unavailable",
@@ -134,8 +150,14 @@ impl GatewayError {
         if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             resp.headers_mut().insert(WWW_AUTHENTICATE, v);
         }
-        if let GatewayError::MethodNotAllowed(allow) = self {
-            resp.headers_mut().insert(ALLOW, allow);
+        match self {
+            GatewayError::MethodNotAllowed(allow) => {
+                resp.headers_mut().insert(ALLOW, allow);
+            }
+            GatewayError::RateLimited(secs) => {
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
         }
         resp
     }
@@ -175,6 +197,8 @@ mod tests {
             (GatewayError::InvalidToken(Rejection::Expired), 401, "invalid_token"),
             (GatewayError::InsufficientScope("a".into()), 403, "insufficient_scope"),
             (GatewayError::CorsRejected, 403, "cors_rejected"),
+            (GatewayError::RateLimited(3), 429, "rate_limited"),
+            (GatewayError::StoreUnavailable, 503, "temporarily_unavailable"),
             (GatewayError::KeysUnavailable, 503, "temporarily_unavailable"),
             (GatewayError::NotFound, 404, "not_found"),
             (

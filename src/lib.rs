@@ -9,6 +9,7 @@ pub mod cors;
 pub mod demo;
 pub mod error;
 pub mod grpc;
+pub mod limits;
 pub mod metrics;
 pub mod mint;
 pub mod proxy;
@@ -16,6 +17,7 @@ pub mod redirect;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
+pub mod store;
 pub mod tls;
 pub mod tunnel;
 

@@ -29,6 +29,17 @@ struct RouteReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoutePolicyLabels {
+    route: Arc<str>,
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -61,6 +72,9 @@ struct Metrics {
     open_connections: Gauge,
     websocket_open: Family<RouteLabels, Gauge>,
     websocket_closed: Family<RouteReasonLabels, Counter>,
+    rate_limited: Family<RoutePolicyLabels, Counter>,
+    store_errors: Family<OpLabels, Counter>,
+    revocations: Gauge,
 }
 
 fn metrics() -> &'static Metrics {
@@ -115,7 +129,24 @@ fn metrics() -> &'static Metrics {
             "WebSocket tunnels closed, by route and reason (client, upstream, idle, token_expired, shutdown)",
             websocket_closed.clone(),
         );
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by route and policy",
+            rate_limited.clone(),
+        );
+        let store_errors = Family::default();
+        registry.register(
+            "store_errors",
+            "Store (Redis) commands that failed or timed out, by operation",
+            store_errors.clone(),
+        );
+        let revocations = Gauge::default();
+        registry.register("revocations", "Revocation entries held locally", revocations.clone());
         Metrics {
+            rate_limited,
+            store_errors,
+            revocations,
             websocket_open,
             websocket_closed,
             registry,
@@ -215,6 +246,27 @@ pub fn websocket_closed(route: &Arc<str>, reason: &'static str) {
             reason,
         })
         .inc();
+}
+
+/// A request refused by the rate-limit policy `policy` on `route`.
+pub fn rate_limited(route: &Arc<str>, policy: &str) {
+    metrics()
+        .rate_limited
+        .get_or_create(&RoutePolicyLabels {
+            route: route.clone(),
+            policy: policy.to_string(),
+        })
+        .inc();
+}
+
+/// A store command that failed or timed out.
+pub fn store_error(op: &'static str) {
+    metrics().store_errors.get_or_create(&OpLabels { op }).inc();
+}
+
+/// How many revocation entries this instance holds.
+pub fn revocations(n: usize) {
+    metrics().revocations.set(i64::try_from(n).unwrap_or(i64::MAX));
 }
 
 pub fn auth_failure(reason: &'static str) {

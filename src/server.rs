@@ -249,7 +249,9 @@ async fn accept_loop(
                 Listener::Https => serve_https(gateway, stream, peer, shutdown).await,
                 Listener::Admin => serve_plain(gateway, stream, shutdown, crate::admin::answer).await,
                 Listener::Redirect { https_port } => {
-                    let answer = move |req: &Request<Incoming>, _: &Snapshot| crate::redirect::answer(req, https_port);
+                    let answer = move |req: Request<Incoming>, _: Arc<Snapshot>| {
+                        std::future::ready(crate::redirect::answer(&req, https_port))
+                    };
                     serve_plain(gateway, stream, shutdown, answer).await
                 }
             }
@@ -330,9 +332,10 @@ fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
 
 /// The plain-HTTP/1.1 listeners (redirect, admin): small answers computed from
 /// the request and the current snapshot.
-async fn serve_plain<F>(gateway: Arc<Gateway>, stream: TcpStream, shutdown: watch::Receiver<bool>, answer: F)
+async fn serve_plain<F, Fut>(gateway: Arc<Gateway>, stream: TcpStream, shutdown: watch::Receiver<bool>, answer: F)
 where
-    F: Fn(&Request<Incoming>, &Snapshot) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Arc<Snapshot>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let limits = gateway.snapshot.load().config.limits.clone();
     let state = Arc::new(ConnState::new(&limits, true));
@@ -340,8 +343,8 @@ where
     let service_state = state.clone();
     let service = service_fn(move |req| {
         let exchange = Exchange::begin(&service_state);
-        let resp = answer(&req, &gateway.snapshot.load());
-        async move { Ok::<_, Infallible>(resp.map(|body| exchange.respond(body))) }
+        let resp = answer(req, gateway.snapshot.load_full());
+        async move { Ok::<_, Infallible>(resp.await.map(|body| exchange.respond(body))) }
     });
     let conn = Box::pin(http1_builder(&limits).serve_connection(io, service).with_upgrades());
     drive(conn, &limits, &state, shutdown).await;

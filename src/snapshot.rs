@@ -8,9 +8,11 @@ use rustls::ServerConfig;
 use crate::auth::cache::TokenCache;
 use crate::auth::ProviderState;
 use crate::config::{Config, ConfigError};
+use crate::limits::LocalBuckets;
 use crate::proxy::forward::{SharedPool, UpstreamPool};
 use crate::proxy::headers::{IdentityHeaders, StripRules};
 use crate::routing::table::RouteTable;
+use crate::store::Store;
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -25,6 +27,10 @@ pub struct Snapshot {
     pub identity: IdentityHeaders,
     /// Verified tokens; a reload starts with an empty cache.
     pub tokens: TokenCache,
+    /// The shared store, kept across reloads while its settings are unchanged.
+    pub store: Option<Arc<Store>>,
+    /// Local rate-limit buckets, indexed like `config.rate_limits`.
+    pub buckets: Vec<Arc<LocalBuckets>>,
 }
 
 impl Snapshot {
@@ -34,6 +40,9 @@ impl Snapshot {
         crate::metrics::register(&self.config);
         for p in &self.providers {
             p.start_refresher();
+        }
+        if let Some(store) = &self.store {
+            store.start();
         }
     }
 
@@ -89,6 +98,31 @@ impl Snapshot {
         let strip = StripRules::new(identity.strip_incoming.clone(), &identity_names);
         let identity = IdentityHeaders::new(identity);
         let routes = RouteTable::new(config.routes.clone());
+        let store = match &config.store {
+            None => None,
+            Some(sc) => {
+                let reused = previous
+                    .and_then(|p| p.store.as_ref())
+                    .filter(|old| old.config == *sc && old.revocations.is_some() == config.revocation.is_some());
+                match reused {
+                    Some(old) => Some(old.clone()),
+                    None => Some(Arc::new(Store::new(sc, config.revocation.as_ref()).map_err(fail)?)),
+                }
+            }
+        };
+        // A policy whose settings are unchanged keeps its buckets (and so its counts).
+        let buckets = config
+            .rate_limits
+            .iter()
+            .map(|policy| {
+                previous
+                    .and_then(|prev| {
+                        let i = prev.config.rate_limits.iter().position(|old| old == policy)?;
+                        prev.buckets.get(i).cloned()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
         Ok(Snapshot {
             config,
             tls,
@@ -98,6 +132,8 @@ impl Snapshot {
             strip,
             identity,
             tokens: TokenCache::default(),
+            store,
+            buckets,
         })
     }
 }

@@ -443,3 +443,87 @@ fn browser_settings_are_validated() {
         "{w}"
     );
 }
+
+#[test]
+fn shared_state_settings_are_validated() {
+    let public = "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n    rate_limits: [p]\n";
+    let cases = [
+        (
+            "rate_limits:\n  p:\n    key: subject\n    rate: 10/s\n",
+            public,
+            "routes[0] (r).rate_limits: \"p\" is keyed by the token, but the route is public",
+        ),
+        (
+            "rate_limits:\n  p:\n    key: \"claim:tenant\"\n    rate: 10/s\n",
+            public,
+            "is keyed by the token",
+        ),
+        (
+            "rate_limits:\n  p:\n    key: client_ip\n    rate: 10/d\n",
+            public,
+            "rate_limits.p.rate: \"10/d\" has an unknown unit",
+        ),
+        (
+            "rate_limits:\n  p:\n    key: client_ip\n    rate: 10/s\n    burst: 0\n",
+            public,
+            "rate_limits.p.burst: must be at least 1",
+        ),
+        (
+            "rate_limits:\n  p:\n    key: cookie\n    rate: 10/s\n",
+            public,
+            "rate_limits.p.key: \"cookie\" is not a key",
+        ),
+        (
+            "rate_limits:\n  p:\n    key: client_ip\n    rate: 10/s\n    store: redis\n",
+            public,
+            "rate_limits.p.store: redis needs a `store:` section",
+        ),
+        (
+            "rate_limits:\n  p:\n    key: client_ip\n    rate: 10/s\n    on_store_error: maybe\n",
+            public,
+            "on_store_error: \"maybe\" is neither allow nor deny",
+        ),
+        (
+            "",
+            public,
+            "routes[0] (r).rate_limits: no rate-limit policy named \"p\"",
+        ),
+        (
+            "revocation: { store: redis }\n",
+            PUBLIC_ROUTE,
+            "revocation.store: redis needs a `store:` section",
+        ),
+        (
+            "store:\n  redis: http://127.0.0.1:6379\n",
+            PUBLIC_ROUTE,
+            "store.redis: \"http://127.0.0.1:6379\" must start with redis://",
+        ),
+        (
+            "store:\n  redis: redis://:secret@127.0.0.1:6379\n",
+            PUBLIC_ROUTE,
+            "store.redis: the URL carries credentials",
+        ),
+        (
+            "store:\n  redis: redis://127.0.0.1:6379\n  password_env: PORTCULLIS_TEST_UNSET_VARIABLE\n",
+            PUBLIC_ROUTE,
+            "store.password_env: the environment variable PORTCULLIS_TEST_UNSET_VARIABLE is not set",
+        ),
+    ];
+    for (top, routes, says) in cases {
+        let yaml = format!("{}{top}", with(FILE_PROVIDER, routes));
+        let e = err(&yaml);
+        assert!(e.message.contains(says), "{e}\nwanted: {says}");
+    }
+    let d = dir();
+    let ok = "store:\n  redis: redis://10.0.0.5:6379/0\nrate_limits:\n  p:\n    key: client_ip\n    rate: 10/s\n    store: redis\nrevocation: { store: redis }\n";
+    let loaded = load(d.path(), &format!("{}{ok}", with(FILE_PROVIDER, public))).unwrap();
+    assert!(
+        loaded.warnings.join("\n").contains("use rediss://"),
+        "{:?}",
+        loaded.warnings
+    );
+    assert_eq!(
+        loaded.config.rate_limits[0].interval,
+        std::time::Duration::from_millis(100)
+    );
+}

@@ -29,6 +29,7 @@ pub enum Rejection {
     NotYetValid,
     Issuer,
     Audience,
+    Revoked,
 }
 
 impl Rejection {
@@ -46,6 +47,7 @@ impl Rejection {
             Rejection::NotYetValid => "The token is not valid yet.",
             Rejection::Issuer => "The token issuer is not accepted here.",
             Rejection::Audience => "The token audience is not accepted here.",
+            Rejection::Revoked => "The token has been revoked.",
         }
     }
 
@@ -64,6 +66,7 @@ impl Rejection {
             Rejection::NotYetValid => "not_yet_valid",
             Rejection::Issuer => "issuer",
             Rejection::Audience => "audience",
+            Rejection::Revoked => "revoked",
         }
     }
 }

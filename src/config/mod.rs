@@ -6,6 +6,7 @@
 mod browser;
 mod locate;
 pub mod raw;
+mod shared;
 mod validate;
 
 pub use validate::{is_loopback_host, segment_prefix, ALGORITHMS};
@@ -35,6 +36,54 @@ pub struct Config {
     pub allow_semicolons: bool,
     /// Named CORS policies; routes refer to them by index.
     pub cors: Vec<CorsPolicy>,
+    pub store: Option<StoreConfig>,
+    /// Named rate-limit policies; routes refer to them by index.
+    pub rate_limits: Vec<RateLimitPolicy>,
+    pub revocation: Option<RevocationConfig>,
+}
+
+/// `store:`: the Redis that instances share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `redis://` or `rediss://` URL, without the password.
+    pub url: String,
+    pub password_env: Option<String>,
+    /// Bound on every command.
+    pub timeout: Duration,
+    pub key_prefix: String,
+}
+
+/// A rate-limit policy: a GCRA bucket per key value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitPolicy {
+    pub name: String,
+    pub key: LimitKey,
+    /// Sustained rate: one request per `interval`.
+    pub interval: Duration,
+    /// Requests allowed at once.
+    pub burst: u32,
+    /// Shared by every instance (Redis), or this instance only.
+    pub shared: bool,
+    /// What to do when the store cannot answer: allow (true) or 503.
+    pub allow_on_store_error: bool,
+}
+
+/// What a rate-limit bucket is kept per.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    Subject,
+    ClientIp,
+    Route,
+    Header(HeaderName),
+    Claim(String),
+}
+
+/// `revocation:`: a shared deny-list of tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationConfig {
+    /// How long a subject revocation is kept after its `before` time: the
+    /// longest a token lives.
+    pub max_token_lifetime: Duration,
 }
 
 /// A CORS policy (which browser origins may call a route, and how).
@@ -207,6 +256,8 @@ pub struct Route {
     pub websocket: Option<WebSocketPolicy>,
     /// Index into [`Config::cors`].
     pub cors: Option<usize>,
+    /// Indexes into [`Config::rate_limits`], checked in this order.
+    pub rate_limits: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,6 +27,37 @@ pub struct RawConfig {
     pub paths: RawPaths,
     #[serde(default)]
     pub cors: BTreeMap<String, RawCors>,
+    pub store: Option<RawStore>,
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RawRateLimit>,
+    pub revocation: Option<RawRevocation>,
+}
+
+/// The shared store several instances use (Redis).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub redis: String,
+    pub password_env: Option<String>,
+    pub timeout: Option<Dur>,
+    pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub key: String,
+    pub rate: String,
+    pub burst: Option<u32>,
+    pub store: Option<String>,
+    pub on_store_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRevocation {
+    pub store: String,
+    pub max_token_lifetime: Option<Dur>,
 }
 
 /// A named CORS policy, referenced by routes.
@@ -214,6 +245,7 @@ pub struct RawRoute {
     pub public: bool,
     pub websocket: Option<RawWebSocket>,
     pub cors: Option<String>,
+    pub rate_limits: Option<Vec<String>>,
 }
 
 /// `websocket: true` or `websocket: { idle_timeout, close_at_token_expiry }`.

@@ -122,13 +122,16 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
     for (name, c) in raw.cors {
         cors.push(super::browser::validate_cors(&ctx, name, c)?);
     }
+    let store = super::shared::store(&mut ctx, raw.store)?;
+    let rate_limits = super::shared::rate_limits(&ctx, raw.rate_limits, store.as_ref())?;
+    let revocation = super::shared::revocation(&ctx, raw.revocation, store.as_ref())?;
 
     if raw.routes.is_empty() {
         return Err(ctx.err("routes: no routes are defined; every request would be answered 404"));
     }
     let mut routes: Vec<Route> = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
-        let route = validate_route(&mut ctx, i, r, &upstreams, &providers, &cors)?;
+        let route = validate_route(&mut ctx, i, r, &upstreams, &providers, &cors, &rate_limits)?;
         if routes.iter().any(|other| other.name == route.name) {
             return Err(ctx.err(format!(
                 "routes[{i}]: the name {:?} is used twice; route names must be unique",
@@ -159,6 +162,9 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         routes,
         allow_semicolons: raw.paths.allow_semicolons,
         cors,
+        store,
+        rate_limits,
+        revocation,
     };
     Ok(Loaded {
         config,
@@ -543,6 +549,7 @@ fn validate_route(
     upstreams: &[Upstream],
     providers: &[Provider],
     cors: &[CorsPolicy],
+    limits: &[RateLimitPolicy],
 ) -> Result<Route, ConfigError> {
     let name = raw.name.unwrap_or_else(|| format!("routes[{i}]"));
     let at = format!("routes[{i}] ({name})");
@@ -623,6 +630,7 @@ fn validate_route(
         (None, true) => Access::Public,
         (Some(auth), false) => Access::Protected(validate_auth(ctx, &at, auth, providers)?),
     };
+    let rate_limits = super::shared::route_limits(ctx, &at, raw.rate_limits, limits, raw.public)?;
     let websocket = super::browser::websocket(ctx, &at, raw.websocket)?;
     if websocket.is_some() && upstreams[upstream].protocol.is_http2() {
         return Err(ctx.err(format!(
@@ -654,6 +662,7 @@ fn validate_route(
         access,
         websocket,
         cors,
+        rate_limits,
     })
 }
 

@@ -259,6 +259,12 @@ async fn pipeline(
             let token_source = found.map(|c| c.source.clone());
             let identity =
                 crate::auth::authenticate(&snap.providers, &snap.tokens, rule, found.map(|c| c.token)).await?;
+            // Checked on every request, cache hits included, against the local copy.
+            let revocations = snap.store.as_ref().and_then(|s| s.revocations.as_ref());
+            if revocations.is_some_and(|r| r.is_revoked(&identity)) {
+                crate::metrics::auth_failure("revoked");
+                return Err(GatewayError::InvalidToken(crate::auth::token::Rejection::Revoked));
+            }
             log.subject = identity
                 .subject
                 .as_ref()
@@ -266,6 +272,25 @@ async fn pipeline(
             (Some(identity), token_source)
         }
     };
+
+    if !route.rate_limits.is_empty() {
+        let facts = crate::limits::RequestFacts {
+            route: &route.name,
+            client: conn.peer.ip(),
+            headers: &parts.headers,
+            identity: identity.as_deref(),
+        };
+        let route_name = log.route.clone().unwrap_or_else(|| route.name.as_str().into());
+        crate::limits::check(
+            &snap.config.rate_limits,
+            &snap.buckets,
+            snap.store.as_deref(),
+            &route.rate_limits,
+            &facts,
+            &route_name,
+        )
+        .await?;
+    }
 
     if content_length.is_some_and(|n| n > limits.max_body_bytes) {
         return Err(GatewayError::PayloadTooLarge);

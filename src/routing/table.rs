@@ -185,6 +185,7 @@ mod tests {
             access: Access::Public,
             websocket: None,
             cors: None,
+            rate_limits: vec![],
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod grpc;
 pub mod idp;
+pub mod redis;
 pub mod tokens;
 pub mod ws;
 

@@ -1,0 +1,156 @@
+//! The Redis that several gateway instances share: one multiplexed
+//! connection per instance that reconnects by itself, every command bounded
+//! by `store.timeout`. Redis is the source of truth; what each request needs
+//! (the revocation list) is copied locally, so no request waits on Redis
+//! except a shared rate-limit check, which costs one round trip.
+//!
+//! The gateway starts without Redis reachable: `/readyz` names the store
+//! until a command has succeeded (and, with revocation, until the local copy
+//! has been loaded).
+
+pub mod revocation;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::IntoConnectionInfo;
+
+use crate::config::{RevocationConfig, StoreConfig};
+use revocation::Revocations;
+
+/// Why a store command did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// One instance's view of the shared store.
+pub struct Store {
+    pub config: StoreConfig,
+    client: redis::Client,
+    conn: ConnectionManager,
+    reached: AtomicBool,
+    /// The local copy of the revocation list, when `revocation` is configured.
+    pub revocations: Option<Arc<Revocations>>,
+    started: AtomicBool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("url", &self.config.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Set up the client; nothing is sent until [`Store::start`].
+    pub fn new(config: &StoreConfig, revocation: Option<&RevocationConfig>) -> Result<Self, String> {
+        let mut info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| format!("store.redis: {e}"))?;
+        if let Some(var) = &config.password_env {
+            let password = std::env::var(var).map_err(|_| format!("store.password_env: {var} is not set"))?;
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info).map_err(|e| format!("store.redis: {e}"))?;
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout.max(Duration::from_secs(1))))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
+            .map_err(|e| format!("store.redis: {e}"))?;
+        Ok(Store {
+            config: config.clone(),
+            client,
+            conn,
+            reached: AtomicBool::new(false),
+            revocations: revocation.map(|r| Arc::new(Revocations::new(r.max_token_lifetime))),
+            started: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the store has answered and (with revocation) the local copy is loaded.
+    pub fn ready(&self) -> bool {
+        self.reached.load(Ordering::Acquire) && self.revocations.as_ref().is_none_or(|r| r.loaded())
+    }
+
+    /// A key under the configured prefix.
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.config.key_prefix)
+    }
+
+    /// Run a command on the shared connection, bounded by `store.timeout`.
+    pub async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let result = match tokio::time::timeout(self.config.timeout, f(self.conn.clone())).await {
+            Ok(Ok(v)) => {
+                self.reached.store(true, Ordering::Release);
+                return Ok(v);
+            }
+            Ok(Err(e)) => StoreError::Redis(e),
+            Err(_) => StoreError::Timeout(self.config.timeout),
+        };
+        tracing::warn!(op, error = %result, "store command failed");
+        crate::metrics::store_error(op);
+        Err(result)
+    }
+
+    /// Start what runs beside requests: reaching Redis, and keeping the
+    /// revocation copy in step. Once per store; it ends with the store.
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        match &self.revocations {
+            Some(_) => {
+                tokio::spawn(revocation::follow(weak));
+            }
+            None => {
+                tokio::spawn(reach(weak));
+            }
+        }
+    }
+
+    /// A dedicated connection for pub/sub (it cannot share the multiplexed one).
+    async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
+        let limit = self.config.timeout.max(Duration::from_secs(1));
+        match tokio::time::timeout(limit, self.client.get_async_pubsub()).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Timeout(limit)),
+        }
+    }
+}
+
+/// PING until Redis answers once, so `/readyz` can say so.
+async fn reach(store: Weak<Store>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(s) = store.upgrade() else { return };
+        let ok = s
+            .run("ping", |mut c| async move {
+                redis::cmd("PING").query_async::<String>(&mut c).await
+            })
+            .await
+            .is_ok();
+        drop(s);
+        if ok {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

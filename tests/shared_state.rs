@@ -1,0 +1,297 @@
+//! Several instances sharing state through a real `redis-server`: rate limits
+//! drawn from one bucket, the store going away and coming back, revocations
+//! in force on every instance; and local rate limits with every key kind.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+use support::redis::RedisServer;
+use support::tokens::*;
+use support::*;
+
+const SECRET: &str = "a-shared-state-test-secret-of-good-length";
+
+fn token(claims: serde_json::Value) -> String {
+    let mut c = json!({"sub": "alice", "scope": "api", "exp": now() + 600, "iat": now() - 10});
+    for (k, v) in claims.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    hs_sign(Algorithm::HS256, SECRET.as_bytes(), &c)
+}
+
+/// A gateway in front of `up` with `extra` top-level YAML (store, policies)
+/// and `routes`.
+async fn gateway(up: &Upstream, extra: &str, routes: &str) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let yaml = format!(
+        "{}providers:\n  app:\n    secret_file: app.secret\n    algorithms: [HS256]\n{extra}upstreams:\n  app:\n    targets: [{}]\nroutes:\n{routes}",
+        header_with_admin(),
+        up.url()
+    );
+    TestGateway::start_in(dir, cert, &yaml).await
+}
+
+async fn get(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Reply {
+    gw.client(Proto::H1).await.send(req("GET", path, headers, "")).await
+}
+
+async fn post_admin(gw: &TestGateway, path: &str, body: &str) -> (u16, String) {
+    let mut tcp = tokio::net::TcpStream::connect(gw.admin_addr.unwrap()).await.unwrap();
+    let raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    status_and_body(&exchange(&mut tcp, raw.as_bytes()).await)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_share_one_budget_exactly() {
+    let redis = RedisServer::start().await;
+    let up = Upstream::start("app").await;
+    let extra = format!(
+        "store:\n  redis: {}\n  timeout: 500ms\nrate_limits:\n  shared:\n    key: route\n    rate: 1/h\n    burst: 10\n    store: redis\n",
+        redis.url()
+    );
+    let routes = "  - name: limited\n    match: { path: /limited }\n    upstream: app\n    public: true\n    rate_limits: [shared]\n";
+    let a = gateway(&up, &extra, routes).await;
+    let b = gateway(&up, &extra, routes).await;
+    let mut calls = Vec::new();
+    for i in 0..30 {
+        let (addr, cert) = if i % 2 == 0 {
+            (a.addr, a.cert.clone())
+        } else {
+            (b.addr, b.cert.clone())
+        };
+        calls.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr, &cert, Proto::H1).await;
+            c.send(req("GET", "/limited", &[], "")).await
+        }));
+    }
+    let mut passed = 0;
+    for call in calls {
+        let r = call.await.unwrap();
+        match r.status.as_u16() {
+            200 => passed += 1,
+            429 => {
+                r.assert_error(429, "rate_limited");
+                let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                assert!((1..=3600).contains(&wait), "{wait}");
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    assert_eq!(passed, 10, "burst 10 across both instances");
+    assert_eq!(up.requests().len(), 10, "refused requests never reach the upstream");
+    let (_, metrics) = a.admin("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_rate_limited_total{route="limited",policy="shared"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_outage_applies_on_store_error_and_heals() {
+    let mut redis = RedisServer::start().await;
+    let port = redis.port;
+    let up = Upstream::start("app").await;
+    let extra = format!(
+        "store:\n  redis: {}\n  timeout: 100ms\nrate_limits:\n  lenient:\n    key: client_ip\n    rate: 1/h\n    burst: 2\n    store: redis\n    on_store_error: allow\n  strict:\n    key: client_ip\n    rate: 1/h\n    burst: 100\n    store: redis\n    on_store_error: deny\n",
+        redis.url()
+    );
+    let routes = "  - name: outage-allow\n    match: { path: /allow }\n    upstream: app\n    public: true\n    rate_limits: [lenient]\n  - name: outage-deny\n    match: { path: /deny }\n    upstream: app\n    public: true\n    rate_limits: [strict]\n";
+    let gw = gateway(&up, &extra, routes).await;
+    assert_eq!(get(&gw, "/deny", &[]).await.status, 200);
+
+    redis.stop();
+    for _ in 0..4 {
+        let started = Instant::now();
+        assert_eq!(get(&gw, "/allow", &[]).await.status, 200, "allow keeps serving");
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        get(&gw, "/deny", &[])
+            .await
+            .assert_error(503, "temporarily_unavailable");
+    }
+    let (_, metrics) = gw.admin("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_store_errors_total{op="rate_limit"}"#),
+        "{metrics}"
+    );
+
+    // Back on the same address: limits apply again, no restart of the gateway.
+    let _redis = RedisServer::start_on(port).await;
+    wait_for_async(Duration::from_secs(15), || async {
+        get(&gw, "/allow", &[]).await.status == 429
+    })
+    .await;
+    assert_eq!(get(&gw, "/deny", &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_is_in_force_on_every_instance() {
+    let redis = RedisServer::start().await;
+    let up = Upstream::start("app").await;
+    let extra = format!("store:\n  redis: {}\nrevocation: {{ store: redis }}\n", redis.url());
+    let routes = "  - name: api\n    match: { path: /api }\n    upstream: app\n    auth: { scopes: [api] }\n";
+    let a = gateway(&up, &extra, routes).await;
+    let b = gateway(&up, &extra, routes).await;
+    for gw in [&a, &b] {
+        wait_for_async(Duration::from_secs(10), || async { gw.admin("/readyz").await.0 == 200 }).await;
+    }
+    let leaked = token(json!({"jti": "leaked-1"}));
+    let other = token(json!({"jti": "other-1"}));
+    let auth = |t: &str| format!("Bearer {t}");
+    for gw in [&a, &b] {
+        // Twice: the second answer comes from the verified-token cache.
+        for _ in 0..2 {
+            assert_eq!(get(gw, "/api", &[("authorization", &auth(&leaked))]).await.status, 200);
+        }
+    }
+
+    let (status, body) = post_admin(&a, "/revoke", &format!(r#"{{"jti":"leaked-1","exp":{}}}"#, now() + 600)).await;
+    assert_eq!(status, 200, "{body}");
+    let revoked_at = Instant::now();
+    for gw in [&a, &b] {
+        wait_for_async(Duration::from_secs(5), || async {
+            get(gw, "/api", &[("authorization", &auth(&leaked))]).await.status == 401
+        })
+        .await;
+    }
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        revoked_at.elapsed()
+    );
+    let r = get(&b, "/api", &[("authorization", &auth(&leaked))]).await;
+    r.assert_error(401, "invalid_token");
+    assert_eq!(r.json()["error_description"], "The token has been revoked.");
+    assert_eq!(get(&b, "/api", &[("authorization", &auth(&other))]).await.status, 200);
+
+    // "Log out everywhere": every token of the subject issued before now.
+    let (status, body) = post_admin(&b, "/revoke", &format!(r#"{{"sub":"alice","before":{}}}"#, now() + 1)).await;
+    assert_eq!(status, 200, "{body}");
+    for gw in [&a, &b] {
+        wait_for_async(Duration::from_secs(5), || async {
+            get(gw, "/api", &[("authorization", &auth(&other))]).await.status == 401
+        })
+        .await;
+    }
+    // Bob is not affected.
+    let bob = token(json!({"sub": "bob"}));
+    assert_eq!(get(&a, "/api", &[("authorization", &auth(&bob))]).await.status, 200);
+
+    // An instance started afterwards loads the list before it is ready.
+    let c = gateway(&up, &extra, routes).await;
+    wait_for_async(Duration::from_secs(10), || async { c.admin("/readyz").await.0 == 200 }).await;
+    get(&c, "/api", &[("authorization", &auth(&leaked))])
+        .await
+        .assert_error(401, "invalid_token");
+    let (_, metrics) = c.admin("/metrics").await;
+    assert!(metrics.contains("portcullis_revocations 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_starts_without_redis_and_readyz_names_the_store() {
+    let port = closed_port().await.port();
+    let up = Upstream::start("app").await;
+    let extra = format!("store:\n  redis: redis://127.0.0.1:{port}/0\nrevocation: {{ store: redis }}\n");
+    let routes = "  - name: api\n    match: { path: /api }\n    upstream: app\n    auth: {}\n";
+    let gw = gateway(&up, &extra, routes).await;
+    let (status, body) = gw.admin("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("store: redis://127.0.0.1"), "{body}");
+    let _redis = RedisServer::start_on(port).await;
+    wait_for_async(Duration::from_secs(15), || async { gw.admin("/readyz").await.0 == 200 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_refuses_bad_requests() {
+    let redis = RedisServer::start().await;
+    let up = Upstream::start("app").await;
+    let extra = format!("store:\n  redis: {}\nrevocation: {{ store: redis }}\n", redis.url());
+    let routes = "  - name: api\n    match: { path: /api }\n    upstream: app\n    auth: {}\n";
+    let gw = gateway(&up, &extra, routes).await;
+    for body in [
+        "",
+        "{}",
+        "not json",
+        r#"{"jti":"a"}"#,
+        r#"{"jti":"","exp":1}"#,
+        r#"{"sub":"u","before":"yesterday"}"#,
+    ] {
+        let (status, out) = post_admin(&gw, "/revoke", body).await;
+        assert_eq!(status, 400, "{body}: {out}");
+        assert!(out.contains(r#""error":"invalid_request""#), "{out}");
+    }
+    let (status, _) = post_admin(&gw, "/revoke", &"x".repeat(5000)).await;
+    assert_eq!(status, 413);
+    assert_eq!(gw.admin("/revoke").await.0, 405);
+    // Without `revocation:` there is nothing to revoke into.
+    let plain = gateway(&up, "", routes).await;
+    let (status, out) = post_admin(&plain, "/revoke", r#"{"jti":"a","exp":1}"#).await;
+    assert_eq!(status, 404, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_limits_with_every_key_kind() {
+    let up = Upstream::start("app").await;
+    let mut extra = String::from("rate_limits:\n");
+    for (name, key) in [
+        ("by-subject", "subject"),
+        ("by-ip", "client_ip"),
+        ("by-route", "route"),
+        ("by-header", "\"header:X-Api-Key\""),
+        ("by-claim", "\"claim:tenant\""),
+    ] {
+        extra.push_str(&format!("  {name}:\n    key: {key}\n    rate: 1/h\n    burst: 1\n"));
+    }
+    let mut routes = String::new();
+    for name in ["by-subject", "by-ip", "by-route", "by-header", "by-claim"] {
+        routes.push_str(&format!(
+            "  - name: local-{name}\n    match: {{ path: /{name} }}\n    upstream: app\n    auth: {{}}\n    rate_limits: [{name}]\n"
+        ));
+    }
+    let gw = gateway(&up, &extra, &routes).await;
+    let alice = format!("Bearer {}", token(json!({"tenant": "t1"})));
+    let bob = format!("Bearer {}", token(json!({"sub": "bob", "tenant": "t2"})));
+    let carol = format!("Bearer {}", token(json!({"sub": "carol", "tenant": "t1"})));
+    let call = |path: &'static str, auth: String, key: Option<&'static str>| {
+        let gw = &gw;
+        async move {
+            let mut h = vec![("authorization", auth.as_str())];
+            h.extend(key.map(|k| ("x-api-key", k)));
+            get(gw, path, &h).await
+        }
+    };
+    let limited = |r: Reply| {
+        r.assert_error(429, "rate_limited");
+        let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((3500..=3600).contains(&wait), "{wait}");
+    };
+    // Per subject: alice's second call is over, bob has his own bucket.
+    assert_eq!(call("/by-subject", alice.clone(), None).await.status, 200);
+    limited(call("/by-subject", alice.clone(), None).await);
+    assert_eq!(call("/by-subject", bob.clone(), None).await.status, 200);
+    // Per client address and per route: everyone shares.
+    for path in ["/by-ip", "/by-route"] {
+        assert_eq!(call(path, alice.clone(), None).await.status, 200);
+        limited(call(path, bob.clone(), None).await);
+    }
+    // Per header: per value; a request without it is not limited.
+    assert_eq!(call("/by-header", alice.clone(), Some("k1")).await.status, 200);
+    limited(call("/by-header", bob.clone(), Some("k1")).await);
+    assert_eq!(call("/by-header", alice.clone(), Some("k2")).await.status, 200);
+    for _ in 0..3 {
+        assert_eq!(call("/by-header", alice.clone(), None).await.status, 200);
+    }
+    // Per claim: alice and carol share tenant t1.
+    assert_eq!(call("/by-claim", alice.clone(), None).await.status, 200);
+    limited(call("/by-claim", carol.clone(), None).await);
+    assert_eq!(call("/by-claim", bob.clone(), None).await.status, 200);
+    // A refused request never reached the upstream.
+    assert_eq!(up.requests().len(), 11);
+}
