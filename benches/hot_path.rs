@@ -65,8 +65,9 @@ fn bench_routes(c: &mut Criterion) {
             (0..n)
                 .map(|i| {
                     let mut r = route(i);
-                    let (PathMatch::Prefix(p) | PathMatch::Exact(p)) = &mut r.path;
-                    *p = format!("/api/v1{p}");
+                    if let PathMatch::Prefix(p) | PathMatch::Exact(p) = &mut r.path {
+                        *p = format!("/api/v1{p}");
+                    }
                     r
                 })
                 .collect(),
@@ -74,6 +75,21 @@ fn bench_routes(c: &mut Criterion) {
         let path = format!("/api/v1{path}");
         g.bench_with_input(BenchmarkId::new("shared_prefix_last_route", n), &path, |b, p| {
             b.iter(|| shared.find(black_box(None), &Method::GET, black_box(p)))
+        });
+        // Templates as an imported OpenAPI document has them: `/api/v1/svcN/items/{id}`.
+        let templated = RouteTable::new(
+            (0..n)
+                .map(|i| {
+                    let mut r = route(i);
+                    let text = format!("/api/v1/svc{i}/items/{{item_id}}/owner");
+                    r.path = PathMatch::Template(portcullis::routing::template::PathTemplate::parse(&text).unwrap());
+                    r
+                })
+                .collect(),
+        );
+        let path = format!("/api/v1/svc{}/items/42/owner", n - 1);
+        g.bench_with_input(BenchmarkId::new("template_last_route", n), &path, |b, p| {
+            b.iter(|| templated.find(black_box(None), &Method::GET, black_box(p)))
         });
     }
     g.finish();
@@ -139,6 +155,7 @@ fn bench_tokens(c: &mut Criterion) {
         scopes: vec!["orders:read".into()],
         any_scopes: vec![],
         token_sources: vec![portcullis::config::TokenSource::Header],
+        monitor: false,
     };
     let mut g = c.benchmark_group("token");
     std::env::set_var("PORTCULLIS_BENCH_SECRET", "bench-secret-0123456789abcdef0123456789");

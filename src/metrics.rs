@@ -73,6 +73,7 @@ struct Metrics {
     websocket_open: Family<RouteLabels, Gauge>,
     websocket_closed: Family<RouteReasonLabels, Counter>,
     rate_limited: Family<RoutePolicyLabels, Counter>,
+    monitor_denials: Family<RouteReasonLabels, Counter>,
     store_errors: Family<OpLabels, Counter>,
     revocations: Gauge,
 }
@@ -143,7 +144,14 @@ fn metrics() -> &'static Metrics {
         );
         let revocations = Gauge::default();
         registry.register("revocations", "Revocation entries held locally", revocations.clone());
+        let monitor_denials = Family::default();
+        registry.register(
+            "auth_monitor_denials",
+            "Requests on monitor-mode routes that enforcement would have refused, by route and reason",
+            monitor_denials.clone(),
+        );
         Metrics {
+            monitor_denials,
             rate_limited,
             store_errors,
             revocations,
@@ -241,6 +249,17 @@ pub fn websocket_closed(route: &Arc<str>, reason: &'static str) {
         .get_or_create(&RouteLabels { route: route.clone() })
         .dec();
     m.websocket_closed
+        .get_or_create(&RouteReasonLabels {
+            route: route.clone(),
+            reason,
+        })
+        .inc();
+}
+
+/// A request on a monitor-mode route that enforcement would have refused.
+pub fn monitor_denial(route: &Arc<str>, reason: &'static str) {
+    metrics()
+        .monitor_denials
         .get_or_create(&RouteReasonLabels {
             route: route.clone(),
             reason,

@@ -134,17 +134,47 @@ pub async fn authenticate(
     rule: &AuthRule,
     token: Option<&str>,
 ) -> Result<Arc<Identity>, GatewayError> {
+    let identity = verify_token(providers, cache, rule, token).await?;
+    authorize(rule, &identity)?;
+    Ok(identity)
+}
+
+/// Verify the token alone: signature, claims, issuer allowed by the route.
+pub async fn verify_token(
+    providers: &[Arc<ProviderState>],
+    cache: &TokenCache,
+    rule: &AuthRule,
+    token: Option<&str>,
+) -> Result<Arc<Identity>, GatewayError> {
     let result = verify(providers, cache, rule, token).await;
     if let Err(e) = &result {
-        crate::metrics::auth_failure(match e {
-            GatewayError::MissingToken => "missing_token",
-            GatewayError::InvalidToken(r) => r.reason(),
-            GatewayError::InsufficientScope(_) => "insufficient_scope",
-            GatewayError::KeysUnavailable => "keys_unavailable",
-            _ => "malformed_request",
-        });
+        count_failure(e);
     }
     result
+}
+
+/// The route's scope requirement against a verified token's scopes.
+pub fn authorize(rule: &AuthRule, identity: &Identity) -> Result<(), GatewayError> {
+    let result = scopes::authorize(rule, &identity.scopes).map_err(GatewayError::InsufficientScope);
+    if let Err(e) = &result {
+        count_failure(e);
+    }
+    result
+}
+
+/// The label an authentication or authorisation failure is counted and logged under.
+pub fn failure_reason(e: &GatewayError) -> &'static str {
+    match e {
+        GatewayError::MissingToken => "missing_token",
+        GatewayError::InvalidToken(r) => r.reason(),
+        GatewayError::InsufficientScope(_) => "insufficient_scope",
+        GatewayError::KeysUnavailable => "keys_unavailable",
+        _ => "malformed_request",
+    }
+}
+
+fn count_failure(e: &GatewayError) {
+    crate::metrics::auth_failure(failure_reason(e));
 }
 
 async fn verify(
@@ -161,7 +191,6 @@ async fn verify(
         if !rule.providers.contains(&hit.provider) {
             return Err(GatewayError::InvalidToken(Rejection::Issuer));
         }
-        scopes::authorize(rule, &hit.identity.scopes).map_err(GatewayError::InsufficientScope)?;
         return Ok(hit.identity.clone());
     }
 
@@ -208,7 +237,6 @@ async fn verify(
         },
         now,
     );
-    scopes::authorize(rule, &identity.scopes).map_err(GatewayError::InsufficientScope)?;
     Ok(identity)
 }
 

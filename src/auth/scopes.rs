@@ -81,6 +81,7 @@ mod tests {
             scopes: names(scopes),
             any_scopes: names(any),
             token_sources: vec![crate::config::TokenSource::Header],
+            monitor: false,
         };
         let granted = names(&["admin", "orders:read"]);
         assert_eq!(authorize(&rule(&[], &[]), &granted), Ok(()));

@@ -265,6 +265,8 @@ pub enum PathMatch {
     /// Segment-boundary prefix, without a trailing `/` (except the root `/`).
     Prefix(String),
     Exact(String),
+    /// `{name}` segments match one non-empty segment; the rest is exact.
+    Template(crate::routing::template::PathTemplate),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,6 +282,9 @@ pub struct AuthRule {
     pub scopes: Vec<String>,
     pub any_scopes: Vec<String>,
     pub token_sources: Vec<TokenSource>,
+    /// `mode: monitor`: a request that fails the checks is forwarded anyway
+    /// (and logged and counted), for moving checks out of an app safely.
+    pub monitor: bool,
 }
 
 /// A configuration error: where it is, and what to do about it.
@@ -382,6 +387,7 @@ pub fn describe_routes(config: &Config) -> String {
         let path = match &r.path {
             PathMatch::Prefix(p) => format!("{p} (prefix)"),
             PathMatch::Exact(p) => format!("{p} (exact)"),
+            PathMatch::Template(t) => format!("{t} (template)"),
         };
         let access = match &r.access {
             Access::Public => "public".to_string(),
@@ -393,6 +399,9 @@ pub fn describe_routes(config: &Config) -> String {
                 }
                 if !a.any_scopes.is_empty() {
                     let _ = write!(s, " any_scopes={}", a.any_scopes.join(","));
+                }
+                if a.monitor {
+                    s.push_str(" mode=monitor");
                 }
                 if a.token_sources != [TokenSource::Header] {
                     let sources: Vec<String> = a

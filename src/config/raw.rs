@@ -268,6 +268,7 @@ pub struct RawWebSocketSettings {
 pub struct RawMatch {
     pub path: Option<String>,
     pub path_exact: Option<String>,
+    pub path_template: Option<String>,
     pub methods: Option<Vec<String>>,
     pub host: Option<String>,
 }
@@ -281,6 +282,7 @@ pub struct RawAuth {
     #[serde(default)]
     pub any_scopes: Vec<String>,
     pub token_sources: Option<Vec<String>>,
+    pub mode: Option<String>,
 }
 
 /// A duration written as `250ms`, `30s`, `5m` or `1h`.

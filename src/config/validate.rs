@@ -553,16 +553,25 @@ fn validate_route(
 ) -> Result<Route, ConfigError> {
     let name = raw.name.unwrap_or_else(|| format!("routes[{i}]"));
     let at = format!("routes[{i}] ({name})");
-    let path = match (&raw.matcher.path, &raw.matcher.path_exact) {
-        (Some(p), None) => {
+    let path = match (&raw.matcher.path, &raw.matcher.path_exact, &raw.matcher.path_template) {
+        (Some(p), None, None) => {
             let p = route_path(ctx, &format!("{at}.match.path"), p)?;
             let trimmed = p.trim_end_matches('/');
             PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
         }
-        (None, Some(p)) => PathMatch::Exact(route_path(ctx, &format!("{at}.match.path_exact"), p)?),
+        (None, Some(p), None) => PathMatch::Exact(route_path(ctx, &format!("{at}.match.path_exact"), p)?),
+        (None, None, Some(t)) => {
+            let field = format!("{at}.match.path_template");
+            let template = crate::routing::template::PathTemplate::parse(t)
+                .map_err(|why| ctx.err(format!("{field}: {t:?} {why}")))?;
+            // Its literal segments must be in normal form, or nothing could match.
+            let literal = t.replace(['{', '}'], "");
+            route_path(ctx, &field, &literal)?;
+            PathMatch::Template(template)
+        }
         _ => {
             return Err(ctx.err(format!(
-                "{at}.match: set exactly one of `path` (prefix) or `path_exact`"
+                "{at}.match: set exactly one of `path` (prefix), `path_exact` or `path_template`"
             )))
         }
     };
@@ -611,8 +620,13 @@ fn validate_route(
         Some(s) => {
             let s = route_path(ctx, &format!("{at}.strip_prefix"), &s)?;
             let s = s.trim_end_matches('/').to_string();
+            let literal;
             let matched = match &path {
                 PathMatch::Prefix(p) | PathMatch::Exact(p) => p,
+                PathMatch::Template(t) => {
+                    literal = t.literal_prefix();
+                    &literal
+                }
             };
             if s.is_empty() || !segment_prefix(&s, matched) {
                 return Err(ctx.err(format!("{at}.strip_prefix: {s:?} is not a leading part of the route's path {matched:?}, so it would never apply")));
@@ -704,11 +718,24 @@ fn validate_auth(ctx: &mut Ctx, at: &str, raw: RawAuth, providers: &[Provider]) 
         }
     }
     let token_sources = super::browser::token_sources(ctx, at, raw.token_sources)?;
+    let monitor = match raw.mode.as_deref() {
+        None | Some("enforce") => false,
+        Some("monitor") => {
+            ctx.warnings.push(format!(
+                "{at}.auth.mode: monitor: requests that fail authentication or authorisation are forwarded anyway; switch to enforce once portcullis_auth_monitor_denials_total stays at zero"
+            ));
+            true
+        }
+        Some(other) => {
+            return Err(ctx.err(format!("{at}.auth.mode: {other:?} is neither enforce nor monitor")));
+        }
+    };
     Ok(AuthRule {
         providers: indexes,
         scopes: raw.scopes,
         any_scopes: raw.any_scopes,
         token_sources,
+        monitor,
     })
 }
 
@@ -756,8 +783,12 @@ fn covers(earlier: &Route, later: &Route) -> bool {
     };
     let path = match (&earlier.path, &later.path) {
         (PathMatch::Prefix(e), PathMatch::Prefix(l) | PathMatch::Exact(l)) => segment_prefix(e, l),
+        (PathMatch::Prefix(e), PathMatch::Template(t)) => segment_prefix(e, &t.literal_prefix()),
         (PathMatch::Exact(e), PathMatch::Exact(l)) => e == l,
-        (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
+        (PathMatch::Template(e), PathMatch::Exact(l)) => e.matches(l),
+        (PathMatch::Template(e), PathMatch::Template(l)) => l.within(e),
+        (PathMatch::Exact(_) | PathMatch::Template(_), PathMatch::Prefix(_)) => false,
+        (PathMatch::Exact(_), PathMatch::Template(_)) => false,
     };
     host && methods && path
 }

@@ -24,6 +24,8 @@ pub struct AccessLog {
     pub route: Option<Arc<str>>,
     pub upstream_status: Option<u16>,
     pub subject: Option<String>,
+    /// On a monitor-mode route: why enforcement would have refused.
+    pub monitor_denied: Option<&'static str>,
     written: bool,
 }
 
@@ -38,6 +40,7 @@ impl AccessLog {
             route: None,
             upstream_status: None,
             subject: None,
+            monitor_denied: None,
             written: false,
         }
     }
@@ -66,6 +69,8 @@ impl AccessLog {
             upstream_status = self.upstream_status,
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
             subject = self.subject.as_deref(),
+            auth = self.monitor_denied.map(|_| "monitor_denied"),
+            reason = self.monitor_denied,
         );
     }
 }

@@ -252,26 +252,34 @@ async fn pipeline(
     let (identity, token_source) = match &route.access {
         Access::Public => (None, None),
         Access::Protected(rule) => {
-            let found = credential::find(&rule.token_sources, &parts.headers, parts.uri.query())?;
-            if let Some(TokenSource::Cookie(_)) = found.map(|c| c.source) {
+            let found = credential::find(&rule.token_sources, &parts.headers, parts.uri.query());
+            if let Ok(Some(TokenSource::Cookie(_))) = found.as_ref().map(|f| f.map(|c| c.source)) {
                 check_cookie_origin(snap, route, &parts.headers, host.as_ref().map(|(v, _)| v))?;
             }
-            let token_source = found.map(|c| c.source.clone());
-            let identity =
-                crate::auth::authenticate(&snap.providers, &snap.tokens, rule, found.map(|c| c.token)).await?;
-            // Checked on every request, cache hits included, against the local copy.
-            let revocations = snap.store.as_ref().and_then(|s| s.revocations.as_ref());
-            if revocations.is_some_and(|r| r.is_revoked(&identity)) {
-                crate::metrics::auth_failure("revoked");
-                return Err(GatewayError::InvalidToken(crate::auth::token::Rejection::Revoked));
+            let token_source = found.as_ref().ok().and_then(|f| f.map(|c| c.source.clone()));
+            let token = found.map(|f| f.map(|c| c.token));
+            match check_access(snap, rule, token).await {
+                Ok(identity) => (Some(identity), token_source),
+                // Monitor mode: forward anyway, with identity headers only
+                // for a token that verified; the log and a metric say why.
+                Err((e, verified)) if rule.monitor => {
+                    let reason = crate::auth::failure_reason(&e);
+                    log.monitor_denied = Some(reason);
+                    if let Some(route_name) = &log.route {
+                        crate::metrics::monitor_denial(route_name, reason);
+                    }
+                    (verified, token_source)
+                }
+                Err((e, _)) => return Err(e),
             }
-            log.subject = identity
-                .subject
-                .as_ref()
-                .map(|s| s.as_str().map_or_else(|| s.to_string(), str::to_string));
-            (Some(identity), token_source)
         }
     };
+    if let Some(identity) = &identity {
+        log.subject = identity
+            .subject
+            .as_ref()
+            .map(|s| s.as_str().map_or_else(|| s.to_string(), str::to_string));
+    }
 
     if !route.rate_limits.is_empty() {
         let facts = crate::limits::RequestFacts {
@@ -367,6 +375,30 @@ async fn pipeline(
             crate::metrics::upstream_error(&upstream.config.name, failure.kind());
             Err(failure.into_gateway_error())
         }
+    }
+}
+
+/// The token's verdict for a protected route: verified, not revoked, scopes
+/// held. A failure comes with the identity when the token itself verified
+/// (monitor mode forwards that one).
+async fn check_access(
+    snap: &Snapshot,
+    rule: &crate::config::AuthRule,
+    token: Result<Option<&str>, GatewayError>,
+) -> Result<Arc<crate::auth::Identity>, (GatewayError, Option<Arc<crate::auth::Identity>>)> {
+    let token = token.map_err(|e| (e, None))?;
+    let identity = crate::auth::verify_token(&snap.providers, &snap.tokens, rule, token)
+        .await
+        .map_err(|e| (e, None))?;
+    // Checked on every request, cache hits included, against the local copy.
+    let revocations = snap.store.as_ref().and_then(|s| s.revocations.as_ref());
+    if revocations.is_some_and(|r| r.is_revoked(&identity)) {
+        crate::metrics::auth_failure("revoked");
+        return Err((GatewayError::InvalidToken(crate::auth::token::Rejection::Revoked), None));
+    }
+    match crate::auth::authorize(rule, &identity) {
+        Ok(()) => Ok(identity),
+        Err(e) => Err((e, Some(identity))),
     }
 }
 

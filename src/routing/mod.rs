@@ -2,3 +2,4 @@
 
 pub mod normalize;
 pub mod table;
+pub mod template;

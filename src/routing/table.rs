@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method};
 
 use crate::config::{PathMatch, Route};
+use crate::routing::template::Segment;
 
 /// The outcome of a lookup.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,6 +32,34 @@ pub struct RouteTable {
     /// Route names, shared with logs and metrics without copying per request.
     names: Vec<Arc<str>>,
     root: Node,
+    /// Path templates, in a tree of their own where `{param}` is a branch.
+    templates: TemplateNode,
+}
+
+/// One segment of the template tree.
+#[derive(Debug, Clone, Default)]
+struct TemplateNode {
+    literal: HashMap<Box<str>, TemplateNode>,
+    param: Option<Box<TemplateNode>>,
+    /// Template routes whose last segment is this node.
+    routes: Vec<usize>,
+}
+
+impl TemplateNode {
+    /// Every template route matching the remaining segments of a path.
+    fn each_match<'p>(&self, mut rest: impl Iterator<Item = &'p str> + Clone, f: &mut impl FnMut(usize)) {
+        match rest.next() {
+            None => self.routes.iter().for_each(|&i| f(i)),
+            Some(seg) => {
+                if let Some(child) = self.literal.get(seg) {
+                    child.each_match(rest.clone(), f);
+                }
+                if let Some(child) = self.param.as_deref().filter(|_| !seg.is_empty()) {
+                    child.each_match(rest, f);
+                }
+            }
+        }
+    }
 }
 
 /// One path segment of the index.
@@ -51,16 +80,32 @@ fn segments(path: &str) -> impl Iterator<Item = &str> {
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> Self {
         let mut root = Node::default();
+        let mut templates = TemplateNode::default();
         for (i, r) in routes.iter().enumerate() {
-            let (PathMatch::Prefix(p) | PathMatch::Exact(p)) = &r.path;
+            let p = match &r.path {
+                PathMatch::Prefix(p) | PathMatch::Exact(p) => p,
+                PathMatch::Template(t) => {
+                    let node = t.segments.iter().fold(&mut templates, |node, seg| match seg {
+                        Segment::Literal(l) => node.literal.entry(l.as_str().into()).or_default(),
+                        Segment::Param(_) => node.param.get_or_insert_with(Default::default),
+                    });
+                    node.routes.push(i);
+                    continue;
+                }
+            };
             let node = segments(p).fold(&mut root, |node, s| node.children.entry(s.into()).or_default());
             match r.path {
                 PathMatch::Prefix(_) => node.prefix.push(i),
-                PathMatch::Exact(_) => node.exact.push(i),
+                _ => node.exact.push(i),
             }
         }
         let names = routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
-        RouteTable { routes, names, root }
+        RouteTable {
+            routes,
+            names,
+            root,
+            templates,
+        }
     }
 
     /// Call `f` with every route whose path matches `path` (not in file order).
@@ -81,6 +126,9 @@ impl RouteTable {
             if matches!(&self.routes[i].path, PathMatch::Exact(p) if p == path) {
                 f(i);
             }
+        }
+        if let Some(rest) = path.strip_prefix('/') {
+            self.templates.each_match(rest.split('/'), &mut f);
         }
     }
 
@@ -151,6 +199,7 @@ pub fn path_matches(m: &PathMatch, path: &str) -> bool {
     match m {
         PathMatch::Exact(p) => p == path,
         PathMatch::Prefix(p) => crate::config::segment_prefix(p, path),
+        PathMatch::Template(t) => t.matches(path),
     }
 }
 
@@ -267,10 +316,38 @@ mod tests {
         assert_eq!(t.find(None, &Method::GET, "/"), Lookup::Found(3));
     }
 
-    /// The definition of SPEC §3.4, as a plain scan in file order.
+    /// Whether `pattern` matches `path`, written from the definitions alone
+    /// (not with the product's own matchers): a prefix matches itself and
+    /// anything below it on a segment boundary; an exact path matches only
+    /// itself; a template matches segment by segment, `{...}` standing for one
+    /// non-empty segment.
+    fn reference_path_match(pattern: &PathMatch, path: &str) -> bool {
+        match pattern {
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Prefix(p) if p == "/" => true,
+            PathMatch::Prefix(p) => path == p || path.starts_with(&format!("{p}/")),
+            PathMatch::Template(t) => {
+                let want: Vec<&str> = t.text.split('/').collect();
+                let got: Vec<&str> = path.split('/').collect();
+                want.len() == got.len()
+                    && want.iter().zip(&got).all(|(w, g)| {
+                        if w.starts_with('{') && w.ends_with('}') {
+                            !g.is_empty()
+                        } else {
+                            w == g
+                        }
+                    })
+            }
+        }
+    }
+
+    /// The definition of the route table, as a plain scan in file order.
     fn scan(routes: &[Route], host: Option<&str>, method: &Method, path: &str) -> Lookup {
         let matching: Vec<usize> = (0..routes.len())
-            .filter(|&i| host_matches(&routes[i], host) && path_matches(&routes[i].path, path))
+            .filter(|&i| {
+                let host_ok = routes[i].host.is_none() || routes[i].host.as_deref() == host;
+                host_ok && reference_path_match(&routes[i].path, path)
+            })
             .collect();
         let by_method = matching
             .iter()
@@ -296,6 +373,7 @@ mod tests {
     #[test]
     fn the_index_agrees_with_a_scan_in_file_order() {
         const SEGMENTS: &[&str] = &["api", "v1", "orders", "o", "x"];
+        let mut templates = 0;
         let mut state: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = |n: usize| {
             state ^= state << 13;
@@ -318,6 +396,20 @@ mod tests {
                     let p = path(&mut next);
                     let matcher = if next(3) == 0 {
                         PathMatch::Exact(p)
+                    } else if next(3) == 0 {
+                        // Some segments become parameters.
+                        let mut text = String::new();
+                        for (k, seg) in p.split('/').skip(1).enumerate() {
+                            if !seg.is_empty() && next(2) == 0 {
+                                text.push_str(&format!("/{{p{k}}}"));
+                            } else {
+                                text.push_str(&format!("/{seg}"));
+                            }
+                        }
+                        match crate::routing::template::PathTemplate::parse(&text) {
+                            Ok(t) => PathMatch::Template(t),
+                            Err(_) => PathMatch::Exact(p),
+                        }
                     } else {
                         let trimmed = p.trim_end_matches('/');
                         PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
@@ -328,6 +420,10 @@ mod tests {
                     route(&format!("r{i}"), matcher, methods, host)
                 })
                 .collect();
+            templates += routes
+                .iter()
+                .filter(|r| matches!(r.path, PathMatch::Template(_)))
+                .count();
             let table = RouteTable::new(routes.clone());
             for _ in 0..30 {
                 let p = path(&mut next);
@@ -340,6 +436,7 @@ mod tests {
                 );
             }
         }
+        assert!(templates > 50, "the generator made only {templates} templates");
     }
 
     #[test]
