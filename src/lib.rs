@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod limits;
 pub mod metrics;
 pub mod mint;
+pub mod openapi;
 pub mod proxy;
 pub mod redirect;
 pub mod routing;

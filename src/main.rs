@@ -29,6 +29,18 @@ enum Command {
     Demo,
     /// Mint a test token and print it
     Token(Box<TokenArgs>),
+    /// Print `routes:` for an OpenAPI 3.0/3.1 document (JSON or YAML), e.g. FastAPI's /openapi.json
+    ImportOpenapi {
+        /// The OpenAPI document
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The upstream the routes send to
+        #[arg(long, value_name = "NAME", default_value = "app")]
+        upstream: String,
+        /// The provider protected routes accept [default: any configured provider]
+        #[arg(long, value_name = "NAME")]
+        provider: Option<String>,
+    },
     /// Write a self-signed development certificate and key
     Certs {
         /// Directory to write gateway.crt and gateway.key into
@@ -146,6 +158,40 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo => demo(),
+        Command::ImportOpenapi {
+            file,
+            upstream,
+            provider,
+        } => import_openapi(&file, upstream, provider),
+    }
+}
+
+fn import_openapi(file: &std::path::Path, upstream: String, provider: Option<String>) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = portcullis::openapi::ImportOptions { upstream, provider };
+    match portcullis::openapi::import(&text, &options) {
+        Ok(out) => {
+            for note in &out.notes {
+                eprintln!("note: {note}");
+            }
+            print!("{}", out.yaml);
+            eprintln!(
+                "{} routes from {}; review them with `portcullis check` before use",
+                out.routes,
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            ExitCode::FAILURE
+        }
     }
 }
 
