@@ -59,6 +59,9 @@ struct Operation {
     security: Option<Vec<Requirement>>,
 }
 
+/// An operation's method and route name.
+type MethodAndName = (&'static str, String);
+
 /// A security requirement object: scheme name -> scopes.
 type Requirement = BTreeMap<String, Vec<String>>;
 
@@ -126,7 +129,8 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, String> {
     let mut notes = Vec::new();
     let mut routes: Vec<Route> = Vec::new();
     for (path, item) in &doc.paths {
-        let mut groups: BTreeMap<(Need, Vec<String>), Vec<(&'static str, String)>> = BTreeMap::new();
+        // Operations grouped by requirement (and notes): each group is one route.
+        let mut groups: BTreeMap<(Need, Vec<String>), Vec<MethodAndName>> = BTreeMap::new();
         for (method, op) in operations(item) {
             let name = op
                 .operation_id

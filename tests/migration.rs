@@ -170,7 +170,7 @@ async fn an_imported_openapi_route_table_checks_and_serves() {
 
     let gw = TestGateway::start_in(dir, cert, &yaml).await;
     let mut c = gw.client(Proto::H1).await;
-    let mut call = |method: &'static str, path: &'static str, scope: Option<&str>| {
+    let call = |method: &'static str, path: &'static str, scope: Option<&str>| {
         let auth = scope.map(|s| format!("Bearer {}", token(s)));
         let mut r = req(method, path, &[], "");
         if let Some(a) = auth {
