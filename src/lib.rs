@@ -8,6 +8,7 @@ pub mod connection;
 pub mod cors;
 pub mod demo;
 pub mod error;
+pub mod explain;
 pub mod grpc;
 pub mod limits;
 pub mod metrics;

@@ -29,6 +29,8 @@ enum Command {
     Demo,
     /// Mint a test token and print it
     Token(Box<TokenArgs>),
+    /// What the gateway would do with a request, step by step, without sending it
+    Explain(Box<ExplainArgs>),
     /// Print `routes:` for an OpenAPI 3.0/3.1 document (JSON or YAML), e.g. FastAPI's /openapi.json
     ImportOpenapi {
         /// The OpenAPI document
@@ -50,6 +52,26 @@ enum Command {
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// The request method, e.g. GET
+    method: String,
+    /// The request URL, e.g. https://api.example.com/orders/7
+    url: String,
+    /// The bearer token (sent as `Authorization: Bearer ...`)
+    #[arg(long, conflicts_with = "token_env")]
+    token: Option<String>,
+    /// Environment variable holding the bearer token (keeps it out of shell history)
+    #[arg(long, value_name = "VAR")]
+    token_env: Option<String>,
+    /// A request header, 'Name: value'; repeatable
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    headers: Vec<String>,
+    /// Print the explanation as one JSON object
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -158,11 +180,83 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo => demo(),
+        Command::Explain(args) => explain(&path, *args),
         Command::ImportOpenapi {
             file,
             upstream,
             provider,
         } => import_openapi(&file, upstream, provider),
+    }
+}
+
+/// Exit 0 when the gateway would forward, 1 when it would refuse, 2 when the
+/// request or the configuration cannot be explained.
+fn explain(path: &std::path::Path, args: ExplainArgs) -> ExitCode {
+    let usage = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(2)
+    };
+    let mut headers = http::HeaderMap::new();
+    for h in &args.headers {
+        let Some((name, value)) = h.split_once(':') else {
+            return usage(format!("-H {h:?}: write 'Name: value'"));
+        };
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.trim().as_bytes()),
+            http::HeaderValue::from_str(value.trim()),
+        ) else {
+            return usage(format!("-H {h:?}: not a valid header"));
+        };
+        headers.append(name, value);
+    }
+    let token = match (&args.token, &args.token_env) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(t) if !t.is_empty() => Some(t),
+            _ => return usage(format!("--token-env: {var} is not set or is empty")),
+        },
+        (None, None) => None,
+    };
+    if let Some(t) = token {
+        match http::HeaderValue::from_str(&format!("Bearer {}", t.trim())) {
+            Ok(v) => {
+                headers.insert(http::header::AUTHORIZATION, v);
+            }
+            Err(_) => return usage("--token: not a valid header value".into()),
+        }
+    }
+    let (snapshot, _warnings) = match portcullis::load(path) {
+        Ok(ok) => ok,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(_) => return ExitCode::from(2),
+    };
+    // Remote keys are fetched as the gateway would fetch them.
+    runtime.block_on(async {
+        for p in snapshot.providers.iter().filter(|p| p.remote.is_some()) {
+            if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_secs(10), p.refresh()).await {
+                eprintln!("warning: providers.{}: cannot fetch keys: {e}", p.config.name);
+            }
+        }
+    });
+    let explanation = match portcullis::explain::explain(&snapshot, &args.method, &args.url, headers) {
+        Ok(x) => x,
+        Err(e) => return usage(e),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&explanation).unwrap_or_default());
+    } else {
+        print!("{}", explanation.to_text());
+    }
+    if explanation.forwards() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

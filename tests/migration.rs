@@ -200,3 +200,202 @@ async fn an_imported_openapi_route_table_checks_and_serves() {
         assert_eq!(r.status.as_u16(), want, "{method} {path} with {scope:?}: {}", r.text());
     }
 }
+
+/// `explain` against each outcome of the gateway: exit code, the reason in the
+/// output, `--json`, and never the token.
+#[test]
+fn explain_tells_what_the_gateway_would_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = portcullis::tls::self_signed(&["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key).unwrap();
+    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let down = "http://127.0.0.1:9";
+    let yaml = format!(
+        r#"listen: {{ https: 127.0.0.1:0 }}
+tls: {{ cert: cert.pem, key: key.pem }}
+providers:
+  app:
+    secret_file: app.secret
+    algorithms: [HS256]
+  remote:
+    issuer: http://127.0.0.1:9/
+    jwks_uri: http://127.0.0.1:9/jwks.json
+upstreams:
+  app:
+    targets: [{down}]
+routes:
+  - name: owner
+    match: {{ path_template: "/items/{{id}}/owner", methods: [GET] }}
+    upstream: app
+    auth: {{ providers: [app], scopes: [items:admin] }}
+  - name: remote-only
+    match: {{ path: /remote }}
+    upstream: app
+    auth: {{ providers: [remote] }}
+  - name: health
+    match: {{ path_exact: /health }}
+    upstream: app
+    public: true
+"#
+    );
+    std::fs::write(dir.path().join("gateway.yaml"), &yaml).unwrap();
+    let admin = token("items:admin");
+    let reader = token("items:read");
+    let expired = hs_sign(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "alice", "scope": "items:admin", "exp": now() - 3600}),
+    );
+    let forged = hs_sign(
+        Algorithm::HS256,
+        b"another-secret-that-is-long-enough-000000",
+        &json!({"sub": "alice", "scope": "items:admin", "exp": now() + 600}),
+    );
+    let cases: Vec<(Vec<String>, i32, &str)> = vec![
+        (
+            vec![
+                "GET".into(),
+                "https://api.test/items/7/./owner".into(),
+                "--token".into(),
+                admin.clone(),
+            ],
+            0,
+            "forward to app as GET /items/7/owner",
+        ),
+        (
+            vec![
+                "GET".into(),
+                "https://api.test/items/7/owner".into(),
+                "--token".into(),
+                reader.clone(),
+            ],
+            1,
+            "missing items:admin",
+        ),
+        (
+            vec!["GET".into(), "https://api.test/items/7/owner".into()],
+            1,
+            "401 unauthorized",
+        ),
+        (
+            vec![
+                "GET".into(),
+                "https://api.test/items/7/owner".into(),
+                "--token".into(),
+                expired.clone(),
+            ],
+            1,
+            "exp present and not passed (with leeway): The token has expired.",
+        ),
+        (
+            vec![
+                "GET".into(),
+                "https://api.test/items/7/owner".into(),
+                "--token".into(),
+                forged.clone(),
+            ],
+            1,
+            "signature: The token signature is invalid.",
+        ),
+        (
+            vec![
+                "GET".into(),
+                "https://api.test/items/7/owner".into(),
+                "-H".into(),
+                "Authorization: Bearer".into(),
+            ],
+            1,
+            "400 invalid_request",
+        ),
+        (
+            vec!["GET".into(), "https://api.test/items/%2f/owner".into()],
+            1,
+            "400 invalid_request",
+        ),
+        (
+            vec!["GET".into(), "https://api.test/nothing".into()],
+            1,
+            "404 not_found",
+        ),
+        (
+            vec!["POST".into(), "https://api.test/items/7/owner".into()],
+            1,
+            "405 method_not_allowed",
+        ),
+        (
+            vec![
+                "GET".into(),
+                "https://api.test/remote".into(),
+                "--token".into(),
+                hs_sign(
+                    Algorithm::HS256,
+                    b"x",
+                    &json!({"iss": "http://127.0.0.1:9/", "exp": now() + 60}),
+                ),
+            ],
+            1,
+            "503 temporarily_unavailable",
+        ),
+        (
+            vec!["GET".into(), "https://api.test/health".into()],
+            0,
+            "forward to app as GET /health",
+        ),
+        (
+            vec!["get".into(), "https://api.test/health".into()],
+            1,
+            "must be written in upper case",
+        ),
+    ];
+    for (args, code, says) in cases {
+        let mut argv = vec!["explain".to_string()];
+        argv.extend(args.iter().cloned());
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let (got, out, err) = portcullis(&argv, dir.path());
+        assert_eq!(got, code, "{args:?}\n{out}{err}");
+        assert!(out.contains(says), "{args:?} should say {says:?}:\n{out}{err}");
+        for secret in [
+            admin.as_str(),
+            reader.as_str(),
+            expired.as_str(),
+            forged.as_str(),
+            SECRET,
+        ] {
+            assert!(
+                !out.contains(secret) && !err.contains(secret),
+                "explain printed a token or secret"
+            );
+        }
+    }
+    // The route and where it is written.
+    let (_, out, _) = portcullis(&["explain", "GET", "https://api.test/health"], dir.path());
+    assert!(out.contains("health (gateway.yaml:22) -> upstream app"), "{out}");
+    // --json: one object with the same decision.
+    let (code, out, _) = portcullis(
+        &[
+            "explain",
+            "GET",
+            "https://api.test/items/7/owner",
+            "--token",
+            &reader,
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "refuse");
+    assert_eq!(v["status"], 403);
+    assert_eq!(v["error"], "insufficient_scope");
+    assert!(v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["step"] == "scopes" && s["result"] == "fail"));
+    // Usage and configuration errors exit 2.
+    let (code, _, err) = portcullis(&["explain", "GET", "not a url"], dir.path());
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = portcullis(&["explain", "-c", "missing.yaml", "GET", "https://x/"], dir.path());
+    assert_eq!(code, 2);
+}

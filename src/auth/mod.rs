@@ -80,6 +80,35 @@ pub struct Identity {
     pub valid_until: f64,
 }
 
+impl Identity {
+    /// The caller as a provider's settings read a verified token's claims.
+    pub fn from_claims(claims: Map<String, Value>, provider: &Provider) -> Self {
+        let valid_until = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0) + provider.leeway.as_secs_f64();
+        Identity {
+            subject: claims.get(&provider.subject_claim).cloned(),
+            scopes: scopes::collect(&claims, &provider.scope_claims),
+            claims,
+            valid_until,
+        }
+    }
+}
+
+/// The provider that must verify a token: the one whose issuer is the
+/// token's unverified `iss` (none: the provider without an issuer), among
+/// those the route allows. The unverified `iss` only chooses; it proves nothing.
+pub fn select_provider<'p>(
+    providers: &'p [Arc<ProviderState>],
+    rule: &AuthRule,
+    unverified: &token::Unverified<'_>,
+) -> Result<(usize, &'p Arc<ProviderState>), GatewayError> {
+    let issuer = unverified.issuer().map_err(GatewayError::InvalidToken)?;
+    rule.providers
+        .iter()
+        .map(|&i| (i, &providers[i]))
+        .find(|(_, p)| p.config.issuer.as_deref() == issuer)
+        .ok_or(GatewayError::InvalidToken(Rejection::Issuer))
+}
+
 /// The bearer token of a request: `Ok(None)` when there is none.
 /// Two `Authorization` headers, or a `Bearer` credential that is not a
 /// well-formed `b64token` (RFC 6750 §2.1), is a bad request.
@@ -196,15 +225,7 @@ async fn verify(
 
     let invalid = GatewayError::InvalidToken;
     let unverified = token::decode(token).map_err(invalid)?;
-    let issuer = unverified.issuer().map_err(invalid)?;
-    // The unverified `iss` only chooses which provider checks the token; the
-    // provider must be one the route allows.
-    let (index, provider) = rule
-        .providers
-        .iter()
-        .map(|&i| (i, &providers[i]))
-        .find(|(_, p)| p.config.issuer.as_deref() == issuer)
-        .ok_or(GatewayError::InvalidToken(Rejection::Issuer))?;
+    let (index, provider) = select_provider(providers, rule, &unverified)?;
     let mut generation = provider.generation();
     let keys = provider.keys.load_full().ok_or(GatewayError::KeysUnavailable)?;
     let verified = match unverified.verify(&provider.config, &keys, now) {
@@ -217,22 +238,14 @@ async fn verify(
         other => other,
     };
     verified.map_err(invalid)?;
-    let claims = unverified.into_claims();
-    let valid_until = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0) + provider.config.leeway.as_secs_f64();
-    let scopes = scopes::collect(&claims, &provider.config.scope_claims);
-    let identity = Arc::new(Identity {
-        subject: claims.get(&provider.config.subject_claim).cloned(),
-        scopes,
-        claims,
-        valid_until,
-    });
+    let identity = Arc::new(Identity::from_claims(unverified.into_claims(), &provider.config));
     // Cached before the scope check: the token is valid whatever this route wants.
     cache.insert(
         key,
         CachedToken {
             provider: index,
             generation,
-            valid_until,
+            valid_until: identity.valid_until,
             identity: identity.clone(),
         },
         now,

@@ -33,6 +33,25 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// The step of verification that refuses with this reason, in the order
+    /// [`Unverified::verify`] takes them (see [`VERIFY_STEPS`]).
+    pub fn step(self) -> usize {
+        match self {
+            Rejection::Malformed => 0,
+            Rejection::Algorithm => 1,
+            Rejection::Critical => 2,
+            Rejection::UnknownKey => 3,
+            Rejection::Signature => 4,
+            Rejection::Type => 5,
+            Rejection::ClaimType => 6,
+            Rejection::MissingExp | Rejection::Expired => 7,
+            Rejection::NotYetValid => 8,
+            Rejection::Issuer => 9,
+            Rejection::Audience => 10,
+            Rejection::Revoked => 11,
+        }
+    }
+
     pub fn description(self) -> &'static str {
         match self {
             Rejection::Malformed => "The token is not a well-formed JWT.",
@@ -85,6 +104,22 @@ struct JoseHeader {
     crit: Option<Value>,
 }
 
+/// The checks a token goes through, in order; a token is refused at the
+/// first that fails ([`Rejection::step`] says which).
+pub const VERIFY_STEPS: &[&str] = &[
+    "well-formed JWT",
+    "algorithm allowed for the provider's keys",
+    "no `crit` extension",
+    "key found (by kid)",
+    "signature",
+    "typ",
+    "registered claims have the right JSON types",
+    "exp present and not passed (with leeway)",
+    "nbf not in the future (with leeway)",
+    "iss equals the provider's issuer",
+    "aud contains one of the provider's audiences",
+];
+
 /// A decoded but not yet verified token.
 pub struct Unverified<'t> {
     header: JoseHeader,
@@ -133,6 +168,16 @@ impl Unverified<'_> {
 
     pub fn kid(&self) -> Option<&str> {
         self.header.kid.as_deref()
+    }
+
+    /// The header's `alg` and `typ` as written (for `explain`; never trusted).
+    pub fn alg_and_typ(&self) -> (&str, Option<&str>) {
+        (&self.header.alg, self.header.typ.as_deref())
+    }
+
+    /// The claims as written, before verification (for `explain`).
+    pub fn unverified_claims(&self) -> &Map<String, Value> {
+        &self.claims
     }
 
     /// Verify the signature and every claim rule of the provider; `now` is Unix seconds.

@@ -376,6 +376,12 @@ fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
     }
 }
 
+/// Where a field (`routes[2]`) is written in a configuration file: line and column.
+pub fn position_of(file: &Path, field: &str) -> Option<(usize, usize)> {
+    let text = std::fs::read_to_string(file).ok()?;
+    locate::locate(&text, &locate::field_path(&format!("{field}: ")))
+}
+
 /// The route table as `portcullis check` prints it: one line per route.
 pub fn describe_routes(config: &Config) -> String {
     use std::fmt::Write;

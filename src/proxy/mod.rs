@@ -129,7 +129,10 @@ fn header_bytes<B>(req: &Request<B>) -> usize {
 /// lower-case host without port, for routing. One trailing dot is removed
 /// (`admin.example.com.` names the same host as `admin.example.com`, and a
 /// host-scoped route must not be skipped by it).
-fn request_host(uri: &http::Uri, headers: &http::HeaderMap) -> Result<Option<(HeaderValue, String)>, GatewayError> {
+pub(crate) fn request_host(
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) -> Result<Option<(HeaderValue, String)>, GatewayError> {
     let bad = || GatewayError::BadRequest("The Host header is repeated or malformed.");
     let authority = match uri.authority() {
         Some(a) => a.clone(),
@@ -167,7 +170,7 @@ fn request_host(uri: &http::Uri, headers: &http::HeaderMap) -> Result<Option<(He
 
 /// Refusals that come before anything reads the path or the host: request
 /// shapes that common upstreams read differently from the route table.
-fn check_request_shape(snap: &Snapshot, parts: &http::request::Parts) -> Result<(), GatewayError> {
+pub(crate) fn check_request_shape(snap: &Snapshot, parts: &http::request::Parts) -> Result<(), GatewayError> {
     // Routing compares methods exactly, but Werkzeug, Django and ASP.NET Core
     // upper-case them: `post` must not slip past a POST-only route.
     if parts.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
@@ -405,7 +408,7 @@ async fn check_access(
 /// A cookie rides along on cross-site requests (forged form posts, cross-site
 /// WebSocket hijacking), so a cookie token counts only without `Origin`, from
 /// the gateway's own origin, or from an origin the route's CORS policy allows.
-fn check_cookie_origin(
+pub(crate) fn check_cookie_origin(
     snap: &Snapshot,
     route: &crate::config::Route,
     headers: &http::HeaderMap,

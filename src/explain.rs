@@ -1,0 +1,477 @@
+//! `portcullis explain`: what the gateway would do with one request, and why,
+//! without sending anything upstream. Every decision is made by the same
+//! functions the request pipeline calls (shape checks, host and path
+//! normalisation, the route table, token sources, provider selection, token
+//! verification, scopes, identity headers), so the explanation cannot drift
+//! from what the gateway does. It never prints the token or a secret.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, Method, Request};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::auth::token::{self, VERIFY_STEPS};
+use crate::auth::{credential, Identity};
+use crate::config::{Access, AuthRule, TokenSource};
+use crate::error::GatewayError;
+use crate::routing::normalize::normalize;
+use crate::routing::table::{strip_prefix, Lookup};
+use crate::snapshot::Snapshot;
+
+/// One line of the explanation.
+#[derive(Debug, Serialize)]
+pub struct Step {
+    pub step: String,
+    /// `pass`, `fail`, `info` or `skipped`.
+    pub result: &'static str,
+    pub detail: String,
+}
+
+/// The whole explanation, as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    pub steps: Vec<Step>,
+    /// `forward` or `refuse`.
+    pub decision: &'static str,
+    pub status: u16,
+    /// The error code for a refusal.
+    pub error: Option<&'static str>,
+    pub upstream: Option<String>,
+    /// `METHOD /path?query` as the upstream would receive it.
+    pub forwarded_as: Option<String>,
+    /// The identity headers the upstream would receive.
+    pub identity_headers: Vec<(String, String)>,
+}
+
+impl Explanation {
+    pub fn forwards(&self) -> bool {
+        self.decision == "forward"
+    }
+
+    /// The explanation as aligned text, one step per line.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for s in &self.steps {
+            out.push_str(&format!("{:<10} {:<8} {}\n", s.step, s.result, s.detail));
+        }
+        match (&self.upstream, &self.forwarded_as) {
+            (Some(up), Some(req)) if self.forwards() => {
+                out.push_str(&format!("answer     forward to {up} as {req}\n"));
+                for (k, v) in &self.identity_headers {
+                    out.push_str(&format!("           {k}: {v}\n"));
+                }
+            }
+            _ => out.push_str(&format!("answer     {} {}\n", self.status, self.error.unwrap_or(""))),
+        }
+        out
+    }
+}
+
+struct Builder {
+    steps: Vec<Step>,
+}
+
+impl Builder {
+    fn add(&mut self, step: &str, result: &'static str, detail: impl Into<String>) {
+        self.steps.push(Step {
+            step: step.to_string(),
+            result,
+            detail: detail.into(),
+        });
+    }
+
+    fn refuse(self, e: GatewayError) -> Explanation {
+        Explanation {
+            steps: self.steps,
+            decision: "refuse",
+            status: e.status().as_u16(),
+            error: Some(e.kind()),
+            upstream: None,
+            forwarded_as: None,
+            identity_headers: Vec::new(),
+        }
+    }
+}
+
+/// A Unix time as a readable UTC date, with how far from now.
+fn date(secs: f64) -> String {
+    let Some(t) = UNIX_EPOCH.checked_add(Duration::from_secs_f64(secs.max(0.0))) else {
+        return format!("{secs}");
+    };
+    let now = SystemTime::now();
+    let relative = match t.duration_since(now) {
+        Ok(d) => format!("in {}", human(d)),
+        Err(e) => format!("{} ago", human(e.duration())),
+    };
+    let days = (secs / 86400.0).floor() as i64;
+    let rem = secs as i64 - days * 86400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC ({relative})",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn claim_text(v: Option<&Value>) -> String {
+    match v {
+        None => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Explain `method url` with `headers` (the token, if any, among them as the
+/// request would carry it) against a snapshot whose remote keys are fetched.
+pub fn explain(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> Result<Explanation, String> {
+    let mut b = Builder { steps: Vec::new() };
+    let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| format!("{method:?} is not an HTTP method"))?;
+    let mut req = Request::new(());
+    *req.method_mut() = method.clone();
+    *req.version_mut() = http::Version::HTTP_11;
+    *req.headers_mut() = headers;
+    if !req.headers().contains_key(http::header::HOST) {
+        if let Some(a) = uri.authority() {
+            let host =
+                http::HeaderValue::from_str(a.as_str()).map_err(|_| "the URL's host is not valid".to_string())?;
+            req.headers_mut().insert(http::header::HOST, host);
+        }
+    }
+    let origin_form = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    *req.uri_mut() = origin_form
+        .parse()
+        .map_err(|_| format!("{url:?} has an invalid path"))?;
+    let (mut parts, ()) = req.into_parts();
+    b.add("request", "info", format!("{method} {url}"));
+
+    // The same steps, in the same order, as the request pipeline.
+    if let Err(e) = crate::proxy::check_request_shape(snap, &parts) {
+        b.add("shape", "fail", e.description());
+        return Ok(b.refuse(e));
+    }
+    let host = match crate::proxy::request_host(&parts.uri, &parts.headers) {
+        Ok(h) => h,
+        Err(e) => {
+            b.add("host", "fail", e.description());
+            return Ok(b.refuse(e));
+        }
+    };
+    let host_name = host.as_ref().map(|(_, h)| h.clone());
+    b.add("host", "info", host_name.clone().unwrap_or_else(|| "-".into()));
+    let path = match normalize(parts.uri.path()) {
+        Ok(p) => p,
+        Err(e) => {
+            let e = GatewayError::BadPath(e);
+            b.add(
+                "path",
+                "fail",
+                format!("{:?} refused: {}", parts.uri.path(), e.description()),
+            );
+            return Ok(b.refuse(e));
+        }
+    };
+    b.add(
+        "path",
+        "pass",
+        if path == parts.uri.path() {
+            format!("{path} (already normal)")
+        } else {
+            format!("{} normalised to {path}", parts.uri.path())
+        },
+    );
+    let stripped: Vec<String> = parts
+        .headers
+        .keys()
+        .filter(|h| snap.strip.matches(h))
+        .map(|h| h.to_string())
+        .collect();
+    snap.strip.strip(&mut parts.headers);
+    if !stripped.is_empty() {
+        b.add("strip", "info", format!("removed {}", stripped.join(", ")));
+    }
+
+    let route_index = match snap.routes.find(host_name.as_deref(), &method, &path) {
+        Lookup::Found(i) => i,
+        Lookup::MethodNotAllowed(allow) => {
+            b.add(
+                "route",
+                "fail",
+                format!(
+                    "a route matches the path but not {method}; allowed: {}",
+                    allow.to_str().unwrap_or("")
+                ),
+            );
+            return Ok(b.refuse(GatewayError::MethodNotAllowed(allow)));
+        }
+        Lookup::NotFound => {
+            b.add("route", "fail", "no route matches the path");
+            return Ok(b.refuse(GatewayError::NotFound));
+        }
+    };
+    let route = snap.routes.get(route_index);
+    let at = crate::config::position_of(&snap.config.source, &format!("routes[{route_index}]"))
+        .map(|(line, _)| format!(" ({}:{line})", snap.config.source.display()))
+        .unwrap_or_default();
+    let upstream = &snap.upstreams[route.upstream];
+    b.add(
+        "route",
+        "pass",
+        format!("{}{at} -> upstream {}", route.name, upstream.config.name),
+    );
+
+    let identity = match &route.access {
+        Access::Public => {
+            b.add("requires", "info", "nothing: the route is public");
+            None
+        }
+        Access::Protected(rule) => {
+            b.add("requires", "info", describe_rule(snap, rule));
+            match check_token(&mut b, snap, route, rule, &parts, host.as_ref().map(|(v, _)| v)) {
+                Ok(identity) => Some(identity),
+                Err(e) if rule.monitor => {
+                    b.add(
+                        "monitor",
+                        "info",
+                        format!(
+                            "mode: monitor: forwarded anyway; logged and counted as {}",
+                            crate::auth::failure_reason(&e)
+                        ),
+                    );
+                    None
+                }
+                Err(e) => return Ok(b.refuse(e)),
+            }
+        }
+    };
+    if !route.rate_limits.is_empty() {
+        let names: Vec<&str> = route
+            .rate_limits
+            .iter()
+            .map(|&i| snap.config.rate_limits[i].name.as_str())
+            .collect();
+        b.add(
+            "limits",
+            "skipped",
+            format!("rate limits {} are not consumed by explain", names.join(", ")),
+        );
+    }
+
+    let mut forwarded = HeaderMap::new();
+    if let Some(identity) = &identity {
+        snap.identity.apply(&mut forwarded, identity);
+    }
+    let upstream_path = strip_prefix(route.strip_prefix.as_deref(), &path);
+    let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = match (&route.access, query.is_empty()) {
+        (Access::Protected(rule), false) if !snap.config.identity.forward_authorization => rule
+            .token_sources
+            .iter()
+            .find_map(|s| match s {
+                TokenSource::Query(name) => Some(name),
+                _ => None,
+            })
+            .map_or(query.clone(), |name| {
+                credential::strip_query(&query[1..], name).map_or(String::new(), |q| format!("?{q}"))
+            }),
+        _ => query,
+    };
+    Ok(Explanation {
+        steps: b.steps,
+        decision: "forward",
+        status: 200,
+        error: None,
+        upstream: Some(upstream.config.name.clone()),
+        forwarded_as: Some(format!("{method} {upstream_path}{query}")),
+        identity_headers: forwarded
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
+    })
+}
+
+fn describe_rule(snap: &Snapshot, rule: &AuthRule) -> String {
+    let providers: Vec<&str> = rule
+        .providers
+        .iter()
+        .map(|&i| snap.config.providers[i].name.as_str())
+        .collect();
+    let mut s = format!("a token from {}", providers.join(" or "));
+    if !rule.scopes.is_empty() {
+        s.push_str(&format!("; scopes {}", rule.scopes.join(" ")));
+    }
+    if !rule.any_scopes.is_empty() {
+        s.push_str(&format!("; one of {}", rule.any_scopes.join(" ")));
+    }
+    if rule.monitor {
+        s.push_str("; mode monitor");
+    }
+    s
+}
+
+/// The token's part, step by step: where it was found, its header and
+/// claims, each verification check, scopes held against required.
+fn check_token(
+    b: &mut Builder,
+    snap: &Snapshot,
+    route: &crate::config::Route,
+    rule: &AuthRule,
+    parts: &http::request::Parts,
+    host: Option<&http::HeaderValue>,
+) -> Result<Arc<Identity>, GatewayError> {
+    let found = credential::find(&rule.token_sources, &parts.headers, parts.uri.query()).inspect_err(|e| {
+        b.add("token", "fail", e.description());
+    })?;
+    let Some(found) = found else {
+        b.add("token", "fail", "no token in any of the route's token sources");
+        return Err(GatewayError::MissingToken);
+    };
+    let source = match found.source {
+        TokenSource::Header => "the Authorization header".to_string(),
+        TokenSource::Query(n) => format!("the query parameter {n}"),
+        TokenSource::Cookie(n) => format!("the cookie {n}"),
+    };
+    if let TokenSource::Cookie(_) = found.source {
+        crate::proxy::check_cookie_origin(snap, route, &parts.headers, host).inspect_err(|_| {
+            b.add(
+                "origin",
+                "fail",
+                "a cookie token from a foreign Origin (cross-site request)",
+            );
+        })?;
+    }
+    let unverified = token::decode(found.token).map_err(|r| {
+        b.add("token", "fail", format!("from {source}: {}", r.description()));
+        GatewayError::InvalidToken(r)
+    })?;
+    let (alg, typ) = unverified.alg_and_typ();
+    b.add(
+        "token",
+        "info",
+        format!(
+            "from {source}: alg={alg} kid={} typ={}",
+            unverified.kid().unwrap_or("-"),
+            typ.unwrap_or("-")
+        ),
+    );
+    let claims = unverified.unverified_claims();
+    let time = |name: &str| claims.get(name).and_then(Value::as_f64).map_or("-".into(), date);
+    b.add(
+        "claims",
+        "info",
+        format!(
+            "iss={} sub={} aud={} exp={} nbf={}",
+            claim_text(claims.get("iss")),
+            claim_text(claims.get("sub")),
+            claim_text(claims.get("aud")),
+            time("exp"),
+            time("nbf")
+        ),
+    );
+    let (_, provider) = crate::auth::select_provider(&snap.providers, rule, &unverified).inspect_err(|_| {
+        b.add(
+            "provider",
+            "fail",
+            "no provider allowed on this route has the token's issuer (a token without iss needs the provider without one)",
+        );
+    })?;
+    b.add("provider", "pass", provider.config.name.clone());
+    let Some(keys) = provider.keys.load_full() else {
+        b.add("keys", "fail", "the provider's keys could not be loaded or fetched");
+        return Err(GatewayError::KeysUnavailable);
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let verdict = unverified.verify(&provider.config, &keys, now);
+    let failed_at = verdict.err().map(|r| (r.step(), r));
+    // Steps 5 and 10 only apply when the provider sets `typ` / `audiences`.
+    let not_configured = |i: usize| match i {
+        5 => provider
+            .config
+            .typ
+            .is_none()
+            .then_some("typ (not required by the provider)"),
+        10 => provider
+            .config
+            .audiences
+            .is_none()
+            .then_some("aud (not checked: the provider sets no audiences)"),
+        _ => None,
+    };
+    for (i, check) in VERIFY_STEPS.iter().enumerate().skip(1) {
+        match failed_at {
+            Some((at, r)) if at == i => b.add("check", "fail", format!("{check}: {}", r.description())),
+            Some((at, _)) if at < i => b.add("check", "skipped", format!("{check} (not reached)")),
+            _ => match not_configured(i) {
+                Some(why) => b.add("check", "skipped", why),
+                None => b.add("check", "pass", *check),
+            },
+        }
+    }
+    if let Some((_, r)) = failed_at {
+        return Err(GatewayError::InvalidToken(r));
+    }
+    b.add(
+        "revoked",
+        "skipped",
+        "revocations live in the shared store; explain does not read it",
+    );
+    let identity = Identity::from_claims(unverified.unverified_claims().clone(), &provider.config);
+    let held = identity.scopes.join(" ");
+    match crate::auth::scopes::authorize(rule, &identity.scopes) {
+        Ok(()) => b.add("scopes", "pass", format!("held [{held}]")),
+        Err(missing) => {
+            let missing: Vec<&str> = missing
+                .split(' ')
+                .filter(|s| !identity.scopes.iter().any(|h| h == s))
+                .collect();
+            b.add(
+                "scopes",
+                "fail",
+                format!("held [{held}]; missing {}", missing.join(" ")),
+            );
+            return Err(GatewayError::InsufficientScope(missing.join(" ")));
+        }
+    }
+    Ok(Arc::new(identity))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert!(date(0.0).starts_with("1970-01-01 00:00:00 UTC"));
+        assert!(date(1_700_000_000.0).starts_with("2023-11-14 22:13:20 UTC"));
+        assert!(date(951_782_400.0).starts_with("2000-02-29 00:00:00 UTC"));
+    }
+}
