@@ -1,4 +1,4 @@
-//! The admin listener (SPEC §6): `/healthz`, `/readyz` and `/metrics` over
+//! The admin listener (docs/operations.md): `/healthz`, `/readyz` and `/metrics` over
 //! plain HTTP, meant for loopback or a private network only.
 
 use std::sync::Arc;

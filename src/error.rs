@@ -1,4 +1,4 @@
-//! Every error the gateway itself answers with (SPEC §4): one enum, one
+//! Every error the gateway itself answers with (docs/errors.md): one enum, one
 //! exhaustive mapping to status, JSON body and extra headers.
 
 use bytes::Bytes;

@@ -1,4 +1,4 @@
-//! The `portcullis` command line (SPEC §1).
+//! The `portcullis` command line (README, Commands).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §6). One process-wide registry: counters survive
+//! Prometheus metrics (docs/operations.md). One process-wide registry: counters survive
 //! configuration reloads. Labels are route, upstream and provider names from
 //! the configuration, never raw request data, so cardinality stays bounded.
 

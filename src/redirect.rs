@@ -1,4 +1,4 @@
-//! The optional plain-HTTP listener (SPEC §2 `listen.http`): every request is
+//! The optional plain-HTTP listener (`listen.http`): every request is
 //! answered 308 to the same path and query on the HTTPS listener. It never
 //! proxies, and never sends HSTS (RFC 6797 §7.2).
 

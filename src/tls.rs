@@ -1,4 +1,4 @@
-//! TLS for the HTTPS listener (SPEC §3.1) and for outgoing connections: one
+//! TLS for the HTTPS listener (docs/request-lifecycle.md, step 1) and for outgoing connections: one
 //! crypto provider (aws-lc-rs) passed explicitly, never a process default, so
 //! no second provider in the dependency graph can make a builder panic.
 

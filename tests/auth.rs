@@ -1,4 +1,4 @@
-//! Authentication and authorisation over real sockets (SPEC §3.5-3.7, §4):
+//! Authentication and authorisation over real sockets (docs/request-lifecycle.md, docs/errors.md):
 //! tokens signed in the test with freshly generated keys.
 
 mod support;

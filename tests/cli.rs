@@ -1,4 +1,4 @@
-//! The `token` and `demo` commands, run as the built binary (SPEC §1).
+//! The `token` and `demo` commands, run as the built binary (README, Commands).
 
 mod support;
 

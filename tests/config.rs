@@ -1,4 +1,4 @@
-//! Configuration validation (SPEC §2) and `portcullis check` (SPEC §1).
+//! Configuration validation (docs/configuration.md) and `portcullis check` (README, Commands).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,5 +1,5 @@
-//! TLS settings, the redirect listener and connection limits (SPEC §2 `listen`,
-//! `tls`, `limits`; §3.1).
+//! TLS settings, the redirect listener and connection limits (`listen`,
+//! `tls`, `limits`; docs/configuration.md).
 
 mod support;
 

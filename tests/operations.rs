@@ -1,5 +1,5 @@
 //! Reload, shutdown, systemd notifications, admin endpoints and logs, with the
-//! built binary run as a child process and real signals (SPEC §5, §6).
+//! built binary run as a child process and real signals (docs/operations.md).
 
 mod support;
 

@@ -1,5 +1,5 @@
 //! Proxy core over real sockets: TLS, routing, path normalisation, header
-//! rewriting, streaming and upstream failures (SPEC §3, §4).
+//! rewriting, streaming and upstream failures (docs/request-lifecycle.md, docs/errors.md).
 
 mod support;
 

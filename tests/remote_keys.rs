@@ -1,4 +1,4 @@
-//! Remote keys (SPEC §2 `discovery` / `jwks_uri`, §3.5, §4 503): a real OpenID
+//! Remote keys (`discovery` / `jwks_uri`, and the 503 before keys arrive): a real OpenID
 //! Connect provider on loopback over HTTPS, trusted through `ca_file`.
 
 mod support;

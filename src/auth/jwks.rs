@@ -1,4 +1,4 @@
-//! Remote keys (SPEC §2 `discovery` / `jwks_uri`): fetching a JWKS, directly or
+//! Remote keys (`discovery` / `jwks_uri` in docs/configuration.md): fetching a JWKS, directly or
 //! through OpenID Connect discovery, refreshing it in the background, and the
 //! one shared refetch a token with an unknown `kid` may trigger.
 //!

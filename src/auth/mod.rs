@@ -1,4 +1,4 @@
-//! Authentication and authorisation (SPEC §3.5, §3.6): the bearer token from
+//! Authentication and authorisation (docs/request-lifecycle.md, steps 8 and 9): the bearer token from
 //! the request, the provider that must vouch for it, its signature and claims,
 //! then the route's scope requirement.
 

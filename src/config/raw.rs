@@ -1,4 +1,4 @@
-//! The serde mirror of `gateway.yaml` (SPEC §2). Every struct denies unknown
+//! The serde mirror of `gateway.yaml` (docs/configuration.md). Every struct denies unknown
 //! keys: a typo such as `scopse:` must fail loudly, never disable a check.
 //! Values that can be checked in isolation (durations, addresses, header names)
 //! are parsed here so their errors carry the YAML line and column.

@@ -1,4 +1,4 @@
-//! Turns a [`RawConfig`] into a [`Config`], enforcing every rule of SPEC §2.
+//! Turns a [`RawConfig`] into a [`Config`], enforcing every rule of docs/configuration.md.
 //! Each error names the field and says how to fix it.
 
 use std::collections::{BTreeMap, HashSet};
@@ -11,7 +11,7 @@ use super::raw::{RawAuth, RawConfig, RawProvider, RawRoute, RawUpstream};
 use super::*;
 use crate::routing::normalize::normalize;
 
-/// JWS algorithms the gateway can verify (SPEC §3.5).
+/// JWS algorithms the gateway can verify.
 pub const ALGORITHMS: &[&str] = &[
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];

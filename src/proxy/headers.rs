@@ -1,4 +1,4 @@
-//! Header rewriting on the way in and out (SPEC §3.3, §3.7, §3.8): strip what a
+//! Header rewriting on the way in and out (docs/request-lifecycle.md, steps 5, 12 and 14): strip what a
 //! client could spoof, drop hop-by-hop headers, add the forwarding headers.
 //! Pure functions over `HeaderMap`, so they are easy to test and to bench.
 
@@ -62,7 +62,7 @@ impl StripRules {
     }
 }
 
-/// The identity headers set on authenticated requests (SPEC §2 `identity`).
+/// The identity headers set on authenticated requests (`identity` in docs/configuration.md).
 #[derive(Debug, Clone)]
 pub struct IdentityHeaders {
     subject: HeaderName,

@@ -1,4 +1,4 @@
-//! The request pipeline (SPEC §3): one straight async function per request.
+//! The request pipeline (docs/request-lifecycle.md): one straight async function per request.
 //! Each step returns a value or a [`GatewayError`]; none reaches back into an
 //! earlier one.
 

@@ -1,4 +1,4 @@
-//! Request-path normalisation (SPEC §3.2): the one place that turns the path a
+//! Request-path normalisation (docs/request-lifecycle.md, step 4): the one place that turns the path a
 //! client sent into the path that routing sees and the upstream receives.
 //!
 //! Order matters and is fixed: decode unreserved escapes once, merge repeated

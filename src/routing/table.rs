@@ -1,4 +1,4 @@
-//! The route table (SPEC §3.4): the first route in file order whose host,
+//! The route table (docs/request-lifecycle.md, step 7): the first route in file order whose host,
 //! method and path all match. When some route matches the path but none the
 //! method, the answer is 405 with the methods that would have matched.
 

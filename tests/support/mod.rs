@@ -487,7 +487,7 @@ impl Reply {
         self.headers.get(name).map(|v| v.to_str().unwrap())
     }
 
-    /// Assert a gateway-made JSON error of SPEC §4.
+    /// Assert a gateway-made JSON error (docs/errors.md).
     pub fn assert_error(&self, status: u16, code: &str) {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
         assert_eq!(self.header("content-type"), Some("application/json"));
