@@ -43,6 +43,13 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         provider: Option<String>,
     },
+    /// Print the JSON Schema of gateway.yaml (for editors and CI linters)
+    Schema,
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Write a self-signed development certificate and key
     Certs {
         /// Directory to write gateway.crt and gateway.key into
@@ -181,6 +188,15 @@ fn main() -> ExitCode {
         },
         Command::Demo => demo(),
         Command::Explain(args) => explain(&path, *args),
+        Command::Schema => {
+            print!("{}", portcullis::config::raw::schema());
+            ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "portcullis", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::ImportOpenapi {
             file,
             upstream,

@@ -181,3 +181,55 @@ async fn demo_shows_200_401_403() {
     assert!(status.success(), "{status:?}");
     assert!(!dir.exists(), "the demo removes its throwaway files");
 }
+
+/// `gateway.schema.json` is exactly what `portcullis schema` prints, so it
+/// cannot drift from the types that parse the YAML; the reference
+/// configuration names it on its first line.
+#[test]
+fn the_committed_schema_is_current() {
+    let out = portcullis().arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let committed = std::fs::read_to_string(root.join("gateway.schema.json")).unwrap();
+    assert!(
+        printed == committed,
+        "gateway.schema.json is stale: run `cargo run -- schema > gateway.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    // Unknown keys are errors in the schema too, and renamed fields keep their YAML names.
+    let route = &schema["$defs"]["RawRoute"];
+    assert_eq!(route["additionalProperties"], false);
+    assert!(route["properties"]["match"].is_object());
+    let yaml = std::fs::read_to_string(root.join("gateway.yaml")).unwrap();
+    assert_eq!(
+        yaml.lines().next(),
+        Some("# yaml-language-server: $schema=gateway.schema.json")
+    );
+}
+
+#[test]
+fn version_and_completions() {
+    let out = portcullis().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("portcullis {}", env!("CARGO_PKG_VERSION"))
+    );
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef portcullis"),
+        ("fish", "complete -c portcullis"),
+    ] {
+        let out = portcullis().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for sub in ["check", "explain", "import-openapi"] {
+            assert!(script.contains(sub), "{shell} completes {sub}");
+        }
+    }
+    let out = portcullis().args(["completions", "powershellx"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

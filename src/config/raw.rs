@@ -8,9 +8,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::borrow::Cow;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: RawListen,
@@ -34,7 +37,7 @@ pub struct RawConfig {
 }
 
 /// The shared store several instances use (Redis).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     pub redis: String,
@@ -43,7 +46,7 @@ pub struct RawStore {
     pub key_prefix: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     pub key: String,
@@ -53,7 +56,7 @@ pub struct RawRateLimit {
     pub on_store_error: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRevocation {
     pub store: String,
@@ -61,7 +64,7 @@ pub struct RawRevocation {
 }
 
 /// A named CORS policy, referenced by routes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCors {
     pub allow_origins: Vec<String>,
@@ -76,7 +79,7 @@ pub struct RawCors {
 }
 
 /// How request paths are treated before routing.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPaths {
     /// Accept `;` in paths. Off by default: Tomcat, Spring and Jetty read
@@ -85,7 +88,7 @@ pub struct RawPaths {
     pub allow_semicolons: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
     pub https: Addr,
@@ -93,7 +96,7 @@ pub struct RawListen {
     pub admin: Option<Addr>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub cert: PathBuf,
@@ -135,7 +138,7 @@ impl<'de> Deserialize<'de> for TlsVersion {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLimits {
     pub header_read_timeout: Dur,
@@ -165,7 +168,7 @@ impl Default for RawLimits {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
     pub issuer: Option<String>,
@@ -186,7 +189,7 @@ pub struct RawProvider {
     pub typ: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawIdentity {
     pub subject_header: Option<HeaderNameStr>,
@@ -198,7 +201,7 @@ pub struct RawIdentity {
     pub forward_authorization: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub targets: Vec<String>,
@@ -212,7 +215,7 @@ pub struct RawUpstream {
 }
 
 /// How the gateway speaks to an upstream's targets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 pub enum UpstreamProtocol {
     /// HTTP/1.1 over keep-alive connections, one request at a time per connection.
     #[default]
@@ -232,7 +235,7 @@ impl UpstreamProtocol {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: Option<String>,
@@ -249,21 +252,21 @@ pub struct RawRoute {
 }
 
 /// `websocket: true` or `websocket: { idle_timeout, close_at_token_expiry }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawWebSocket {
     Enabled(bool),
     Settings(RawWebSocketSettings),
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebSocketSettings {
     pub idle_timeout: Option<Dur>,
     pub close_at_token_expiry: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     pub path: Option<String>,
@@ -273,7 +276,7 @@ pub struct RawMatch {
     pub host: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
     pub providers: Option<Vec<String>>,
@@ -283,6 +286,66 @@ pub struct RawAuth {
     pub any_scopes: Vec<String>,
     pub token_sources: Option<Vec<String>>,
     pub mode: Option<String>,
+}
+
+/// A string schema for the value types parsed by hand below.
+fn string_schema(description: &str, pattern: Option<&str>) -> Schema {
+    match pattern {
+        Some(p) => json_schema!({ "type": "string", "description": description, "pattern": p }),
+        None => json_schema!({ "type": "string", "description": description }),
+    }
+}
+
+impl JsonSchema for TlsVersion {
+    fn schema_name() -> Cow<'static, str> {
+        "TlsVersion".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "The lowest TLS version accepted: \"1.2\" (default) or \"1.3\"",
+            "enum": ["1.2", "1.3", 1.2, 1.3]
+        })
+    }
+}
+
+impl JsonSchema for Dur {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema(
+            "A duration: a whole number and ms, s, m or h",
+            Some("^[0-9]+(ms|s|m|h)$"),
+        )
+    }
+}
+
+impl JsonSchema for Addr {
+    fn schema_name() -> Cow<'static, str> {
+        "ListenAddress".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema("IP:port, e.g. 0.0.0.0:8443 or [::1]:8443", None)
+    }
+}
+
+impl JsonSchema for HeaderNameStr {
+    fn schema_name() -> Cow<'static, str> {
+        "HeaderName".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema("An HTTP header name", Some("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))
+    }
+}
+
+/// The JSON Schema (2020-12) of `gateway.yaml`, generated from these types.
+pub fn schema() -> String {
+    let schema = schemars::schema_for!(RawConfig);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
 
 /// A duration written as `250ms`, `30s`, `5m` or `1h`.
