@@ -123,7 +123,7 @@ pub fn load_local(provider: &Provider) -> Result<Option<KeySet>, String> {
             vec![hmac_key(secret.as_bytes(), &allow)]
         }
         KeySource::SecretFile(path) => {
-            let secret = read_secret_file(path)
+            let secret = crate::config::read_secret_file(path)
                 .map_err(|e| format!("{}: cannot read {}: {e}", field("secret_file"), path.display()))?;
             if secret.is_empty() {
                 return Err(format!("{}: {} is empty", field("secret_file"), path.display()));
@@ -150,19 +150,6 @@ pub fn load_local(provider: &Provider) -> Result<Option<KeySet>, String> {
         ));
     }
     Ok(Some(KeySet { keys }))
-}
-
-/// A `secret_file`'s secret: its bytes without the one trailing newline
-/// editors add (`\n` or `\r\n`), which is not part of the secret.
-pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    let mut raw = std::fs::read(path)?;
-    if raw.ends_with(b"\n") {
-        raw.pop();
-        if raw.ends_with(b"\r") {
-            raw.pop();
-        }
-    }
-    Ok(raw)
 }
 
 fn hmac_key(secret: &[u8], allow: &Option<Vec<Algorithm>>) -> VerifyKey {

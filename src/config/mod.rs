@@ -5,11 +5,14 @@
 
 mod browser;
 mod locate;
+mod provider;
 pub mod raw;
+mod route;
 mod shared;
 mod validate;
 
-pub use validate::{is_loopback_host, segment_prefix, ALGORITHMS};
+pub use provider::{is_loopback_host, ALGORITHMS};
+pub use route::segment_prefix;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -374,6 +377,26 @@ fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
         position,
         message,
     }
+}
+
+/// Lower-case a header name and fold `_` into `-`: WSGI/ASGI servers read
+/// `X_Auth_Subject` as `X-Auth-Subject`, so both spellings must be stripped.
+pub fn fold_header_name(name: &str) -> String {
+    name.bytes()
+        .map(|b| if b == b'_' { '-' } else { b.to_ascii_lowercase() as char })
+        .collect()
+}
+
+/// A secret file's contents, less one trailing newline (`echo secret > file`).
+pub fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = std::fs::read(path)?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    Ok(bytes)
 }
 
 /// Where a field (`routes[2]`) is written in a configuration file: line and column.

@@ -4,13 +4,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Lower-case a header name and fold `_` into `-`: WSGI/ASGI servers read
-/// `X_Auth_Subject` as `X-Auth-Subject`, so both spellings must be stripped.
-pub fn fold_header_name(name: &str) -> String {
-    name.bytes()
-        .map(|b| if b == b'_' { '-' } else { b.to_ascii_lowercase() as char })
-        .collect()
-}
+use crate::config::fold_header_name;
 
 /// Glob match where `*` stands for any run of characters (including none).
 fn glob_match(pattern: &[u8], name: &[u8]) -> bool {

@@ -1,0 +1,273 @@
+//! Validation of `routes`: paths in normal form, methods, hosts, the upstream,
+//! access rules, and the lints for routes that can never match or that leave a
+//! protected path reachable through a later public one.
+
+use http::Method;
+
+use super::raw::{RawAuth, RawRoute};
+use super::validate::Ctx;
+use super::*;
+use crate::routing::normalize::normalize;
+
+/// A path written in a route must already be normalised, or it could never match.
+fn route_path(ctx: &Ctx, field: &str, p: &str) -> Result<String, ConfigError> {
+    match normalize(p) {
+        Ok(n) if n == p => Ok(n),
+        Ok(n) if n.len() > 1 && n.trim_end_matches('/') == p.trim_end_matches('/') => Ok(n),
+        Ok(n) => Err(ctx.err(format!(
+            "{field}: {p:?} is not in normal form, so no request could match it; write {n:?}"
+        ))),
+        Err(e) => Err(ctx.err(format!("{field}: {p:?} is not a valid path: {e}"))),
+    }
+}
+
+pub(super) fn validate_route(
+    ctx: &mut Ctx,
+    i: usize,
+    raw: RawRoute,
+    upstreams: &[Upstream],
+    providers: &[Provider],
+    cors: &[CorsPolicy],
+    limits: &[RateLimitPolicy],
+) -> Result<Route, ConfigError> {
+    let name = raw.name.unwrap_or_else(|| format!("routes[{i}]"));
+    let at = format!("routes[{i}] ({name})");
+    let path = match (&raw.matcher.path, &raw.matcher.path_exact, &raw.matcher.path_template) {
+        (Some(p), None, None) => {
+            let p = route_path(ctx, &format!("{at}.match.path"), p)?;
+            let trimmed = p.trim_end_matches('/');
+            PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+        }
+        (None, Some(p), None) => PathMatch::Exact(route_path(ctx, &format!("{at}.match.path_exact"), p)?),
+        (None, None, Some(t)) => {
+            let field = format!("{at}.match.path_template");
+            let template = crate::routing::template::PathTemplate::parse(t)
+                .map_err(|why| ctx.err(format!("{field}: {t:?} {why}")))?;
+            // Its literal segments must be in normal form, or nothing could match.
+            let literal = t.replace(['{', '}'], "");
+            route_path(ctx, &field, &literal)?;
+            PathMatch::Template(template)
+        }
+        _ => {
+            return Err(ctx.err(format!(
+                "{at}.match: set exactly one of `path` (prefix), `path_exact` or `path_template`"
+            )))
+        }
+    };
+    let methods = match raw.matcher.methods {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(ctx.err(format!(
+                "{at}.match.methods: the list is empty; leave it out to allow any method"
+            )))
+        }
+        Some(list) => {
+            let mut methods = Vec::new();
+            for m in list {
+                let upper = m.to_ascii_uppercase();
+                let method = Method::from_bytes(upper.as_bytes())
+                    .map_err(|_| ctx.err(format!("{at}.match.methods: {m:?} is not an HTTP method")))?;
+                if !methods.contains(&method) {
+                    methods.push(method);
+                }
+            }
+            Some(methods)
+        }
+    };
+    let host = match raw.matcher.host {
+        None => None,
+        Some(h) => {
+            let authority: http::uri::Authority = h
+                .parse()
+                .map_err(|_| ctx.err(format!("{at}.match.host: {h:?} is not a host name")))?;
+            if authority.as_str().contains('@') {
+                return Err(ctx.err(format!("{at}.match.host: {h:?} is not a host name")));
+            }
+            Some(authority.host().to_ascii_lowercase())
+        }
+    };
+    let upstream = upstreams.iter().position(|u| u.name == raw.upstream).ok_or_else(|| {
+        let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        ctx.err(format!(
+            "{at}.upstream: no upstream named {:?}; defined upstreams: {}",
+            raw.upstream,
+            known.join(", ")
+        ))
+    })?;
+    let strip_prefix = match raw.strip_prefix {
+        None => None,
+        Some(s) => {
+            let s = route_path(ctx, &format!("{at}.strip_prefix"), &s)?;
+            let s = s.trim_end_matches('/').to_string();
+            let literal;
+            let matched = match &path {
+                PathMatch::Prefix(p) | PathMatch::Exact(p) => p,
+                PathMatch::Template(t) => {
+                    literal = t.literal_prefix();
+                    &literal
+                }
+            };
+            if s.is_empty() || !segment_prefix(&s, matched) {
+                return Err(ctx.err(format!("{at}.strip_prefix: {s:?} is not a leading part of the route's path {matched:?}, so it would never apply")));
+            }
+            Some(s)
+        }
+    };
+    let access = match (raw.auth, raw.public) {
+        (Some(_), true) => return Err(ctx.err(format!("{at}: has both `auth` and `public: true`; choose one"))),
+        (None, false) => {
+            return Err(ctx.err(format!(
+            "{at}: declares neither `auth:` nor `public: true`; routes are denied by default, say which one you mean"
+        )))
+        }
+        (None, true) => Access::Public,
+        (Some(auth), false) => Access::Protected(validate_auth(ctx, &at, auth, providers)?),
+    };
+    let rate_limits = super::shared::route_limits(ctx, &at, raw.rate_limits, limits, raw.public)?;
+    let websocket = super::browser::websocket(ctx, &at, raw.websocket)?;
+    if websocket.is_some() && upstreams[upstream].protocol.is_http2() {
+        return Err(ctx.err(format!(
+            "{at}.websocket: WebSockets go upstream as HTTP/1.1 upgrades, but upstream {:?} speaks HTTP/2; give the route an http1 upstream",
+            upstreams[upstream].name
+        )));
+    }
+    let cors = match raw.cors {
+        None => None,
+        Some(name) => Some(cors.iter().position(|c| c.name == name).ok_or_else(|| {
+            let known: Vec<&str> = cors.iter().map(|c| c.name.as_str()).collect();
+            ctx.err(format!(
+                "{at}.cors: no CORS policy named {name:?}; defined policies: {}",
+                if known.is_empty() {
+                    "none (add one under `cors:`)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })?),
+    };
+    Ok(Route {
+        name,
+        path,
+        methods,
+        host,
+        upstream,
+        strip_prefix,
+        access,
+        websocket,
+        cors,
+        rate_limits,
+    })
+}
+
+fn validate_auth(ctx: &mut Ctx, at: &str, raw: RawAuth, providers: &[Provider]) -> Result<AuthRule, ConfigError> {
+    if providers.is_empty() {
+        return Err(ctx.err(format!(
+            "{at}.auth: no providers are configured, so no token could ever be accepted; add one under `providers:`"
+        )));
+    }
+    let indexes = match raw.providers {
+        None => (0..providers.len()).collect(),
+        Some(names) if names.is_empty() => {
+            return Err(ctx.err(format!(
+                "{at}.auth.providers: the list is empty; leave it out to allow any provider"
+            )))
+        }
+        Some(names) => {
+            let mut idx = Vec::new();
+            for n in names {
+                let i = providers.iter().position(|p| p.name == n).ok_or_else(|| {
+                    let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+                    ctx.err(format!(
+                        "{at}.auth.providers: no provider named {n:?}; defined providers: {}",
+                        known.join(", ")
+                    ))
+                })?;
+                if !idx.contains(&i) {
+                    idx.push(i);
+                }
+            }
+            idx
+        }
+    };
+    for s in raw.scopes.iter().chain(&raw.any_scopes) {
+        if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\') {
+            return Err(ctx.err(format!(
+                "{at}.auth: scope {s:?} is not a valid scope token (RFC 6749 §3.3: no spaces, quotes or backslashes)"
+            )));
+        }
+    }
+    let token_sources = super::browser::token_sources(ctx, at, raw.token_sources)?;
+    let monitor = match raw.mode.as_deref() {
+        None | Some("enforce") => false,
+        Some("monitor") => {
+            ctx.warnings.push(format!(
+                "{at}.auth.mode: monitor: requests that fail authentication or authorisation are forwarded anyway; switch to enforce once portcullis_auth_monitor_denials_total stays at zero"
+            ));
+            true
+        }
+        Some(other) => {
+            return Err(ctx.err(format!("{at}.auth.mode: {other:?} is neither enforce nor monitor")));
+        }
+    };
+    Ok(AuthRule {
+        providers: indexes,
+        scopes: raw.scopes,
+        any_scopes: raw.any_scopes,
+        token_sources,
+        monitor,
+    })
+}
+
+/// Whether `prefix` is `path` or a leading run of its segments.
+pub fn segment_prefix(prefix: &str, path: &str) -> bool {
+    prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+}
+
+/// Express, Rails and others serve `/admin/` as `/admin`. A protected
+/// `path_exact: /admin` does not match `/admin/`, so if that request falls to
+/// a later public route, the upstream may serve the protected page unchecked.
+pub(super) fn warn_trailing_slash_fallthrough(ctx: &mut Ctx, routes: &[Route]) {
+    for (i, route) in routes.iter().enumerate() {
+        let (PathMatch::Exact(p), Access::Protected(_)) = (&route.path, &route.access) else {
+            continue;
+        };
+        if p.ends_with('/') {
+            continue;
+        }
+        let slashed = format!("{p}/");
+        let falls_to = routes[i + 1..].iter().find(|later| {
+            let host = later.host.is_none() || later.host == route.host;
+            let methods = match (&route.methods, &later.methods) {
+                (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+                _ => true,
+            };
+            host && methods && crate::routing::table::path_matches(&later.path, &slashed)
+        });
+        if let Some(later) = falls_to.filter(|later| later.access == Access::Public) {
+            ctx.warnings.push(format!(
+                "route {:?} protects {p:?} exactly, but {slashed:?} falls to the public route {:?}; upstreams that serve {slashed:?} as {p:?} (Express, Rails) would answer it without a token: protect it with `path: {p}` or add {slashed:?}",
+                route.name, later.name
+            ));
+        }
+    }
+}
+
+/// Whether `earlier` matches every request `later` could match (shadowing).
+pub(super) fn covers(earlier: &Route, later: &Route) -> bool {
+    let host = earlier.host.is_none() || earlier.host == later.host;
+    let methods = match (&earlier.methods, &later.methods) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(e), Some(l)) => l.iter().all(|m| e.contains(m)),
+    };
+    let path = match (&earlier.path, &later.path) {
+        (PathMatch::Prefix(e), PathMatch::Prefix(l) | PathMatch::Exact(l)) => segment_prefix(e, l),
+        (PathMatch::Prefix(e), PathMatch::Template(t)) => segment_prefix(e, &t.literal_prefix()),
+        (PathMatch::Exact(e), PathMatch::Exact(l)) => e == l,
+        (PathMatch::Template(e), PathMatch::Exact(l)) => e.matches(l),
+        (PathMatch::Template(e), PathMatch::Template(l)) => l.within(e),
+        (PathMatch::Exact(_) | PathMatch::Template(_), PathMatch::Prefix(_)) => false,
+        (PathMatch::Exact(_), PathMatch::Template(_)) => false,
+    };
+    host && methods && path
+}
