@@ -158,9 +158,9 @@ fn bench_tokens(c: &mut Criterion) {
         monitor: false,
     };
     let mut g = c.benchmark_group("token");
-    std::env::set_var("PORTCULLIS_BENCH_SECRET", "bench-secret-0123456789abcdef0123456789");
+    std::fs::write(dir.join("hs.secret"), "bench-secret-0123456789abcdef0123456789").unwrap();
     let mut cases: Vec<(&str, Arc<ProviderState>, String)> = Vec::new();
-    let hs = provider(&dir, "hs", KeySource::SecretEnv("PORTCULLIS_BENCH_SECRET".into()));
+    let hs = provider(&dir, "hs", KeySource::SecretFile(dir.join("hs.secret")));
     let hs_token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims(),

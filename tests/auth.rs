@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 use support::tokens::*;
 use support::*;
 
-const FASTAPI_SECRET_VAR: &str = "PORTCULLIS_TEST_FASTAPI_SECRET";
 const FASTAPI_SECRET: &str = "fastapi-app-secret-key-0123456789abcdef";
 const HS_SECRET: &str = "a-shared-secret-of-decent-length-0123456789";
 
@@ -31,7 +30,6 @@ async fn setup() -> Setup {
 }
 
 async fn setup_with(identity_extra: &str) -> Setup {
-    std::env::set_var(FASTAPI_SECRET_VAR, FASTAPI_SECRET);
     let up = Upstream::start("app").await;
     let (rsa, ec, ec384, ed, rsa2) = (
         KeyPair::generate(Algorithm::RS256),
@@ -45,6 +43,7 @@ async fn setup_with(identity_extra: &str) -> Setup {
     std::fs::write(dir.path().join("rsa.pub.pem"), &rsa.public_pem).unwrap();
     std::fs::write(dir.path().join("ec.pub.pem"), &ec.public_pem).unwrap();
     std::fs::write(dir.path().join("hs.secret"), format!("{HS_SECRET}\n")).unwrap();
+    std::fs::write(dir.path().join("fastapi.secret"), FASTAPI_SECRET).unwrap();
     let set = jwks(&[ec.jwk("ec1"), ec384.jwk("ec384"), ed.jwk("ed1"), rsa2.jwk("rsa2")]);
     std::fs::write(dir.path().join("jwks.json"), set).unwrap();
     let yaml = format!(
@@ -64,7 +63,7 @@ async fn setup_with(identity_extra: &str) -> Setup {
     algorithms: [HS256, HS384, HS512]
     leeway: 0s
   fastapi:
-    secret_env: {FASTAPI_SECRET_VAR}
+    secret_file: fastapi.secret
     algorithms: [HS256]
   typed:
     issuer: https://typed.test/

@@ -124,12 +124,13 @@ mod tests {
     }
 
     fn provider() -> Arc<ProviderState> {
-        std::env::set_var("PORTCULLIS_CACHE_TEST_SECRET", "x");
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret.path(), "x").unwrap();
         let config = crate::config::Provider {
             name: "p".into(),
             issuer: None,
             audiences: None,
-            keys: crate::config::KeySource::SecretEnv("PORTCULLIS_CACHE_TEST_SECRET".into()),
+            keys: crate::config::KeySource::SecretFile(secret.path().to_path_buf()),
             ca_file: None,
             algorithms: None,
             leeway: std::time::Duration::from_secs(30),
