@@ -11,6 +11,7 @@ pub mod error;
 pub mod explain;
 pub mod grpc;
 pub mod limits;
+pub mod load;
 pub mod metrics;
 pub mod mint;
 pub mod openapi;
@@ -25,7 +26,6 @@ pub mod tunnel;
 
 use std::path::Path;
 
-use config::Config;
 use snapshot::Snapshot;
 
 /// Why the gateway could not start. Printed as one line by `main`.
@@ -39,11 +39,10 @@ pub enum StartError {
     Signals(#[source] std::io::Error),
 }
 
-/// Load, validate and compile a configuration file, as `check` and startup do.
+/// Load, validate and compile a configuration file as `check` does (nothing
+/// is written to disk).
 pub fn load(path: &Path) -> Result<(Snapshot, Vec<String>), config::ConfigError> {
-    let loaded = Config::load(path)?;
-    let snapshot = Snapshot::build(loaded.config, None)?;
-    Ok((snapshot, loaded.warnings))
+    load::load(path, None, load::Purpose::Check)
 }
 
 /// Tell systemd (`Type=notify`) what we are doing; a no-op outside systemd.
@@ -59,12 +58,10 @@ pub async fn run(path: &Path, on_ready: impl FnOnce(&server::Running)) -> Result
     use sd_notify::NotifyState;
     use tokio::signal::unix::{signal, SignalKind};
 
-    let loaded = Config::load(path)?;
-    tls::ensure_self_signed(&loaded.config.tls).map_err(|message| config::ConfigError::at_field(path, message))?;
-    for w in &loaded.warnings {
+    let (snapshot, warnings) = load::load(path, None, load::Purpose::Serve)?;
+    for w in &warnings {
         tracing::warn!("{w}");
     }
-    let snapshot = Snapshot::build(loaded.config, None)?;
     // Handlers first: a signal that arrives once we are ready must not kill us.
     let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::config::{Config, ConfigError, Limits};
+use crate::config::{ConfigError, Limits};
 use crate::connection::{drive, ConnState, Connection, Exchange, Tracked};
 use crate::proxy::{self, ConnInfo};
 use crate::snapshot::Snapshot;
@@ -153,21 +153,18 @@ impl Running {
     }
 
     fn try_reload(&self, path: &std::path::Path) -> Result<Vec<String>, ConfigError> {
-        let loaded = Config::load(path)?;
-        crate::tls::ensure_self_signed(&loaded.config.tls).map_err(|message| ConfigError::at_field(path, message))?;
         let current = self.gateway.snapshot.load();
-        let mut warnings = loaded.warnings;
-        if loaded.config.listen != current.config.listen {
+        let (snapshot, mut warnings) = crate::load::load(path, Some(&current), crate::load::Purpose::Serve)?;
+        if snapshot.config.listen != current.config.listen {
             warnings
                 .push("listen: listener addresses cannot change on reload; restart the gateway to move them".into());
         }
-        if loaded.config.limits.max_connections != current.config.limits.max_connections {
+        if snapshot.config.limits.max_connections != current.config.limits.max_connections {
             warnings.push(format!(
                 "limits.max_connections: stays {} until the gateway restarts (the connection budget is set at startup)",
                 self.max_connections
             ));
         }
-        let snapshot = Snapshot::build(loaded.config, Some(&current))?;
         snapshot.start_background();
         self.gateway.snapshot.store(Arc::new(snapshot));
         Ok(warnings)
