@@ -231,7 +231,7 @@ fn bench_tokens(c: &mut Criterion) {
 }
 
 fn bench_headers(c: &mut Criterion) {
-    let identity = portcullis::config::Identity {
+    let identity = portcullis::config::IdentitySettings {
         subject_header: http::HeaderName::from_static("x-auth-subject"),
         scopes_header: http::HeaderName::from_static("x-auth-scopes"),
         claims: vec![(http::HeaderName::from_static("x-auth-email"), "email".into())],
@@ -243,7 +243,7 @@ fn bench_headers(c: &mut Criterion) {
         &[&identity.subject_header, &identity.scopes_header],
     );
     let apply = IdentityHeaders::new(&identity);
-    let who = portcullis::auth::Identity {
+    let who = portcullis::auth::Caller {
         subject: Some("user-1234".into()),
         scopes: vec!["orders:read".into(), "profile".into()],
         claims: serde_json::json!({"email": "user@example.com"})

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::auth::token::{self, VERIFY_STEPS};
-use crate::auth::{credential, Identity};
+use crate::auth::{credential, Caller};
 use crate::config::{Access, AuthRule, TokenSource};
 use crate::error::GatewayError;
 use crate::routing::normalize::normalize;
@@ -344,7 +344,7 @@ fn check_token(
     rule: &AuthRule,
     parts: &http::request::Parts,
     host: Option<&http::HeaderValue>,
-) -> Result<Arc<Identity>, GatewayError> {
+) -> Result<Arc<Caller>, GatewayError> {
     let found = credential::find(&rule.token_sources, &parts.headers, parts.uri.query()).inspect_err(|e| {
         b.add("token", "fail", e.description());
     })?;
@@ -444,7 +444,7 @@ fn check_token(
         "skipped",
         "revocations live in the shared store; explain does not read it",
     );
-    let identity = Identity::from_claims(unverified.unverified_claims().clone(), &provider.config);
+    let identity = Caller::from_claims(unverified.unverified_claims().clone(), &provider.config);
     let held = identity.scopes.join(" ");
     match crate::auth::scopes::authorize(rule, &identity.scopes) {
         Ok(()) => b.add("scopes", "pass", format!("held [{held}]")),

@@ -98,7 +98,7 @@ pub struct RequestFacts<'a> {
     pub route: &'a str,
     pub client: std::net::IpAddr,
     pub headers: &'a http::HeaderMap,
-    pub identity: Option<&'a crate::auth::Identity>,
+    pub identity: Option<&'a crate::auth::Caller>,
 }
 
 /// The bucket a request falls in; `None` when the request lacks what the

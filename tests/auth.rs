@@ -13,7 +13,7 @@ const HS_SECRET: &str = "a-shared-secret-of-decent-length-0123456789";
 
 struct Setup {
     gw: TestGateway,
-    up: Upstream,
+    up: RecordingUpstream,
     rsa: KeyPair,
     ec: KeyPair,
     ec384: KeyPair,
@@ -30,7 +30,7 @@ async fn setup() -> Setup {
 }
 
 async fn setup_with(identity_extra: &str) -> Setup {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let (rsa, ec, ec384, ed, rsa2) = (
         KeyPair::generate(Algorithm::RS256),
         KeyPair::generate(Algorithm::ES256),

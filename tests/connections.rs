@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::*;
 
-fn config(up: &Upstream, limits: &str) -> String {
+fn config(up: &RecordingUpstream, limits: &str) -> String {
     format!(
         "{}limits:\n{limits}upstreams:\n  app:\n    targets: [{}]\n    request_timeout: 20s\nroutes:\n  - name: all\n    match: {{ path: / }}\n    upstream: app\n    public: true\n",
         header(""),
@@ -26,7 +26,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http2_client_with_a_zero_window_is_cut_off() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "  send_timeout: 500ms\n  idle_timeout: 30s\n")).await;
     let tls = raw_tls(gw.addr, &gw.cert, &[b"h2"]).await;
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -57,7 +57,7 @@ async fn an_http2_client_with_a_zero_window_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http1_client_that_stops_reading_is_cut_off() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "  send_timeout: 500ms\n  idle_timeout: 30s\n")).await;
     let total = 200_000_000;
     let mut tls = gw.raw().await;
@@ -77,7 +77,7 @@ async fn an_http1_client_that_stops_reading_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_clients_never_delay_shutdown() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "  shutdown_grace: 20s\n")).await;
     // An HTTP/2 client that says hello and then never reads again: it cannot
     // answer the GOAWAY's PING.
@@ -104,7 +104,7 @@ async fn idle_clients_never_delay_shutdown() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rapid_reset_gets_a_goaway() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "")).await;
     let mut client = gw.client(Proto::H2).await;
     let mut resets = 0;
@@ -170,7 +170,7 @@ async fn server_settings(gw: &TestGateway) -> Vec<(u16, u32)> {
 async fn http2_stream_limit_is_advertised() {
     const MAX_CONCURRENT_STREAMS: u16 = 0x3;
     const ENABLE_CONNECT_PROTOCOL: u16 = 0x8;
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "  max_header_bytes: 16384\n")).await;
     let settings = server_settings(&gw).await;
     assert!(settings.contains(&(MAX_CONCURRENT_STREAMS, 100)), "{settings:?}");

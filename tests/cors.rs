@@ -6,7 +6,7 @@ mod support;
 
 use support::*;
 
-fn config(up: &Upstream) -> String {
+fn config(up: &RecordingUpstream) -> String {
     format!(
         r#"{header}providers:
   app:
@@ -46,7 +46,7 @@ routes:
     )
 }
 
-async fn start(up: &Upstream) -> TestGateway {
+async fn start(up: &RecordingUpstream) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("app.secret"), "a-cors-test-secret-of-decent-length-012").unwrap();
@@ -72,7 +72,7 @@ fn no_cors_headers(r: &Reply) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn preflights_are_answered_by_the_gateway() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = start(&up).await;
     for proto in [Proto::H1, Proto::H2] {
         let mut c = gw.client(proto).await;
@@ -106,7 +106,7 @@ async fn preflights_are_answered_by_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_preflights_carry_no_cors_headers() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = start(&up).await;
     let mut c = gw.client(Proto::H1).await;
     for (origin, method, headers) in [
@@ -140,7 +140,7 @@ async fn refused_preflights_carry_no_cors_headers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn responses_to_allowed_origins_carry_the_policy_errors_included() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = start(&up).await;
     let mut c = gw.client(Proto::H1).await;
     // A 401 made by the gateway: the browser app can read it.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::*;
 
-fn config(up: &Upstream, extra: &str) -> String {
+fn config(up: &RecordingUpstream, extra: &str) -> String {
     format!(
         "{}{extra}upstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: write\n    match: {{ path: /api/orders, methods: [POST] }}\n    upstream: app\n    public: true\n  - name: public\n    match: {{ path: /api/public }}\n    upstream: app\n    public: true\n",
         header(""),
@@ -19,7 +19,7 @@ fn config(up: &Upstream, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn methods_not_in_upper_case_are_refused() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "")).await;
     for proto in [Proto::H1, Proto::H2] {
         let mut c = gw.client(proto).await;
@@ -34,7 +34,7 @@ async fn methods_not_in_upper_case_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http11_without_host_is_refused() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "")).await;
     let mut tls = gw.raw().await;
     let out = exchange(&mut tls, b"GET /api/public HTTP/1.1\r\nConnection: close\r\n\r\n").await;
@@ -53,7 +53,7 @@ async fn http11_without_host_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn semicolons_in_paths_are_refused_unless_allowed() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "")).await;
     for path in ["/api/public/..;/admin", "/api/public;x=1", "/api/public/a;jsessionid=1"] {
         for proto in [Proto::H1, Proto::H2] {
@@ -73,8 +73,8 @@ async fn semicolons_in_paths_are_refused_unless_allowed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trailing_dot_on_the_host_is_the_same_host() {
-    let admin = Upstream::start("admin").await;
-    let public = Upstream::start("public").await;
+    let admin = RecordingUpstream::start("admin").await;
+    let public = RecordingUpstream::start("public").await;
     let yaml = format!(
         "{}upstreams:\n  admin:\n    targets: [{}]\n  public:\n    targets: [{}]\nroutes:\n  - match: {{ path: /, host: admin.example.com }}\n    upstream: admin\n    public: true\n  - match: {{ path: / }}\n    upstream: public\n    public: true\n",
         header(""),
@@ -112,7 +112,7 @@ async fn a_trailing_dot_on_the_host_is_the_same_host() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn foreign_forwarding_headers_never_reach_the_upstream() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     // Even with nothing configured to strip.
     let gw = TestGateway::start(&config(&up, "identity:\n  strip_incoming: []\n")).await;
     for proto in [Proto::H1, Proto::H2] {
@@ -138,7 +138,7 @@ async fn foreign_forwarding_headers_never_reach_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_redirect_listener_has_its_own_connection_budget() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let yaml = config(&up, "limits:\n  max_connections: 1\n").replacen(
         "  https: 127.0.0.1:0\n",
         "  https: 127.0.0.1:0\n  http: 127.0.0.1:0\n",
@@ -166,7 +166,7 @@ async fn the_redirect_listener_has_its_own_connection_budget() {
 /// access-log line and metrics, with status 499.
 #[tokio::test(flavor = "multi_thread")]
 async fn abandoned_requests_are_logged_as_499() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let yaml = format!(
         "{}upstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: abandoned-h1\n    match: {{ path: /h1 }}\n    upstream: app\n    public: true\n  - name: abandoned-h2\n    match: {{ path: /h2 }}\n    upstream: app\n    public: true\n",
         header_with_admin(),

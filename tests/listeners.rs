@@ -10,7 +10,7 @@ use rustls_pki_types::ServerName;
 use support::*;
 use tokio::io::AsyncWriteExt;
 
-fn simple(up: &Upstream, tls_extra: &str, extra: &str) -> String {
+fn simple(up: &RecordingUpstream, tls_extra: &str, extra: &str) -> String {
     format!(
         "{}{extra}upstreams:\n  app:\n    targets: [{}]\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
         header(tls_extra),
@@ -39,7 +39,7 @@ async fn handshake(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn min_version_is_enforced() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&simple(&up, "", "")).await;
     handshake(&gw, &[&rustls::version::TLS12])
         .await
@@ -60,7 +60,7 @@ async fn min_version_is_enforced() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hsts_can_be_customised_or_turned_off() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&simple(&up, "  hsts: \"max-age=60; includeSubDomains\"\n", "")).await;
     assert_eq!(
         gw.get("/").await.header("strict-transport-security"),
@@ -75,7 +75,7 @@ async fn hsts_can_be_customised_or_turned_off() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn self_signed_if_missing_creates_a_certificate() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         "listen:\n  https: 127.0.0.1:0\ntls:\n  cert: made/gw.crt\n  key: made/gw.key\n  self_signed_if_missing: true\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
@@ -106,7 +106,7 @@ async fn self_signed_if_missing_creates_a_certificate() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_listener_redirects_to_https() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let yaml = simple(&up, "", "").replace("  https: 127.0.0.1:0\n", "  https: 127.0.0.1:0\n  http: 127.0.0.1:0\n");
     let gw = TestGateway::start(&yaml).await;
     let http = gw.http_addr.expect("http listener");
@@ -128,7 +128,7 @@ async fn http_listener_redirects_to_https() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_request_heads_are_cut_off() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&simple(
         &up,
         "",
@@ -146,7 +146,7 @@ async fn slow_request_heads_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keep_alive_outlives_header_timeout_but_not_idle_timeout() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&simple(
         &up,
         "",
@@ -170,7 +170,7 @@ async fn keep_alive_outlives_header_timeout_but_not_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_connections_holds_back_extra_clients() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&simple(&up, "", "limits:\n  max_connections: 1\n")).await;
     let mut first = gw.client(Proto::H1).await;
     assert_eq!(first.send(req("GET", "/", &[], "")).await.status, 200);

@@ -18,7 +18,7 @@ fn token(scope: &str) -> String {
     )
 }
 
-async fn gateway(up: &Upstream, routes: &str) -> TestGateway {
+async fn gateway(up: &RecordingUpstream, routes: &str) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
@@ -32,7 +32,7 @@ async fn gateway(up: &Upstream, routes: &str) -> TestGateway {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn path_templates_match_one_segment_per_parameter() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let routes = "  - name: item-owner\n    match: { path_template: \"/items/{item_id}/owner\" }\n    upstream: app\n    auth: { scopes: [items:admin] }\n  - name: items\n    match: { path: /items }\n    upstream: app\n    public: true\n";
     let gw = gateway(&up, routes).await;
     let admin = format!("Bearer {}", token("items:admin"));
@@ -67,7 +67,7 @@ async fn path_templates_match_one_segment_per_parameter() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn monitor_mode_forwards_and_records_what_enforce_would_refuse() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let routes = "  - name: monitored\n    match: { path: /orders }\n    upstream: app\n    auth: { scopes: [orders:read], mode: monitor }\n";
     let gw = gateway(&up, routes).await;
     let mut c = gw.client(Proto::H1).await;
@@ -155,7 +155,7 @@ async fn an_imported_openapi_route_table_checks_and_serves() {
         "{routes}"
     );
 
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
     let yaml = format!(

@@ -29,7 +29,7 @@ struct Gateway {
     cert: CertificateDer<'static>,
 }
 
-fn config(up: &Upstream, routes: &str, extra_limits: &str) -> String {
+fn config(up: &RecordingUpstream, routes: &str, extra_limits: &str) -> String {
     format!(
         "listen:\n  https: 127.0.0.1:0\n  admin: 127.0.0.1:0\ntls:\n  cert: cert.pem\n  key: key.pem\nlimits:\n  shutdown_grace: 10s\n{extra_limits}providers:\n  app:\n    secret_file: secret\n    algorithms: [HS256]\nupstreams:\n  app:\n    targets: [{}]\n    request_timeout: 10s\nroutes:\n{routes}",
         up.url()
@@ -161,7 +161,7 @@ fn metric(body: &str, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_applies_a_good_config_and_keeps_serving_through_a_bad_one() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = Gateway::start(&config(&up, ROUTE_A, ""), None);
     assert_eq!(gw.get("/a").await, 200);
     assert_eq!(gw.get("/b").await, 404);
@@ -217,7 +217,7 @@ async fn sighup_applies_a_good_config_and_keeps_serving_through_a_bad_one() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_swaps_the_certificate_for_new_handshakes() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = Gateway::start(&config(&up, ROUTE_A, ""), None);
     let old = gw.cert.clone();
     let (cert_pem, key_pem) = portcullis::tls::self_signed(&["localhost".into()]).unwrap();
@@ -243,7 +243,7 @@ async fn sighup_swaps_the_certificate_for_new_handshakes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reloads_under_load_drop_nothing() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = Gateway::start(&config(&up, ROUTE_A, ""), None);
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -285,7 +285,7 @@ async fn reloads_under_load_drop_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let mut gw = Gateway::start(&config(&up, ROUTE_A, ""), None);
     let mut c = gw.client(Proto::H1).await;
     let mut c2 = gw.client(Proto::H2).await;
@@ -310,7 +310,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_exits_at_once() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let mut gw = Gateway::start(&config(&up, ROUTE_A, ""), None);
     let mut c = gw.client(Proto::H1).await;
     let _slow = tokio::spawn(async move { c.send(req("GET", "/a", &[("x-test", "slow")], "")).await });
@@ -327,7 +327,7 @@ async fn a_second_signal_exits_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn systemd_is_told_ready_reloading_and_stopping() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let sock_dir = tempfile::tempdir().unwrap();
     let sock_path = sock_dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
@@ -354,7 +354,7 @@ async fn systemd_is_told_ready_reloading_and_stopping() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn access_logs_are_structured_and_never_contain_the_token() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = Gateway::start(&config(&up, ROUTE_A, ""), None);
     let good = hs_sign(
         Algorithm::HS256,
@@ -412,7 +412,7 @@ async fn access_logs_are_structured_and_never_contain_the_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_endpoints() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = Gateway::start(&config(&up, ROUTE_A, ""), None);
     assert_eq!(gw.admin("/healthz").await.0, 200);
     let (status, body) = gw.admin("/readyz").await;

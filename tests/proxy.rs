@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use support::*;
 
 /// Two public routes plus a catch-all, in front of one recording upstream.
-fn config(up: &Upstream, extra: &str) -> String {
+fn config(up: &RecordingUpstream, extra: &str) -> String {
     format!(
         "{}upstreams:\n  app:\n    targets: [{}]\n    request_timeout: 1s\n{extra}routes:\n  - name: orders\n    match: {{ path: /api/orders, methods: [GET, HEAD] }}\n    upstream: app\n    strip_prefix: /api\n    public: true\n  - name: orders-write\n    match: {{ path: /api/orders, methods: [POST] }}\n    upstream: app\n    public: true\n  - name: public\n    match: {{ path: /public }}\n    upstream: app\n    public: true\n  - name: health\n    match: {{ path_exact: /health }}\n    upstream: app\n    public: true\n",
         header(""),
@@ -20,7 +20,7 @@ fn config(up: &Upstream, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forwards_over_http1_and_http2_with_hsts_and_request_id() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "")).await;
     for proto in [Proto::H1, Proto::H2] {
         let mut c = gw.client(proto).await;
@@ -55,7 +55,7 @@ async fn forwards_over_http1_and_http2_with_hsts_and_request_id() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn routing_404_405_and_strip_prefix() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "")).await;
     let mut c = gw.client(Proto::H1).await;
 
@@ -87,7 +87,7 @@ async fn routing_404_405_and_strip_prefix() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn host_matching_ignores_case_and_port() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let yaml = format!(
         "{}upstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: api\n    match: {{ path: /, host: api.example.com }}\n    upstream: app\n    public: true\n",
         header(""),
@@ -118,8 +118,8 @@ async fn host_matching_ignores_case_and_port() {
 /// The route decision and the path the upstream receives always agree.
 #[tokio::test(flavor = "multi_thread")]
 async fn path_bypass_attempts() {
-    let admin = Upstream::start("admin").await;
-    let public = Upstream::start("public").await;
+    let admin = RecordingUpstream::start("admin").await;
+    let public = RecordingUpstream::start("public").await;
     let yaml = format!(
         "{}upstreams:\n  admin:\n    targets: [{}]\n  public:\n    targets: [{}]\nroutes:\n  - name: admin\n    match: {{ path: /admin }}\n    upstream: admin\n    public: true\n  - name: public\n    match: {{ path: /public }}\n    upstream: public\n    public: true\n",
         header(""),
@@ -181,7 +181,7 @@ async fn path_bypass_attempts() {
 /// A raw backslash cannot be sent through a typed client; send it by hand.
 #[tokio::test(flavor = "multi_thread")]
 async fn raw_backslash_is_refused() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "")).await;
     let mut s = gw.raw().await;
     let out = exchange(
@@ -196,7 +196,7 @@ async fn raw_backslash_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn spoofed_identity_and_hop_by_hop_headers_are_stripped() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let extra = "identity:\n  strip_incoming: [\"X-Auth-*\", \"X-Internal-*\"]\n  claims:\n    X-User-Email: email\n";
     let gw = TestGateway::start(&config(&up, extra)).await;
     for proto in [Proto::H1, Proto::H2] {
@@ -260,7 +260,7 @@ async fn spoofed_identity_and_hop_by_hop_headers_are_stripped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_connections_are_pooled_and_reused() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "")).await;
     let mut h2 = gw.client(Proto::H2).await;
     let mut h1 = gw.client(Proto::H1).await;
@@ -278,7 +278,7 @@ async fn upstream_connections_are_pooled_and_reused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn host_header_can_be_set_per_upstream() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let yaml = format!(
         "{}upstreams:\n  app:\n    targets: [{}]\n    host: internal.svc:8080\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
         header(""),
@@ -292,7 +292,7 @@ async fn host_header_can_be_set_per_upstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_stream_both_ways() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "limits:\n  max_body_bytes: 8388608\n")).await;
     for proto in [Proto::H1, Proto::H2] {
         let mut c = gw.client(proto).await;
@@ -311,8 +311,8 @@ async fn bodies_stream_both_ways() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_robin_skips_a_refusing_target() {
-    let a = Upstream::start("a").await;
-    let b = Upstream::start("b").await;
+    let a = RecordingUpstream::start("a").await;
+    let b = RecordingUpstream::start("b").await;
     let dead = closed_port().await;
     let yaml = format!(
         "{}upstreams:\n  app:\n    targets: [{}, http://{dead}, {}]\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
@@ -336,7 +336,7 @@ async fn round_robin_skips_a_refusing_target() {
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_failures_map_to_502_and_504() {
     let dead = closed_port().await;
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let yaml = format!(
         "{}upstreams:\n  dead:\n    targets: [http://{dead}]\n    connect_timeout: 500ms\n  app:\n    targets: [{}]\n    request_timeout: 500ms\nroutes:\n  - match: {{ path: /dead }}\n    upstream: dead\n    public: true\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
         header(""),
@@ -361,7 +361,7 @@ async fn upstream_failures_map_to_502_and_504() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn body_and_header_limits() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(
         &up,
         "limits:\n  max_body_bytes: 1000\n  max_header_bytes: 2048\n",
@@ -413,7 +413,7 @@ async fn body_and_header_limits() {
 /// second request to the upstream, and the client connection is closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn content_length_with_transfer_encoding_cannot_smuggle() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "")).await;
     let attacks: [&[u8]; 2] = [
         b"POST /public HTTP/1.1\r\nHost: localhost\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n",
@@ -442,7 +442,7 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_http_on_the_https_port_is_refused() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "")).await;
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let out = exchange(&mut tcp, b"GET /public HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
@@ -452,7 +452,7 @@ async fn plain_http_on_the_https_port_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn https_upstreams_are_verified_against_ca_file() {
-    let (up, ca_pem) = Upstream::start_tls("secure").await;
+    let (up, ca_pem) = RecordingUpstream::start_tls("secure").await;
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
@@ -485,7 +485,7 @@ async fn https_upstreams_are_verified_against_ca_file() {
 /// not change, and swaps routes atomically for new requests on old connections.
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_keeps_pools_and_applies_to_open_connections() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(&up, "")).await;
     let mut c = gw.client(Proto::H2).await;
     assert_eq!(c.send(req("GET", "/public", &[], "")).await.status, 200);

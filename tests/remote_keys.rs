@@ -14,11 +14,11 @@ use support::*;
 struct Setup {
     gw: TestGateway,
     idp: Idp,
-    up: Upstream,
+    up: RecordingUpstream,
 }
 
 async fn setup(idp: Idp, source: &str, refresh: &str) -> Setup {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("idp-ca.pem"), &idp.ca_pem).unwrap();

@@ -24,7 +24,7 @@ fn token(claims: serde_json::Value) -> String {
 
 /// A gateway in front of `up` with `extra` top-level YAML (store, policies)
 /// and `routes`.
-async fn gateway(up: &Upstream, extra: &str, routes: &str) -> TestGateway {
+async fn gateway(up: &RecordingUpstream, extra: &str, routes: &str) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
@@ -52,7 +52,7 @@ async fn post_admin(gw: &TestGateway, path: &str, body: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_share_one_budget_exactly() {
     let redis = RedisServer::start().await;
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let extra = format!(
         "store:\n  redis: {}\n  timeout: 500ms\nrate_limits:\n  shared:\n    key: route\n    rate: 1/h\n    burst: 10\n    store: redis\n",
         redis.url()
@@ -98,7 +98,7 @@ async fn two_instances_share_one_budget_exactly() {
 async fn a_store_outage_applies_on_store_error_and_heals() {
     let mut redis = RedisServer::start().await;
     let port = redis.port;
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let extra = format!(
         "store:\n  redis: {}\n  timeout: 100ms\nrate_limits:\n  lenient:\n    key: client_ip\n    rate: 1/h\n    burst: 2\n    store: redis\n    on_store_error: allow\n  strict:\n    key: client_ip\n    rate: 1/h\n    burst: 100\n    store: redis\n    on_store_error: deny\n",
         redis.url()
@@ -134,7 +134,7 @@ async fn a_store_outage_applies_on_store_error_and_heals() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revocation_is_in_force_on_every_instance() {
     let redis = RedisServer::start().await;
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let extra = format!("store:\n  redis: {}\nrevocation: {{ store: redis }}\n", redis.url());
     let routes = "  - name: api\n    match: { path: /api }\n    upstream: app\n    auth: { scopes: [api] }\n";
     let a = gateway(&up, &extra, routes).await;
@@ -197,7 +197,7 @@ async fn a_revocation_is_in_force_on_every_instance() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gateway_starts_without_redis_and_readyz_names_the_store() {
     let port = closed_port().await.port();
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let extra = format!("store:\n  redis: redis://127.0.0.1:{port}/0\nrevocation: {{ store: redis }}\n");
     let routes = "  - name: api\n    match: { path: /api }\n    upstream: app\n    auth: {}\n";
     let gw = gateway(&up, &extra, routes).await;
@@ -211,7 +211,7 @@ async fn the_gateway_starts_without_redis_and_readyz_names_the_store() {
 #[tokio::test(flavor = "multi_thread")]
 async fn revoke_refuses_bad_requests() {
     let redis = RedisServer::start().await;
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let extra = format!("store:\n  redis: {}\nrevocation: {{ store: redis }}\n", redis.url());
     let routes = "  - name: api\n    match: { path: /api }\n    upstream: app\n    auth: {}\n";
     let gw = gateway(&up, &extra, routes).await;
@@ -238,7 +238,7 @@ async fn revoke_refuses_bad_requests() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn local_limits_with_every_key_kind() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let mut extra = String::from("rate_limits:\n");
     for (name, key) in [
         ("by-subject", "subject"),

@@ -16,7 +16,7 @@ fn one_route(upstream_yaml: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn h2c_upstream_serves_http1_and_http2_clients() {
-    let up = Upstream::start_h2c("grpcish").await;
+    let up = RecordingUpstream::start_h2c("grpcish").await;
     let gw = TestGateway::start(&one_route(&format!("    targets: [{}]\n    protocol: h2c\n", up.url()))).await;
     for proto in [Proto::H1, Proto::H2] {
         let mut c = gw.client(proto).await;
@@ -45,7 +45,7 @@ async fn h2c_upstream_serves_http1_and_http2_clients() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn te_is_never_sent_to_http1_upstreams() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&one_route(&format!("    targets: [{}]\n", up.url()))).await;
     let r = gw
         .client(Proto::H1)
@@ -58,7 +58,7 @@ async fn te_is_never_sent_to_http1_upstreams() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn h2_upstream_over_tls_with_ca_file() {
-    let (up, ca_pem) = Upstream::start_h2_tls("secure-h2").await;
+    let (up, ca_pem) = RecordingUpstream::start_h2_tls("secure-h2").await;
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
@@ -80,7 +80,7 @@ async fn h2_upstream_over_tls_with_ca_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http1_only_tls_target_is_refused_for_h2() {
     // The target answers ALPN with http/1.1 only: the gateway must not guess.
-    let (up, ca_pem) = Upstream::start_tls("h1-only").await;
+    let (up, ca_pem) = RecordingUpstream::start_tls("h1-only").await;
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
@@ -95,7 +95,7 @@ async fn an_http1_only_tls_target_is_refused_for_h2() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn response_trailers_reach_http2_clients() {
-    let up = Upstream::start_h2c("trailing").await;
+    let up = RecordingUpstream::start_h2c("trailing").await;
     let gw = TestGateway::start(&one_route(&format!("    targets: [{}]\n    protocol: h2c\n", up.url()))).await;
     let r = gw
         .client(Proto::H2)
@@ -112,8 +112,8 @@ async fn response_trailers_reach_http2_clients() {
 async fn many_streams_share_few_upstream_connections() {
     // 40 concurrent streams on one client connection: against an h2c upstream
     // they share one connection; against HTTP/1.1 they never exceed the cap.
-    let h2 = Upstream::start_h2c("h2").await;
-    let h1 = Upstream::start("h1").await;
+    let h2 = RecordingUpstream::start_h2c("h2").await;
+    let h1 = RecordingUpstream::start("h1").await;
     let yaml = format!(
         "{}upstreams:\n  h2:\n    targets: [{}]\n    protocol: h2c\n  h1:\n    targets: [{}]\n    max_connections: 4\n    connect_timeout: 5s\nroutes:\n  - match: {{ path: /h2 }}\n    upstream: h2\n    public: true\n  - match: {{ path: /h1 }}\n    upstream: h1\n    public: true\n",
         header(""),
@@ -141,7 +141,7 @@ async fn many_streams_share_few_upstream_connections() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_target_answers_503_after_connect_timeout() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&one_route(&format!(
         "    targets: [{}]\n    max_connections: 1\n    connect_timeout: 300ms\n    request_timeout: 10s\n",
         up.url()
@@ -163,7 +163,7 @@ async fn a_full_target_answers_503_after_connect_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_waiting_request_gets_the_connection_that_frees_up() {
-    let up = Upstream::start("app").await;
+    let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&one_route(&format!(
         "    targets: [{}]\n    max_connections: 1\n    connect_timeout: 5s\n",
         up.url()
@@ -179,7 +179,8 @@ async fn a_waiting_request_gets_the_connection_that_frees_up() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_request_leaves_its_new_connection_in_the_pool() {
-    let (up, ca_pem) = Upstream::start_tls_slow_handshake("slow-tls", std::time::Duration::from_millis(500)).await;
+    let (up, ca_pem) =
+        RecordingUpstream::start_tls_slow_handshake("slow-tls", std::time::Duration::from_millis(500)).await;
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
@@ -212,7 +213,7 @@ async fn a_cancelled_request_leaves_its_new_connection_in_the_pool() {
 async fn request_trailers_reach_http2_upstreams() {
     use http_body_util::StreamBody;
     use hyper::body::Frame;
-    let up = Upstream::start_h2c("h2").await;
+    let up = RecordingUpstream::start_h2c("h2").await;
     let gw = TestGateway::start(&one_route(&format!("    targets: [{}]\n    protocol: h2c\n", up.url()))).await;
     let tls = raw_tls(gw.addr, &gw.cert, &[b"h2"]).await;
     let (mut sender, conn) =

@@ -30,12 +30,12 @@ fn token(scope: &str) -> String {
 struct Setup {
     gw: TestGateway,
     ws: WsUpstream,
-    plain: Upstream,
+    plain: RecordingUpstream,
 }
 
 async fn setup(limits: &str) -> Setup {
     let ws = WsUpstream::start().await;
-    let plain = Upstream::start("plain").await;
+    let plain = RecordingUpstream::start("plain").await;
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("ws.secret"), SECRET).unwrap();

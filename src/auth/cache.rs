@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::{Identity, ProviderState};
+use super::{Caller, ProviderState};
 
 /// Entries kept at most; past it, expired entries and then about half of the
 /// rest are evicted.
@@ -30,7 +30,7 @@ pub struct CachedToken {
     pub generation: u64,
     /// `exp` plus the provider's leeway, Unix seconds.
     pub valid_until: f64,
-    pub identity: Arc<Identity>,
+    pub identity: Arc<Caller>,
 }
 
 #[derive(Debug)]
@@ -105,8 +105,8 @@ impl TokenCache {
 mod tests {
     use super::*;
 
-    fn identity() -> Arc<Identity> {
-        Arc::new(Identity {
+    fn identity() -> Arc<Caller> {
+        Arc::new(Caller {
             subject: None,
             scopes: vec![],
             claims: Default::default(),

@@ -72,7 +72,7 @@ impl ProviderState {
 
 /// What a verified token says about the caller.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub struct Caller {
     pub subject: Option<Value>,
     pub scopes: Vec<String>,
     pub claims: Map<String, Value>,
@@ -80,11 +80,11 @@ pub struct Identity {
     pub valid_until: f64,
 }
 
-impl Identity {
+impl Caller {
     /// The caller as a provider's settings read a verified token's claims.
     pub fn from_claims(claims: Map<String, Value>, provider: &Provider) -> Self {
         let valid_until = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0) + provider.leeway.as_secs_f64();
-        Identity {
+        Caller {
             subject: claims.get(&provider.subject_claim).cloned(),
             scopes: scopes::collect(&claims, &provider.scope_claims),
             claims,
@@ -162,7 +162,7 @@ pub async fn authenticate(
     cache: &TokenCache,
     rule: &AuthRule,
     token: Option<&str>,
-) -> Result<Arc<Identity>, GatewayError> {
+) -> Result<Arc<Caller>, GatewayError> {
     let identity = verify_token(providers, cache, rule, token).await?;
     authorize(rule, &identity)?;
     Ok(identity)
@@ -174,7 +174,7 @@ pub async fn verify_token(
     cache: &TokenCache,
     rule: &AuthRule,
     token: Option<&str>,
-) -> Result<Arc<Identity>, GatewayError> {
+) -> Result<Arc<Caller>, GatewayError> {
     let result = verify(providers, cache, rule, token).await;
     if let Err(e) = &result {
         count_failure(e);
@@ -183,7 +183,7 @@ pub async fn verify_token(
 }
 
 /// The route's scope requirement against a verified token's scopes.
-pub fn authorize(rule: &AuthRule, identity: &Identity) -> Result<(), GatewayError> {
+pub fn authorize(rule: &AuthRule, identity: &Caller) -> Result<(), GatewayError> {
     let result = scopes::authorize(rule, &identity.scopes).map_err(GatewayError::InsufficientScope);
     if let Err(e) = &result {
         count_failure(e);
@@ -211,7 +211,7 @@ async fn verify(
     cache: &TokenCache,
     rule: &AuthRule,
     token: Option<&str>,
-) -> Result<Arc<Identity>, GatewayError> {
+) -> Result<Arc<Caller>, GatewayError> {
     let token = token.ok_or(GatewayError::MissingToken)?;
     let now = now();
     let key = TokenCache::key(token);
@@ -238,7 +238,7 @@ async fn verify(
         other => other,
     };
     verified.map_err(invalid)?;
-    let identity = Arc::new(Identity::from_claims(unverified.into_claims(), &provider.config));
+    let identity = Arc::new(Caller::from_claims(unverified.into_claims(), &provider.config));
     // Cached before the scope check: the token is valid whatever this route wants.
     cache.insert(
         key,

@@ -32,7 +32,7 @@ pub struct Config {
     pub tls: Tls,
     pub limits: Limits,
     pub providers: Vec<Provider>,
-    pub identity: Identity,
+    pub identity: IdentitySettings,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
     /// `paths.allow_semicolons`: whether a `;` in a request path is accepted.
@@ -209,7 +209,7 @@ impl KeySource {
 }
 
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub struct IdentitySettings {
     pub subject_header: HeaderName,
     pub scopes_header: HeaderName,
     pub claims: Vec<(HeaderName, String)>,

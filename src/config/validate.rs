@@ -218,7 +218,7 @@ fn validate_limits(ctx: &Ctx, raw: raw::RawLimits) -> Result<Limits, ConfigError
     })
 }
 
-fn validate_identity(ctx: &Ctx, raw: raw::RawIdentity) -> Result<Identity, ConfigError> {
+fn validate_identity(ctx: &Ctx, raw: raw::RawIdentity) -> Result<IdentitySettings, ConfigError> {
     let subject_header = raw
         .subject_header
         .map_or(HeaderName::from_static("x-auth-subject"), |h| h.0);
@@ -256,7 +256,7 @@ fn validate_identity(ctx: &Ctx, raw: raw::RawIdentity) -> Result<Identity, Confi
         }
         strip_incoming.push(super::fold_header_name(&p));
     }
-    Ok(Identity {
+    Ok(IdentitySettings {
         subject_header,
         scopes_header,
         claims,

@@ -65,7 +65,7 @@ pub struct IdentityHeaders {
 }
 
 impl IdentityHeaders {
-    pub fn new(config: &crate::config::Identity) -> Self {
+    pub fn new(config: &crate::config::IdentitySettings) -> Self {
         IdentityHeaders {
             subject: config.subject_header.clone(),
             scopes: config.scopes_header.clone(),
@@ -76,7 +76,7 @@ impl IdentityHeaders {
     /// Set the identity headers from verified claims. A claim that is absent is
     /// left out; a value that cannot travel safely in a header (control
     /// characters, newlines) is left out rather than forwarded raw.
-    pub fn apply(&self, headers: &mut HeaderMap, identity: &crate::auth::Identity) {
+    pub fn apply(&self, headers: &mut HeaderMap, identity: &crate::auth::Caller) {
         if let Some(v) = identity.subject.as_ref().and_then(claim_value) {
             headers.insert(self.subject.clone(), v);
         }

@@ -388,7 +388,7 @@ async fn check_access(
     snap: &Snapshot,
     rule: &crate::config::AuthRule,
     token: Result<Option<&str>, GatewayError>,
-) -> Result<Arc<crate::auth::Identity>, (GatewayError, Option<Arc<crate::auth::Identity>>)> {
+) -> Result<Arc<crate::auth::Caller>, (GatewayError, Option<Arc<crate::auth::Caller>>)> {
     let token = token.map_err(|e| (e, None))?;
     let identity = crate::auth::verify_token(&snap.providers, &snap.tokens, rule, token)
         .await

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
-use crate::auth::Identity;
+use crate::auth::Caller;
 
 /// Accepted past `exp` by at most a provider's leeway: entries outlive it by this.
 const SLACK_SECONDS: f64 = 3600.0;
@@ -92,7 +92,7 @@ impl Revocations {
     }
 
     /// Whether a verified token has been revoked.
-    pub fn is_revoked(&self, identity: &Identity) -> bool {
+    pub fn is_revoked(&self, identity: &Caller) -> bool {
         if self.is_empty() {
             return false;
         }
@@ -307,9 +307,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn identity(claims: serde_json::Value) -> Identity {
+    fn identity(claims: serde_json::Value) -> Caller {
         let claims = claims.as_object().unwrap().clone();
-        Identity {
+        Caller {
             subject: claims.get("sub").cloned(),
             scopes: vec![],
             claims,

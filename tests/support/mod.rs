@@ -46,7 +46,7 @@ pub struct Seen {
 /// `200` with `upstream: <name>`. The request header `x-test` selects other
 /// behaviour: `slow` (sleep 3 s), `reset` (close without answering),
 /// `stream:N` (a chunked body of N bytes), `status:NNN`.
-pub struct Upstream {
+pub struct RecordingUpstream {
     pub addr: SocketAddr,
     pub name: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -54,7 +54,7 @@ pub struct Upstream {
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Upstream {
+impl Drop for RecordingUpstream {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -68,38 +68,38 @@ pub enum UpProto {
     H2c,
 }
 
-impl Upstream {
-    pub async fn start(name: &str) -> Upstream {
+impl RecordingUpstream {
+    pub async fn start(name: &str) -> RecordingUpstream {
         Self::serve(name, None, UpProto::H1).await
     }
 
     /// The same upstream behind TLS; returns it and its certificate (PEM) to trust.
-    pub async fn start_tls(name: &str) -> (Upstream, String) {
+    pub async fn start_tls(name: &str) -> (RecordingUpstream, String) {
         let (acceptor, cert_pem) = tls_acceptor_alpn(&[b"http/1.1"]);
         let up = Self::serve(name, Some(acceptor), UpProto::H1).await;
         (up, cert_pem)
     }
 
-    /// [`Upstream::start_tls`] whose TLS handshakes each take `delay` to start.
-    pub async fn start_tls_slow_handshake(name: &str, delay: Duration) -> (Upstream, String) {
+    /// [`RecordingUpstream::start_tls`] whose TLS handshakes each take `delay` to start.
+    pub async fn start_tls_slow_handshake(name: &str, delay: Duration) -> (RecordingUpstream, String) {
         let (acceptor, cert_pem) = tls_acceptor_alpn(&[b"http/1.1"]);
         let up = Self::serve_with(name, Some(acceptor), UpProto::H1, delay).await;
         (up, cert_pem)
     }
 
     /// An HTTP/2-only upstream over plain TCP (prior knowledge).
-    pub async fn start_h2c(name: &str) -> Upstream {
+    pub async fn start_h2c(name: &str) -> RecordingUpstream {
         Self::serve(name, None, UpProto::H2c).await
     }
 
     /// An HTTP/2-only upstream behind TLS (ALPN h2); returns its certificate too.
-    pub async fn start_h2_tls(name: &str) -> (Upstream, String) {
+    pub async fn start_h2_tls(name: &str) -> (RecordingUpstream, String) {
         let (acceptor, cert_pem) = tls_acceptor_alpn(&[b"h2"]);
         let up = Self::serve(name, Some(acceptor), UpProto::H2c).await;
         (up, cert_pem)
     }
 
-    async fn serve(name: &str, tls: Option<tokio_rustls::TlsAcceptor>, proto: UpProto) -> Upstream {
+    async fn serve(name: &str, tls: Option<tokio_rustls::TlsAcceptor>, proto: UpProto) -> RecordingUpstream {
         Self::serve_with(name, tls, proto, Duration::ZERO).await
     }
 
@@ -108,7 +108,7 @@ impl Upstream {
         tls: Option<tokio_rustls::TlsAcceptor>,
         proto: UpProto,
         handshake_delay: Duration,
-    ) -> Upstream {
+    ) -> RecordingUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -135,7 +135,7 @@ impl Upstream {
                 });
             }
         });
-        Upstream {
+        RecordingUpstream {
             addr,
             name: name.to_string(),
             seen,
