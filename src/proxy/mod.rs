@@ -311,42 +311,15 @@ async fn pipeline(
         .websocket
         .as_ref()
         .filter(|_| crate::tunnel::is_websocket_upgrade(&parts));
-    // Hop-by-hop first, so nothing a client names in `Connection` can remove
-    // what the gateway adds below.
-    let h = &mut parts.headers;
     let upstream = &snap.upstreams[route.upstream];
-    // `TE: trailers` is the one TE value HTTP/2 allows (RFC 9113 §8.2.2); gRPC
-    // servers need it to know the client reads trailers.
-    let te_trailers = upstream.config.protocol.is_http2() && headers::accepts_trailers(h);
-    headers::remove_hop_by_hop(h);
-    if te_trailers {
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    // The credential goes no further, wherever it came from.
-    let mut query = parts.uri.query().map(std::borrow::Cow::Borrowed);
-    if !snap.config.identity.forward_authorization {
-        h.remove(header::AUTHORIZATION);
-        match &token_source {
-            Some(TokenSource::Query(name)) => {
-                query = query.and_then(|q| credential::strip_query(&q, name).map(std::borrow::Cow::Owned));
-            }
-            Some(TokenSource::Cookie(name)) => credential::strip_cookie(h, name),
-            _ => {}
-        }
-    }
-    if let Some(identity) = &identity {
-        snap.identity.apply(h, identity);
-    }
-    headers::set_forwarded(h, &conn.forwarded_for, host.as_ref().map(|(v, _)| v));
-    h.insert(X_REQUEST_ID, log.request_id().clone());
-    match &upstream.config.host {
-        HostPolicy::Preserve => match &host {
-            Some((v, _)) => h.insert(header::HOST, v.clone()),
-            None => h.remove(header::HOST),
-        },
-        HostPolicy::Literal(v) => h.insert(header::HOST, v.clone()),
+    let outgoing = Outgoing {
+        upstream: &upstream.config,
+        host: host.as_ref().map(|(v, _)| v),
+        caller: identity.as_deref(),
+        token_source: token_source.as_ref(),
+        request_id: log.request_id(),
     };
-
+    let query = rewrite_for_upstream(snap, conn, &outgoing, &mut parts.headers, parts.uri.query());
     let upstream_path = strip_prefix(route.strip_prefix.as_deref(), &path);
     let path_and_query = match query {
         Some(q) => PathAndQuery::try_from(format!("{upstream_path}?{q}")),
@@ -379,6 +352,60 @@ async fn pipeline(
             Err(failure.into_gateway_error())
         }
     }
+}
+
+/// What the upstream request is built from, besides the client's headers.
+struct Outgoing<'a> {
+    upstream: &'a crate::config::Upstream,
+    host: Option<&'a HeaderValue>,
+    caller: Option<&'a crate::auth::Caller>,
+    token_source: Option<&'a TokenSource>,
+    request_id: &'a HeaderValue,
+}
+
+/// The client's headers made into the upstream's (docs/request-lifecycle.md,
+/// step 12), and the query string without a credential taken from it.
+/// Hop-by-hop headers go first, so nothing a client names in `Connection`
+/// can remove what the gateway adds after.
+fn rewrite_for_upstream<'q>(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    out: &Outgoing<'_>,
+    h: &mut http::HeaderMap,
+    query: Option<&'q str>,
+) -> Option<std::borrow::Cow<'q, str>> {
+    // `TE: trailers` is the one TE value HTTP/2 allows (RFC 9113 §8.2.2); gRPC
+    // servers need it to know the client reads trailers.
+    let te_trailers = out.upstream.protocol.is_http2() && headers::accepts_trailers(h);
+    headers::remove_hop_by_hop(h);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    // The credential goes no further, wherever it came from.
+    let mut query = query.map(std::borrow::Cow::Borrowed);
+    if !snap.config.identity.forward_authorization {
+        h.remove(header::AUTHORIZATION);
+        match out.token_source {
+            Some(TokenSource::Query(name)) => {
+                query = query.and_then(|q| credential::strip_query(&q, name).map(std::borrow::Cow::Owned));
+            }
+            Some(TokenSource::Cookie(name)) => credential::strip_cookie(h, name),
+            _ => {}
+        }
+    }
+    if let Some(caller) = out.caller {
+        snap.identity.apply(h, caller);
+    }
+    headers::set_forwarded(h, &conn.forwarded_for, out.host);
+    h.insert(X_REQUEST_ID, out.request_id.clone());
+    match &out.upstream.host {
+        HostPolicy::Preserve => match out.host {
+            Some(v) => h.insert(header::HOST, v.clone()),
+            None => h.remove(header::HOST),
+        },
+        HostPolicy::Literal(v) => h.insert(header::HOST, v.clone()),
+    };
+    query
 }
 
 /// The token's verdict for a protected route: verified, not revoked, scopes
