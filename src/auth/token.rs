@@ -430,6 +430,113 @@ mod tests {
         }
     }
 
+    /// Structurally valid tokens with random headers and claims, half of them
+    /// signed with the provider's key: verification really runs, never
+    /// panics, and accepts exactly the tokens that are signed with the key and
+    /// whose claims are all in order (checked here independently).
+    #[test]
+    fn random_well_formed_tokens_are_judged_correctly() {
+        use aws_lc_rs::hmac;
+        let secret = b"a-random-token-test-secret-0123456789";
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), secret).unwrap();
+        let mut p = provider();
+        p.keys = crate::config::KeySource::SecretFile(file.path().to_path_buf());
+        let keys = crate::auth::keys::load_local(&p).unwrap().unwrap();
+        let signer = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let now = 1_000_000.0;
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let (mut accepted, mut verified_signatures) = (0, 0);
+        for _ in 0..20_000 {
+            let alg = ["HS256", "HS512", "RS256", "none", "hs256"][next(5) as usize];
+            let mut header = json!({ "alg": alg });
+            if next(4) == 0 {
+                header["kid"] = json!("k1");
+            }
+            if next(10) == 0 {
+                header["crit"] = json!(["exp"]);
+            }
+            let number_or_junk = |r: u64, base: f64| match r {
+                0 => json!(base),
+                1 => json!(base.to_string()),
+                2 => Value::Null,
+                _ => json!(base + 500.0),
+            };
+            let mut claims = json!({});
+            match next(6) {
+                0 => {}
+                r => claims["exp"] = number_or_junk(r % 4, now - 100.0 + next(400) as f64),
+            }
+            if next(3) == 0 {
+                claims["nbf"] = number_or_junk(next(4), now - 50.0 + next(200) as f64);
+            }
+            match next(4) {
+                0 => {}
+                1 => claims["iss"] = json!("https://other.example/"),
+                2 => claims["iss"] = json!(7),
+                _ => claims["iss"] = json!("https://id.example.com/"),
+            }
+            match next(4) {
+                0 => {}
+                1 => claims["aud"] = json!(["x", "api"]),
+                2 => claims["aud"] = json!(3),
+                _ => claims["aud"] = json!("api"),
+            }
+            let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+            let message = format!("{}.{}", b64(&header), b64(&claims));
+            let signed = next(2) == 0;
+            let signature = if signed {
+                hmac::sign(&signer, message.as_bytes()).as_ref().to_vec()
+            } else {
+                (0..32).map(|_| next(256) as u8).collect()
+            };
+            let token = format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature));
+            let verdict = decode(&token).expect("well-formed").verify(&p, &keys, now);
+
+            // The rules, written out independently of `verify`.
+            let leeway = p.leeway.as_secs_f64();
+            let exp_ok = claims
+                .get("exp")
+                .and_then(Value::as_f64)
+                .is_some_and(|e| now < e + leeway);
+            let nbf_ok = match claims.get("nbf") {
+                None => true,
+                Some(v) => v.as_f64().is_some_and(|n| n <= now + leeway),
+            };
+            let should_accept = signed
+                && alg == "HS256"
+                && header.get("crit").is_none()
+                && exp_ok
+                && nbf_ok
+                && claims.get("iss") == Some(&json!("https://id.example.com/"))
+                && matches!(claims.get("aud"), Some(a) if a == &json!("api") || a == &json!(["x", "api"]));
+            assert_eq!(
+                verdict.is_ok(),
+                should_accept,
+                "{header} {claims} signed={signed}: {verdict:?}"
+            );
+            if !signed && alg == "HS256" && header.get("crit").is_none() {
+                assert_eq!(
+                    verdict,
+                    Err(Rejection::Signature),
+                    "a forged HS256 token is a bad signature"
+                );
+            }
+            accepted += usize::from(verdict.is_ok());
+            verified_signatures += usize::from(signed && alg == "HS256");
+        }
+        assert!(
+            accepted > 20 && verified_signatures > 2000,
+            "{accepted} accepted, {verified_signatures} signed"
+        );
+    }
+
     #[test]
     fn typ_comparison() {
         assert!(typ_matches("at+jwt", "at+jwt"));
