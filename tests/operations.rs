@@ -187,12 +187,10 @@ async fn sighup_applies_a_good_config_and_keeps_serving_through_a_bad_one() {
         "",
     ));
     gw.signal("HUP");
-    for _ in 0..100 {
-        if gw.logs().iter().filter(|l| l.contains("reload failed")).count() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(Duration::from_secs(5), || {
+        gw.logs().iter().filter(|l| l.contains("reload failed")).count() == 2
+    })
+    .await;
     assert_eq!(gw.get("/b").await, 200);
 
     let (status, body) = gw.admin("/metrics").await;
@@ -261,16 +259,30 @@ async fn reloads_under_load_drop_nothing() {
             }
         }));
     }
+    let reloads = |gw: &Gateway| {
+        gw.logs()
+            .iter()
+            .filter(|l| l.contains("configuration reloaded"))
+            .count()
+    };
     for i in 0..10 {
         let routes = if i % 2 == 0 {
             format!("{ROUTE_A}{ROUTE_B}")
         } else {
             ROUTE_A.to_string()
         };
+        let before = reloads(&gw);
         gw.write_config(&config(&up, &routes, ""));
         gw.signal("HUP");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The reload was applied while the load runs, before the next one.
+        wait_for(Duration::from_secs(5), || reloads(&gw) > before).await;
     }
+    assert_eq!(reloads(&gw), 10, "every reload happened during the load");
+    let (_, metrics) = gw.admin("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_config_reloads_total{result="success"} 10"#),
+        "{metrics}"
+    );
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
@@ -291,7 +303,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let mut c2 = gw.client(Proto::H2).await;
     let slow = tokio::spawn(async move { c.send(req("GET", "/a", &[("x-test", "slow")], "")).await.status });
     let slow2 = tokio::spawn(async move { c2.send(req("GET", "/a", &[("x-test", "slow")], "")).await.status });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for(Duration::from_secs(5), || up.requests().len() == 2).await;
     gw.signal("TERM");
     gw.wait_log("shutting down").await;
     // No new connections once draining.
@@ -314,7 +326,8 @@ async fn a_second_signal_exits_at_once() {
     let mut gw = Gateway::start(&config(&up, ROUTE_A, ""), None);
     let mut c = gw.client(Proto::H1).await;
     let _slow = tokio::spawn(async move { c.send(req("GET", "/a", &[("x-test", "slow")], "")).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The slow request is in flight (the upstream has it) before the signals.
+    wait_for(Duration::from_secs(5), || !up.requests().is_empty()).await;
     gw.signal("TERM");
     gw.wait_log("shutting down").await;
     gw.signal("INT");

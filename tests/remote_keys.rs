@@ -15,9 +15,13 @@ struct Setup {
     gw: TestGateway,
     idp: Idp,
     up: RecordingUpstream,
+    /// The provider's name, unique to the test: the metrics registry is process-wide.
+    provider: String,
 }
 
 async fn setup(idp: Idp, source: &str, refresh: &str) -> Setup {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let provider = format!("idp{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let up = RecordingUpstream::start("app").await;
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
@@ -27,13 +31,13 @@ async fn setup(idp: Idp, source: &str, refresh: &str) -> Setup {
         _ => format!("jwks_uri: {}", idp.jwks_uri()),
     };
     let yaml = format!(
-        "{}providers:\n  idp:\n    issuer: {}\n    audiences: [api]\n    {source}\n    ca_file: idp-ca.pem\n    jwks_refresh: {refresh}\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: orders\n    match: {{ path: /orders }}\n    upstream: app\n    auth: {{ scopes: [orders:read] }}\n",
+        "{}providers:\n  {provider}:\n    issuer: {}\n    audiences: [api]\n    {source}\n    ca_file: idp-ca.pem\n    jwks_refresh: {refresh}\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: orders\n    match: {{ path: /orders }}\n    upstream: app\n    auth: {{ scopes: [orders:read] }}\n",
         header_with_admin(),
         idp.issuer(),
         up.url()
     );
     let gw = TestGateway::start_in(dir, cert, &yaml).await;
-    Setup { gw, idp, up }
+    Setup { gw, idp, up, provider }
 }
 
 fn token(kp: &KeyPair, kid: &str, iss: &str) -> String {
@@ -44,6 +48,20 @@ fn token(kp: &KeyPair, kid: &str, iss: &str) -> String {
 }
 
 impl Setup {
+    /// How many key fetches of this provider have ended with `result`.
+    async fn refreshes(&self, result: &str) -> u64 {
+        let (_, metrics) = self.gw.admin("/metrics").await;
+        let prefix = format!(
+            r#"portcullis_jwks_refresh_total{{provider="{}",result="{result}"}} "#,
+            self.provider
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     async fn call(&self, token: &str) -> Reply {
         let auth = format!("Bearer {token}");
         self.gw
@@ -80,7 +98,10 @@ async fn discovery_happy_path_and_readiness() {
     assert_eq!(status, 200, "{body}");
     let (_, metrics) = s.gw.admin("/metrics").await;
     assert!(
-        metrics.contains(r#"portcullis_jwks_refresh_total{provider="idp",result="success"}"#),
+        metrics.contains(&format!(
+            r#"portcullis_jwks_refresh_total{{provider="{}",result="success"}}"#,
+            s.provider
+        )),
         "{metrics}"
     );
 }
@@ -91,7 +112,9 @@ async fn discovery_issuer_mismatch_is_refused() {
     let idp = Idp::start(vec![kp.jwk("k1")]).await;
     idp.set(|s| s.claimed_issuer = Some("https://evil.example/".into()));
     let s = setup(idp, "discovery", "10m").await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The discovery document was fetched and refused.
+    wait_for_async(Duration::from_secs(5), || async { s.refreshes("failure").await >= 1 }).await;
+    assert!(s.idp.discovery_hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     let t = token(&kp, "k1", &s.idp.issuer());
     s.call(&t).await.assert_error(503, "temporarily_unavailable");
     assert_eq!(
@@ -101,7 +124,7 @@ async fn discovery_issuer_mismatch_is_refused() {
     );
     let (status, body) = s.gw.admin("/readyz").await;
     assert_eq!(status, 503);
-    assert!(body.contains("providers.idp"), "{body}");
+    assert!(body.contains(&format!("providers.{}", s.provider)), "{body}");
     assert!(s.up.requests().is_empty());
 }
 
@@ -176,7 +199,10 @@ async fn provider_down_at_startup_then_up() {
     assert_eq!(s.gw.admin("/readyz").await.0, 200);
     let (_, metrics) = s.gw.admin("/metrics").await;
     assert!(
-        metrics.contains(r#"portcullis_jwks_refresh_total{provider="idp",result="failure"}"#),
+        metrics.contains(&format!(
+            r#"portcullis_jwks_refresh_total{{provider="{}",result="failure"}}"#,
+            s.provider
+        )),
         "{metrics}"
     );
 }
@@ -239,13 +265,13 @@ async fn malformed_or_oversize_jwks_keeps_the_old_keys() {
         r#"{"keys": []}"#.to_string(),
         format!(r#"{{"keys": [], "pad": "{}"}}"#, "x".repeat(300 * 1024)),
     ] {
+        let failures = s.refreshes("failure").await;
         s.idp.set(|st| st.raw_jwks = Some(bad.clone()));
-        let before = s.idp.jwks_fetches();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while s.idp.jwks_fetches() <= before && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(s.idp.jwks_fetches() > before, "a refresh happened");
+        // Wait until the bad document has been processed (refused), not just served.
+        wait_for_async(Duration::from_secs(5), || async {
+            s.refreshes("failure").await > failures
+        })
+        .await;
         assert_eq!(
             s.call(&t).await.status,
             200,
