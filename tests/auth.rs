@@ -627,3 +627,140 @@ async fn cached_tokens_still_get_every_route_check() {
     tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     assert_invalid_token(&s.with_token("/orders", &short).await, &short, "expired while cached");
 }
+
+/// A JWKS that also holds an `oct` key (whose secret anyone reading the JWKS
+/// knows) and an encryption key never yields keys for them; headers naming a
+/// key location (`jku`, `x5u`) or carrying a key (`jwk`, `x5c`) are never
+/// used: the URLs, served by the test, are never fetched.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_oct_and_enc_keys_are_skipped_and_key_urls_never_fetched() {
+    use base64::Engine;
+    let up = RecordingUpstream::start("app").await;
+    let signing = KeyPair::generate(Algorithm::RS256);
+    let encryption = KeyPair::generate(Algorithm::RS256);
+    let oct_secret = b"a-symmetric-key-published-in-the-jwks";
+    let mut enc = encryption.jwk("enc");
+    enc["use"] = json!("enc");
+    let oct =
+        json!({"kty": "oct", "kid": "oct", "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(oct_secret)});
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("jwks.json"), jwks(&[signing.jwk("sig"), enc, oct])).unwrap();
+    let yaml = format!(
+        "{}providers:\n  idp:\n    issuer: https://idp.test/\n    audiences: [api]\n    jwks_file: jwks.json\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: api\n    match: {{ path: /api }}\n    upstream: app\n    auth: {{}}\n",
+        header(""),
+        up.url()
+    );
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    // A listener that counts every connection, for the key URLs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let key_server = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    let server = tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let c = claims("https://idp.test/", "");
+    let call = |t: String| {
+        let gw = &gw;
+        async move {
+            gw.client(Proto::H1)
+                .await
+                .send(req("GET", "/api", &[("authorization", &format!("Bearer {t}"))], ""))
+                .await
+        }
+    };
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("oct".into());
+    let oct_token = jsonwebtoken::encode(&header, &c, &jsonwebtoken::EncodingKey::from_secret(oct_secret)).unwrap();
+    call(oct_token).await.assert_error(401, "invalid_token");
+    call(encryption.sign(&c, Some("enc")))
+        .await
+        .assert_error(401, "invalid_token");
+    let attacker = KeyPair::generate(Algorithm::RS256);
+    for field in ["jku", "x5u"] {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some("attacker".into());
+        let url = format!("http://{key_server}/keys");
+        if field == "jku" {
+            h.jku = Some(url);
+        } else {
+            h.x5u = Some(url);
+        }
+        call(attacker.sign_with_header(&h, &c))
+            .await
+            .assert_error(401, "invalid_token");
+    }
+    let mut h = Header::new(Algorithm::RS256);
+    h.x5c = Some(vec!["MIIBAAAA".into()]);
+    call(attacker.sign_with_header(&h, &c))
+        .await
+        .assert_error(401, "invalid_token");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a key URL was fetched"
+    );
+    assert!(up.requests().is_empty());
+    // The genuine signing key still works.
+    assert_eq!(call(signing.sign(&c, Some("sig"))).await.status, 200);
+    server.abort();
+}
+
+/// A reload that rotates a secret or drops a provider refuses the tokens the
+/// old configuration accepted, cached ones included.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_rotates_keys_refuses_cached_tokens() {
+    let up = RecordingUpstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    let old_secret = "the-old-secret-of-this-gateway-000000000";
+    std::fs::write(dir.path().join("app.secret"), old_secret).unwrap();
+    let yaml = format!(
+        "{}providers:\n  app:\n    secret_file: app.secret\n    algorithms: [HS256]\n  other:\n    issuer: https://other.test/\n    secret_file: app.secret\n    algorithms: [HS256]\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: api\n    match: {{ path: /api }}\n    upstream: app\n    auth: {{}}\n",
+        header(""),
+        up.url()
+    );
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let token = hs_sign(
+        Algorithm::HS256,
+        old_secret.as_bytes(),
+        &json!({"sub": "a", "exp": now() + 600}),
+    );
+    let other = hs_sign(
+        Algorithm::HS256,
+        old_secret.as_bytes(),
+        &json!({"iss": "https://other.test/", "sub": "b", "exp": now() + 600}),
+    );
+    let call = |t: &str| {
+        let auth = format!("Bearer {t}");
+        let gw = &gw;
+        async move {
+            gw.client(Proto::H1)
+                .await
+                .send(req("GET", "/api", &[("authorization", &auth)], ""))
+                .await
+        }
+    };
+    for t in [&token, &other] {
+        assert_eq!(call(t).await.status, 200);
+        assert_eq!(call(t).await.status, 200, "now from the cache");
+    }
+    // Rotate the secret file, and remove the other provider.
+    let dir = gw.config_path.parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("app.secret"), "a-brand-new-secret-after-rotation-00000").unwrap();
+    let yaml = std::fs::read_to_string(&gw.config_path).unwrap();
+    let start = yaml.find("  other:").unwrap();
+    let end = yaml.find("upstreams:").unwrap();
+    std::fs::write(&gw.config_path, format!("{}{}", &yaml[..start], &yaml[end..])).unwrap();
+    gw.reload().expect("reload");
+    call(&token).await.assert_error(401, "invalid_token");
+    call(&other).await.assert_error(401, "invalid_token");
+    assert_eq!(
+        up.requests().len(),
+        4,
+        "nothing after the rotation reached the upstream"
+    );
+}
