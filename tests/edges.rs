@@ -1,0 +1,205 @@
+//! Edges that a regression would open silently: host confusion, byte-exact
+//! matching, a stalled TLS handshake, a streamed HTTP/2 body over the limit,
+//! upstream statuses and failures, and in-flight requests across a reload.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+
+use support::*;
+
+fn hosts_config(admin: &RecordingUpstream, public: &RecordingUpstream) -> String {
+    format!(
+        "{}upstreams:\n  admin:\n    targets: [{}]\n  public:\n    targets: [{}]\nroutes:\n  - name: admin-host\n    match: {{ path: /, host: admin.test }}\n    upstream: admin\n    public: true\n  - name: others\n    match: {{ path: / }}\n    upstream: public\n    public: true\n",
+        header(""),
+        admin.url(),
+        public.url()
+    )
+}
+
+/// Routing and the forwarded `Host` use the same host: the absolute-form
+/// target's authority or HTTP/2 `:authority` over a `Host` header that says
+/// otherwise; two `Host` headers are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_confusion_is_resolved_one_way() {
+    let admin = RecordingUpstream::start("admin").await;
+    let public = RecordingUpstream::start("public").await;
+    let gw = TestGateway::start(&hosts_config(&admin, &public)).await;
+
+    // HTTP/1.1 absolute-form: the target's authority wins over Host.
+    let mut tls = gw.raw().await;
+    let out = exchange(
+        &mut tls,
+        b"GET https://admin.test/x HTTP/1.1\r\nHost: public.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.contains("upstream: admin"), "{out}");
+    assert_eq!(admin.last().headers["host"], "admin.test");
+    assert_eq!(admin.last().headers["x-forwarded-host"], "admin.test");
+
+    // HTTP/2: :authority wins over a Host header.
+    let r = gw
+        .client(Proto::H2)
+        .await
+        .send(req("GET", "https://public.test/y", &[("host", "admin.test")], ""))
+        .await;
+    assert_eq!(r.text(), "upstream: public");
+    assert_eq!(public.last().headers["host"], "public.test");
+
+    // Two Host headers: refused, never routed.
+    let mut tls = gw.raw().await;
+    let out = exchange(
+        &mut tls,
+        b"GET /z HTTP/1.1\r\nHost: public.test\r\nHost: admin.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(admin.requests().len(), 1);
+    assert_eq!(public.requests().len(), 1);
+}
+
+/// Paths compare byte for byte after normalisation: `/Admin` is not `/admin`.
+#[tokio::test(flavor = "multi_thread")]
+async fn path_matching_is_byte_exact() {
+    let admin = RecordingUpstream::start("admin").await;
+    let public = RecordingUpstream::start("public").await;
+    let yaml = format!(
+        "{}upstreams:\n  admin:\n    targets: [{}]\n  public:\n    targets: [{}]\nroutes:\n  - match: {{ path: /admin }}\n    upstream: admin\n    public: true\n  - match: {{ path: / }}\n    upstream: public\n    public: true\n",
+        header(""),
+        admin.url(),
+        public.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(gw.get("/admin/x").await.text(), "upstream: admin");
+    for path in ["/Admin", "/ADMIN/x", "/adminx"] {
+        assert_eq!(gw.get(path).await.text(), "upstream: public", "{path}");
+    }
+    gw.get("/admin;x=1").await.assert_error(400, "invalid_request");
+}
+
+/// A client that opens a TCP connection and never finishes the TLS handshake
+/// is cut at `header_read_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_tls_handshake_is_cut() {
+    let up = RecordingUpstream::start("app").await;
+    let yaml = format!(
+        "{}limits:\n  header_read_timeout: 500ms\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        header(""),
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // The first bytes of a ClientHello, then nothing.
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_to_close(&mut tcp, Duration::from_secs(5)).await;
+    assert!(closed, "the stalled handshake held the connection");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+/// An HTTP/2 body without Content-Length is cut at `max_body_bytes` while
+/// it streams, with 413 when nothing was answered yet.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_http2_body_over_the_limit_is_refused() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let up = RecordingUpstream::start("app").await;
+    let yaml = format!(
+        "{}limits:\n  max_body_bytes: 1000\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        header(""),
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let tls = raw_tls(gw.addr, &gw.cert, &[b"h2"]).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let frames: Vec<Result<Frame<bytes::Bytes>, std::io::Error>> = (0..10)
+        .map(|_| Ok(Frame::data(bytes::Bytes::from(vec![b'x'; 300]))))
+        .collect();
+    let req = http::Request::post("https://localhost/upload")
+        .body(StreamBody::new(tokio_stream::iter(frames)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert!(
+        up.requests().iter().all(|s| s.body_len <= 1000),
+        "no more than the limit went upstream"
+    );
+}
+
+/// Upstream statuses pass through untouched; failures are counted by kind.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_statuses_pass_through_and_failures_are_counted() {
+    let up = RecordingUpstream::start("app").await;
+    let dead = closed_port().await;
+    let yaml = format!(
+        "{}upstreams:\n  edges-app:\n    targets: [{}]\n    request_timeout: 500ms\n  edges-dead:\n    targets: [http://{dead}]\nroutes:\n  - match: {{ path: /dead }}\n    upstream: edges-dead\n    public: true\n  - match: {{ path: / }}\n    upstream: edges-app\n    public: true\n",
+        header_with_admin(),
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut c = gw.client(Proto::H1).await;
+    for status in ["201", "204", "301", "404", "418", "500", "503"] {
+        let r = c
+            .send(req("GET", "/s", &[("x-test", &format!("status:{status}"))], ""))
+            .await;
+        assert_eq!(r.status.as_str(), status);
+        assert_ne!(
+            r.header("content-type"),
+            Some("application/json"),
+            "the upstream's own answer"
+        );
+    }
+    c.send(req("GET", "/s", &[("x-test", "reset")], ""))
+        .await
+        .assert_error(502, "bad_gateway");
+    c.send(req("GET", "/s", &[("x-test", "slow")], ""))
+        .await
+        .assert_error(504, "gateway_timeout");
+    gw.get("/dead").await.assert_error(502, "bad_gateway");
+    let (_, metrics) = gw.admin("/metrics").await;
+    for (upstream, kind) in [
+        ("edges-app", "reset"),
+        ("edges-app", "timeout"),
+        ("edges-dead", "connect"),
+    ] {
+        let line = format!(r#"portcullis_upstream_errors_total{{upstream="{upstream}",kind="{kind}"}} 1"#);
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+}
+
+/// A request in flight during a reload finishes under the configuration it
+/// started with; the next one on the same connection gets the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_flight_requests_finish_under_the_old_configuration() {
+    let up = RecordingUpstream::start("app").await;
+    let yaml = format!(
+        "{}upstreams:\n  app:\n    targets: [{}]\n    request_timeout: 10s\nroutes:\n  - name: old\n    match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        header(""),
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let client = gw.client(Proto::H2).await;
+    let mut first = client.h2_stream();
+    let slow = tokio::spawn(async move { first.send(req("GET", "/slow", &[("x-test", "sleep:800")], "")).await });
+    wait_for(Duration::from_secs(5), || !up.requests().is_empty()).await;
+    let new = yaml
+        .replace("name: old", "name: new")
+        .replace("path: / }", "path: /api }");
+    assert_ne!(new, yaml);
+    std::fs::write(&gw.config_path, new).unwrap();
+    gw.reload().expect("reload");
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200, "the in-flight request finished under the old routes");
+    // The same connection now routes with the new table: `/slow` has no route.
+    client
+        .h2_stream()
+        .send(req("GET", "/slow", &[], ""))
+        .await
+        .assert_error(404, "not_found");
+}
