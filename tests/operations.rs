@@ -481,3 +481,35 @@ async fn admin_endpoints() {
         "{om}"
     );
 }
+
+/// Monitor mode writes its decision into the access-log line; a token from a
+/// query parameter is never logged.
+#[tokio::test(flavor = "multi_thread")]
+async fn monitor_decisions_are_in_the_access_log() {
+    let up = RecordingUpstream::start("app").await;
+    let routes = "  - name: watched\n    match: { path: /watched }\n    upstream: app\n    auth: { scopes: [write], mode: monitor, token_sources: [header, \"query:access_token\"] }\n";
+    let gw = Gateway::start(&config(&up, routes, ""), None);
+    let token = hs_sign(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "dave", "scope": "read", "exp": now() + 60}),
+    );
+    let mut c = gw.client(Proto::H1).await;
+    let path = format!("/watched/x?access_token={token}&page=2");
+    let r = c.send(req("GET", &path, &[("x-request-id", "monitor-1")], "")).await;
+    assert_eq!(r.status, 200, "forwarded in monitor mode");
+    assert_eq!(
+        up.last().path_and_query,
+        "/watched/x?page=2",
+        "the query token went no further"
+    );
+    let line = gw.wait_log("\"request_id\":\"monitor-1\"").await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["auth"], "monitor_denied", "{line}");
+    assert_eq!(v["reason"], "insufficient_scope", "{line}");
+    assert_eq!(v["subject"], "dave");
+    assert_eq!(v["status"], 200);
+    for l in gw.logs() {
+        assert!(!l.contains(&token), "a token reached the logs: {l}");
+    }
+}

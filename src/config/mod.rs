@@ -12,7 +12,6 @@ mod shared;
 mod validate;
 
 pub use provider::{is_loopback_host, ALGORITHMS};
-pub use route::segment_prefix;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -8,6 +8,7 @@ use super::raw::{RawAuth, RawRoute};
 use super::validate::Ctx;
 use super::*;
 use crate::routing::normalize::normalize;
+use crate::routing::table::segment_prefix;
 
 /// A path written in a route must already be normalised, or it could never match.
 fn route_path(ctx: &Ctx, field: &str, p: &str) -> Result<String, ConfigError> {
@@ -216,11 +217,6 @@ fn validate_auth(ctx: &mut Ctx, at: &str, raw: RawAuth, providers: &[Provider]) 
         token_sources,
         monitor,
     })
-}
-
-/// Whether `prefix` is `path` or a leading run of its segments.
-pub fn segment_prefix(prefix: &str, path: &str) -> bool {
-    prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
 }
 
 /// Express, Rails and others serve `/admin/` as `/admin`. A protected

@@ -198,15 +198,20 @@ fn host_matches(route: &Route, host: Option<&str>) -> bool {
 pub fn path_matches(m: &PathMatch, path: &str) -> bool {
     match m {
         PathMatch::Exact(p) => p == path,
-        PathMatch::Prefix(p) => crate::config::segment_prefix(p, path),
+        PathMatch::Prefix(p) => segment_prefix(p, path),
         PathMatch::Template(t) => t.matches(path),
     }
+}
+
+/// Whether `prefix` is `path` or a leading run of its segments.
+pub fn segment_prefix(prefix: &str, path: &str) -> bool {
+    prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
 }
 
 /// The path the upstream sees after `strip_prefix` (always starts with `/`).
 pub fn strip_prefix<'a>(prefix: Option<&str>, path: &'a str) -> std::borrow::Cow<'a, str> {
     match prefix {
-        Some(p) if crate::config::segment_prefix(p, path) && p != "/" => {
+        Some(p) if segment_prefix(p, path) && p != "/" => {
             let rest = &path[p.len()..];
             if rest.is_empty() {
                 "/".into()
