@@ -283,5 +283,47 @@ fn bench_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_normalize, bench_routes, bench_tokens, bench_headers);
+/// A local rate-limit check (one GCRA step in a DashMap) per key kind.
+fn bench_rate_limits(c: &mut Criterion) {
+    use portcullis::config::{LimitKey, RateLimitPolicy};
+    use portcullis::limits::{check, LocalBuckets, RequestFacts};
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let mut g = c.benchmark_group("rate_limit");
+    for (name, key) in [("client_ip", LimitKey::ClientIp), ("route", LimitKey::Route)] {
+        // A rate nothing here can reach: every check passes and moves the bucket.
+        let policies = vec![RateLimitPolicy {
+            name: "p".into(),
+            key,
+            interval: std::time::Duration::from_nanos(1),
+            burst: u32::MAX,
+            shared: false,
+            allow_on_store_error: true,
+        }];
+        let buckets = vec![Arc::new(LocalBuckets::default())];
+        let headers = HeaderMap::new();
+        let route: Arc<str> = "orders".into();
+        let facts = RequestFacts {
+            route: "orders",
+            client: "10.1.2.3".parse().unwrap(),
+            headers: &headers,
+            identity: None,
+        };
+        g.bench_function(BenchmarkId::new("local_check", name), |b| {
+            b.iter(|| {
+                rt.block_on(check(&policies, &buckets, None, &[0], black_box(&facts), &route))
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_normalize,
+    bench_routes,
+    bench_tokens,
+    bench_headers,
+    bench_rate_limits
+);
 criterion_main!(benches);
