@@ -97,8 +97,14 @@ pub struct ConnState {
     reset_window_start: AtomicU64,
     resets: AtomicU32,
     too_many_resets: AtomicBool,
-    /// Wakes [`drive`] to look again: the last exchange ended, a body began
-    /// waiting on the client, or the reset cap was hit.
+    /// Set by [`drive`] once the connection was asked to close: only then does
+    /// the end of an exchange need to wake it.
+    closing: AtomicBool,
+    /// Whether [`drive`] has a stall deadline armed.
+    stall_armed: AtomicBool,
+    /// Wakes [`drive`] to look again: the last exchange ended while closing, a
+    /// body began waiting on the client with no stall deadline armed, or the
+    /// reset cap was hit.
     changed: Notify,
 }
 
@@ -120,6 +126,8 @@ impl ConnState {
             reset_window_start: AtomicU64::new(now),
             resets: AtomicU32::new(0),
             too_many_resets: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            stall_armed: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -212,7 +220,9 @@ impl Exchange {
         // Not polled yet: the client's side decides when it will be.
         if state.awaiting_client.fetch_add(1, Ordering::AcqRel) == 0 {
             state.last_progress.store(now_ms(), Ordering::Relaxed);
-            state.changed.notify_one();
+            if !state.stall_armed.load(Ordering::Acquire) {
+                state.changed.notify_one();
+            }
         }
         TrackedBody {
             inner: body,
@@ -233,7 +243,7 @@ impl Drop for Exchange {
 
 fn end_exchange(state: &ConnState) {
     state.last_activity.store(now_ms(), Ordering::Relaxed);
-    if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+    if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 && state.closing.load(Ordering::Acquire) {
         state.changed.notify_one();
     }
 }
@@ -258,7 +268,11 @@ impl<B> TrackedBody<B> {
         let is_client = next == Waiting::Client;
         if was_client && !is_client {
             self.state.awaiting_client.fetch_sub(1, Ordering::AcqRel);
-        } else if is_client && !was_client && self.state.awaiting_client.fetch_add(1, Ordering::AcqRel) == 0 {
+        } else if is_client
+            && !was_client
+            && self.state.awaiting_client.fetch_add(1, Ordering::AcqRel) == 0
+            && !self.state.stall_armed.load(Ordering::Acquire)
+        {
             self.state.changed.notify_one();
         }
         self.waiting_on = next;
@@ -313,20 +327,52 @@ pub async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut
     if *shutdown.borrow() {
         conn.as_mut().graceful_shutdown();
         closing = Some(Instant::now());
+        state.closing.store(true, Ordering::Release);
     }
     loop {
-        let idle_deadline = state.last_activity() + limits.idle_timeout;
-        let head_deadline = state.head_deadline();
+        let now = Instant::now();
         let patience = match closing {
             Some(_) => limits.send_timeout.min(CLOSE_STALL),
             None => limits.send_timeout,
         };
         let stall_deadline = state.stall_deadline(patience);
+        // A response that starts waiting on the client only wakes us when no
+        // stall deadline is armed: the steady state costs no wake-up.
+        state.stall_armed.store(stall_deadline.is_some(), Ordering::Release);
+        if state.head_deadline().is_some_and(|d| d <= now) {
+            tracing::debug!("request head not received within header_read_timeout; closing");
+            return;
+        }
+        if stall_deadline.is_some_and(|d| d <= now) {
+            tracing::debug!(timeout = ?patience, "client took no response data; closing");
+            return;
+        }
         // Counted from the later of the close request and the last activity,
         // so the final response has its moment to be flushed.
         let close_deadline = closing
             .filter(|_| state.in_flight() == 0)
             .map(|at| at.max(state.last_activity()) + CLOSE_FLUSH);
+        if close_deadline.is_some_and(|d| d <= now) {
+            return;
+        }
+        let idle_deadline = state.last_activity() + limits.idle_timeout;
+        if closing.is_none() && state.in_flight() == 0 && idle_deadline <= now {
+            conn.as_mut().graceful_shutdown();
+            closing = Some(now);
+            state.closing.store(true, Ordering::Release);
+            continue;
+        }
+        // One timer for whichever deadline comes first; everything is
+        // re-checked above when it fires.
+        let next = [
+            closing.is_none().then_some(idle_deadline),
+            state.head_deadline(),
+            stall_deadline,
+            close_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let changed = state.changed.notified();
         tokio::select! {
             result = conn.as_mut() => {
@@ -340,36 +386,15 @@ pub async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut
                     tracing::warn!(max = limits.max_stream_resets, "client reset too many HTTP/2 streams; closing the connection");
                     conn.as_mut().graceful_shutdown();
                     closing = Some(Instant::now());
+                    state.closing.store(true, Ordering::Release);
                 }
             }
             _ = shutdown.changed(), if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
                 closing = Some(Instant::now());
+                state.closing.store(true, Ordering::Release);
             }
-            _ = tokio::time::sleep_until(idle_deadline), if closing.is_none() => {
-                let idle = state.in_flight() == 0 && state.last_activity() + limits.idle_timeout <= Instant::now();
-                if idle {
-                    conn.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now());
-                }
-            }
-            _ = sleep_until_some(head_deadline) => {
-                if state.head_deadline().is_some_and(|d| d <= Instant::now()) {
-                    tracing::debug!("request head not received within header_read_timeout; closing");
-                    return;
-                }
-            }
-            _ = sleep_until_some(stall_deadline) => {
-                if state.stall_deadline(patience).is_some_and(|d| d <= Instant::now()) {
-                    tracing::debug!(timeout = ?patience, "client took no response data; closing");
-                    return;
-                }
-            }
-            _ = sleep_until_some(close_deadline) => {
-                if state.in_flight() == 0 {
-                    return;
-                }
-            }
+            _ = sleep_until_some(next) => {}
         }
     }
 }
