@@ -338,7 +338,16 @@ async fn pipeline(
             identity.as_ref().map(|i| i.valid_until),
             limits.shutdown_grace,
         );
-        return crate::tunnel::open(upstream, upgrade, path_and_query, parts.headers, tunnel, &conn.tunnels).await;
+        // Boxed: a rare branch whose state would otherwise enlarge every request's future.
+        return Box::pin(crate::tunnel::open(
+            upstream,
+            upgrade,
+            path_and_query,
+            parts.headers,
+            tunnel,
+            &conn.tunnels,
+        ))
+        .await;
     }
 
     let tripped = Arc::new(AtomicBool::new(false));
