@@ -180,25 +180,9 @@ impl TargetPool {
                 return Err(ConnectError::Busy);
             }
         };
-        let handshake = |e: hyper::Error| ConnectError::Refused(e.to_string());
-        let (sender, task) = match &self.tls {
-            None => {
-                let io = self.tcp().await?;
-                let (sender, conn) = http1::handshake(TokioIo::new(io)).await.map_err(handshake)?;
-                (
-                    sender,
-                    Box::pin(async move { conn.with_upgrades().await.map_err(|e| e.to_string()) }) as ConnTask,
-                )
-            }
-            Some(_) => {
-                let io = self.tls().await?;
-                let (sender, conn) = http1::handshake(TokioIo::new(io)).await.map_err(handshake)?;
-                (
-                    sender,
-                    Box::pin(async move { conn.with_upgrades().await.map_err(|e| e.to_string()) }) as ConnTask,
-                )
-            }
-        };
+        let io = TokioIo::new(self.stream().await?);
+        let (sender, conn) = http1::handshake(io).await.map_err(refused)?;
+        let task = conn.with_upgrades();
         let authority = self.authority.clone();
         tokio::spawn(async move {
             if let Err(e) = task.await {
@@ -252,31 +236,9 @@ impl TargetPool {
     }
 
     async fn connect_h1(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Result<H1Sender, ConnectError> {
-        let (sender, task) = match &self.tls {
-            None => {
-                let io = self.tcp().await?;
-                let (sender, conn) = http1::Builder::new()
-                    .handshake(TokioIo::new(io))
-                    .await
-                    .map_err(|e| ConnectError::Refused(e.to_string()))?;
-                (
-                    sender,
-                    Box::pin(async move { conn.await.map_err(|e| e.to_string()) }) as ConnTask,
-                )
-            }
-            Some(_) => {
-                let io = self.tls().await?;
-                let (sender, conn) = http1::Builder::new()
-                    .handshake(TokioIo::new(io))
-                    .await
-                    .map_err(|e| ConnectError::Refused(e.to_string()))?;
-                (
-                    sender,
-                    Box::pin(async move { conn.await.map_err(|e| e.to_string()) }) as ConnTask,
-                )
-            }
-        };
-        self.run(task, permit);
+        let io = TokioIo::new(self.stream().await?);
+        let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(refused)?;
+        self.run(Box::pin(async move { conn.await.map_err(|e| e.to_string()) }), permit);
         Ok(sender)
     }
 
@@ -340,25 +302,9 @@ impl TargetPool {
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
-        let refused = |e: hyper::Error| ConnectError::Refused(e.to_string());
-        let (sender, task) = match &self.tls {
-            None => {
-                let io = self.tcp().await?;
-                let (sender, conn) = builder.handshake(TokioIo::new(io)).await.map_err(refused)?;
-                (
-                    sender,
-                    Box::pin(async move { conn.await.map_err(|e| e.to_string()) }) as ConnTask,
-                )
-            }
-            Some(_) => {
-                let io = self.tls().await?;
-                let (sender, conn) = builder.handshake(TokioIo::new(io)).await.map_err(refused)?;
-                (
-                    sender,
-                    Box::pin(async move { conn.await.map_err(|e| e.to_string()) }) as ConnTask,
-                )
-            }
-        };
+        let io = TokioIo::new(self.stream().await?);
+        let (sender, conn) = builder.handshake(io).await.map_err(refused)?;
+        let task: ConnTask = Box::pin(async move { conn.await.map_err(|e| e.to_string()) });
         self.run(task, permit);
         Ok(H2Conn {
             sender,
@@ -377,6 +323,15 @@ impl TargetPool {
             drop(permit);
             freed.notify_one();
         });
+    }
+
+    /// A connected stream to the target: plain TCP, or TLS with the
+    /// protocol's ALPN.
+    async fn stream(&self) -> Result<Box<dyn Io>, ConnectError> {
+        Ok(match &self.tls {
+            None => Box::new(self.tcp().await?),
+            Some(_) => Box::new(self.tls().await?),
+        })
     }
 
     async fn tcp(&self) -> Result<TcpStream, ConnectError> {
@@ -421,6 +376,15 @@ fn alpn(protocol: UpstreamProtocol) -> &'static [u8] {
     } else {
         b"http/1.1"
     }
+}
+
+/// A byte stream to a target (plain or TLS).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+fn refused(e: hyper::Error) -> ConnectError {
+    ConnectError::Refused(e.to_string())
 }
 
 type ConnTask = Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
