@@ -261,7 +261,7 @@ async fn pipeline(
             }
             let token_source = found.as_ref().ok().and_then(|f| f.map(|c| c.source.clone()));
             let token = found.map(|f| f.map(|c| c.token));
-            match check_access(snap, rule, token).await {
+            match Box::pin(check_access(snap, rule, token)).await {
                 Ok(identity) => (Some(identity), token_source),
                 // Monitor mode: forward anyway, with identity headers only
                 // for a token that verified; the log and a metric say why.
@@ -352,7 +352,10 @@ async fn pipeline(
 
     let tripped = Arc::new(AtomicBool::new(false));
     let body = ReplayableBody::new(LimitedBody::new(body, limits.max_body_bytes, tripped.clone()));
-    match upstream.send(parts.method, path_and_query, parts.headers, body).await {
+    // Boxed, like `check_access` above: their states are large, and an unboxed
+    // await would make every request's future carry (and move) them inline
+    // (bench/callgrind.sh, h1 public route: 75.9k -> 66.2k instructions).
+    match Box::pin(upstream.send(parts.method, path_and_query, parts.headers, body)).await {
         Ok(resp) => Ok(resp.map(Either::Left)),
         Err(_) if tripped.load(Ordering::Acquire) => Err(GatewayError::PayloadTooLarge),
         Err(failure) => {
