@@ -399,7 +399,8 @@ pub async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut
     }
 }
 
-async fn sleep_until_some(deadline: Option<Instant>) {
+/// Sleep until `deadline`, or forever without one (a `select!` arm that never fires).
+pub(crate) async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

@@ -9,8 +9,6 @@
 //! `evilexample.com`. Every `Access-Control-*` header an upstream sends on a
 //! route with a policy is replaced by the gateway's.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
@@ -192,12 +190,6 @@ fn join<'a>(items: impl Iterator<Item = &'a str>) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// How long browsers may cache a preflight, for `check` output.
-pub fn describe(policy: &CorsPolicy) -> String {
-    let age = policy.max_age.unwrap_or(Duration::ZERO).as_secs();
-    format!("cors={} (max_age {age}s)", policy.name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,7 +205,7 @@ mod tests {
             ],
             expose_headers: vec![HeaderName::from_static("x-request-id")],
             allow_credentials: false,
-            max_age: Some(Duration::from_secs(600)),
+            max_age: Some(std::time::Duration::from_secs(600)),
         }
     }
 

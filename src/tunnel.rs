@@ -27,6 +27,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::WebSocketPolicy;
+use crate::connection::sleep_until_some;
 use crate::error::GatewayError;
 use crate::proxy::forward::UpstreamPool;
 use crate::proxy::pool::{Lease, UpstreamBody};
@@ -336,13 +337,6 @@ impl Frames {
         }
         let len = len.unwrap_or_else(|| h[2..2 + extended].iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)));
         Some((h[0] & 0x0f, len))
-    }
-}
-
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
