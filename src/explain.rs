@@ -151,7 +151,9 @@ fn claim_text(v: Option<&Value>) -> String {
 /// request would carry it) against a snapshot whose remote keys are fetched.
 pub fn explain(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> Result<Explanation, String> {
     let mut b = Builder { steps: Vec::new() };
-    let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("{:?} is not a URL", redact_query_tokens(snap, url)))?;
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| format!("{method:?} is not an HTTP method"))?;
     let mut req = Request::new(());
     *req.method_mut() = method.clone();
@@ -169,7 +171,11 @@ pub fn explain(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> 
         .parse()
         .map_err(|_| format!("{url:?} has an invalid path"))?;
     let (mut parts, ()) = req.into_parts();
-    b.add("request", "info", format!("{method} {url}"));
+    b.add(
+        "request",
+        "info",
+        format!("{method} {}", redact_query_tokens(snap, url)),
+    );
 
     // The same steps, in the same order, as the request pipeline.
     if let Err(e) = crate::proxy::check_request_shape(snap, &parts) {
@@ -246,6 +252,8 @@ pub fn explain(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> 
         format!("{}{at} -> upstream {}", route.name, upstream.config.name),
     );
 
+    // Where the token was found: the gateway removes that credential, and only it.
+    let mut token_source: Option<TokenSource> = None;
     let identity = match &route.access {
         Access::Public => {
             b.add("requires", "info", "nothing: the route is public");
@@ -253,7 +261,15 @@ pub fn explain(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> 
         }
         Access::Protected(rule) => {
             b.add("requires", "info", describe_rule(snap, rule));
-            match check_token(&mut b, snap, route, rule, &parts, host.as_ref().map(|(v, _)| v)) {
+            match check_token(
+                &mut b,
+                snap,
+                route,
+                rule,
+                &parts,
+                host.as_ref().map(|(v, _)| v),
+                &mut token_source,
+            ) {
                 Ok(identity) => Some(identity),
                 Err(e) if rule.monitor => {
                     b.add(
@@ -289,17 +305,10 @@ pub fn explain(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> 
     }
     let upstream_path = strip_prefix(route.strip_prefix.as_deref(), &path);
     let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let query = match (&route.access, query.is_empty()) {
-        (Access::Protected(rule), false) if !snap.config.identity.forward_authorization => rule
-            .token_sources
-            .iter()
-            .find_map(|s| match s {
-                TokenSource::Query(name) => Some(name),
-                _ => None,
-            })
-            .map_or(query.clone(), |name| {
-                credential::strip_query(&query[1..], name).map_or(String::new(), |q| format!("?{q}"))
-            }),
+    let query = match &token_source {
+        Some(TokenSource::Query(name)) if !query.is_empty() && !snap.config.identity.forward_authorization => {
+            credential::strip_query(&query[1..], name).map_or(String::new(), |q| format!("?{q}"))
+        }
         _ => query,
     };
     Ok(Explanation {
@@ -314,6 +323,31 @@ pub fn explain(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> 
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
             .collect(),
     })
+}
+
+/// The URL as given, with the value of every query parameter some route takes
+/// a token from replaced: explain never prints a token.
+fn redact_query_tokens(snap: &Snapshot, url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let is_source = |name: &str| {
+        snap.config.routes.iter().any(|r| match &r.access {
+            Access::Protected(rule) => rule
+                .token_sources
+                .iter()
+                .any(|s| matches!(s, TokenSource::Query(n) if n == name)),
+            Access::Public => false,
+        })
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_source(k) => format!("{k}=<token>"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", pairs.join("&"))
 }
 
 fn describe_rule(snap: &Snapshot, rule: &AuthRule) -> String {
@@ -344,10 +378,12 @@ fn check_token(
     rule: &AuthRule,
     parts: &http::request::Parts,
     host: Option<&http::HeaderValue>,
+    token_source: &mut Option<TokenSource>,
 ) -> Result<Arc<Caller>, GatewayError> {
     let found = credential::find(&rule.token_sources, &parts.headers, parts.uri.query()).inspect_err(|e| {
         b.add("token", "fail", e.description());
     })?;
+    *token_source = found.map(|c| c.source.clone());
     let Some(found) = found else {
         b.add("token", "fail", "no token in any of the route's token sources");
         return Err(GatewayError::MissingToken);

@@ -399,3 +399,50 @@ routes:
     let (code, _, _) = portcullis(&["explain", "-c", "missing.yaml", "GET", "https://x/"], dir.path());
     assert_eq!(code, 2);
 }
+
+/// `explain` removes from the forwarded query only the parameter the token was
+/// actually taken from, as the gateway does.
+#[test]
+fn explain_strips_only_the_credential_it_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = portcullis::tls::self_signed(&["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key).unwrap();
+    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let yaml = r#"listen: { https: 127.0.0.1:0 }
+tls: { cert: cert.pem, key: key.pem }
+providers:
+  app: { secret_file: app.secret, algorithms: [HS256] }
+upstreams:
+  app: { targets: ["http://127.0.0.1:9"] }
+routes:
+  - name: live
+    match: { path: /live }
+    upstream: app
+    auth: { token_sources: [header, "query:access_token"] }
+"#;
+    std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
+    let t = token("any");
+    // From the query: removed.
+    let url = format!("https://api.test/live?room=1&access_token={t}");
+    let (code, out, _) = portcullis(&["explain", "GET", &url], dir.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("forward to app as GET /live?room=1\n"), "{out}");
+    assert!(!out.contains(&t));
+    // From the header: the query is the client's own business and stays.
+    let (code, out, _) = portcullis(
+        &[
+            "explain",
+            "GET",
+            "https://api.test/live?room=1&access_token=other",
+            "--token",
+            &t,
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("forward to app as GET /live?room=1&access_token=other\n"),
+        "{out}"
+    );
+}
