@@ -31,12 +31,24 @@ use snapshot::Snapshot;
 /// Why the gateway could not start. Printed as one line by `main`.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] config::ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Bind(#[from] server::BindError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+}
+
+/// An error and its causes on one line, each printed once: `what: why: deeper why`.
+pub fn one_line(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        line.push_str(": ");
+        line.push_str(&e.to_string());
+        cause = e.source();
+    }
+    line
 }
 
 /// Load, validate and compile a configuration file as `check` does (nothing
@@ -83,7 +95,7 @@ pub async fn run(path: &Path, on_ready: impl FnOnce(&server::Running)) -> Result
                         }
                         tracing::info!(config = %path.display(), "configuration reloaded");
                     }
-                    Err(e) => tracing::error!("reload failed, keeping the previous configuration: {e}"),
+                    Err(e) => tracing::error!("reload failed, keeping the previous configuration: {}", one_line(&e)),
                 }
                 notify(&[NotifyState::Ready]);
             }

@@ -27,7 +27,7 @@ pub fn load(
 ) -> Result<(Snapshot, Vec<String>), ConfigError> {
     let loaded = Config::load(path)?;
     if purpose == Purpose::Serve {
-        crate::tls::ensure_self_signed(&loaded.config.tls).map_err(|message| ConfigError::at_field(path, message))?;
+        crate::tls::ensure_self_signed(&loaded.config.tls).map_err(|e| e.in_file(path))?;
     }
     let snapshot = Snapshot::build(loaded.config, previous)?;
     Ok((snapshot, loaded.warnings))

@@ -244,7 +244,7 @@ fn explain(path: &std::path::Path, args: ExplainArgs) -> ExitCode {
     let (snapshot, _warnings) = match portcullis::load(path) {
         Ok(ok) => ok,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", portcullis::one_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -399,7 +399,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     match runtime.block_on(portcullis::run(path, |_| {})) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", portcullis::one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -409,7 +409,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     let (snapshot, warnings) = match portcullis::load(path) {
         Ok(ok) => ok,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", portcullis::one_line(&e));
             return ExitCode::FAILURE;
         }
     };

@@ -50,7 +50,7 @@ pub struct Running {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {field} {addr}: {source}")]
+#[error("cannot listen on {field} {addr}")]
 pub struct BindError {
     field: &'static str,
     addr: SocketAddr,

@@ -50,7 +50,7 @@ impl Snapshot {
     /// provider key stores whose configuration (and `ca_file` content) is
     /// unchanged from `previous` are carried over.
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
-        let fail = |message: String| ConfigError::at_field(&config.source, message);
+        let fail = |e: ConfigError| e.in_file(&config.source);
         let tls = crate::tls::server_config(&config.tls).map_err(fail)?;
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
@@ -63,7 +63,7 @@ impl Snapshot {
             });
             let pool = match reused {
                 Some(pool) => pool,
-                None => Arc::new(UpstreamPool::new(u).map_err(|e| fail(format!("upstreams.{}: {e}", u.name)))?),
+                None => Arc::new(UpstreamPool::new(u).map_err(fail)?),
             };
             upstreams.push(pool);
         }

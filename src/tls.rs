@@ -10,7 +10,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{Tls, TlsVersion};
+use crate::config::{ConfigError, Tls, TlsVersion};
 
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -21,21 +21,21 @@ pub fn provider() -> Arc<CryptoProvider> {
 ///
 /// With `self_signed_if_missing` and neither file present (as `check` sees it
 /// before `run` has created them), a throwaway in-memory certificate is used.
-pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, ConfigError> {
     let (certs, key) = if tls.self_signed_if_missing && !tls.cert.exists() && !tls.key.exists() {
-        let (cert, key) = self_signed(&dev_hosts())?;
-        let cert = CertificateDer::from_pem_slice(cert.as_bytes()).map_err(|e| e.to_string())?;
-        (
-            vec![cert],
-            PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?,
-        )
+        let unusable = |e: String| ConfigError::new("tls.self_signed_if_missing", e);
+        let (cert, key) = self_signed(&dev_hosts()).map_err(unusable)?;
+        let cert = CertificateDer::from_pem_slice(cert.as_bytes()).map_err(|e| unusable(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| unusable(e.to_string()))?;
+        (vec![cert], key)
     } else {
-        let certs = load_certs(&tls.cert).map_err(|e| format!("tls.cert: {e}"))?;
+        let certs = load_certs(&tls.cert).map_err(|e| ConfigError::new("tls.cert", e))?;
         let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
-            format!(
-                "tls.key: cannot load a PKCS#8, PKCS#1 or SEC1 private key from {}: {e}",
+            let message = format!(
+                "cannot load a PKCS#8, PKCS#1 or SEC1 private key from {}",
                 tls.key.display()
-            )
+            );
+            ConfigError::new("tls.key", message).because(e)
         })?;
         (certs, key)
     };
@@ -45,10 +45,10 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, String> {
     };
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
-        .map_err(|e| format!("tls: {e}"))?
+        .map_err(|e| ConfigError::new("tls.min_version", "not supported by the TLS library").because(e))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("tls: the certificate and key do not form a usable pair: {e}"))?;
+        .map_err(|e| ConfigError::new("tls", "the certificate and key do not form a usable pair").because(e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -116,17 +116,15 @@ pub fn write_pair(cert_path: &Path, key_path: &Path, cert_pem: &str, key_pem: &s
 
 /// `self_signed_if_missing`: create a localhost certificate when neither file
 /// exists. Returns whether one was created.
-pub fn ensure_self_signed(tls: &Tls) -> Result<bool, String> {
+pub fn ensure_self_signed(tls: &Tls) -> Result<bool, ConfigError> {
+    const FIELD: &str = "tls.self_signed_if_missing";
     if !tls.self_signed_if_missing || tls.cert.exists() || tls.key.exists() {
         return Ok(false);
     }
-    let (cert, key) = self_signed(&dev_hosts())?;
+    let (cert, key) = self_signed(&dev_hosts()).map_err(|e| ConfigError::new(FIELD, e))?;
     write_pair(&tls.cert, &tls.key, &cert, &key).map_err(|e| {
-        format!(
-            "tls.self_signed_if_missing: cannot write {} / {}: {e}",
-            tls.cert.display(),
-            tls.key.display()
-        )
+        let message = format!("cannot write {} / {}", tls.cert.display(), tls.key.display());
+        ConfigError::new(FIELD, message).because(e)
     })?;
     Ok(true)
 }

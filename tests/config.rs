@@ -33,6 +33,14 @@ fn err(yaml: &str) -> ConfigError {
     load(d.path(), yaml).expect_err("config should be refused")
 }
 
+/// What an error says about which field: `field: message`.
+fn said(e: &ConfigError) -> String {
+    match &e.field {
+        Some(field) => format!("{field}: {}", e.message),
+        None => e.message.clone(),
+    }
+}
+
 fn with(providers: &str, routes: &str) -> String {
     format!("{BASE}providers:\n{providers}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\nroutes:\n{routes}")
 }
@@ -70,7 +78,7 @@ fn yaml_and_schema_errors_carry_line_and_column() {
         "{BASE}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\n    conect_timeout: 2s\nroutes: []\n"
     ));
     assert_eq!(e.position.map(|p| p.0), Some(9), "{e}");
-    assert!(e.message.contains("unknown field `conect_timeout`"), "{e}");
+    assert!(said(&e).contains("unknown field `conect_timeout`"), "{e}");
     let shown = e.to_string();
     assert!(shown.contains("gateway.yaml:9:"), "{shown}");
 
@@ -79,13 +87,13 @@ fn yaml_and_schema_errors_carry_line_and_column() {
         &with("", PUBLIC_ROUTE)[BASE.len()..]
     ));
     assert_eq!(e.position.map(|p| p.0), Some(7), "{e}");
-    assert!(e.message.contains("invalid duration"), "{e}");
+    assert!(said(&e).contains("invalid duration"), "{e}");
 
     let e = err("listen: [\n");
     assert!(e.position.is_some(), "{e}");
 
     let e = err(&with("", PUBLIC_ROUTE).replace("127.0.0.1:8443", "localhost"));
-    assert!(e.message.contains("invalid listen address"), "{e}");
+    assert!(said(&e).contains("invalid listen address"), "{e}");
 }
 
 /// Errors found after parsing (a name that does not resolve, a key file that
@@ -156,7 +164,7 @@ fn validation_rules() {
     ];
     for (yaml, want) in cases {
         let e = err(&yaml);
-        assert!(e.message.contains(want), "wanted {want:?}, got: {e}\n--- yaml:\n{yaml}");
+        assert!(said(&e).contains(want), "wanted {want:?}, got: {e}\n--- yaml:\n{yaml}");
     }
 }
 
@@ -272,9 +280,30 @@ fn check_command() {
         assert!(err.contains(want), "{key_line}: {err}");
     }
 
+    // The cause (here the OS error) is printed once, on the error's one line.
     let (code, _, err) = portcullis(&["check", "-c", "nope.yaml"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("nope.yaml") && err.contains("cannot read"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    // A TLS key that does not parse: the field, its position, the cause once.
+    std::fs::write(
+        d.path().join("broken.key"),
+        "-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("tls.yaml"),
+        good.replace("key: key.pem", "key: broken.key"),
+    )
+    .unwrap();
+    let (code, _, err) = portcullis(&["check", "-c", "tls.yaml"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("tls.yaml:") && err.contains(": tls.key: cannot load"),
+        "{err}"
+    );
 
     let (code, _, err) = portcullis(&["check", "--frobnicate"], d.path());
     assert_eq!(code, 2);
@@ -344,20 +373,19 @@ fn upstream_protocol_must_fit_the_target_scheme() {
         let line = yaml.lines().position(|l| l.contains("protocol:")).unwrap() + 1;
         assert_eq!(e.position, Some((line, 15)), "{e}");
         assert!(
-            e.message.starts_with("upstreams.app.protocol: ") && e.message.contains(says),
+            e.field.as_deref() == Some("upstreams.app.protocol") && said(&e).contains(says),
             "{e}"
         );
     }
     let e = err(&format!(
         "{BASE}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\n    protocol: http3\nroutes:\n{PUBLIC_ROUTE}"
     ));
-    assert!(e.message.contains("http3"), "{e}");
+    assert!(said(&e).contains("http3"), "{e}");
     let e = err(&format!(
         "{BASE}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\n    max_connections: 0\nroutes:\n{PUBLIC_ROUTE}"
     ));
     assert!(
-        e.message
-            .starts_with("upstreams.app.max_connections: must be at least 1"),
+        said(&e).starts_with("upstreams.app.max_connections: must be at least 1"),
         "{e}"
     );
 }
@@ -421,16 +449,14 @@ fn browser_settings_are_validated() {
     for (top, routes, says) in cases {
         let yaml = format!("{}{top}", with(FILE_PROVIDER, routes));
         let e = err(&yaml);
-        assert!(e.message.contains(says), "{e}\nwanted: {says}");
+        assert!(said(&e).contains(says), "{e}\nwanted: {says}");
         assert!(e.position.is_some(), "{e}");
     }
     // WebSockets need an HTTP/1.1 upstream.
     let yaml = format!(
         "{BASE}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\n    protocol: h2c\nroutes:\n  - name: r\n    match: {{ path: / }}\n    upstream: app\n    public: true\n    websocket: true\n"
     );
-    assert!(err(&yaml)
-        .message
-        .contains("routes[0] (r).websocket: WebSockets go upstream as HTTP/1.1"));
+    assert!(said(&err(&yaml)).contains("routes[0] (r).websocket: WebSockets go upstream as HTTP/1.1"));
     // A query token source loads, with a warning.
     let d = dir();
     let routes = "  - name: r\n    match: { path: / }\n    upstream: app\n    auth: { token_sources: [header, \"query:access_token\", \"cookie:session\"] }\n    websocket: true\n";
@@ -512,7 +538,7 @@ fn shared_state_settings_are_validated() {
     for (top, routes, says) in cases {
         let yaml = format!("{}{top}", with(FILE_PROVIDER, routes));
         let e = err(&yaml);
-        assert!(e.message.contains(says), "{e}\nwanted: {says}");
+        assert!(said(&e).contains(says), "{e}\nwanted: {says}");
     }
     let d = dir();
     let ok = "store:\n  redis: redis://10.0.0.5:6379/0\nrate_limits:\n  p:\n    key: client_ip\n    rate: 10/s\n    store: redis\nrevocation: { store: redis }\n";

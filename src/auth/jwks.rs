@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::keys::{self, KeySet, MAX_JWKS_BYTES};
 use super::ProviderState;
-use crate::config::{KeySource, Provider};
+use crate::config::{ConfigError, KeySource, Provider};
 
 /// A token with an unknown `kid` triggers at most one refetch per this period.
 pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
@@ -68,18 +68,19 @@ pub struct Fetched {
 }
 
 impl RemoteKeys {
-    pub fn new(provider: &Provider) -> Result<Self, String> {
+    pub fn new(provider: &Provider) -> Result<Self, ConfigError> {
         let roots = match &provider.ca_file {
-            Some(path) => {
-                crate::tls::load_roots(path).map_err(|e| format!("providers.{}.ca_file: {e}", provider.name))?
-            }
+            Some(path) => crate::tls::load_roots(path)
+                .map_err(|e| ConfigError::new(format!("providers.{}.ca_file", provider.name), e))?,
             None => rustls::RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
             },
         };
         let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("providers.{}: TLS client setup failed: {e}", provider.name))?
+            .map_err(|e| {
+                ConfigError::new(format!("providers.{}", provider.name), "TLS client setup failed").because(e)
+            })?
             .with_root_certificates(roots)
             .with_no_client_auth();
         let mut http = HttpConnector::new();

@@ -8,7 +8,9 @@ use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 
-use crate::config::{KeySource, Provider};
+use std::path::Path;
+
+use crate::config::{ConfigError, KeySource, Provider};
 
 /// One key and, for each algorithm it may verify, its verifier: parsed once
 /// when the key is loaded, so a request pays for the signature check only.
@@ -108,45 +110,50 @@ fn pin(family: &[Algorithm], allow: &Option<Vec<Algorithm>>) -> Vec<Algorithm> {
 
 /// Load the keys of a local key source (secret, secret file, PEM, JWKS file).
 /// Remote sources return `Ok(None)`: they are filled by fetching.
-pub fn load_local(provider: &Provider) -> Result<Option<KeySet>, String> {
+pub fn load_local(provider: &Provider) -> Result<Option<KeySet>, ConfigError> {
     let allow = allowlist(provider);
     let field = |f: &str| format!("providers.{}.{f}", provider.name);
+    let unreadable = |f: &str, path: &Path, e: std::io::Error| {
+        ConfigError::new(field(f), format!("cannot read {}", path.display())).because(e)
+    };
     let keys = match &provider.keys {
         KeySource::Discovery | KeySource::JwksUri(_) => return Ok(None),
         KeySource::SecretEnv(var) => {
             let secret = std::env::var(var).ok().filter(|s| !s.is_empty()).ok_or_else(|| {
-                format!(
-                    "{}: the environment variable {var} is not set or is empty",
-                    field("secret_env")
+                ConfigError::new(
+                    field("secret_env"),
+                    format!("the environment variable {var} is not set or is empty"),
                 )
             })?;
             vec![hmac_key(secret.as_bytes(), &allow)]
         }
         KeySource::SecretFile(path) => {
-            let secret = crate::config::read_secret_file(path)
-                .map_err(|e| format!("{}: cannot read {}: {e}", field("secret_file"), path.display()))?;
+            let secret = crate::config::read_secret_file(path).map_err(|e| unreadable("secret_file", path, e))?;
             if secret.is_empty() {
-                return Err(format!("{}: {} is empty", field("secret_file"), path.display()));
+                return Err(ConfigError::new(
+                    field("secret_file"),
+                    format!("{} is empty", path.display()),
+                ));
             }
             vec![hmac_key(&secret, &allow)]
         }
         KeySource::PublicKeyFile(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("{}: cannot read {}: {e}", field("public_key_file"), path.display()))?;
-            vec![pem_key(&pem, &allow).map_err(|e| format!("{}: {}: {e}", field("public_key_file"), path.display()))?]
+            let pem = std::fs::read(path).map_err(|e| unreadable("public_key_file", path, e))?;
+            let key = pem_key(&pem, &allow)
+                .map_err(|e| ConfigError::new(field("public_key_file"), format!("{}: {e}", path.display())))?;
+            vec![key]
         }
         KeySource::JwksFile(path) => {
-            let json = std::fs::read(path)
-                .map_err(|e| format!("{}: cannot read {}: {e}", field("jwks_file"), path.display()))?;
-            let set =
-                parse_jwks(&json, &allow).map_err(|e| format!("{}: {}: {e}", field("jwks_file"), path.display()))?;
+            let json = std::fs::read(path).map_err(|e| unreadable("jwks_file", path, e))?;
+            let set = parse_jwks(&json, &allow)
+                .map_err(|e| ConfigError::new(field("jwks_file"), format!("{}: {e}", path.display())))?;
             set.keys
         }
     };
     if keys.iter().all(|k| k.verifiers.is_empty()) {
-        return Err(format!(
-            "providers.{}: none of its keys can verify the algorithms in `algorithms`; check the list against the key type",
-            provider.name
+        return Err(ConfigError::new(
+            format!("providers.{}", provider.name),
+            "none of its keys can verify the algorithms in `algorithms`; check the list against the key type",
         ));
     }
     Ok(Some(KeySet { keys }))

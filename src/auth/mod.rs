@@ -17,7 +17,7 @@ use arc_swap::ArcSwapOption;
 use http::header::{HeaderMap, AUTHORIZATION};
 use serde_json::{Map, Value};
 
-use crate::config::{AuthRule, Provider};
+use crate::config::{AuthRule, ConfigError, Provider};
 use crate::error::GatewayError;
 use cache::{CachedToken, TokenCache};
 use keys::KeySet;
@@ -40,7 +40,7 @@ pub struct ProviderState {
 impl ProviderState {
     /// Load local key material now; remote sources start empty and are filled
     /// by [`ProviderState::start_refresher`] (never by `check`).
-    pub fn new(config: Provider) -> Result<Self, String> {
+    pub fn new(config: Provider) -> Result<Self, ConfigError> {
         let keys = keys::load_local(&config)?;
         let remote = if config.keys.is_remote() {
             Some(jwks::RemoteKeys::new(&config)?)

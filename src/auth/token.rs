@@ -13,24 +13,7 @@ use serde_json::{Map, Value};
 use super::keys::KeySet;
 use crate::config::Provider;
 
-/// Why a token was refused. The text is safe to show the client: it never
-/// contains the token or anything from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    Malformed,
-    Algorithm,
-    UnknownKey,
-    Signature,
-    Critical,
-    Type,
-    ClaimType,
-    Expired,
-    MissingExp,
-    NotYetValid,
-    Issuer,
-    Audience,
-    Revoked,
-}
+pub use crate::error::Rejection;
 
 impl Rejection {
     /// The step of verification that refuses with this reason, in the order
@@ -49,43 +32,6 @@ impl Rejection {
             Rejection::Issuer => 9,
             Rejection::Audience => 10,
             Rejection::Revoked => 11,
-        }
-    }
-
-    pub fn description(self) -> &'static str {
-        match self {
-            Rejection::Malformed => "The token is not a well-formed JWT.",
-            Rejection::Algorithm => "The token's signing algorithm is not accepted.",
-            Rejection::UnknownKey => "The token was signed with an unknown key.",
-            Rejection::Signature => "The token signature is invalid.",
-            Rejection::Critical => "The token requires an extension the gateway does not support.",
-            Rejection::Type => "The token is not an access token of the required type.",
-            Rejection::ClaimType => "A registered claim in the token has the wrong type.",
-            Rejection::Expired => "The token has expired.",
-            Rejection::MissingExp => "The token has no expiry.",
-            Rejection::NotYetValid => "The token is not valid yet.",
-            Rejection::Issuer => "The token issuer is not accepted here.",
-            Rejection::Audience => "The token audience is not accepted here.",
-            Rejection::Revoked => "The token has been revoked.",
-        }
-    }
-
-    /// A short label for logs and metrics.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Rejection::Malformed => "malformed",
-            Rejection::Algorithm => "algorithm",
-            Rejection::UnknownKey => "unknown_key",
-            Rejection::Signature => "signature",
-            Rejection::Critical => "crit",
-            Rejection::Type => "typ",
-            Rejection::ClaimType => "claim_type",
-            Rejection::Expired => "expired",
-            Rejection::MissingExp => "missing_exp",
-            Rejection::NotYetValid => "not_yet_valid",
-            Rejection::Issuer => "issuer",
-            Rejection::Audience => "audience",
-            Rejection::Revoked => "revoked",
         }
     }
 }

@@ -16,6 +16,7 @@ pub use provider::{is_loopback_host, ALGORITHMS};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -289,50 +290,94 @@ pub struct AuthRule {
     pub monitor: bool,
 }
 
-/// A configuration error: where it is, and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A configuration error: the field it is about, where that field is written,
+/// what is wrong with it, and the underlying cause when there is one.
+///
+/// Printed as one line, `file:line:column: field: message`; the cause is not
+/// part of that text but is the error's [`source`](std::error::Error::source),
+/// so a reporter that walks the chain prints it once (see [`crate::one_line`]).
+#[derive(Debug, Clone)]
 pub struct ConfigError {
     pub file: PathBuf,
-    /// 1-based line and column, when the YAML parser knows them.
+    /// 1-based line and column of the field (or of the YAML syntax error).
     pub position: Option<(usize, usize)>,
+    /// The field, written as a path: `routes[2] (orders).match.path`. `None`
+    /// for an error about the whole file (unreadable, not YAML).
+    pub field: Option<String>,
     pub message: String,
+    pub cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl ConfigError {
-    /// An error about the field `message` starts with (`routes[2] (name).upstream: ...`),
-    /// positioned where that field is written in `text`.
-    pub fn in_text(file: &Path, text: &str, message: String) -> Self {
+    /// An error about `field`, not yet placed in a file: code that compiles a
+    /// validated config (keys, certificates, pools) returns these and
+    /// [`ConfigError::in_file`] places them.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
-            file: file.to_path_buf(),
-            position: locate::locate(text, &locate::field_path(&message)),
-            message,
+            file: PathBuf::new(),
+            position: None,
+            field: Some(field.into()),
+            message: message.into(),
+            cause: None,
         }
     }
 
-    /// As [`ConfigError::in_text`], reading the text from `file` (for errors found
-    /// after validation, such as a key file that does not parse).
-    pub fn at_field(file: &Path, message: String) -> Self {
+    /// The same error, caused by `cause`.
+    pub fn because(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(cause));
+        self
+    }
+
+    /// Placed in `file`, whose text is `text`: the position is where the field is written.
+    pub fn at(mut self, file: &Path, text: &str) -> Self {
+        self.file = file.to_path_buf();
+        if let Some(field) = &self.field {
+            self.position = locate::locate(text, &locate::field_path(field));
+        }
+        self
+    }
+
+    /// As [`ConfigError::at`], reading the text from `file`.
+    pub fn in_file(self, file: &Path) -> Self {
         match std::fs::read_to_string(file) {
-            Ok(text) => Self::in_text(file, &text, message),
+            Ok(text) => self.at(file, &text),
             Err(_) => ConfigError {
                 file: file.to_path_buf(),
-                position: None,
-                message,
+                ..self
             },
+        }
+    }
+
+    /// An error about the whole file.
+    fn whole_file(file: &Path, position: Option<(usize, usize)>, message: String) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            position,
+            field: None,
+            message,
+            cause: None,
         }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.position {
-            Some((line, column)) => write!(f, "{}:{line}:{column}: {}", self.file.display(), self.message),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
         }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.message)
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// A loaded configuration and the warnings found while validating it.
 #[derive(Debug, Clone)]
@@ -344,11 +389,8 @@ pub struct Loaded {
 impl Config {
     /// Read and validate `path`. Relative paths inside resolve against its directory.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            position: None,
-            message: format!("cannot read the configuration file: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::whole_file(path, None, "cannot read the configuration file".into()).because(e))?;
         Self::from_yaml(&text, path)
     }
 
@@ -371,11 +413,7 @@ fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
     if let Some(cut) = message.find(" at line ") {
         message.truncate(cut);
     }
-    ConfigError {
-        file: path.to_path_buf(),
-        position,
-        message,
-    }
+    ConfigError::whole_file(path, position, message)
 }
 
 /// Lower-case a header name and fold `_` into `-`: WSGI/ASGI servers read
@@ -401,7 +439,7 @@ pub fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {
 /// Where a field (`routes[2]`) is written in a configuration file: line and column.
 pub fn position_of(file: &Path, field: &str) -> Option<(usize, usize)> {
     let text = std::fs::read_to_string(file).ok()?;
-    locate::locate(&text, &locate::field_path(&format!("{field}: ")))
+    locate::locate(&text, &locate::field_path(field))
 }
 
 /// The route table as `portcullis check` prints it: one line per route.

@@ -21,18 +21,25 @@ pub fn is_loopback_host(host: &str) -> bool {
 fn check_fetch_url(ctx: &mut Ctx, field: &str, url: &str) -> Result<(), ConfigError> {
     let uri: http::Uri = url
         .parse()
-        .map_err(|_| ctx.err(format!("{field}: {url:?} is not a valid URL")))?;
+        .map_err(|_| ctx.err(field, format!("{url:?} is not a valid URL")))?;
     let host = uri
         .host()
-        .ok_or_else(|| ctx.err(format!("{field}: {url:?} has no host")))?;
+        .ok_or_else(|| ctx.err(field, format!("{url:?} has no host")))?;
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http") if is_loopback_host(host) => {
-            ctx.warnings.push(format!("{field}: {url:?} uses plain http; accepted only because the host is loopback"));
+            ctx.warnings.push(format!(
+                "{field}: {url:?} uses plain http; accepted only because the host is loopback"
+            ));
             Ok(())
         }
-        Some("http") => Err(ctx.err(format!("{field}: {url:?} uses plain http; keys must be fetched over https (http is allowed only for loopback hosts)"))),
-        _ => Err(ctx.err(format!("{field}: {url:?} must be an https:// URL"))),
+        Some("http") => Err(ctx.err(
+            field,
+            format!(
+                "{url:?} uses plain http; keys must be fetched over https (http is allowed only for loopback hosts)"
+            ),
+        )),
+        _ => Err(ctx.err(field, format!("{url:?} must be an https:// URL"))),
     }
 }
 
@@ -48,10 +55,10 @@ fn key_source(ctx: &mut Ctx, name: &str, raw: &RawProvider) -> Result<KeySource,
     let mut sources = Vec::new();
     if raw.discovery {
         let issuer = raw.issuer.as_deref().ok_or_else(|| {
-            ctx.err(format!(
-                "{}: discovery needs an `issuer` to find the discovery document",
-                field("discovery")
-            ))
+            ctx.err(
+                field("discovery"),
+                "discovery needs an `issuer` to find the discovery document",
+            )
         })?;
         check_fetch_url(ctx, &field("issuer"), issuer)?;
         sources.push(KeySource::Discovery);
@@ -72,10 +79,12 @@ fn key_source(ctx: &mut Ctx, name: &str, raw: &RawProvider) -> Result<KeySource,
         match std::env::var(var) {
             Ok(v) if !v.is_empty() => {}
             _ => {
-                return Err(ctx.err(format!(
-                    "{}: the environment variable {var} is not set or is empty; export it before starting the gateway",
-                    field("secret_env")
-                )))
+                return Err(ctx.err(
+                    field("secret_env"),
+                    format!(
+                        "the environment variable {var} is not set or is empty; export it before starting the gateway"
+                    ),
+                ))
             }
         }
         sources.push(KeySource::SecretEnv(var.clone()));
@@ -85,8 +94,8 @@ fn key_source(ctx: &mut Ctx, name: &str, raw: &RawProvider) -> Result<KeySource,
     }
     let keys = match sources.len() {
         1 => sources.remove(0),
-        0 => return Err(ctx.err(format!("providers.{name}: no key source; set exactly one of discovery, jwks_uri, jwks_file, public_key_file, secret_env, secret_file"))),
-        _ => return Err(ctx.err(format!("providers.{name}: more than one key source; set exactly one of discovery, jwks_uri, jwks_file, public_key_file, secret_env, secret_file"))),
+        0 => return Err(ctx.err(format!("providers.{name}"), "no key source; set exactly one of discovery, jwks_uri, jwks_file, public_key_file, secret_env, secret_file")),
+        _ => return Err(ctx.err(format!("providers.{name}"), "more than one key source; set exactly one of discovery, jwks_uri, jwks_file, public_key_file, secret_env, secret_file")),
     };
     Ok(keys)
 }
@@ -104,25 +113,24 @@ fn algorithms(
         None => None,
         Some(list) => {
             if list.is_empty() {
-                return Err(ctx.err(format!(
-                    "{}: the list is empty; leave it out to allow what the keys support",
-                    field("algorithms")
-                )));
+                return Err(ctx.err(
+                    field("algorithms"),
+                    "the list is empty; leave it out to allow what the keys support",
+                ));
             }
             let mut algs: Vec<String> = Vec::new();
             for a in list {
                 if a.eq_ignore_ascii_case("none") {
-                    return Err(ctx.err(format!(
-                        "{}: `none` is never allowed: unsigned tokens prove nothing",
-                        field("algorithms")
-                    )));
+                    return Err(ctx.err(
+                        field("algorithms"),
+                        "`none` is never allowed: unsigned tokens prove nothing",
+                    ));
                 }
                 let known = ALGORITHMS.iter().find(|k| k.eq_ignore_ascii_case(&a)).ok_or_else(|| {
-                    ctx.err(format!(
-                        "{}: unknown algorithm {a:?}; supported: {}",
+                    ctx.err(
                         field("algorithms"),
-                        ALGORITHMS.join(", ")
-                    ))
+                        format!("unknown algorithm {a:?}; supported: {}", ALGORITHMS.join(", ")),
+                    )
                 })?;
                 if !algs.iter().any(|x| x == known) {
                     algs.push((*known).to_string());
@@ -130,7 +138,10 @@ fn algorithms(
             }
             let hmac = algs.iter().filter(|a| a.starts_with("HS")).count();
             if hmac != 0 && hmac != algs.len() {
-                return Err(ctx.err(format!("{}: mixes HMAC (HS*) with asymmetric algorithms; that enables key-confusion attacks, use one family", field("algorithms"))));
+                return Err(ctx.err(
+                    field("algorithms"),
+                    "mixes HMAC (HS*) with asymmetric algorithms; that enables key-confusion attacks, use one family",
+                ));
             }
             if (hmac != 0) != keys.is_hmac() {
                 let want = if keys.is_hmac() {
@@ -138,10 +149,10 @@ fn algorithms(
                 } else {
                     "asymmetric algorithms (RS*, PS*, ES*, EdDSA)"
                 };
-                return Err(ctx.err(format!(
-                    "{}: does not fit the key source; this provider's keys work with {want}",
-                    field("algorithms")
-                )));
+                return Err(ctx.err(
+                    field("algorithms"),
+                    format!("does not fit the key source; this provider's keys work with {want}"),
+                ));
             }
             Some(algs)
         }
@@ -173,10 +184,10 @@ fn rest_of_provider(
     }
     if let Some(a) = &raw.audiences {
         if a.is_empty() {
-            return Err(ctx.err(format!(
-                "{}: the list is empty, so no token could match; list at least one audience or leave the key out",
-                field("audiences")
-            )));
+            return Err(ctx.err(
+                field("audiences"),
+                "the list is empty, so no token could match; list at least one audience or leave the key out",
+            ));
         }
     }
     if let Some(ca) = &raw.ca_file {
@@ -186,14 +197,14 @@ fn rest_of_provider(
         .scope_claims
         .unwrap_or_else(|| vec!["scope".into(), "scp".into(), "scopes".into()]);
     if scope_claims.is_empty() {
-        return Err(ctx.err(format!(
-            "{}: the list is empty; leave it out for the default [scope, scp, scopes]",
-            field("scope_claims")
-        )));
+        return Err(ctx.err(
+            field("scope_claims"),
+            "the list is empty; leave it out for the default [scope, scp, scopes]",
+        ));
     }
     let jwks_refresh = raw.jwks_refresh.map_or(Duration::from_secs(600), |d| d.0);
     if jwks_refresh < Duration::from_secs(1) {
-        return Err(ctx.err(format!("{}: must be at least 1s", field("jwks_refresh"))));
+        return Err(ctx.err(field("jwks_refresh"), "must be at least 1s"));
     }
     Ok(Provider {
         issuer: raw.issuer,

@@ -15,10 +15,11 @@ fn route_path(ctx: &Ctx, field: &str, p: &str) -> Result<String, ConfigError> {
     match normalize(p) {
         Ok(n) if n == p => Ok(n),
         Ok(n) if n.len() > 1 && n.trim_end_matches('/') == p.trim_end_matches('/') => Ok(n),
-        Ok(n) => Err(ctx.err(format!(
-            "{field}: {p:?} is not in normal form, so no request could match it; write {n:?}"
-        ))),
-        Err(e) => Err(ctx.err(format!("{field}: {p:?} is not a valid path: {e}"))),
+        Ok(n) => Err(ctx.err(
+            field,
+            format!("{p:?} is not in normal form, so no request could match it; write {n:?}"),
+        )),
+        Err(e) => Err(ctx.err(field, format!("{p:?} is not a valid path: {e}"))),
     }
 }
 
@@ -43,31 +44,33 @@ pub(super) fn validate_route(
         (None, None, Some(t)) => {
             let field = format!("{at}.match.path_template");
             let template = crate::routing::template::PathTemplate::parse(t)
-                .map_err(|why| ctx.err(format!("{field}: {t:?} {why}")))?;
+                .map_err(|why| ctx.err(&field, format!("{t:?} {why}")))?;
             // Its literal segments must be in normal form, or nothing could match.
             let literal = t.replace(['{', '}'], "");
             route_path(ctx, &field, &literal)?;
             PathMatch::Template(template)
         }
         _ => {
-            return Err(ctx.err(format!(
-                "{at}.match: set exactly one of `path` (prefix), `path_exact` or `path_template`"
-            )))
+            return Err(ctx.err(
+                format!("{at}.match"),
+                "set exactly one of `path` (prefix), `path_exact` or `path_template`",
+            ))
         }
     };
     let methods = match raw.matcher.methods {
         None => None,
         Some(list) if list.is_empty() => {
-            return Err(ctx.err(format!(
-                "{at}.match.methods: the list is empty; leave it out to allow any method"
-            )))
+            return Err(ctx.err(
+                format!("{at}.match.methods"),
+                "the list is empty; leave it out to allow any method",
+            ))
         }
         Some(list) => {
             let mut methods = Vec::new();
             for m in list {
                 let upper = m.to_ascii_uppercase();
                 let method = Method::from_bytes(upper.as_bytes())
-                    .map_err(|_| ctx.err(format!("{at}.match.methods: {m:?} is not an HTTP method")))?;
+                    .map_err(|_| ctx.err(format!("{at}.match.methods"), format!("{m:?} is not an HTTP method")))?;
                 if !methods.contains(&method) {
                     methods.push(method);
                 }
@@ -80,20 +83,23 @@ pub(super) fn validate_route(
         Some(h) => {
             let authority: http::uri::Authority = h
                 .parse()
-                .map_err(|_| ctx.err(format!("{at}.match.host: {h:?} is not a host name")))?;
+                .map_err(|_| ctx.err(format!("{at}.match.host"), format!("{h:?} is not a host name")))?;
             if authority.as_str().contains('@') {
-                return Err(ctx.err(format!("{at}.match.host: {h:?} is not a host name")));
+                return Err(ctx.err(format!("{at}.match.host"), format!("{h:?} is not a host name")));
             }
             Some(authority.host().to_ascii_lowercase())
         }
     };
     let upstream = upstreams.iter().position(|u| u.name == raw.upstream).ok_or_else(|| {
         let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-        ctx.err(format!(
-            "{at}.upstream: no upstream named {:?}; defined upstreams: {}",
-            raw.upstream,
-            known.join(", ")
-        ))
+        ctx.err(
+            format!("{at}.upstream"),
+            format!(
+                "no upstream named {:?}; defined upstreams: {}",
+                raw.upstream,
+                known.join(", ")
+            ),
+        )
     })?;
     let strip_prefix = match raw.strip_prefix {
         None => None,
@@ -109,17 +115,21 @@ pub(super) fn validate_route(
                 }
             };
             if s.is_empty() || !segment_prefix(&s, matched) {
-                return Err(ctx.err(format!("{at}.strip_prefix: {s:?} is not a leading part of the route's path {matched:?}, so it would never apply")));
+                return Err(ctx.err(
+                    format!("{at}.strip_prefix"),
+                    format!("{s:?} is not a leading part of the route's path {matched:?}, so it would never apply"),
+                ));
             }
             Some(s)
         }
     };
     let access = match (raw.auth, raw.public) {
-        (Some(_), true) => return Err(ctx.err(format!("{at}: has both `auth` and `public: true`; choose one"))),
+        (Some(_), true) => return Err(ctx.err(at, "has both `auth` and `public: true`; choose one")),
         (None, false) => {
-            return Err(ctx.err(format!(
-            "{at}: declares neither `auth:` nor `public: true`; routes are denied by default, say which one you mean"
-        )))
+            return Err(ctx.err(
+                at,
+                "declares neither `auth:` nor `public: true`; routes are denied by default, say which one you mean",
+            ))
         }
         (None, true) => Access::Public,
         (Some(auth), false) => Access::Protected(validate_auth(ctx, &at, auth, providers)?),
@@ -127,8 +137,8 @@ pub(super) fn validate_route(
     let rate_limits = super::shared::route_limits(ctx, &at, raw.rate_limits, limits, raw.public)?;
     let websocket = super::browser::websocket(ctx, &at, raw.websocket)?;
     if websocket.is_some() && upstreams[upstream].protocol.is_http2() {
-        return Err(ctx.err(format!(
-            "{at}.websocket: WebSockets go upstream as HTTP/1.1 upgrades, but upstream {:?} speaks HTTP/2; give the route an http1 upstream",
+        return Err(ctx.err(format!("{at}.websocket"), format!(
+            "WebSockets go upstream as HTTP/1.1 upgrades, but upstream {:?} speaks HTTP/2; give the route an http1 upstream",
             upstreams[upstream].name
         )));
     }
@@ -136,14 +146,17 @@ pub(super) fn validate_route(
         None => None,
         Some(name) => Some(cors.iter().position(|c| c.name == name).ok_or_else(|| {
             let known: Vec<&str> = cors.iter().map(|c| c.name.as_str()).collect();
-            ctx.err(format!(
-                "{at}.cors: no CORS policy named {name:?}; defined policies: {}",
-                if known.is_empty() {
-                    "none (add one under `cors:`)".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ))
+            ctx.err(
+                format!("{at}.cors"),
+                format!(
+                    "no CORS policy named {name:?}; defined policies: {}",
+                    if known.is_empty() {
+                        "none (add one under `cors:`)".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
         })?),
     };
     Ok(Route {
@@ -162,26 +175,28 @@ pub(super) fn validate_route(
 
 fn validate_auth(ctx: &mut Ctx, at: &str, raw: RawAuth, providers: &[Provider]) -> Result<AuthRule, ConfigError> {
     if providers.is_empty() {
-        return Err(ctx.err(format!(
-            "{at}.auth: no providers are configured, so no token could ever be accepted; add one under `providers:`"
-        )));
+        return Err(ctx.err(
+            format!("{at}.auth"),
+            "no providers are configured, so no token could ever be accepted; add one under `providers:`",
+        ));
     }
     let indexes = match raw.providers {
         None => (0..providers.len()).collect(),
         Some(names) if names.is_empty() => {
-            return Err(ctx.err(format!(
-                "{at}.auth.providers: the list is empty; leave it out to allow any provider"
-            )))
+            return Err(ctx.err(
+                format!("{at}.auth.providers"),
+                "the list is empty; leave it out to allow any provider",
+            ))
         }
         Some(names) => {
             let mut idx = Vec::new();
             for n in names {
                 let i = providers.iter().position(|p| p.name == n).ok_or_else(|| {
                     let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
-                    ctx.err(format!(
-                        "{at}.auth.providers: no provider named {n:?}; defined providers: {}",
-                        known.join(", ")
-                    ))
+                    ctx.err(
+                        format!("{at}.auth.providers"),
+                        format!("no provider named {n:?}; defined providers: {}", known.join(", ")),
+                    )
                 })?;
                 if !idx.contains(&i) {
                     idx.push(i);
@@ -192,9 +207,10 @@ fn validate_auth(ctx: &mut Ctx, at: &str, raw: RawAuth, providers: &[Provider]) 
     };
     for s in raw.scopes.iter().chain(&raw.any_scopes) {
         if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\') {
-            return Err(ctx.err(format!(
-                "{at}.auth: scope {s:?} is not a valid scope token (RFC 6749 §3.3: no spaces, quotes or backslashes)"
-            )));
+            return Err(ctx.err(
+                format!("{at}.auth"),
+                format!("scope {s:?} is not a valid scope token (RFC 6749 §3.3: no spaces, quotes or backslashes)"),
+            ));
         }
     }
     let token_sources = super::browser::token_sources(ctx, at, raw.token_sources)?;
@@ -207,7 +223,10 @@ fn validate_auth(ctx: &mut Ctx, at: &str, raw: RawAuth, providers: &[Provider]) 
             true
         }
         Some(other) => {
-            return Err(ctx.err(format!("{at}.auth.mode: {other:?} is neither enforce nor monitor")));
+            return Err(ctx.err(
+                format!("{at}.auth.mode"),
+                format!("{other:?} is neither enforce nor monitor"),
+            ));
         }
     };
     Ok(AuthRule {

@@ -13,30 +13,32 @@ use super::{ConfigError, LimitKey, RateLimitPolicy, RevocationConfig, StoreConfi
 pub(super) fn store(ctx: &mut Ctx, raw: Option<RawStore>) -> Result<Option<StoreConfig>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
     let url: http::Uri = raw.redis.parse().map_err(|_| {
-        ctx.err(format!(
-            "store.redis: {:?} is not a URL; write redis://host:port/db",
-            raw.redis
-        ))
+        ctx.err(
+            "store.redis",
+            format!("{:?} is not a URL; write redis://host:port/db", raw.redis),
+        )
     })?;
     match url.scheme_str() {
         Some("redis") | Some("rediss") => {}
         _ => {
-            return Err(ctx.err(format!(
-                "store.redis: {:?} must start with redis:// or rediss:// (TLS)",
-                raw.redis
-            )))
+            return Err(ctx.err(
+                "store.redis",
+                format!("{:?} must start with redis:// or rediss:// (TLS)", raw.redis),
+            ))
         }
     }
     if url.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(ctx.err(
-            "store.redis: the URL carries credentials; put the password in an environment variable named by store.password_env",
+            "store.redis",
+            "the URL carries credentials; put the password in an environment variable named by store.password_env",
         ));
     }
     if let Some(var) = &raw.password_env {
         if std::env::var(var).map_or(true, |v| v.is_empty()) {
-            return Err(ctx.err(format!(
-                "store.password_env: the environment variable {var} is not set or is empty"
-            )));
+            return Err(ctx.err(
+                "store.password_env",
+                format!("the environment variable {var} is not set or is empty"),
+            ));
         }
     }
     if url.scheme_str() == Some("redis") && url.host().is_some_and(|h| !super::is_loopback_host(h)) {
@@ -47,7 +49,7 @@ pub(super) fn store(ctx: &mut Ctx, raw: Option<RawStore>) -> Result<Option<Store
     }
     let timeout = raw.timeout.map_or(Duration::from_millis(100), |d| d.0);
     if timeout.is_zero() {
-        return Err(ctx.err("store.timeout: must be longer than 0"));
+        return Err(ctx.err("store.timeout", "must be longer than 0"));
     }
     Ok(Some(StoreConfig {
         url: raw.redis,
@@ -71,38 +73,46 @@ pub(super) fn rate_limits(
             None if r.key == "route" => LimitKey::Route,
             Some(("header", h)) => LimitKey::Header(
                 HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| ctx.err(format!("{at}.key: {h:?} is not a header name")))?,
+                    .map_err(|_| ctx.err(format!("{at}.key"), format!("{h:?} is not a header name")))?,
             ),
             Some(("claim", c)) if !c.is_empty() => LimitKey::Claim(c.to_string()),
             _ => {
-                return Err(ctx.err(format!(
-                    "{at}.key: {:?} is not a key; write subject, client_ip, route, \"header:NAME\" or \"claim:NAME\"",
-                    r.key
-                )))
+                return Err(ctx.err(
+                    format!("{at}.key"),
+                    format!(
+                        "{:?} is not a key; write subject, client_ip, route, \"header:NAME\" or \"claim:NAME\"",
+                        r.key
+                    ),
+                ))
             }
         };
-        let interval = parse_rate(&r.rate).map_err(|why| ctx.err(format!("{at}.rate: {:?} {why}", r.rate)))?;
+        let interval =
+            parse_rate(&r.rate).map_err(|why| ctx.err(format!("{at}.rate"), format!("{:?} {why}", r.rate)))?;
         let burst = r.burst.unwrap_or(1);
         if burst == 0 {
-            return Err(ctx.err(format!("{at}.burst: must be at least 1")));
+            return Err(ctx.err(format!("{at}.burst"), "must be at least 1"));
         }
         let shared = match r.store.as_deref() {
             None | Some("local") => false,
             Some("redis") => true,
             Some(other) => {
-                return Err(ctx.err(format!("{at}.store: {other:?} is neither local nor redis")));
+                return Err(ctx.err(format!("{at}.store"), format!("{other:?} is neither local nor redis")));
             }
         };
         if shared && store.is_none() {
-            return Err(ctx.err(format!(
-                "{at}.store: redis needs a `store:` section naming the Redis server"
-            )));
+            return Err(ctx.err(
+                format!("{at}.store"),
+                "redis needs a `store:` section naming the Redis server",
+            ));
         }
         let allow_on_store_error = match r.on_store_error.as_deref() {
             None | Some("allow") => true,
             Some("deny") => false,
             Some(other) => {
-                return Err(ctx.err(format!("{at}.on_store_error: {other:?} is neither allow nor deny")));
+                return Err(ctx.err(
+                    format!("{at}.on_store_error"),
+                    format!("{other:?} is neither allow nor deny"),
+                ));
             }
         };
         policies.push(RateLimitPolicy {
@@ -145,17 +155,20 @@ pub(super) fn revocation(
 ) -> Result<Option<RevocationConfig>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
     if raw.store != "redis" {
-        return Err(ctx.err(format!(
-            "revocation.store: {:?} is not supported; write redis",
-            raw.store
-        )));
+        return Err(ctx.err(
+            "revocation.store",
+            format!("{:?} is not supported; write redis", raw.store),
+        ));
     }
     if store.is_none() {
-        return Err(ctx.err("revocation.store: redis needs a `store:` section naming the Redis server"));
+        return Err(ctx.err(
+            "revocation.store",
+            "redis needs a `store:` section naming the Redis server",
+        ));
     }
     let max_token_lifetime = raw.max_token_lifetime.map_or(Duration::from_secs(24 * 3600), |d| d.0);
     if max_token_lifetime.is_zero() {
-        return Err(ctx.err("revocation.max_token_lifetime: must be longer than 0"));
+        return Err(ctx.err("revocation.max_token_lifetime", "must be longer than 0"));
     }
     Ok(Some(RevocationConfig { max_token_lifetime }))
 }
@@ -173,18 +186,21 @@ pub(super) fn route_limits(
     for name in names.unwrap_or_default() {
         let i = policies.iter().position(|p| p.name == name).ok_or_else(|| {
             let known: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
-            ctx.err(format!(
-                "{at}.rate_limits: no rate-limit policy named {name:?}; defined policies: {}",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ))
+            ctx.err(
+                format!("{at}.rate_limits"),
+                format!(
+                    "no rate-limit policy named {name:?}; defined policies: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
         })?;
         if public && matches!(policies[i].key, LimitKey::Subject | LimitKey::Claim(_)) {
-            return Err(ctx.err(format!(
-                "{at}.rate_limits: {name:?} is keyed by the token, but the route is public and has no token; key it by client_ip or a header"
+            return Err(ctx.err(format!("{at}.rate_limits"), format!(
+                "{name:?} is keyed by the token, but the route is public and has no token; key it by client_ip or a header"
             )));
         }
         if !out.contains(&i) {

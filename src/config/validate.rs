@@ -39,9 +39,9 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// `message` starts with the field it is about, which gives its position.
-    pub(super) fn err(&self, message: impl Into<String>) -> ConfigError {
-        ConfigError::in_text(self.file, self.text, message.into())
+    /// An error about `field`, placed where the field is written.
+    pub(super) fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(field, message).at(self.file, self.text)
     }
 
     pub(super) fn resolve(&self, p: &Path) -> PathBuf {
@@ -57,8 +57,8 @@ impl Ctx<'_> {
         let path = self.resolve(p);
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => Ok(path),
-            Ok(_) => Err(self.err(format!("{field}: {} is not a file", path.display()))),
-            Err(e) => Err(self.err(format!("{field}: cannot read {}: {e}", path.display()))),
+            Ok(_) => Err(self.err(field, format!("{} is not a file", path.display()))),
+            Err(e) => Err(self.err(field, format!("cannot read {}: {e}", path.display()))),
         }
     }
 }
@@ -80,9 +80,10 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
     for (name, addr) in [("http", listen.http), ("admin", listen.admin)] {
         if let Some(addr) = addr {
             if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr && addr.port() != 0) {
-                return Err(ctx.err(format!(
-                    "listen.{name}: {addr} is already used by listen.{other}; give each listener its own port"
-                )));
+                return Err(ctx.err(
+                    format!("listen.{name}"),
+                    format!("{addr} is already used by listen.{other}; give each listener its own port"),
+                ));
             }
             seen.push((name, addr));
         }
@@ -98,10 +99,16 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
     let mut issuers = BTreeMap::new();
     for p in &providers {
         if let Some(other) = issuers.insert(p.issuer.clone(), &p.name) {
-            return Err(ctx.err(match &p.issuer {
-                Some(iss) => format!("providers.{}: issuer {iss:?} is also the issuer of providers.{other}; two providers cannot share an issuer", p.name),
-                None => format!("providers.{}: only one provider may leave out `issuer`, and providers.{other} already does", p.name),
-            }));
+            let field = format!("providers.{}", p.name);
+            return Err(ctx.err(
+                field,
+                match &p.issuer {
+                    Some(iss) => format!(
+                        "issuer {iss:?} is also the issuer of providers.{other}; two providers cannot share an issuer"
+                    ),
+                    None => format!("only one provider may leave out `issuer`, and providers.{other} already does"),
+                },
+            ));
         }
     }
 
@@ -121,16 +128,16 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
     let revocation = super::shared::revocation(&ctx, raw.revocation, store.as_ref())?;
 
     if raw.routes.is_empty() {
-        return Err(ctx.err("routes: no routes are defined; every request would be answered 404"));
+        return Err(ctx.err("routes", "no routes are defined; every request would be answered 404"));
     }
     let mut routes: Vec<Route> = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let route = super::route::validate_route(&mut ctx, i, r, &upstreams, &providers, &cors, &rate_limits)?;
         if routes.iter().any(|other| other.name == route.name) {
-            return Err(ctx.err(format!(
-                "routes[{i}]: the name {:?} is used twice; route names must be unique",
-                route.name
-            )));
+            return Err(ctx.err(
+                format!("routes[{i}]"),
+                format!("the name {:?} is used twice; route names must be unique", route.name),
+            ));
         }
         routes.push(route);
     }
@@ -171,7 +178,7 @@ fn validate_tls(ctx: &Ctx, raw: raw::RawTls) -> Result<Tls, ConfigError> {
         None => Some(HeaderValue::from_static("max-age=31536000")),
         Some("") => None,
         Some(v) => Some(
-            HeaderValue::from_str(v).map_err(|_| ctx.err(format!("tls.hsts: {v:?} is not a valid header value")))?,
+            HeaderValue::from_str(v).map_err(|_| ctx.err("tls.hsts", format!("{v:?} is not a valid header value")))?,
         ),
     };
     Ok(Tls {
@@ -190,20 +197,20 @@ fn validate_limits(ctx: &Ctx, raw: raw::RawLimits) -> Result<Limits, ConfigError
         ("send_timeout", raw.send_timeout),
     ] {
         if d.0.is_zero() {
-            return Err(ctx.err(format!("limits.{name}: must be longer than 0")));
+            return Err(ctx.err(format!("limits.{name}"), "must be longer than 0"));
         }
     }
     if raw.max_header_bytes < 1024 {
-        return Err(ctx.err("limits.max_header_bytes: must be at least 1024"));
+        return Err(ctx.err("limits.max_header_bytes", "must be at least 1024"));
     }
     if raw.max_connections == 0 {
-        return Err(ctx.err("limits.max_connections: must be at least 1"));
+        return Err(ctx.err("limits.max_connections", "must be at least 1"));
     }
     if raw.max_concurrent_streams == 0 {
-        return Err(ctx.err("limits.max_concurrent_streams: must be at least 1"));
+        return Err(ctx.err("limits.max_concurrent_streams", "must be at least 1"));
     }
     if raw.max_stream_resets == 0 {
-        return Err(ctx.err("limits.max_stream_resets: must be at least 1"));
+        return Err(ctx.err("limits.max_stream_resets", "must be at least 1"));
     }
     Ok(Limits {
         header_read_timeout: raw.header_read_timeout.0,
@@ -234,14 +241,16 @@ fn validate_identity(ctx: &Ctx, raw: raw::RawIdentity) -> Result<IdentitySetting
     let mut seen = HashSet::new();
     for (field, h) in &names {
         if RESERVED_HEADERS.contains(&h.as_str()) {
-            return Err(ctx.err(format!(
-                "{field}: {h} is a header the gateway or HTTP itself controls; choose another name"
-            )));
+            return Err(ctx.err(
+                *field,
+                format!("{h} is a header the gateway or HTTP itself controls; choose another name"),
+            ));
         }
         if !seen.insert(h.as_str()) {
-            return Err(ctx.err(format!(
-                "{field}: the header {h} is used twice; each identity header needs its own name"
-            )));
+            return Err(ctx.err(
+                *field,
+                format!("the header {h} is used twice; each identity header needs its own name"),
+            ));
         }
     }
     let patterns = raw.strip_incoming.unwrap_or_else(|| vec!["X-Auth-*".into()]);
@@ -252,7 +261,10 @@ fn validate_identity(ctx: &Ctx, raw: raw::RawIdentity) -> Result<IdentitySetting
                 .bytes()
                 .all(|b| b == b'*' || b.is_ascii_alphanumeric() || b"!#$%&'+-.^_`|~".contains(&b))
         {
-            return Err(ctx.err(format!("identity.strip_incoming: {p:?} is not a header name pattern (letters, digits, '-', '_' and '*' wildcards)")));
+            return Err(ctx.err(
+                "identity.strip_incoming",
+                format!("{p:?} is not a header name pattern (letters, digits, '-', '_' and '*' wildcards)"),
+            ));
         }
         strip_incoming.push(super::fold_header_name(&p));
     }
@@ -267,16 +279,18 @@ fn validate_identity(ctx: &Ctx, raw: raw::RawIdentity) -> Result<IdentitySetting
 
 fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Upstream, ConfigError> {
     if raw.targets.is_empty() {
-        return Err(ctx.err(format!(
-            "upstreams.{name}.targets: the list is empty; name at least one http:// or https:// target"
-        )));
+        return Err(ctx.err(
+            format!("upstreams.{name}.targets"),
+            "the list is empty; name at least one http:// or https:// target",
+        ));
     }
     let mut targets = Vec::new();
     for t in &raw.targets {
         let bad = || {
-            ctx.err(format!(
-                "upstreams.{name}.targets: {t:?} is not a valid target; write http://host:port or https://host:port"
-            ))
+            ctx.err(
+                format!("upstreams.{name}.targets"),
+                format!("{t:?} is not a valid target; write http://host:port or https://host:port"),
+            )
         };
         let uri: http::Uri = t.parse().map_err(|_| bad())?;
         let https = match uri.scheme_str() {
@@ -285,7 +299,10 @@ fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Up
             _ => return Err(bad()),
         };
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(ctx.err(format!("upstreams.{name}.targets: {t:?} has a path; targets are origins only (use a route's strip_prefix to rewrite paths)")));
+            return Err(ctx.err(
+                format!("upstreams.{name}.targets"),
+                format!("{t:?} has a path; targets are origins only (use a route's strip_prefix to rewrite paths)"),
+            ));
         }
         let authority = uri.authority().ok_or_else(bad)?;
         if authority.as_str().contains('@') {
@@ -302,14 +319,17 @@ fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Up
                 && h.parse::<http::uri::Authority>()
                     .is_ok_and(|a| a.as_str() == h && !h.contains('@'));
             if !valid {
-                return Err(ctx.err(format!(
-                    "upstreams.{name}.host: {h:?} is neither `preserve` nor a host[:port]"
-                )));
+                return Err(ctx.err(
+                    format!("upstreams.{name}.host"),
+                    format!("{h:?} is neither `preserve` nor a host[:port]"),
+                ));
             }
-            HostPolicy::Literal(
-                HeaderValue::from_str(h)
-                    .map_err(|_| ctx.err(format!("upstreams.{name}.host: {h:?} is not a valid header value")))?,
-            )
+            HostPolicy::Literal(HeaderValue::from_str(h).map_err(|_| {
+                ctx.err(
+                    format!("upstreams.{name}.host"),
+                    format!("{h:?} is not a valid header value"),
+                )
+            })?)
         }
     };
     let ca_file = match &raw.ca_file {
@@ -325,23 +345,30 @@ fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Up
     };
     match raw.protocol {
         UpstreamProtocol::H2 if targets.iter().any(|t| !t.https) => {
-            return Err(ctx.err(format!("upstreams.{name}.protocol: h2 is HTTP/2 over TLS and needs https:// targets; use h2c for http:// targets")));
+            return Err(ctx.err(
+                format!("upstreams.{name}.protocol"),
+                "h2 is HTTP/2 over TLS and needs https:// targets; use h2c for http:// targets",
+            ));
         }
         UpstreamProtocol::H2c if targets.iter().any(|t| t.https) => {
-            return Err(ctx.err(format!("upstreams.{name}.protocol: h2c is HTTP/2 over plain TCP and needs http:// targets; use h2 for https:// targets")));
+            return Err(ctx.err(
+                format!("upstreams.{name}.protocol"),
+                "h2c is HTTP/2 over plain TCP and needs http:// targets; use h2 for https:// targets",
+            ));
         }
         _ => {}
     }
     let max_connections = raw.max_connections.unwrap_or(256);
     if max_connections == 0 {
-        return Err(ctx.err(format!("upstreams.{name}.max_connections: must be at least 1")));
+        return Err(ctx.err(format!("upstreams.{name}.max_connections"), "must be at least 1"));
     }
     let connect_timeout = raw.connect_timeout.map_or(Duration::from_secs(2), |d| d.0);
     let request_timeout = raw.request_timeout.map_or(Duration::from_secs(30), |d| d.0);
     if connect_timeout.is_zero() || request_timeout.is_zero() {
-        return Err(ctx.err(format!(
-            "upstreams.{name}: connect_timeout and request_timeout must be longer than 0"
-        )));
+        return Err(ctx.err(
+            format!("upstreams.{name}"),
+            "connect_timeout and request_timeout must be longer than 0",
+        ));
     }
     Ok(Upstream {
         name,

@@ -9,7 +9,7 @@ use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 
-use crate::config::Upstream;
+use crate::config::{ConfigError, Upstream};
 use crate::error::GatewayError;
 use crate::proxy::body::ReplayableBody;
 use crate::proxy::pool::{self, ConnectError, SendError, TargetPool, UpstreamBody};
@@ -66,18 +66,19 @@ impl UpstreamFailure {
 }
 
 impl UpstreamPool {
-    pub fn new(config: &Upstream) -> Result<Self, String> {
+    pub fn new(config: &Upstream) -> Result<Self, ConfigError> {
+        let field = |f: &str| format!("upstreams.{}{f}", config.name);
         let ca_digest = crate::tls::ca_digest(config.ca_file.as_deref());
         let tls = if config.targets.iter().any(|t| t.https) {
             let roots = match &config.ca_file {
-                Some(path) => crate::tls::load_roots(path)?,
+                Some(path) => crate::tls::load_roots(path).map_err(|e| ConfigError::new(field(".ca_file"), e))?,
                 None => rustls::RootCertStore {
                     roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
                 },
             };
             let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
                 .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS client setup failed: {e}"))?
+                .map_err(|e| ConfigError::new(field(""), "TLS client setup failed").because(e))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             Some(Arc::new(tls))
@@ -93,7 +94,8 @@ impl UpstreamPool {
                 tls.as_ref(),
                 config.connect_timeout,
                 config.max_connections,
-            )?;
+            )
+            .map_err(|e| ConfigError::new(field(".targets"), e))?;
             targets.push(Arc::new(target));
         }
         Ok(UpstreamPool {

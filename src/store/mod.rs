@@ -17,7 +17,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::IntoConnectionInfo;
 
-use crate::config::{RevocationConfig, StoreConfig};
+use crate::config::{ConfigError, RevocationConfig, StoreConfig};
 use revocation::Revocations;
 
 /// Why a store command did not answer.
@@ -50,25 +50,22 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Set up the client; nothing is sent until [`Store::start`].
-    pub fn new(config: &StoreConfig, revocation: Option<&RevocationConfig>) -> Result<Self, String> {
-        let mut info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| format!("store.redis: {e}"))?;
+    pub fn new(config: &StoreConfig, revocation: Option<&RevocationConfig>) -> Result<Self, ConfigError> {
+        let unusable = |e: redis::RedisError| ConfigError::new("store.redis", "not a usable Redis URL").because(e);
+        let mut info = config.url.as_str().into_connection_info().map_err(unusable)?;
         if let Some(var) = &config.password_env {
-            let password = std::env::var(var).map_err(|_| format!("store.password_env: {var} is not set"))?;
+            let password =
+                std::env::var(var).map_err(|_| ConfigError::new("store.password_env", format!("{var} is not set")))?;
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info).map_err(|e| format!("store.redis: {e}"))?;
+        let client = redis::Client::open(info).map_err(unusable)?;
         let manager = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout.max(Duration::from_secs(1))))
             .set_response_timeout(Some(config.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
-            .map_err(|e| format!("store.redis: {e}"))?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager).map_err(unusable)?;
         Ok(Store {
             config: config.clone(),
             client,
