@@ -647,7 +647,20 @@ async fn jwks_oct_and_enc_keys_are_skipped_and_key_urls_never_fetched() {
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("jwks.json"), jwks(&[signing.jwk("sig"), enc, oct])).unwrap();
     let yaml = format!(
-        "{}providers:\n  idp:\n    issuer: https://idp.test/\n    audiences: [api]\n    jwks_file: jwks.json\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: api\n    match: {{ path: /api }}\n    upstream: app\n    auth: {{}}\n",
+        r#"{}providers:
+  idp:
+    issuer: https://idp.test/
+    audiences: [api]
+    jwks_file: jwks.json
+upstreams:
+  app:
+    targets: [{}]
+routes:
+  - name: api
+    match: {{ path: /api }}
+    upstream: app
+    auth: {{}}
+"#,
         header(""),
         up.url()
     );
@@ -719,7 +732,23 @@ async fn a_reload_that_rotates_keys_refuses_cached_tokens() {
     let old_secret = "the-old-secret-of-this-gateway-000000000";
     std::fs::write(dir.path().join("app.secret"), old_secret).unwrap();
     let yaml = format!(
-        "{}providers:\n  app:\n    secret_file: app.secret\n    algorithms: [HS256]\n  other:\n    issuer: https://other.test/\n    secret_file: app.secret\n    algorithms: [HS256]\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: api\n    match: {{ path: /api }}\n    upstream: app\n    auth: {{}}\n",
+        r#"{}providers:
+  app:
+    secret_file: app.secret
+    algorithms: [HS256]
+  other:
+    issuer: https://other.test/
+    secret_file: app.secret
+    algorithms: [HS256]
+upstreams:
+  app:
+    targets: [{}]
+routes:
+  - name: api
+    match: {{ path: /api }}
+    upstream: app
+    auth: {{}}
+"#,
         header(""),
         up.url()
     );

@@ -5,7 +5,12 @@ use std::process::Command;
 
 use portcullis::config::{Config, ConfigError, Loaded};
 
-const BASE: &str = "listen:\n  https: 127.0.0.1:8443\ntls:\n  cert: cert.pem\n  key: key.pem\n";
+const BASE: &str = r#"listen:
+  https: 127.0.0.1:8443
+tls:
+  cert: cert.pem
+  key: key.pem
+"#;
 
 fn dir() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
@@ -42,19 +47,43 @@ fn said(e: &ConfigError) -> String {
 }
 
 fn with(providers: &str, routes: &str) -> String {
-    format!("{BASE}providers:\n{providers}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\nroutes:\n{routes}")
+    format!(
+        r#"{BASE}providers:
+{providers}upstreams:
+  app:
+    targets: [http://127.0.0.1:9000]
+routes:
+{routes}"#
+    )
 }
 
-const PUBLIC_ROUTE: &str = "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n";
-const FILE_PROVIDER: &str =
-    "  corp:\n    issuer: https://id.example.com/\n    audiences: [api]\n    jwks_file: jwks.json\n";
+const PUBLIC_ROUTE: &str = r#"  - name: r
+    match: { path: / }
+    upstream: app
+    public: true
+"#;
+const FILE_PROVIDER: &str = r#"  corp:
+    issuer: https://id.example.com/
+    audiences: [api]
+    jwks_file: jwks.json
+"#;
 
 #[test]
 fn a_full_config_loads() {
     let d = dir();
     let yaml = with(
         FILE_PROVIDER,
-        "  - name: read\n    match: { path: /api/, methods: [get, HEAD], host: API.example.com:443 }\n    upstream: app\n    strip_prefix: /api\n    auth:\n      scopes: [orders:read]\n  - name: h\n    match: { path_exact: /health }\n    upstream: app\n    public: true\n",
+        r#"  - name: read
+    match: { path: /api/, methods: [get, HEAD], host: API.example.com:443 }
+    upstream: app
+    strip_prefix: /api
+    auth:
+      scopes: [orders:read]
+  - name: h
+    match: { path_exact: /health }
+    upstream: app
+    public: true
+"#,
     );
     let loaded = load(d.path(), &yaml).unwrap();
     let c = &loaded.config;
@@ -75,7 +104,12 @@ fn a_full_config_loads() {
 #[test]
 fn yaml_and_schema_errors_carry_line_and_column() {
     let e = err(&format!(
-        "{BASE}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\n    conect_timeout: 2s\nroutes: []\n"
+        r#"{BASE}upstreams:
+  app:
+    targets: [http://127.0.0.1:9000]
+    conect_timeout: 2s
+routes: []
+"#
     ));
     assert_eq!(e.position.map(|p| p.0), Some(9), "{e}");
     assert!(said(&e).contains("unknown field `conect_timeout`"), "{e}");
@@ -83,7 +117,9 @@ fn yaml_and_schema_errors_carry_line_and_column() {
     assert!(shown.contains("gateway.yaml:9:"), "{shown}");
 
     let e = err(&format!(
-        "{BASE}limits:\n  idle_timeout: 30x\n{}",
+        r#"{BASE}limits:
+  idle_timeout: 30x
+{}"#,
         &with("", PUBLIC_ROUTE)[BASE.len()..]
     ));
     assert_eq!(e.position.map(|p| p.0), Some(7), "{e}");
@@ -102,7 +138,15 @@ fn yaml_and_schema_errors_carry_line_and_column() {
 fn validation_errors_point_at_the_field() {
     let yaml = with(
         FILE_PROVIDER,
-        "  - name: a\n    match: { path: / }\n    upstream: app\n    public: true\n  - name: b\n    match: { path: /b }\n    upstream: nope\n    public: true\n",
+        r#"  - name: a
+    match: { path: / }
+    upstream: app
+    public: true
+  - name: b
+    match: { path: /b }
+    upstream: nope
+    public: true
+"#,
     );
     let e = err(&yaml);
     let line = yaml.lines().position(|l| l.contains("upstream: nope")).unwrap() + 1;
@@ -116,7 +160,11 @@ fn validation_errors_point_at_the_field() {
     // Key material is parsed when the snapshot is built; the error still has a place.
     let d = dir();
     let yaml = with(
-        "  corp:\n    issuer: https://id.example.com/\n    audiences: [api]\n    public_key_file: not-a-key.pem\n",
+        r#"  corp:
+    issuer: https://id.example.com/
+    audiences: [api]
+    public_key_file: not-a-key.pem
+"#,
         PUBLIC_ROUTE,
     );
     std::fs::write(d.path().join("gateway.yaml"), &yaml).unwrap();
@@ -132,39 +180,323 @@ fn validation_errors_point_at_the_field() {
 #[test]
 fn validation_rules() {
     let cases: Vec<(String, &str)> = vec![
-        (with("", "  - match: { path: / }\n    upstream: app\n"), "neither `auth:` nor `public: true`"),
-        (with(FILE_PROVIDER, "  - match: { path: / }\n    upstream: app\n    public: true\n    auth: {}\n"), "both `auth` and `public: true`"),
-        (with("", "  - match: { path: / }\n    upstream: nope\n    public: true\n"), "no upstream named \"nope\""),
-        (with(FILE_PROVIDER, "  - match: { path: / }\n    upstream: app\n    auth: { providers: [other] }\n"), "no provider named \"other\""),
-        (with("", "  - match: { path: / }\n    upstream: app\n    auth: {}\n"), "no providers are configured"),
-        (with("  p:\n    issuer: https://a/\n", PUBLIC_ROUTE), "no key source"),
-        (with("  p:\n    issuer: https://a/\n    jwks_file: jwks.json\n    jwks_uri: https://a/jwks\n", PUBLIC_ROUTE), "more than one key source"),
-        (with("  p:\n    issuer: https://a/\n    jwks_file: jwks.json\n    algorithms: [RS256, none]\n", PUBLIC_ROUTE), "`none` is never allowed"),
-        (with("  p:\n    issuer: https://a/\n    jwks_file: jwks.json\n    algorithms: [NONE]\n", PUBLIC_ROUTE), "`none` is never allowed"),
-        (with("  p:\n    issuer: https://a/\n    jwks_file: jwks.json\n    algorithms: [RS256, HS256]\n", PUBLIC_ROUTE), "mixes HMAC"),
-        (with("  p:\n    issuer: https://a/\n    jwks_file: jwks.json\n    algorithms: [HS256]\n", PUBLIC_ROUTE), "does not fit the key source"),
-        (with("  p:\n    issuer: https://a/\n    jwks_file: jwks.json\n    algorithms: [XX999]\n", PUBLIC_ROUTE), "unknown algorithm"),
-        (with("  a:\n    jwks_file: jwks.json\n  b:\n    jwks_file: jwks.json\n", PUBLIC_ROUTE), "only one provider may leave out `issuer`"),
-        (with("  a:\n    issuer: https://a/\n    jwks_file: jwks.json\n  b:\n    issuer: https://a/\n    jwks_file: jwks.json\n", PUBLIC_ROUTE), "cannot share an issuer"),
-        (with("  a:\n    issuer: https://a/\n    jwks_file: missing.json\n", PUBLIC_ROUTE), "missing.json"),
-        (with("  a:\n    secret_env: PORTCULLIS_TEST_SURELY_UNSET\n", PUBLIC_ROUTE), "PORTCULLIS_TEST_SURELY_UNSET is not set"),
-        (with("  a:\n    issuer: https://a/\n    jwks_uri: http://keys.example.com/jwks\n", PUBLIC_ROUTE), "plain http"),
-        (with("  a:\n    discovery: true\n", PUBLIC_ROUTE), "discovery needs an `issuer`"),
-        (with("", "  - match: { path: /a, path_exact: /a }\n    upstream: app\n    public: true\n"), "exactly one of `path`"),
-        (with("", "  - match: { path: /a/../b }\n    upstream: app\n    public: true\n"), "not in normal form"),
-        (with("", "  - match: { path: /a }\n    upstream: app\n    strip_prefix: /b\n    public: true\n"), "is not a leading part"),
-        (with("", "  - match: { path: /a, methods: [\"G T\"] }\n    upstream: app\n    public: true\n"), "not an HTTP method"),
-        (with("", "  - name: x\n    match: { path: /a }\n    upstream: app\n    public: true\n  - name: x\n    match: { path: /b }\n    upstream: app\n    public: true\n"), "used twice"),
-        (format!("{BASE}upstreams:\n  app:\n    targets: []\nroutes:\n{PUBLIC_ROUTE}"), "the list is empty"),
-        (format!("{BASE}upstreams:\n  app:\n    targets: [ftp://x:1]\nroutes:\n{PUBLIC_ROUTE}"), "not a valid target"),
-        (format!("{BASE}upstreams:\n  app:\n    targets: [http://x:1/base]\nroutes:\n{PUBLIC_ROUTE}"), "has a path"),
-        (format!("{BASE}identity:\n  subject_header: Authorization\nupstreams:\n  app:\n    targets: [http://x:1]\nroutes:\n{PUBLIC_ROUTE}"), "controls"),
-        (format!("{BASE}upstreams:\n  app:\n    targets: [http://x:1]\nroutes: []\n"), "no routes"),
-        (format!("listen:\n  https: 127.0.0.1:8443\n  http: 127.0.0.1:8443\n{}", &with("", PUBLIC_ROUTE)["listen:\n  https: 127.0.0.1:8443\n".len()..]), "already used"),
+        (
+            with(
+                "",
+                r#"  - match: { path: / }
+    upstream: app
+"#,
+            ),
+            "neither `auth:` nor `public: true`",
+        ),
+        (
+            with(
+                FILE_PROVIDER,
+                r#"  - match: { path: / }
+    upstream: app
+    public: true
+    auth: {}
+"#,
+            ),
+            "both `auth` and `public: true`",
+        ),
+        (
+            with(
+                "",
+                r#"  - match: { path: / }
+    upstream: nope
+    public: true
+"#,
+            ),
+            "no upstream named \"nope\"",
+        ),
+        (
+            with(
+                FILE_PROVIDER,
+                r#"  - match: { path: / }
+    upstream: app
+    auth: { providers: [other] }
+"#,
+            ),
+            "no provider named \"other\"",
+        ),
+        (
+            with(
+                "",
+                r#"  - match: { path: / }
+    upstream: app
+    auth: {}
+"#,
+            ),
+            "no providers are configured",
+        ),
+        (
+            with(
+                r#"  p:
+    issuer: https://a/
+"#,
+                PUBLIC_ROUTE,
+            ),
+            "no key source",
+        ),
+        (
+            with(
+                r#"  p:
+    issuer: https://a/
+    jwks_file: jwks.json
+    jwks_uri: https://a/jwks
+"#,
+                PUBLIC_ROUTE,
+            ),
+            "more than one key source",
+        ),
+        (
+            with(
+                r#"  p:
+    issuer: https://a/
+    jwks_file: jwks.json
+    algorithms: [RS256, none]
+"#,
+                PUBLIC_ROUTE,
+            ),
+            "`none` is never allowed",
+        ),
+        (
+            with(
+                r#"  p:
+    issuer: https://a/
+    jwks_file: jwks.json
+    algorithms: [NONE]
+"#,
+                PUBLIC_ROUTE,
+            ),
+            "`none` is never allowed",
+        ),
+        (
+            with(
+                r#"  p:
+    issuer: https://a/
+    jwks_file: jwks.json
+    algorithms: [RS256, HS256]
+"#,
+                PUBLIC_ROUTE,
+            ),
+            "mixes HMAC",
+        ),
+        (
+            with(
+                r#"  p:
+    issuer: https://a/
+    jwks_file: jwks.json
+    algorithms: [HS256]
+"#,
+                PUBLIC_ROUTE,
+            ),
+            "does not fit the key source",
+        ),
+        (
+            with(
+                r#"  p:
+    issuer: https://a/
+    jwks_file: jwks.json
+    algorithms: [XX999]
+"#,
+                PUBLIC_ROUTE,
+            ),
+            "unknown algorithm",
+        ),
+        (
+            with(
+                r#"  a:
+    jwks_file: jwks.json
+  b:
+    jwks_file: jwks.json
+"#,
+                PUBLIC_ROUTE,
+            ),
+            "only one provider may leave out `issuer`",
+        ),
+        (
+            with(
+                r#"  a:
+    issuer: https://a/
+    jwks_file: jwks.json
+  b:
+    issuer: https://a/
+    jwks_file: jwks.json
+"#,
+                PUBLIC_ROUTE,
+            ),
+            "cannot share an issuer",
+        ),
+        (
+            with(
+                r#"  a:
+    issuer: https://a/
+    jwks_file: missing.json
+"#,
+                PUBLIC_ROUTE,
+            ),
+            "missing.json",
+        ),
+        (
+            with(
+                r#"  a:
+    secret_env: PORTCULLIS_TEST_SURELY_UNSET
+"#,
+                PUBLIC_ROUTE,
+            ),
+            "PORTCULLIS_TEST_SURELY_UNSET is not set",
+        ),
+        (
+            with(
+                r#"  a:
+    issuer: https://a/
+    jwks_uri: http://keys.example.com/jwks
+"#,
+                PUBLIC_ROUTE,
+            ),
+            "plain http",
+        ),
+        (
+            with(
+                r#"  a:
+    discovery: true
+"#,
+                PUBLIC_ROUTE,
+            ),
+            "discovery needs an `issuer`",
+        ),
+        (
+            with(
+                "",
+                r#"  - match: { path: /a, path_exact: /a }
+    upstream: app
+    public: true
+"#,
+            ),
+            "exactly one of `path`",
+        ),
+        (
+            with(
+                "",
+                r#"  - match: { path: /a/../b }
+    upstream: app
+    public: true
+"#,
+            ),
+            "not in normal form",
+        ),
+        (
+            with(
+                "",
+                r#"  - match: { path: /a }
+    upstream: app
+    strip_prefix: /b
+    public: true
+"#,
+            ),
+            "is not a leading part",
+        ),
+        (
+            with(
+                "",
+                r#"  - match: { path: /a, methods: ["G T"] }
+    upstream: app
+    public: true
+"#,
+            ),
+            "not an HTTP method",
+        ),
+        (
+            with(
+                "",
+                r#"  - name: x
+    match: { path: /a }
+    upstream: app
+    public: true
+  - name: x
+    match: { path: /b }
+    upstream: app
+    public: true
+"#,
+            ),
+            "used twice",
+        ),
+        (
+            format!(
+                r#"{BASE}upstreams:
+  app:
+    targets: []
+routes:
+{PUBLIC_ROUTE}"#
+            ),
+            "the list is empty",
+        ),
+        (
+            format!(
+                r#"{BASE}upstreams:
+  app:
+    targets: [ftp://x:1]
+routes:
+{PUBLIC_ROUTE}"#
+            ),
+            "not a valid target",
+        ),
+        (
+            format!(
+                r#"{BASE}upstreams:
+  app:
+    targets: [http://x:1/base]
+routes:
+{PUBLIC_ROUTE}"#
+            ),
+            "has a path",
+        ),
+        (
+            format!(
+                r#"{BASE}identity:
+  subject_header: Authorization
+upstreams:
+  app:
+    targets: [http://x:1]
+routes:
+{PUBLIC_ROUTE}"#
+            ),
+            "controls",
+        ),
+        (
+            format!(
+                r#"{BASE}upstreams:
+  app:
+    targets: [http://x:1]
+routes: []
+"#
+            ),
+            "no routes",
+        ),
+        (
+            format!(
+                r#"listen:
+  https: 127.0.0.1:8443
+  http: 127.0.0.1:8443
+{}"#,
+                &with("", PUBLIC_ROUTE)[r#"listen:
+  https: 127.0.0.1:8443
+"#
+                .len()..]
+            ),
+            "already used",
+        ),
     ];
     for (yaml, want) in cases {
         let e = err(&yaml);
-        assert!(said(&e).contains(want), "wanted {want:?}, got: {e}\n--- yaml:\n{yaml}");
+        assert!(
+            said(&e).contains(want),
+            r#"wanted {want:?}, got: {e}
+--- yaml:
+{yaml}"#
+        );
     }
 }
 
@@ -172,8 +504,27 @@ fn validation_rules() {
 fn warnings_for_shadowed_routes_plain_http_keys_and_missing_audiences() {
     let d = dir();
     let yaml = with(
-        "  a:\n    issuer: http://127.0.0.1:5556/\n    jwks_uri: http://127.0.0.1:5556/keys\n",
-        "  - name: all-api\n    match: { path: /api }\n    upstream: app\n    public: true\n  - name: orders\n    match: { path: /api/orders, methods: [GET] }\n    upstream: app\n    public: true\n  - name: get-only\n    match: { path: /x, methods: [GET] }\n    upstream: app\n    public: true\n  - name: any-x\n    match: { path_exact: /x/y }\n    upstream: app\n    public: true\n",
+        r#"  a:
+    issuer: http://127.0.0.1:5556/
+    jwks_uri: http://127.0.0.1:5556/keys
+"#,
+        r#"  - name: all-api
+    match: { path: /api }
+    upstream: app
+    public: true
+  - name: orders
+    match: { path: /api/orders, methods: [GET] }
+    upstream: app
+    public: true
+  - name: get-only
+    match: { path: /x, methods: [GET] }
+    upstream: app
+    public: true
+  - name: any-x
+    match: { path_exact: /x/y }
+    upstream: app
+    public: true
+"#,
     );
     let w = load(d.path(), &yaml).unwrap().warnings.join("\n");
     assert!(
@@ -188,7 +539,12 @@ fn warnings_for_shadowed_routes_plain_http_keys_and_missing_audiences() {
     assert!(w.contains("no `audiences`"), "{w}");
 
     std::fs::write(d.path().join("short.secret"), "hunter2\n").unwrap();
-    let yaml = with("  a:\n    secret_file: short.secret\n", PUBLIC_ROUTE);
+    let yaml = with(
+        r#"  a:
+    secret_file: short.secret
+"#,
+        PUBLIC_ROUTE,
+    );
     let w = load(d.path(), &yaml).unwrap().warnings.join("\n");
     assert!(w.contains("shorter than 32 bytes"), "{w}");
     // The trailing newline is not part of the secret, so it does not count.
@@ -219,7 +575,11 @@ fn check_command() {
     let d = dir();
     let good = with(
         FILE_PROVIDER,
-        "  - name: orders\n    match: { path: /api/orders }\n    upstream: app\n    auth: { scopes: [orders:read] }\n",
+        r#"  - name: orders
+    match: { path: /api/orders }
+    upstream: app
+    auth: { scopes: [orders:read] }
+"#,
     );
     std::fs::write(d.path().join("gateway.yaml"), &good).unwrap();
     let (code, out, err) = portcullis(&["check"], d.path());
@@ -230,10 +590,19 @@ fn check_command() {
     );
     // Which routes take WebSockets, have CORS, read tokens from elsewhere.
     let browser = format!(
-        "{}cors:\n  web:\n    allow_origins: [https://app.example.com]\n",
+        r#"{}cors:
+  web:
+    allow_origins: [https://app.example.com]
+"#,
         with(
             FILE_PROVIDER,
-            "  - name: chat\n    match: { path: /ws }\n    upstream: app\n    auth: { token_sources: [header, \"cookie:s\"] }\n    websocket: true\n    cors: web\n"
+            r#"  - name: chat
+    match: { path: /ws }
+    upstream: app
+    auth: { token_sources: [header, "cookie:s"] }
+    websocket: true
+    cors: web
+"#
         )
     );
     std::fs::write(d.path().join("browser.yaml"), &browser).unwrap();
@@ -247,7 +616,15 @@ fn check_command() {
     assert!(line.ends_with("\twebsocket(idle 300s) cors=web"), "{line}");
 
     let bad_path: PathBuf = d.path().join("bad.yaml");
-    std::fs::write(&bad_path, good.replace("upstream: app", "upstream: app\n    bogus: 1")).unwrap();
+    std::fs::write(
+        &bad_path,
+        good.replace(
+            "upstream: app",
+            r#"upstream: app
+    bogus: 1"#,
+        ),
+    )
+    .unwrap();
     let (code, out, err) = portcullis(&["check", "-c", "bad.yaml"], d.path());
     assert_eq!(code, 1, "{out}{err}");
     let line = err.lines().next().unwrap_or_default();
@@ -266,7 +643,8 @@ fn check_command() {
             "not a PEM RSA, EC or Ed25519 public key",
         ),
         (
-            "jwks_file: jwks.json\n    algorithms: [RS256]",
+            r#"jwks_file: jwks.json
+    algorithms: [RS256]"#,
             "no usable signature key",
         ),
     ] {
@@ -324,7 +702,12 @@ fn run_with_a_bad_config_exits_1_with_one_line() {
     let d = dir();
     std::fs::write(
         d.path().join("gateway.yaml"),
-        with("", "  - match: { path: / }\n    upstream: app\n"),
+        with(
+            "",
+            r#"  - match: { path: / }
+    upstream: app
+"#,
+        ),
     )
     .unwrap();
     let (code, _, err) = portcullis(&["run", "-c", "gateway.yaml"], d.path());
@@ -367,7 +750,12 @@ fn upstream_protocol_must_fit_the_target_scheme() {
         ("h2c", "https://127.0.0.1:9000", "h2c is HTTP/2 over plain TCP"),
     ] {
         let yaml = format!(
-            "{BASE}upstreams:\n  app:\n    targets: [{target}]\n    protocol: {protocol}\nroutes:\n{PUBLIC_ROUTE}"
+            r#"{BASE}upstreams:
+  app:
+    targets: [{target}]
+    protocol: {protocol}
+routes:
+{PUBLIC_ROUTE}"#
         );
         let e = err(&yaml);
         let line = yaml.lines().position(|l| l.contains("protocol:")).unwrap() + 1;
@@ -378,11 +766,21 @@ fn upstream_protocol_must_fit_the_target_scheme() {
         );
     }
     let e = err(&format!(
-        "{BASE}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\n    protocol: http3\nroutes:\n{PUBLIC_ROUTE}"
+        r#"{BASE}upstreams:
+  app:
+    targets: [http://127.0.0.1:9000]
+    protocol: http3
+routes:
+{PUBLIC_ROUTE}"#
     ));
     assert!(said(&e).contains("http3"), "{e}");
     let e = err(&format!(
-        "{BASE}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\n    max_connections: 0\nroutes:\n{PUBLIC_ROUTE}"
+        r#"{BASE}upstreams:
+  app:
+    targets: [http://127.0.0.1:9000]
+    max_connections: 0
+routes:
+{PUBLIC_ROUTE}"#
     ));
     assert!(
         said(&e).starts_with("upstreams.app.max_connections: must be at least 1"),
@@ -393,7 +791,15 @@ fn upstream_protocol_must_fit_the_target_scheme() {
 #[test]
 fn warns_when_a_protected_exact_path_with_a_slash_falls_to_a_public_route() {
     let d = dir();
-    let routes = "  - name: admin\n    match: { path_exact: /admin }\n    upstream: app\n    auth: {}\n  - name: site\n    match: { path: / }\n    upstream: app\n    public: true\n";
+    let routes = r#"  - name: admin
+    match: { path_exact: /admin }
+    upstream: app
+    auth: {}
+  - name: site
+    match: { path: / }
+    upstream: app
+    public: true
+"#;
     let w = load(d.path(), &with(FILE_PROVIDER, routes))
         .unwrap()
         .warnings
@@ -404,10 +810,29 @@ fn warns_when_a_protected_exact_path_with_a_slash_falls_to_a_public_route() {
     );
     // A protected prefix, or a protected catch-all behind it, is fine.
     for routes in [
-        "  - name: admin\n    match: { path: /admin }\n    upstream: app\n    auth: {}\n  - name: site\n    match: { path: / }\n    upstream: app\n    public: true\n",
-        "  - name: admin\n    match: { path_exact: /admin }\n    upstream: app\n    auth: {}\n  - name: rest\n    match: { path: / }\n    upstream: app\n    auth: {}\n",
+        r#"  - name: admin
+    match: { path: /admin }
+    upstream: app
+    auth: {}
+  - name: site
+    match: { path: / }
+    upstream: app
+    public: true
+"#,
+        r#"  - name: admin
+    match: { path_exact: /admin }
+    upstream: app
+    auth: {}
+  - name: rest
+    match: { path: / }
+    upstream: app
+    auth: {}
+"#,
     ] {
-        let w = load(d.path(), &with(FILE_PROVIDER, routes)).unwrap().warnings.join("\n");
+        let w = load(d.path(), &with(FILE_PROVIDER, routes))
+            .unwrap()
+            .warnings
+            .join("\n");
         assert!(!w.contains("exactly"), "{w}");
     }
 }
@@ -416,33 +841,70 @@ fn warns_when_a_protected_exact_path_with_a_slash_falls_to_a_public_route() {
 fn browser_settings_are_validated() {
     let cases = [
         (
-            "cors:\n  web:\n    allow_origins: [\"*\"]\n    allow_credentials: true\n",
-            "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n    cors: web\n",
+            r#"cors:
+  web:
+    allow_origins: ["*"]
+    allow_credentials: true
+"#,
+            r#"  - name: r
+    match: { path: / }
+    upstream: app
+    public: true
+    cors: web
+"#,
             "cors.web.allow_credentials: cannot be true with the origin \"*\"",
         ),
         (
-            "cors:\n  web:\n    allow_origins: [\"https://*.*.example.com\"]\n",
-            "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n",
+            r#"cors:
+  web:
+    allow_origins: ["https://*.*.example.com"]
+"#,
+            r#"  - name: r
+    match: { path: / }
+    upstream: app
+    public: true
+"#,
             "cors.web.allow_origins: \"https://*.*.example.com\"",
         ),
         (
-            "cors:\n  web:\n    allow_origins: [\"app.example.com\"]\n",
-            "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n",
+            r#"cors:
+  web:
+    allow_origins: ["app.example.com"]
+"#,
+            r#"  - name: r
+    match: { path: / }
+    upstream: app
+    public: true
+"#,
             "is not an origin",
         ),
         (
             "",
-            "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n    cors: web\n",
+            r#"  - name: r
+    match: { path: / }
+    upstream: app
+    public: true
+    cors: web
+"#,
             "routes[0] (r).cors: no CORS policy named \"web\"",
         ),
         (
             "",
-            "  - name: r\n    match: { path: / }\n    upstream: app\n    auth: { token_sources: [header, \"form:x\"] }\n",
+            r#"  - name: r
+    match: { path: / }
+    upstream: app
+    auth: { token_sources: [header, "form:x"] }
+"#,
             "routes[0] (r).auth.token_sources: \"form:x\" is not a token source",
         ),
         (
             "",
-            "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n    websocket: { idle_timeout: 0s }\n",
+            r#"  - name: r
+    match: { path: / }
+    upstream: app
+    public: true
+    websocket: { idle_timeout: 0s }
+"#,
             "routes[0] (r).websocket.idle_timeout: must be longer than 0",
         ),
     ];
@@ -454,12 +916,27 @@ fn browser_settings_are_validated() {
     }
     // WebSockets need an HTTP/1.1 upstream.
     let yaml = format!(
-        "{BASE}upstreams:\n  app:\n    targets: [http://127.0.0.1:9000]\n    protocol: h2c\nroutes:\n  - name: r\n    match: {{ path: / }}\n    upstream: app\n    public: true\n    websocket: true\n"
+        r#"{BASE}upstreams:
+  app:
+    targets: [http://127.0.0.1:9000]
+    protocol: h2c
+routes:
+  - name: r
+    match: {{ path: / }}
+    upstream: app
+    public: true
+    websocket: true
+"#
     );
     assert!(said(&err(&yaml)).contains("routes[0] (r).websocket: WebSockets go upstream as HTTP/1.1"));
     // A query token source loads, with a warning.
     let d = dir();
-    let routes = "  - name: r\n    match: { path: / }\n    upstream: app\n    auth: { token_sources: [header, \"query:access_token\", \"cookie:session\"] }\n    websocket: true\n";
+    let routes = r#"  - name: r
+    match: { path: / }
+    upstream: app
+    auth: { token_sources: [header, "query:access_token", "cookie:session"] }
+    websocket: true
+"#;
     let w = load(d.path(), &with(FILE_PROVIDER, routes))
         .unwrap()
         .warnings
@@ -472,40 +949,76 @@ fn browser_settings_are_validated() {
 
 #[test]
 fn shared_state_settings_are_validated() {
-    let public = "  - name: r\n    match: { path: / }\n    upstream: app\n    public: true\n    rate_limits: [p]\n";
+    let public = r#"  - name: r
+    match: { path: / }
+    upstream: app
+    public: true
+    rate_limits: [p]
+"#;
     let cases = [
         (
-            "rate_limits:\n  p:\n    key: subject\n    rate: 10/s\n",
+            r#"rate_limits:
+  p:
+    key: subject
+    rate: 10/s
+"#,
             public,
             "routes[0] (r).rate_limits: \"p\" is keyed by the token, but the route is public",
         ),
         (
-            "rate_limits:\n  p:\n    key: \"claim:tenant\"\n    rate: 10/s\n",
+            r#"rate_limits:
+  p:
+    key: "claim:tenant"
+    rate: 10/s
+"#,
             public,
             "is keyed by the token",
         ),
         (
-            "rate_limits:\n  p:\n    key: client_ip\n    rate: 10/d\n",
+            r#"rate_limits:
+  p:
+    key: client_ip
+    rate: 10/d
+"#,
             public,
             "rate_limits.p.rate: \"10/d\" has an unknown unit",
         ),
         (
-            "rate_limits:\n  p:\n    key: client_ip\n    rate: 10/s\n    burst: 0\n",
+            r#"rate_limits:
+  p:
+    key: client_ip
+    rate: 10/s
+    burst: 0
+"#,
             public,
             "rate_limits.p.burst: must be at least 1",
         ),
         (
-            "rate_limits:\n  p:\n    key: cookie\n    rate: 10/s\n",
+            r#"rate_limits:
+  p:
+    key: cookie
+    rate: 10/s
+"#,
             public,
             "rate_limits.p.key: \"cookie\" is not a key",
         ),
         (
-            "rate_limits:\n  p:\n    key: client_ip\n    rate: 10/s\n    store: redis\n",
+            r#"rate_limits:
+  p:
+    key: client_ip
+    rate: 10/s
+    store: redis
+"#,
             public,
             "rate_limits.p.store: redis needs a `store:` section",
         ),
         (
-            "rate_limits:\n  p:\n    key: client_ip\n    rate: 10/s\n    on_store_error: maybe\n",
+            r#"rate_limits:
+  p:
+    key: client_ip
+    rate: 10/s
+    on_store_error: maybe
+"#,
             public,
             "on_store_error: \"maybe\" is neither allow nor deny",
         ),
@@ -520,17 +1033,24 @@ fn shared_state_settings_are_validated() {
             "revocation.store: redis needs a `store:` section",
         ),
         (
-            "store:\n  redis: http://127.0.0.1:6379\n",
+            r#"store:
+  redis: http://127.0.0.1:6379
+"#,
             PUBLIC_ROUTE,
             "store.redis: \"http://127.0.0.1:6379\" must start with redis://",
         ),
         (
-            "store:\n  redis: redis://:secret@127.0.0.1:6379\n",
+            r#"store:
+  redis: redis://:secret@127.0.0.1:6379
+"#,
             PUBLIC_ROUTE,
             "store.redis: the URL carries credentials",
         ),
         (
-            "store:\n  redis: redis://127.0.0.1:6379\n  password_env: PORTCULLIS_TEST_UNSET_VARIABLE\n",
+            r#"store:
+  redis: redis://127.0.0.1:6379
+  password_env: PORTCULLIS_TEST_UNSET_VARIABLE
+"#,
             PUBLIC_ROUTE,
             "store.password_env: the environment variable PORTCULLIS_TEST_UNSET_VARIABLE is not set",
         ),
@@ -541,7 +1061,15 @@ fn shared_state_settings_are_validated() {
         assert!(said(&e).contains(says), "{e}\nwanted: {says}");
     }
     let d = dir();
-    let ok = "store:\n  redis: redis://10.0.0.5:6379/0\nrate_limits:\n  p:\n    key: client_ip\n    rate: 10/s\n    store: redis\nrevocation: { store: redis }\n";
+    let ok = r#"store:
+  redis: redis://10.0.0.5:6379/0
+rate_limits:
+  p:
+    key: client_ip
+    rate: 10/s
+    store: redis
+revocation: { store: redis }
+"#;
     let loaded = load(d.path(), &format!("{}{ok}", with(FILE_PROVIDER, public))).unwrap();
     assert!(
         loaded.warnings.join("\n").contains("use rediss://"),

@@ -15,7 +15,17 @@ use support::*;
 
 fn config(up: &RecordingUpstream, limits: &str) -> String {
     format!(
-        "{}limits:\n{limits}upstreams:\n  app:\n    targets: [{}]\n    request_timeout: 20s\nroutes:\n  - name: all\n    match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        r#"{}limits:
+{limits}upstreams:
+  app:
+    targets: [{}]
+    request_timeout: 20s
+routes:
+  - name: all
+    match: {{ path: / }}
+    upstream: app
+    public: true
+"#,
         header(""),
         up.url()
     )
@@ -27,7 +37,13 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http2_client_with_a_zero_window_is_cut_off() {
     let up = RecordingUpstream::start("app").await;
-    let gw = TestGateway::start(&config(&up, "  send_timeout: 500ms\n  idle_timeout: 30s\n")).await;
+    let gw = TestGateway::start(&config(
+        &up,
+        r#"  send_timeout: 500ms
+  idle_timeout: 30s
+"#,
+    ))
+    .await;
     let tls = raw_tls(gw.addr, &gw.cert, &[b"h2"]).await;
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(0)
@@ -58,7 +74,13 @@ async fn an_http2_client_with_a_zero_window_is_cut_off() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http1_client_that_stops_reading_is_cut_off() {
     let up = RecordingUpstream::start("app").await;
-    let gw = TestGateway::start(&config(&up, "  send_timeout: 500ms\n  idle_timeout: 30s\n")).await;
+    let gw = TestGateway::start(&config(
+        &up,
+        r#"  send_timeout: 500ms
+  idle_timeout: 30s
+"#,
+    ))
+    .await;
     let total = 200_000_000;
     let mut tls = gw.raw().await;
     tls.write_all(format!("GET /big HTTP/1.1\r\nHost: localhost\r\nx-test: stream:{total}\r\n\r\n").as_bytes())

@@ -12,7 +12,21 @@ use support::*;
 
 fn hosts_config(admin: &RecordingUpstream, public: &RecordingUpstream) -> String {
     format!(
-        "{}upstreams:\n  admin:\n    targets: [{}]\n  public:\n    targets: [{}]\nroutes:\n  - name: admin-host\n    match: {{ path: /, host: admin.test }}\n    upstream: admin\n    public: true\n  - name: others\n    match: {{ path: / }}\n    upstream: public\n    public: true\n",
+        r#"{}upstreams:
+  admin:
+    targets: [{}]
+  public:
+    targets: [{}]
+routes:
+  - name: admin-host
+    match: {{ path: /, host: admin.test }}
+    upstream: admin
+    public: true
+  - name: others
+    match: {{ path: / }}
+    upstream: public
+    public: true
+"#,
         header(""),
         admin.url(),
         public.url()
@@ -66,7 +80,19 @@ async fn path_matching_is_byte_exact() {
     let admin = RecordingUpstream::start("admin").await;
     let public = RecordingUpstream::start("public").await;
     let yaml = format!(
-        "{}upstreams:\n  admin:\n    targets: [{}]\n  public:\n    targets: [{}]\nroutes:\n  - match: {{ path: /admin }}\n    upstream: admin\n    public: true\n  - match: {{ path: / }}\n    upstream: public\n    public: true\n",
+        r#"{}upstreams:
+  admin:
+    targets: [{}]
+  public:
+    targets: [{}]
+routes:
+  - match: {{ path: /admin }}
+    upstream: admin
+    public: true
+  - match: {{ path: / }}
+    upstream: public
+    public: true
+"#,
         header(""),
         admin.url(),
         public.url()
@@ -85,7 +111,16 @@ async fn path_matching_is_byte_exact() {
 async fn a_stalled_tls_handshake_is_cut() {
     let up = RecordingUpstream::start("app").await;
     let yaml = format!(
-        "{}limits:\n  header_read_timeout: 500ms\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        r#"{}limits:
+  header_read_timeout: 500ms
+upstreams:
+  app:
+    targets: [{}]
+routes:
+  - match: {{ path: / }}
+    upstream: app
+    public: true
+"#,
         header(""),
         up.url()
     );
@@ -107,7 +142,16 @@ async fn a_streamed_http2_body_over_the_limit_is_refused() {
     use hyper::body::Frame;
     let up = RecordingUpstream::start("app").await;
     let yaml = format!(
-        "{}limits:\n  max_body_bytes: 1000\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        r#"{}limits:
+  max_body_bytes: 1000
+upstreams:
+  app:
+    targets: [{}]
+routes:
+  - match: {{ path: / }}
+    upstream: app
+    public: true
+"#,
         header(""),
         up.url()
     );
@@ -138,7 +182,20 @@ async fn upstream_statuses_pass_through_and_failures_are_counted() {
     let up = RecordingUpstream::start("app").await;
     let dead = closed_port().await;
     let yaml = format!(
-        "{}upstreams:\n  edges-app:\n    targets: [{}]\n    request_timeout: 500ms\n  edges-dead:\n    targets: [http://{dead}]\nroutes:\n  - match: {{ path: /dead }}\n    upstream: edges-dead\n    public: true\n  - match: {{ path: / }}\n    upstream: edges-app\n    public: true\n",
+        r#"{}upstreams:
+  edges-app:
+    targets: [{}]
+    request_timeout: 500ms
+  edges-dead:
+    targets: [http://{dead}]
+routes:
+  - match: {{ path: /dead }}
+    upstream: edges-dead
+    public: true
+  - match: {{ path: / }}
+    upstream: edges-app
+    public: true
+"#,
         header_with_admin(),
         up.url()
     );
@@ -179,7 +236,16 @@ async fn upstream_statuses_pass_through_and_failures_are_counted() {
 async fn in_flight_requests_finish_under_the_old_configuration() {
     let up = RecordingUpstream::start("app").await;
     let yaml = format!(
-        "{}upstreams:\n  app:\n    targets: [{}]\n    request_timeout: 10s\nroutes:\n  - name: old\n    match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        r#"{}upstreams:
+  app:
+    targets: [{}]
+    request_timeout: 10s
+routes:
+  - name: old
+    match: {{ path: / }}
+    upstream: app
+    public: true
+"#,
         header(""),
         up.url()
     );

@@ -11,7 +11,19 @@ use support::*;
 
 fn config(up: &RecordingUpstream, extra: &str) -> String {
     format!(
-        "{}{extra}upstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: write\n    match: {{ path: /api/orders, methods: [POST] }}\n    upstream: app\n    public: true\n  - name: public\n    match: {{ path: /api/public }}\n    upstream: app\n    public: true\n",
+        r#"{}{extra}upstreams:
+  app:
+    targets: [{}]
+routes:
+  - name: write
+    match: {{ path: /api/orders, methods: [POST] }}
+    upstream: app
+    public: true
+  - name: public
+    match: {{ path: /api/public }}
+    upstream: app
+    public: true
+"#,
         header(""),
         up.url()
     )
@@ -65,7 +77,13 @@ async fn semicolons_in_paths_are_refused_unless_allowed() {
     assert_eq!(gw.get("/api/public/a%3Bb").await.status, 200);
     assert_eq!(up.requests().len(), 1);
 
-    let allowed = TestGateway::start(&config(&up, "paths:\n  allow_semicolons: true\n")).await;
+    let allowed = TestGateway::start(&config(
+        &up,
+        r#"paths:
+  allow_semicolons: true
+"#,
+    ))
+    .await;
     let r = allowed.get("/api/public/a;jsessionid=1").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.last().path_and_query, "/api/public/a;jsessionid=1");
@@ -76,7 +94,19 @@ async fn a_trailing_dot_on_the_host_is_the_same_host() {
     let admin = RecordingUpstream::start("admin").await;
     let public = RecordingUpstream::start("public").await;
     let yaml = format!(
-        "{}upstreams:\n  admin:\n    targets: [{}]\n  public:\n    targets: [{}]\nroutes:\n  - match: {{ path: /, host: admin.example.com }}\n    upstream: admin\n    public: true\n  - match: {{ path: / }}\n    upstream: public\n    public: true\n",
+        r#"{}upstreams:
+  admin:
+    targets: [{}]
+  public:
+    targets: [{}]
+routes:
+  - match: {{ path: /, host: admin.example.com }}
+    upstream: admin
+    public: true
+  - match: {{ path: / }}
+    upstream: public
+    public: true
+"#,
         header(""),
         admin.url(),
         public.url()
@@ -114,7 +144,13 @@ async fn a_trailing_dot_on_the_host_is_the_same_host() {
 async fn foreign_forwarding_headers_never_reach_the_upstream() {
     let up = RecordingUpstream::start("app").await;
     // Even with nothing configured to strip.
-    let gw = TestGateway::start(&config(&up, "identity:\n  strip_incoming: []\n")).await;
+    let gw = TestGateway::start(&config(
+        &up,
+        r#"identity:
+  strip_incoming: []
+"#,
+    ))
+    .await;
     for proto in [Proto::H1, Proto::H2] {
         let headers = [
             ("forwarded", "for=10.0.0.1;host=admin;proto=https"),
@@ -139,9 +175,17 @@ async fn foreign_forwarding_headers_never_reach_the_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_redirect_listener_has_its_own_connection_budget() {
     let up = RecordingUpstream::start("app").await;
-    let yaml = config(&up, "limits:\n  max_connections: 1\n").replacen(
+    let yaml = config(
+        &up,
+        r#"limits:
+  max_connections: 1
+"#,
+    )
+    .replacen(
         "  https: 127.0.0.1:0\n",
-        "  https: 127.0.0.1:0\n  http: 127.0.0.1:0\n",
+        r#"  https: 127.0.0.1:0
+  http: 127.0.0.1:0
+"#,
         1,
     );
     let gw = TestGateway::start(&yaml).await;
@@ -168,7 +212,19 @@ async fn the_redirect_listener_has_its_own_connection_budget() {
 async fn abandoned_requests_are_logged_as_499() {
     let up = RecordingUpstream::start("app").await;
     let yaml = format!(
-        "{}upstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: abandoned-h1\n    match: {{ path: /h1 }}\n    upstream: app\n    public: true\n  - name: abandoned-h2\n    match: {{ path: /h2 }}\n    upstream: app\n    public: true\n",
+        r#"{}upstreams:
+  app:
+    targets: [{}]
+routes:
+  - name: abandoned-h1
+    match: {{ path: /h1 }}
+    upstream: app
+    public: true
+  - name: abandoned-h2
+    match: {{ path: /h2 }}
+    upstream: app
+    public: true
+"#,
         header_with_admin(),
         up.url()
     );

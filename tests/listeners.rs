@@ -12,7 +12,14 @@ use tokio::io::AsyncWriteExt;
 
 fn simple(up: &RecordingUpstream, tls_extra: &str, extra: &str) -> String {
     format!(
-        "{}{extra}upstreams:\n  app:\n    targets: [{}]\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        r#"{}{extra}upstreams:
+  app:
+    targets: [{}]
+routes:
+  - match: {{ path: / }}
+    upstream: app
+    public: true
+"#,
         header(tls_extra),
         up.url()
     )
@@ -78,7 +85,20 @@ async fn self_signed_if_missing_creates_a_certificate() {
     let up = RecordingUpstream::start("app").await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
-        "listen:\n  https: 127.0.0.1:0\ntls:\n  cert: made/gw.crt\n  key: made/gw.key\n  self_signed_if_missing: true\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        r#"listen:
+  https: 127.0.0.1:0
+tls:
+  cert: made/gw.crt
+  key: made/gw.key
+  self_signed_if_missing: true
+upstreams:
+  app:
+    targets: [{}]
+routes:
+  - match: {{ path: / }}
+    upstream: app
+    public: true
+"#,
         up.url()
     );
     let path = dir.path().join("gateway.yaml");
@@ -107,7 +127,12 @@ async fn self_signed_if_missing_creates_a_certificate() {
 #[tokio::test(flavor = "multi_thread")]
 async fn http_listener_redirects_to_https() {
     let up = RecordingUpstream::start("app").await;
-    let yaml = simple(&up, "", "").replace("  https: 127.0.0.1:0\n", "  https: 127.0.0.1:0\n  http: 127.0.0.1:0\n");
+    let yaml = simple(&up, "", "").replace(
+        "  https: 127.0.0.1:0\n",
+        r#"  https: 127.0.0.1:0
+  http: 127.0.0.1:0
+"#,
+    );
     let gw = TestGateway::start(&yaml).await;
     let http = gw.http_addr.expect("http listener");
     let mut tcp = tokio::net::TcpStream::connect(http).await.unwrap();
@@ -132,7 +157,10 @@ async fn slow_request_heads_are_cut_off() {
     let gw = TestGateway::start(&simple(
         &up,
         "",
-        "limits:\n  header_read_timeout: 500ms\n  idle_timeout: 30s\n",
+        r#"limits:
+  header_read_timeout: 500ms
+  idle_timeout: 30s
+"#,
     ))
     .await;
     let mut s = gw.raw().await;
@@ -150,7 +178,10 @@ async fn keep_alive_outlives_header_timeout_but_not_idle_timeout() {
     let gw = TestGateway::start(&simple(
         &up,
         "",
-        "limits:\n  header_read_timeout: 300ms\n  idle_timeout: 1500ms\n",
+        r#"limits:
+  header_read_timeout: 300ms
+  idle_timeout: 1500ms
+"#,
     ))
     .await;
     let mut c = gw.client(Proto::H1).await;
@@ -171,7 +202,14 @@ async fn keep_alive_outlives_header_timeout_but_not_idle_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn max_connections_holds_back_extra_clients() {
     let up = RecordingUpstream::start("app").await;
-    let gw = TestGateway::start(&simple(&up, "", "limits:\n  max_connections: 1\n")).await;
+    let gw = TestGateway::start(&simple(
+        &up,
+        "",
+        r#"limits:
+  max_connections: 1
+"#,
+    ))
+    .await;
     let mut first = gw.client(Proto::H1).await;
     assert_eq!(first.send(req("GET", "/", &[], "")).await.status, 200);
     // The second connection is not accepted while the first is open.

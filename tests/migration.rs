@@ -23,7 +23,15 @@ async fn gateway(up: &RecordingUpstream, routes: &str) -> TestGateway {
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
     let yaml = format!(
-        "{}providers:\n  app:\n    secret_file: app.secret\n    algorithms: [HS256]\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n{routes}",
+        r#"{}providers:
+  app:
+    secret_file: app.secret
+    algorithms: [HS256]
+upstreams:
+  app:
+    targets: [{}]
+routes:
+{routes}"#,
         header_with_admin(),
         up.url()
     );
@@ -33,7 +41,15 @@ async fn gateway(up: &RecordingUpstream, routes: &str) -> TestGateway {
 #[tokio::test(flavor = "multi_thread")]
 async fn path_templates_match_one_segment_per_parameter() {
     let up = RecordingUpstream::start("app").await;
-    let routes = "  - name: item-owner\n    match: { path_template: \"/items/{item_id}/owner\" }\n    upstream: app\n    auth: { scopes: [items:admin] }\n  - name: items\n    match: { path: /items }\n    upstream: app\n    public: true\n";
+    let routes = r#"  - name: item-owner
+    match: { path_template: "/items/{item_id}/owner" }
+    upstream: app
+    auth: { scopes: [items:admin] }
+  - name: items
+    match: { path: /items }
+    upstream: app
+    public: true
+"#;
     let gw = gateway(&up, routes).await;
     let admin = format!("Bearer {}", token("items:admin"));
     let mut c = gw.client(Proto::H1).await;
@@ -68,7 +84,11 @@ async fn path_templates_match_one_segment_per_parameter() {
 #[tokio::test(flavor = "multi_thread")]
 async fn monitor_mode_forwards_and_records_what_enforce_would_refuse() {
     let up = RecordingUpstream::start("app").await;
-    let routes = "  - name: monitored\n    match: { path: /orders }\n    upstream: app\n    auth: { scopes: [orders:read], mode: monitor }\n";
+    let routes = r#"  - name: monitored
+    match: { path: /orders }
+    upstream: app
+    auth: { scopes: [orders:read], mode: monitor }
+"#;
     let gw = gateway(&up, routes).await;
     let mut c = gw.client(Proto::H1).await;
     // No token: forwarded, without identity.
@@ -159,7 +179,14 @@ async fn an_imported_openapi_route_table_checks_and_serves() {
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
     let yaml = format!(
-        "{}providers:\n  app:\n    secret_file: app.secret\n    algorithms: [HS256]\nupstreams:\n  app:\n    targets: [{}]\n{routes}",
+        r#"{}providers:
+  app:
+    secret_file: app.secret
+    algorithms: [HS256]
+upstreams:
+  app:
+    targets: [{}]
+{routes}"#,
         header(""),
         up.url()
     );
@@ -354,7 +381,11 @@ routes:
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let (got, out, err) = portcullis(&argv, dir.path());
         assert_eq!(got, code, "{args:?}\n{out}{err}");
-        assert!(out.contains(says), "{args:?} should say {says:?}:\n{out}{err}");
+        assert!(
+            out.contains(says),
+            r#"{args:?} should say {says:?}:
+{out}{err}"#
+        );
         for secret in [
             admin.as_str(),
             reader.as_str(),

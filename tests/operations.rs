@@ -31,13 +31,42 @@ struct Gateway {
 
 fn config(up: &RecordingUpstream, routes: &str, extra_limits: &str) -> String {
     format!(
-        "listen:\n  https: 127.0.0.1:0\n  admin: 127.0.0.1:0\ntls:\n  cert: cert.pem\n  key: key.pem\nlimits:\n  shutdown_grace: 10s\n{extra_limits}providers:\n  app:\n    secret_file: secret\n    algorithms: [HS256]\nupstreams:\n  app:\n    targets: [{}]\n    request_timeout: 10s\nroutes:\n{routes}",
+        r#"listen:
+  https: 127.0.0.1:0
+  admin: 127.0.0.1:0
+tls:
+  cert: cert.pem
+  key: key.pem
+limits:
+  shutdown_grace: 10s
+{extra_limits}providers:
+  app:
+    secret_file: secret
+    algorithms: [HS256]
+upstreams:
+  app:
+    targets: [{}]
+    request_timeout: 10s
+routes:
+{routes}"#,
         up.url()
     )
 }
 
-const ROUTE_A: &str = "  - name: a\n    match: { path: /a }\n    upstream: app\n    public: true\n  - name: secure\n    match: { path: /secure }\n    upstream: app\n    auth: { scopes: [read] }\n";
-const ROUTE_B: &str = "  - name: b\n    match: { path: /b }\n    upstream: app\n    public: true\n";
+const ROUTE_A: &str = r#"  - name: a
+    match: { path: /a }
+    upstream: app
+    public: true
+  - name: secure
+    match: { path: /secure }
+    upstream: app
+    auth: { scopes: [read] }
+"#;
+const ROUTE_B: &str = r#"  - name: b
+    match: { path: /b }
+    upstream: app
+    public: true
+"#;
 
 impl Gateway {
     fn start(yaml: &str, notify_socket: Option<&std::path::Path>) -> Gateway {
@@ -172,7 +201,11 @@ async fn sighup_applies_a_good_config_and_keeps_serving_through_a_bad_one() {
     assert_eq!(gw.get("/b").await, 200, "the new route is live");
 
     // Broken YAML: one ERROR line with file:line, and nothing changes.
-    gw.write_config(&config(&up, ROUTE_A, "").replace("routes:", "routes:\n  - name: [broken"));
+    gw.write_config(&config(&up, ROUTE_A, "").replace(
+        "routes:",
+        r#"routes:
+  - name: [broken"#,
+    ));
     gw.signal("HUP");
     let line = gw.wait_log("reload failed").await;
     assert!(line.contains("\"ERROR\""), "{line}");
@@ -183,7 +216,10 @@ async fn sighup_applies_a_good_config_and_keeps_serving_through_a_bad_one() {
     // A semantic error is refused the same way.
     gw.write_config(&config(
         &up,
-        "  - match: { path: /c }\n    upstream: nowhere\n    public: true\n",
+        r#"  - match: { path: /c }
+    upstream: nowhere
+    public: true
+"#,
         "",
     ));
     gw.signal("HUP");
@@ -458,7 +494,8 @@ async fn admin_endpoints() {
     ] {
         assert!(
             body.contains(&format!("# TYPE {name} {kind}\n")),
-            "{name} missing:\n{body}"
+            r#"{name} missing:
+{body}"#
         );
     }
     assert!(!body.contains("# EOF"), "{body}");
@@ -487,7 +524,11 @@ async fn admin_endpoints() {
 #[tokio::test(flavor = "multi_thread")]
 async fn monitor_decisions_are_in_the_access_log() {
     let up = RecordingUpstream::start("app").await;
-    let routes = "  - name: watched\n    match: { path: /watched }\n    upstream: app\n    auth: { scopes: [write], mode: monitor, token_sources: [header, \"query:access_token\"] }\n";
+    let routes = r#"  - name: watched
+    match: { path: /watched }
+    upstream: app
+    auth: { scopes: [write], mode: monitor, token_sources: [header, "query:access_token"] }
+"#;
     let gw = Gateway::start(&config(&up, routes, ""), None);
     let token = hs_sign(
         Algorithm::HS256,

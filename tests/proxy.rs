@@ -12,7 +12,29 @@ use support::*;
 /// Two public routes plus a catch-all, in front of one recording upstream.
 fn config(up: &RecordingUpstream, extra: &str) -> String {
     format!(
-        "{}upstreams:\n  app:\n    targets: [{}]\n    request_timeout: 1s\n{extra}routes:\n  - name: orders\n    match: {{ path: /api/orders, methods: [GET, HEAD] }}\n    upstream: app\n    strip_prefix: /api\n    public: true\n  - name: orders-write\n    match: {{ path: /api/orders, methods: [POST] }}\n    upstream: app\n    public: true\n  - name: public\n    match: {{ path: /public }}\n    upstream: app\n    public: true\n  - name: health\n    match: {{ path_exact: /health }}\n    upstream: app\n    public: true\n",
+        r#"{}upstreams:
+  app:
+    targets: [{}]
+    request_timeout: 1s
+{extra}routes:
+  - name: orders
+    match: {{ path: /api/orders, methods: [GET, HEAD] }}
+    upstream: app
+    strip_prefix: /api
+    public: true
+  - name: orders-write
+    match: {{ path: /api/orders, methods: [POST] }}
+    upstream: app
+    public: true
+  - name: public
+    match: {{ path: /public }}
+    upstream: app
+    public: true
+  - name: health
+    match: {{ path_exact: /health }}
+    upstream: app
+    public: true
+"#,
         header(""),
         up.url()
     )
@@ -89,7 +111,15 @@ async fn routing_404_405_and_strip_prefix() {
 async fn host_matching_ignores_case_and_port() {
     let up = RecordingUpstream::start("app").await;
     let yaml = format!(
-        "{}upstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: api\n    match: {{ path: /, host: api.example.com }}\n    upstream: app\n    public: true\n",
+        r#"{}upstreams:
+  app:
+    targets: [{}]
+routes:
+  - name: api
+    match: {{ path: /, host: api.example.com }}
+    upstream: app
+    public: true
+"#,
         header(""),
         up.url()
     );
@@ -121,7 +151,21 @@ async fn path_bypass_attempts() {
     let admin = RecordingUpstream::start("admin").await;
     let public = RecordingUpstream::start("public").await;
     let yaml = format!(
-        "{}upstreams:\n  admin:\n    targets: [{}]\n  public:\n    targets: [{}]\nroutes:\n  - name: admin\n    match: {{ path: /admin }}\n    upstream: admin\n    public: true\n  - name: public\n    match: {{ path: /public }}\n    upstream: public\n    public: true\n",
+        r#"{}upstreams:
+  admin:
+    targets: [{}]
+  public:
+    targets: [{}]
+routes:
+  - name: admin
+    match: {{ path: /admin }}
+    upstream: admin
+    public: true
+  - name: public
+    match: {{ path: /public }}
+    upstream: public
+    public: true
+"#,
         header(""),
         admin.url(),
         public.url()
@@ -197,7 +241,11 @@ async fn raw_backslash_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn spoofed_identity_and_hop_by_hop_headers_are_stripped() {
     let up = RecordingUpstream::start("app").await;
-    let extra = "identity:\n  strip_incoming: [\"X-Auth-*\", \"X-Internal-*\"]\n  claims:\n    X-User-Email: email\n";
+    let extra = r#"identity:
+  strip_incoming: ["X-Auth-*", "X-Internal-*"]
+  claims:
+    X-User-Email: email
+"#;
     let gw = TestGateway::start(&config(&up, extra)).await;
     for proto in [Proto::H1, Proto::H2] {
         let mut c = gw.client(proto).await;
@@ -280,7 +328,15 @@ async fn upstream_connections_are_pooled_and_reused() {
 async fn host_header_can_be_set_per_upstream() {
     let up = RecordingUpstream::start("app").await;
     let yaml = format!(
-        "{}upstreams:\n  app:\n    targets: [{}]\n    host: internal.svc:8080\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        r#"{}upstreams:
+  app:
+    targets: [{}]
+    host: internal.svc:8080
+routes:
+  - match: {{ path: / }}
+    upstream: app
+    public: true
+"#,
         header(""),
         up.url()
     );
@@ -293,7 +349,13 @@ async fn host_header_can_be_set_per_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_stream_both_ways() {
     let up = RecordingUpstream::start("app").await;
-    let gw = TestGateway::start(&config(&up, "limits:\n  max_body_bytes: 8388608\n")).await;
+    let gw = TestGateway::start(&config(
+        &up,
+        r#"limits:
+  max_body_bytes: 8388608
+"#,
+    ))
+    .await;
     for proto in [Proto::H1, Proto::H2] {
         let mut c = gw.client(proto).await;
         let big = "y".repeat(5 * 1024 * 1024);
@@ -315,7 +377,14 @@ async fn round_robin_skips_a_refusing_target() {
     let b = RecordingUpstream::start("b").await;
     let dead = closed_port().await;
     let yaml = format!(
-        "{}upstreams:\n  app:\n    targets: [{}, http://{dead}, {}]\nroutes:\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        r#"{}upstreams:
+  app:
+    targets: [{}, http://{dead}, {}]
+routes:
+  - match: {{ path: / }}
+    upstream: app
+    public: true
+"#,
         header(""),
         a.url(),
         b.url()
@@ -338,7 +407,21 @@ async fn upstream_failures_map_to_502_and_504() {
     let dead = closed_port().await;
     let up = RecordingUpstream::start("app").await;
     let yaml = format!(
-        "{}upstreams:\n  dead:\n    targets: [http://{dead}]\n    connect_timeout: 500ms\n  app:\n    targets: [{}]\n    request_timeout: 500ms\nroutes:\n  - match: {{ path: /dead }}\n    upstream: dead\n    public: true\n  - match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        r#"{}upstreams:
+  dead:
+    targets: [http://{dead}]
+    connect_timeout: 500ms
+  app:
+    targets: [{}]
+    request_timeout: 500ms
+routes:
+  - match: {{ path: /dead }}
+    upstream: dead
+    public: true
+  - match: {{ path: / }}
+    upstream: app
+    public: true
+"#,
         header(""),
         up.url()
     );
@@ -364,7 +447,10 @@ async fn body_and_header_limits() {
     let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&config(
         &up,
-        "limits:\n  max_body_bytes: 1000\n  max_header_bytes: 2048\n",
+        r#"limits:
+  max_body_bytes: 1000
+  max_header_bytes: 2048
+"#,
     ))
     .await;
     for proto in [Proto::H1, Proto::H2] {
@@ -477,7 +563,20 @@ async fn https_upstreams_are_verified_against_ca_file() {
     let ca_pem_again = ca_pem.clone();
     let target = format!("https://127.0.0.1:{}", up.addr.port());
     let yaml = format!(
-        "{}upstreams:\n  trusted:\n    targets: [{target}]\n    ca_file: upstream-ca.pem\n  untrusted:\n    targets: [{target}]\nroutes:\n  - match: {{ path: /trusted }}\n    upstream: trusted\n    public: true\n  - match: {{ path: /untrusted }}\n    upstream: untrusted\n    public: true\n",
+        r#"{}upstreams:
+  trusted:
+    targets: [{target}]
+    ca_file: upstream-ca.pem
+  untrusted:
+    targets: [{target}]
+routes:
+  - match: {{ path: /trusted }}
+    upstream: trusted
+    public: true
+  - match: {{ path: /untrusted }}
+    upstream: untrusted
+    public: true
+"#,
         header("")
     );
     let gw = TestGateway::start_in(dir, cert, &yaml).await;
@@ -508,7 +607,11 @@ async fn reload_keeps_pools_and_applies_to_open_connections() {
     let mut c = gw.client(Proto::H2).await;
     assert_eq!(c.send(req("GET", "/public", &[], "")).await.status, 200);
     let extra = format!(
-        "{}  - name: added\n    match: {{ path: /added }}\n    upstream: app\n    public: true\n",
+        r#"{}  - name: added
+    match: {{ path: /added }}
+    upstream: app
+    public: true
+"#,
         ""
     );
     std::fs::write(&gw.config_path, format!("{}{extra}", config(&up, ""))).unwrap();
@@ -530,9 +633,16 @@ async fn reload_keeps_pools_and_applies_to_open_connections() {
     assert_eq!(c.send(req("GET", "/added", &[], "")).await.status, 200);
 
     // What only a restart can change is applied no further than a warning says.
-    let moved = config(&up, "limits:\n  max_connections: 5\n").replacen(
+    let moved = config(
+        &up,
+        r#"limits:
+  max_connections: 5
+"#,
+    )
+    .replacen(
         "https: 127.0.0.1:0",
-        "https: 127.0.0.1:0\n  http: 127.0.0.1:0",
+        r#"https: 127.0.0.1:0
+  http: 127.0.0.1:0"#,
         1,
     );
     std::fs::write(&gw.config_path, moved).unwrap();

@@ -31,7 +31,22 @@ async fn setup(idp: Idp, source: &str, refresh: &str) -> Setup {
         _ => format!("jwks_uri: {}", idp.jwks_uri()),
     };
     let yaml = format!(
-        "{}providers:\n  {provider}:\n    issuer: {}\n    audiences: [api]\n    {source}\n    ca_file: idp-ca.pem\n    jwks_refresh: {refresh}\nupstreams:\n  app:\n    targets: [{}]\nroutes:\n  - name: orders\n    match: {{ path: /orders }}\n    upstream: app\n    auth: {{ scopes: [orders:read] }}\n",
+        r#"{}providers:
+  {provider}:
+    issuer: {}
+    audiences: [api]
+    {source}
+    ca_file: idp-ca.pem
+    jwks_refresh: {refresh}
+upstreams:
+  app:
+    targets: [{}]
+routes:
+  - name: orders
+    match: {{ path: /orders }}
+    upstream: app
+    auth: {{ scopes: [orders:read] }}
+"#,
         header_with_admin(),
         idp.issuer(),
         up.url()

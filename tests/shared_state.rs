@@ -29,7 +29,15 @@ async fn gateway(up: &RecordingUpstream, extra: &str, routes: &str) -> TestGatew
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
     let yaml = format!(
-        "{}providers:\n  app:\n    secret_file: app.secret\n    algorithms: [HS256]\n{extra}upstreams:\n  app:\n    targets: [{}]\nroutes:\n{routes}",
+        r#"{}providers:
+  app:
+    secret_file: app.secret
+    algorithms: [HS256]
+{extra}upstreams:
+  app:
+    targets: [{}]
+routes:
+{routes}"#,
         header_with_admin(),
         up.url()
     );
@@ -54,10 +62,24 @@ async fn two_instances_share_one_budget_exactly() {
     let redis = RedisServer::start().await;
     let up = RecordingUpstream::start("app").await;
     let extra = format!(
-        "store:\n  redis: {}\n  timeout: 500ms\nrate_limits:\n  shared:\n    key: route\n    rate: 1/h\n    burst: 10\n    store: redis\n",
+        r#"store:
+  redis: {}
+  timeout: 500ms
+rate_limits:
+  shared:
+    key: route
+    rate: 1/h
+    burst: 10
+    store: redis
+"#,
         redis.url()
     );
-    let routes = "  - name: limited\n    match: { path: /limited }\n    upstream: app\n    public: true\n    rate_limits: [shared]\n";
+    let routes = r#"  - name: limited
+    match: { path: /limited }
+    upstream: app
+    public: true
+    rate_limits: [shared]
+"#;
     let a = gateway(&up, &extra, routes).await;
     let b = gateway(&up, &extra, routes).await;
     let mut calls = Vec::new();
@@ -100,10 +122,36 @@ async fn a_store_outage_applies_on_store_error_and_heals() {
     let port = redis.port;
     let up = RecordingUpstream::start("app").await;
     let extra = format!(
-        "store:\n  redis: {}\n  timeout: 100ms\nrate_limits:\n  lenient:\n    key: client_ip\n    rate: 1/h\n    burst: 2\n    store: redis\n    on_store_error: allow\n  strict:\n    key: client_ip\n    rate: 1/h\n    burst: 100\n    store: redis\n    on_store_error: deny\n",
+        r#"store:
+  redis: {}
+  timeout: 100ms
+rate_limits:
+  lenient:
+    key: client_ip
+    rate: 1/h
+    burst: 2
+    store: redis
+    on_store_error: allow
+  strict:
+    key: client_ip
+    rate: 1/h
+    burst: 100
+    store: redis
+    on_store_error: deny
+"#,
         redis.url()
     );
-    let routes = "  - name: outage-allow\n    match: { path: /allow }\n    upstream: app\n    public: true\n    rate_limits: [lenient]\n  - name: outage-deny\n    match: { path: /deny }\n    upstream: app\n    public: true\n    rate_limits: [strict]\n";
+    let routes = r#"  - name: outage-allow
+    match: { path: /allow }
+    upstream: app
+    public: true
+    rate_limits: [lenient]
+  - name: outage-deny
+    match: { path: /deny }
+    upstream: app
+    public: true
+    rate_limits: [strict]
+"#;
     let gw = gateway(&up, &extra, routes).await;
     assert_eq!(get(&gw, "/deny", &[]).await.status, 200);
 
@@ -135,8 +183,18 @@ async fn a_store_outage_applies_on_store_error_and_heals() {
 async fn a_revocation_is_in_force_on_every_instance() {
     let redis = RedisServer::start().await;
     let up = RecordingUpstream::start("app").await;
-    let extra = format!("store:\n  redis: {}\nrevocation: {{ store: redis }}\n", redis.url());
-    let routes = "  - name: api\n    match: { path: /api }\n    upstream: app\n    auth: { scopes: [api] }\n";
+    let extra = format!(
+        r#"store:
+  redis: {}
+revocation: {{ store: redis }}
+"#,
+        redis.url()
+    );
+    let routes = r#"  - name: api
+    match: { path: /api }
+    upstream: app
+    auth: { scopes: [api] }
+"#;
     let a = gateway(&up, &extra, routes).await;
     let b = gateway(&up, &extra, routes).await;
     for gw in [&a, &b] {
@@ -198,8 +256,17 @@ async fn a_revocation_is_in_force_on_every_instance() {
 async fn the_gateway_starts_without_redis_and_readyz_names_the_store() {
     let port = closed_port().await.port();
     let up = RecordingUpstream::start("app").await;
-    let extra = format!("store:\n  redis: redis://127.0.0.1:{port}/0\nrevocation: {{ store: redis }}\n");
-    let routes = "  - name: api\n    match: { path: /api }\n    upstream: app\n    auth: {}\n";
+    let extra = format!(
+        r#"store:
+  redis: redis://127.0.0.1:{port}/0
+revocation: {{ store: redis }}
+"#
+    );
+    let routes = r#"  - name: api
+    match: { path: /api }
+    upstream: app
+    auth: {}
+"#;
     let gw = gateway(&up, &extra, routes).await;
     let (status, body) = gw.admin("/readyz").await;
     assert_eq!(status, 503);
@@ -212,8 +279,18 @@ async fn the_gateway_starts_without_redis_and_readyz_names_the_store() {
 async fn revoke_refuses_bad_requests() {
     let redis = RedisServer::start().await;
     let up = RecordingUpstream::start("app").await;
-    let extra = format!("store:\n  redis: {}\nrevocation: {{ store: redis }}\n", redis.url());
-    let routes = "  - name: api\n    match: { path: /api }\n    upstream: app\n    auth: {}\n";
+    let extra = format!(
+        r#"store:
+  redis: {}
+revocation: {{ store: redis }}
+"#,
+        redis.url()
+    );
+    let routes = r#"  - name: api
+    match: { path: /api }
+    upstream: app
+    auth: {}
+"#;
     let gw = gateway(&up, &extra, routes).await;
     for body in [
         "",
@@ -239,7 +316,10 @@ async fn revoke_refuses_bad_requests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn local_limits_with_every_key_kind() {
     let up = RecordingUpstream::start("app").await;
-    let mut extra = String::from("rate_limits:\n");
+    let mut extra = String::from(
+        r#"rate_limits:
+"#,
+    );
     for (name, key) in [
         ("by-subject", "subject"),
         ("by-ip", "client_ip"),
@@ -247,12 +327,23 @@ async fn local_limits_with_every_key_kind() {
         ("by-header", "\"header:X-Api-Key\""),
         ("by-claim", "\"claim:tenant\""),
     ] {
-        extra.push_str(&format!("  {name}:\n    key: {key}\n    rate: 1/h\n    burst: 1\n"));
+        extra.push_str(&format!(
+            r#"  {name}:
+    key: {key}
+    rate: 1/h
+    burst: 1
+"#
+        ));
     }
     let mut routes = String::new();
     for name in ["by-subject", "by-ip", "by-route", "by-header", "by-claim"] {
         routes.push_str(&format!(
-            "  - name: local-{name}\n    match: {{ path: /{name} }}\n    upstream: app\n    auth: {{}}\n    rate_limits: [{name}]\n"
+            r#"  - name: local-{name}
+    match: {{ path: /{name} }}
+    upstream: app
+    auth: {{}}
+    rate_limits: [{name}]
+"#
         ));
     }
     let gw = gateway(&up, &extra, &routes).await;

@@ -9,7 +9,14 @@ use support::*;
 
 fn one_route(upstream_yaml: &str) -> String {
     format!(
-        "{}upstreams:\n  app:\n{upstream_yaml}routes:\n  - name: all\n    match: {{ path: / }}\n    upstream: app\n    public: true\n",
+        r#"{}upstreams:
+  app:
+{upstream_yaml}routes:
+  - name: all
+    match: {{ path: / }}
+    upstream: app
+    public: true
+"#,
         header("")
     )
 }
@@ -17,7 +24,13 @@ fn one_route(upstream_yaml: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn h2c_upstream_serves_http1_and_http2_clients() {
     let up = RecordingUpstream::start_h2c("grpcish").await;
-    let gw = TestGateway::start(&one_route(&format!("    targets: [{}]\n    protocol: h2c\n", up.url()))).await;
+    let gw = TestGateway::start(&one_route(&format!(
+        r#"    targets: [{}]
+    protocol: h2c
+"#,
+        up.url()
+    )))
+    .await;
     for proto in [Proto::H1, Proto::H2] {
         let mut c = gw.client(proto).await;
         // HTTP/2 clients may only send `TE: trailers` themselves.
@@ -63,7 +76,11 @@ async fn h2_upstream_over_tls_with_ca_file() {
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
     let yaml = one_route(&format!(
-        "    targets: [https://localhost:{}]\n    protocol: h2\n    ca_file: upstream-ca.pem\n    host: orders.internal\n",
+        r#"    targets: [https://localhost:{}]
+    protocol: h2
+    ca_file: upstream-ca.pem
+    host: orders.internal
+"#,
         up.addr.port()
     ));
     let gw = TestGateway::start_in(dir, cert, &yaml).await;
@@ -85,7 +102,10 @@ async fn an_http1_only_tls_target_is_refused_for_h2() {
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
     let yaml = one_route(&format!(
-        "    targets: [https://localhost:{}]\n    protocol: h2\n    ca_file: upstream-ca.pem\n",
+        r#"    targets: [https://localhost:{}]
+    protocol: h2
+    ca_file: upstream-ca.pem
+"#,
         up.addr.port()
     ));
     let gw = TestGateway::start_in(dir, cert, &yaml).await;
@@ -96,7 +116,13 @@ async fn an_http1_only_tls_target_is_refused_for_h2() {
 #[tokio::test(flavor = "multi_thread")]
 async fn response_trailers_reach_http2_clients() {
     let up = RecordingUpstream::start_h2c("trailing").await;
-    let gw = TestGateway::start(&one_route(&format!("    targets: [{}]\n    protocol: h2c\n", up.url()))).await;
+    let gw = TestGateway::start(&one_route(&format!(
+        r#"    targets: [{}]
+    protocol: h2c
+"#,
+        up.url()
+    )))
+    .await;
     let r = gw
         .client(Proto::H2)
         .await
@@ -115,7 +141,22 @@ async fn many_streams_share_few_upstream_connections() {
     let h2 = RecordingUpstream::start_h2c("h2").await;
     let h1 = RecordingUpstream::start("h1").await;
     let yaml = format!(
-        "{}upstreams:\n  h2:\n    targets: [{}]\n    protocol: h2c\n  h1:\n    targets: [{}]\n    max_connections: 4\n    connect_timeout: 5s\nroutes:\n  - match: {{ path: /h2 }}\n    upstream: h2\n    public: true\n  - match: {{ path: /h1 }}\n    upstream: h1\n    public: true\n",
+        r#"{}upstreams:
+  h2:
+    targets: [{}]
+    protocol: h2c
+  h1:
+    targets: [{}]
+    max_connections: 4
+    connect_timeout: 5s
+routes:
+  - match: {{ path: /h2 }}
+    upstream: h2
+    public: true
+  - match: {{ path: /h1 }}
+    upstream: h1
+    public: true
+"#,
         header(""),
         h2.url(),
         h1.url()
@@ -143,7 +184,11 @@ async fn many_streams_share_few_upstream_connections() {
 async fn a_full_target_answers_503_after_connect_timeout() {
     let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&one_route(&format!(
-        "    targets: [{}]\n    max_connections: 1\n    connect_timeout: 300ms\n    request_timeout: 10s\n",
+        r#"    targets: [{}]
+    max_connections: 1
+    connect_timeout: 300ms
+    request_timeout: 10s
+"#,
         up.url()
     )))
     .await;
@@ -165,7 +210,10 @@ async fn a_full_target_answers_503_after_connect_timeout() {
 async fn a_waiting_request_gets_the_connection_that_frees_up() {
     let up = RecordingUpstream::start("app").await;
     let gw = TestGateway::start(&one_route(&format!(
-        "    targets: [{}]\n    max_connections: 1\n    connect_timeout: 5s\n",
+        r#"    targets: [{}]
+    max_connections: 1
+    connect_timeout: 5s
+"#,
         up.url()
     )))
     .await;
@@ -185,7 +233,10 @@ async fn a_cancelled_request_leaves_its_new_connection_in_the_pool() {
     let cert = write_cert(dir.path());
     std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
     let yaml = one_route(&format!(
-        "    targets: [https://localhost:{}]\n    ca_file: upstream-ca.pem\n    max_connections: 1\n",
+        r#"    targets: [https://localhost:{}]
+    ca_file: upstream-ca.pem
+    max_connections: 1
+"#,
         up.addr.port()
     ));
     let gw = TestGateway::start_in(dir, cert, &yaml).await;
@@ -214,7 +265,13 @@ async fn request_trailers_reach_http2_upstreams() {
     use http_body_util::StreamBody;
     use hyper::body::Frame;
     let up = RecordingUpstream::start_h2c("h2").await;
-    let gw = TestGateway::start(&one_route(&format!("    targets: [{}]\n    protocol: h2c\n", up.url()))).await;
+    let gw = TestGateway::start(&one_route(&format!(
+        r#"    targets: [{}]
+    protocol: h2c
+"#,
+        up.url()
+    )))
+    .await;
     let tls = raw_tls(gw.addr, &gw.cert, &[b"h2"]).await;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))

@@ -320,14 +320,23 @@ pub struct TestGateway {
 
 /// The `listen` and `tls` sections every test config starts with.
 pub fn header(extra_tls: &str) -> String {
-    format!("listen:\n  https: 127.0.0.1:0\ntls:\n  cert: cert.pem\n  key: key.pem\n{extra_tls}")
+    format!(
+        r#"listen:
+  https: 127.0.0.1:0
+tls:
+  cert: cert.pem
+  key: key.pem
+{extra_tls}"#
+    )
 }
 
 /// Like [`header`], with an admin listener on an ephemeral port.
 pub fn header_with_admin() -> String {
     header("").replacen(
         "  https: 127.0.0.1:0\n",
-        "  https: 127.0.0.1:0\n  admin: 127.0.0.1:0\n",
+        r#"  https: 127.0.0.1:0
+  admin: 127.0.0.1:0
+"#,
         1,
     )
 }
