@@ -212,22 +212,34 @@ async fn max_connections_holds_back_extra_clients() {
     .await;
     let mut first = gw.client(Proto::H1).await;
     assert_eq!(first.send(req("GET", "/", &[], "")).await.status, 200);
-    // The second connection is not accepted while the first is open.
-    let cert = gw.cert.clone();
-    let addr = gw.addr;
-    let second = tokio::spawn(async move {
-        let mut c = Client::connect(addr, &cert, Proto::H1).await;
-        c.send(req("GET", "/", &[], "")).await.status
+    // A second client: its TCP connection completes (the kernel queues it),
+    // but its TLS handshake must wait until the first connection closes.
+    let second = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(&gw.cert, &[b"http/1.1"])));
+    let mut handshake = tokio::spawn(async move {
+        let name = ServerName::try_from("localhost").unwrap();
+        connector.connect(name, second).await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !second.is_finished(),
-        "a second connection was served beyond max_connections"
-    );
+    // While it waits, the first connection keeps being served: each of these
+    // round trips is a chance for a broken gateway to accept the second.
+    for _ in 0..20 {
+        assert_eq!(first.send(req("GET", "/", &[], "")).await.status, 200);
+        assert!(
+            !handshake.is_finished(),
+            "a second connection was accepted beyond max_connections"
+        );
+    }
+    assert_eq!(up.requests().len(), 21, "only the first client reached the upstream");
     drop(first);
-    let status = tokio::time::timeout(Duration::from_secs(5), second)
+    let mut tls = tokio::time::timeout(Duration::from_secs(5), &mut handshake)
         .await
-        .expect("served once the first closed")
-        .unwrap();
-    assert_eq!(status, 200);
+        .expect("accepted once the first closed")
+        .unwrap()
+        .expect("TLS handshake");
+    let out = exchange(
+        &mut tls,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
