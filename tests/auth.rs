@@ -619,12 +619,16 @@ async fn cached_tokens_still_get_every_route_check() {
     );
     assert_eq!(s.with_token("/orders", &token).await.status, 200);
 
-    // Expiry is checked on every hit (this provider has leeway 0s).
-    let c = json!({"iss": "https://hs.test/", "aud": "api", "sub": "x", "scope": "orders:read", "exp": now() + 2});
+    // Expiry is checked on every hit (this provider has leeway 0s): the token
+    // is cached by its first use, then refused once its `exp` has passed.
+    let exp = now() + 5;
+    let c = json!({"iss": "https://hs.test/", "aud": "api", "sub": "x", "scope": "orders:read", "exp": exp});
     let short = hs_sign(Algorithm::HS256, HS_SECRET.as_bytes(), &c);
     assert_eq!(s.with_token("/orders", &short).await.status, 200);
     assert_eq!(s.with_token("/orders", &short).await.status, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let exp = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
+    let wait = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(wait + std::time::Duration::from_millis(100)).await;
     assert_invalid_token(&s.with_token("/orders", &short).await, &short, "expired while cached");
 }
 

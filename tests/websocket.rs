@@ -72,7 +72,7 @@ routes:
     match: {{ path: /ws/short }}
     upstream: ws
     auth: {{ scopes: [chat] }}
-    websocket: {{ idle_timeout: 500ms }}
+    websocket: {{ idle_timeout: 1s }}
   - name: ws-any
     match: {{ path: /ws/any }}
     upstream: plain
@@ -252,8 +252,8 @@ async fn an_idle_tunnel_is_closed() {
         .await
         .expect("upgraded");
     // Traffic keeps it open past the idle timeout...
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(ws::round_trip(&mut client, "ping").await.is_some());
     }
     // ...silence does not.
