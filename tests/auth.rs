@@ -458,8 +458,11 @@ async fn scopes_and_any_scopes() {
             c[k] = v.clone();
         }
         let token = s.rsa.sign(&c, None);
+        let before = s.up.requests().len();
         let r = s.with_token("/admin", &token).await;
         assert_eq!(r.status.as_u16(), status, "{extra}: {}", r.text());
+        let forwarded = usize::from(status == 200);
+        assert_eq!(s.up.requests().len(), before + forwarded, "{extra}: upstream calls");
         if let Some(scope) = scope {
             r.assert_error(403, "insufficient_scope");
             let want = format!(r#"Bearer realm="portcullis", error="insufficient_scope", scope="{scope}""#);
@@ -480,11 +483,13 @@ async fn providers_are_restricted_per_route_and_typ_is_enforced() {
     let token = s.ec.sign(&claims("https://jwks.test/", "orders:read"), Some("ec1"));
     assert_eq!(s.with_token("/orders", &token).await.status, 200);
     assert_invalid_token(&s.with_token("/rsa-only", &token).await, &token, "provider not allowed");
+    assert_eq!(s.up.requests().len(), 1, "the refused request never reached the upstream");
 
     // typ at+jwt, permissions as the scope claim, client_id as the subject.
     let c = json!({"iss": "https://typed.test/", "aud": "api", "client_id": "svc-7", "permissions": ["read:orders"], "exp": now() + 60});
     let plain = s.ec.sign(&c, None);
     assert_invalid_token(&s.with_token("/typed", &plain).await, &plain, "typ missing");
+    assert_eq!(s.up.requests().len(), 1, "the refused request never reached the upstream");
     let mut h = Header::new(Algorithm::ES256);
     h.typ = Some("at+jwt".into());
     let typed = s.ec.sign_with_header(&h, &c);
@@ -598,6 +603,10 @@ async fn http2_clients_are_authenticated_too() {
     c.send(req("GET", "/orders", &[], ""))
         .await
         .assert_error(401, "unauthorized");
+    c.send(req("GET", "/orders", &[("authorization", "Bearer not.a.jwt")], ""))
+        .await
+        .assert_error(401, "invalid_token");
+    assert_eq!(s.up.requests().len(), 1, "only the authenticated request was forwarded");
 }
 
 /// A cached token skips only the signature check: every hit still checks the
@@ -617,6 +626,7 @@ async fn cached_tokens_still_get_every_route_check() {
         &token,
         "provider not allowed on a cache hit",
     );
+    assert_eq!(s.up.requests().len(), 3, "refused cache hits never reach the upstream");
     assert_eq!(s.with_token("/orders", &token).await.status, 200);
 
     // Expiry is checked on every hit (this provider has leeway 0s): the token
@@ -630,6 +640,7 @@ async fn cached_tokens_still_get_every_route_check() {
     let wait = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default();
     tokio::time::sleep(wait + std::time::Duration::from_millis(100)).await;
     assert_invalid_token(&s.with_token("/orders", &short).await, &short, "expired while cached");
+    assert_eq!(s.up.requests().len(), 6, "the expired token never reached the upstream");
 }
 
 /// A JWKS that also holds an `oct` key (whose secret anyone reading the JWKS
