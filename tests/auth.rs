@@ -483,13 +483,21 @@ async fn providers_are_restricted_per_route_and_typ_is_enforced() {
     let token = s.ec.sign(&claims("https://jwks.test/", "orders:read"), Some("ec1"));
     assert_eq!(s.with_token("/orders", &token).await.status, 200);
     assert_invalid_token(&s.with_token("/rsa-only", &token).await, &token, "provider not allowed");
-    assert_eq!(s.up.requests().len(), 1, "the refused request never reached the upstream");
+    assert_eq!(
+        s.up.requests().len(),
+        1,
+        "the refused request never reached the upstream"
+    );
 
     // typ at+jwt, permissions as the scope claim, client_id as the subject.
     let c = json!({"iss": "https://typed.test/", "aud": "api", "client_id": "svc-7", "permissions": ["read:orders"], "exp": now() + 60});
     let plain = s.ec.sign(&c, None);
     assert_invalid_token(&s.with_token("/typed", &plain).await, &plain, "typ missing");
-    assert_eq!(s.up.requests().len(), 1, "the refused request never reached the upstream");
+    assert_eq!(
+        s.up.requests().len(),
+        1,
+        "the refused request never reached the upstream"
+    );
     let mut h = Header::new(Algorithm::ES256);
     h.typ = Some("at+jwt".into());
     let typed = s.ec.sign_with_header(&h, &c);
@@ -584,6 +592,32 @@ async fn fastapi_tokens_are_accepted() {
     // HS512 is outside this provider's allowlist.
     let token = hs_sign(Algorithm::HS512, FASTAPI_SECRET.as_bytes(), &c);
     assert_invalid_token(&s.with_token("/orders", &token).await, &token, "alg outside allowlist");
+    assert_eq!(s.up.requests().len(), 1);
+
+    // A token without `iss` goes to the issuer-less provider only: a route
+    // that does not list that provider refuses it, whichever key signed it,
+    // and a cached copy (from /orders above) is refused there too.
+    let token = hs_sign(Algorithm::HS256, FASTAPI_SECRET.as_bytes(), &c);
+    assert_eq!(s.with_token("/orders", &token).await.status, 200);
+    assert_invalid_token(
+        &s.with_token("/rsa-only", &token).await,
+        &token,
+        "issuer-less provider excluded",
+    );
+    let mut c3 = c.clone();
+    c3["aud"] = json!("api");
+    let rsa_signed = s.rsa.sign(&c3, None);
+    assert_invalid_token(
+        &s.with_token("/rsa-only", &rsa_signed).await,
+        &rsa_signed,
+        "no iss, rsa key",
+    );
+    assert_invalid_token(
+        &s.with_token("/orders", &rsa_signed).await,
+        &rsa_signed,
+        "no iss, wrong key",
+    );
+    assert_eq!(s.up.requests().len(), 2, "refused tokens never reach the upstream");
 }
 
 #[tokio::test(flavor = "multi_thread")]

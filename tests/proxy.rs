@@ -470,7 +470,11 @@ async fn body_and_header_limits() {
         let mut c = gw.client(proto).await;
         let r = c.send(req("GET", "/public", &[("x-big", &"h".repeat(3000))], "")).await;
         r.assert_error(431, "request_header_fields_too_large");
-        assert_eq!(up.requests().len(), before, "{proto:?}: an oversized head never reaches the upstream");
+        assert_eq!(
+            up.requests().len(),
+            before,
+            "{proto:?}: an oversized head never reaches the upstream"
+        );
     }
     // A chunked body (no Content-Length) is cut while it streams.
     let mut s = gw.raw().await;
