@@ -266,7 +266,12 @@ async fn spoofed_identity_and_hop_by_hop_headers_are_stripped() {
                 ("x-drop-me", "1"),
                 ("keep-alive", "timeout=5"),
                 ("proxy-authorization", "Basic x"),
+                ("te", "trailers, deflate"),
             ]);
+        } else {
+            // The one connection-specific header HTTP/2 allows; an HTTP/1.1
+            // upstream never sees it.
+            headers.push(("te", "trailers"));
         }
         let r = c.send(req("GET", "/public", &headers, "")).await;
         assert_eq!(r.status, 200, "{proto:?}");
@@ -286,6 +291,7 @@ async fn spoofed_identity_and_hop_by_hop_headers_are_stripped() {
             "x-drop-me",
             "keep-alive",
             "proxy-authorization",
+            "te",
         ] {
             assert!(!h.contains_key(gone), "{proto:?}: {gone} reached the upstream");
         }
@@ -304,6 +310,39 @@ async fn spoofed_identity_and_hop_by_hop_headers_are_stripped() {
     let id = r.header("x-request-id").unwrap().to_string();
     assert_ne!(id, "bad id!");
     assert_eq!(up.last().headers["x-request-id"], id.as_str());
+}
+
+/// Connection-specific response headers stop at the gateway, over both
+/// protocols (in HTTP/2 any of them would make the response malformed).
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_hop_by_hop_headers_never_reach_the_client() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        let r = c.send(req("GET", "/public", &[("x-test", "hop-by-hop")], "")).await;
+        assert_eq!(r.status, 200, "{proto:?}: {}", r.text());
+        assert_eq!(r.text(), "upstream: app", "{proto:?}");
+        for gone in [
+            "keep-alive",
+            "proxy-connection",
+            "upgrade",
+            "proxy-authenticate",
+            "te",
+            "x-upstream-private",
+            "x-also-private",
+        ] {
+            assert!(r.header(gone).is_none(), "{proto:?}: {gone} reached the client");
+        }
+        assert_eq!(r.header("x-kept"), Some("1"), "{proto:?}: end-to-end headers pass");
+        if proto == Proto::H2 {
+            assert!(r.header("connection").is_none());
+        } else {
+            assert_ne!(r.header("connection"), Some("x-upstream-private, x-also-private"));
+        }
+        // The connection is still usable afterwards.
+        assert_eq!(c.send(req("GET", "/public", &[], "")).await.status, 200, "{proto:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

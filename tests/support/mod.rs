@@ -253,8 +253,22 @@ async fn upstream_answer(
         h.insert("access-control-allow-credentials", "true".parse().unwrap());
         h.insert("access-control-max-age", "86400".parse().unwrap());
     }
-    resp.headers_mut()
-        .insert("connection", "x-upstream-private".parse().unwrap());
+    if behaviour == "hop-by-hop" {
+        // Every connection-specific header an HTTP/1.1 upstream might send.
+        let h = resp.headers_mut();
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert("upgrade", "h2c".parse().unwrap());
+        h.insert("proxy-authenticate", "Basic realm=x".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("x-also-private", "1".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        resp.headers_mut()
+            .insert("connection", "x-upstream-private, x-also-private".parse().unwrap());
+    } else {
+        resp.headers_mut()
+            .insert("connection", "x-upstream-private".parse().unwrap());
+    }
     resp.headers_mut().insert("x-upstream-private", "1".parse().unwrap());
     resp.headers_mut()
         .insert("strict-transport-security", "max-age=1".parse().unwrap());
