@@ -230,6 +230,96 @@ routes:
     }
 }
 
+/// An upstream that fails after its response has started: the client must see
+/// a broken response (no final chunk, a reset stream), never a short body that
+/// looks complete; and the gateway keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_reset_mid_body_is_passed_on_as_a_broken_response() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = TestGateway::start(&format!(
+        r#"{}upstreams:
+  app:
+    targets: [{}]
+routes:
+  - match: {{ path: / }}
+    upstream: app
+    public: true
+"#,
+        header(""),
+        up.url()
+    ))
+    .await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        let mut cut = req("GET", "/big", &[("x-test", "cut:100000")], "");
+        let outcome = c.try_send(&mut cut).await;
+        assert!(
+            outcome.is_err(),
+            "{proto:?}: a cut body was delivered as complete ({} bytes)",
+            outcome.map(|r| format!("{} {}", r.status, r.text())).unwrap_or_default()
+        );
+        let r = gw.get("/after").await;
+        assert_eq!(r.status, 200, "{proto:?}: still serving");
+    }
+    // Over HTTP/1.1 the chunked body ends without its last chunk.
+    let mut tls = gw.raw().await;
+    let (out, closed) = {
+        tls.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\nx-test: cut:1000\r\n\r\n")
+            .await
+            .unwrap();
+        read_to_close(&mut tls, Duration::from_secs(5)).await
+    };
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(closed, "the connection is closed");
+    assert!(!out.ends_with("0\r\n\r\n"), "the body looked complete: {out}");
+}
+
+/// A target that drops packets (its accept queue is full, so the kernel
+/// ignores new SYNs): the connect attempt is bounded by `connect_timeout`,
+/// answered 502 and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_that_drops_packets_is_bounded_by_connect_timeout() {
+    // A listener that never accepts, its queue filled until a connect hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let black_hole = socket.listen(0).unwrap();
+    let addr = black_hole.local_addr().unwrap();
+    let mut queued = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(e)) => panic!("connect failed instead of hanging: {e}"),
+            Err(_) => break,
+        }
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    let gw = TestGateway::start(&format!(
+        r#"{}upstreams:
+  edges-silent:
+    targets: [http://{addr}]
+    connect_timeout: 700ms
+routes:
+  - match: {{ path: / }}
+    upstream: edges-silent
+    public: true
+"#,
+        header_with_admin(),
+    ))
+    .await;
+    let started = Instant::now();
+    gw.get("/x").await.assert_error(502, "bad_gateway");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(600),
+        "answered before the timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "connect_timeout not applied: {took:?}");
+    let (_, metrics) = gw.admin("/metrics").await;
+    let line = r#"portcullis_upstream_errors_total{upstream="edges-silent",kind="connect"} 1"#;
+    assert!(metrics.contains(line), "{line}\n{metrics}");
+    drop(black_hole);
+}
+
 /// A request in flight during a reload finishes under the configuration it
 /// started with; the next one on the same connection gets the new one.
 #[tokio::test(flavor = "multi_thread")]

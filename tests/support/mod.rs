@@ -228,6 +228,15 @@ async fn upstream_answer(
         return Ok(Response::new(http_body_util::Either::Right(Chunks {
             left: n,
             trailers: None,
+            cut: None,
+        })));
+    }
+    if let Some(n) = behaviour.strip_prefix("cut:") {
+        // The head and `n` bytes, then the upstream fails mid-body.
+        return Ok(Response::new(http_body_util::Either::Right(Chunks {
+            left: n.parse().unwrap(),
+            trailers: None,
+            cut: Some(Box::pin(tokio::time::sleep(Duration::from_millis(100)))),
         })));
     }
     if behaviour == "trailers" {
@@ -236,6 +245,7 @@ async fn upstream_answer(
         return Ok(Response::new(http_body_util::Either::Right(Chunks {
             left: 5,
             trailers: Some(trailers),
+            cut: None,
         })));
     }
     let mut resp = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(format!(
@@ -276,10 +286,12 @@ async fn upstream_answer(
 }
 
 /// A body of `left` bytes sent in 16 KiB chunks with no Content-Length,
-/// then `trailers` if any.
+/// then `trailers` if any, or (with `cut`) an error that aborts the response
+/// once the timer has given the head and the bytes time to leave.
 pub struct Chunks {
     pub left: usize,
     pub trailers: Option<HeaderMap>,
+    pub cut: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl http_body::Body for Chunks {
@@ -288,8 +300,14 @@ impl http_body::Body for Chunks {
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.left == 0 {
+            if let Some(timer) = &mut self.cut {
+                std::task::ready!(std::future::Future::poll(timer.as_mut(), cx));
+                return std::task::Poll::Ready(Some(Err(std::io::Error::other("cut on purpose"))));
+            }
+        }
         if self.left == 0 {
             return std::task::Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
         }
