@@ -58,12 +58,12 @@ async fn start_echo() -> std::io::Result<SocketAddr> {
 }
 
 /// The first free port among `preferred`, else an ephemeral one.
+/// `preferred` when it is free, else 0 (the gateway binds any free port and
+/// the tour, printed once it listens, names the port it got).
 fn pick_port(preferred: u16) -> u16 {
     match std::net::TcpListener::bind(("127.0.0.1", preferred)) {
         Ok(_) => preferred,
-        Err(_) => std::net::TcpListener::bind(("127.0.0.1", 0))
-            .and_then(|l| l.local_addr())
-            .map_or(0, |a| a.port()),
+        Err(_) => 0,
     }
 }
 
@@ -118,16 +118,18 @@ routes:
 }
 
 /// Run the demo until Ctrl-C / SIGTERM.
-pub async fn run() -> Result<(), String> {
+/// `port` 0 binds any free port.
+pub async fn run(port: u16) -> Result<(), String> {
     let upstream = start_echo()
         .await
         .map_err(|e| format!("cannot start the echo upstream: {e}"))?;
-    let port = pick_port(8443);
+    let port = pick_port(port);
     let dir: PathBuf = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
     let (valid, lacking) = write_files(&dir, upstream, port)?;
-    let url = format!("https://127.0.0.1:{port}/api/orders");
-    let tour = format!(
-        r#"
+    let tour = |port: u16| {
+        let url = format!("https://127.0.0.1:{port}/api/orders");
+        format!(
+            r#"
 Portcullis demo: gateway on https://127.0.0.1:{port}, echo upstream on http://{upstream}
 Route /api/orders needs a token from the demo issuer with scope orders:read; /health is public.
 
@@ -141,15 +143,17 @@ Route /api/orders needs a token from the demo issuer with scope orders:read; /he
 
 Press Ctrl-C to stop.
 "#
-    );
+        )
+    };
     // Printed once the gateway listens, so the curl lines work at once.
-    let result = crate::run(&dir.join("gateway.yaml"), |_| {
+    let result = crate::run(&dir.join("gateway.yaml"), |running| {
         // A closed stdout (piped into `head`) must not take the gateway down.
         use std::io::Write;
-        let _ = writeln!(std::io::stdout(), "{tour}").and_then(|()| std::io::stdout().flush());
+        let _ =
+            writeln!(std::io::stdout(), "{}", tour(running.https_addr.port())).and_then(|()| std::io::stdout().flush());
     })
     .await
-    .map_err(|e| e.to_string());
+    .map_err(|e| crate::one_line(&e));
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -26,7 +26,11 @@ enum Command {
     /// Validate the configuration and everything it names; print the route table
     Check,
     /// Start an echo upstream and the gateway on loopback, and print tokens and curl lines
-    Demo,
+    Demo {
+        /// HTTPS port on 127.0.0.1; another free port is used when it is taken, 0 for any
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+    },
     /// Mint a test token and print it
     Token(Box<TokenArgs>),
     /// What the gateway would do with a request, step by step, without sending it
@@ -186,7 +190,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Demo => demo(),
+        Command::Demo { port } => demo(port),
         Command::Explain(args) => explain(&path, *args),
         Command::Schema => {
             print!("{}", portcullis::config::raw::schema());
@@ -315,13 +319,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn demo() -> ExitCode {
+fn demo(port: u16) -> ExitCode {
     init_tracing();
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(portcullis::demo::run()) {
+    match runtime.block_on(portcullis::demo::run(port)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -106,7 +106,7 @@ fn token_command_signs_with_a_secret_or_a_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_shows_200_401_403() {
     let mut child = portcullis()
-        .arg("demo")
+        .args(["demo", "--port", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

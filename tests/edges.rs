@@ -256,7 +256,9 @@ routes:
         assert!(
             outcome.is_err(),
             "{proto:?}: a cut body was delivered as complete ({} bytes)",
-            outcome.map(|r| format!("{} {}", r.status, r.text())).unwrap_or_default()
+            outcome
+                .map(|r| format!("{} {}", r.status, r.text()))
+                .unwrap_or_default()
         );
         let r = gw.get("/after").await;
         assert_eq!(r.status, 200, "{proto:?}: still serving");
