@@ -3,31 +3,17 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::json;
+use support::child::{Gateway, SECRET};
 use support::tokens::*;
 use support::*;
-
-const SECRET: &str = "operations-test-secret-0123456789";
-
-/// The gateway binary running in a temp dir, with its JSON log lines collected.
-struct Gateway {
-    child: Child,
-    dir: tempfile::TempDir,
-    logs: Arc<Mutex<Vec<String>>>,
-    https: SocketAddr,
-    admin: SocketAddr,
-    cert: CertificateDer<'static>,
-}
 
 fn config(up: &RecordingUpstream, routes: &str, extra_limits: &str) -> String {
     format!(
@@ -67,120 +53,6 @@ const ROUTE_B: &str = r#"  - name: b
     upstream: app
     public: true
 "#;
-
-impl Gateway {
-    fn start(yaml: &str, notify_socket: Option<&std::path::Path>) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let cert = write_cert(dir.path());
-        std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-        std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        cmd.args(["run", "-c", "gateway.yaml"])
-            .current_dir(dir.path())
-            .env("PORTCULLIS_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(sock) = notify_socket {
-            cmd.env("NOTIFY_SOCKET", sock);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("\"listening\"") {
-                    let _ = tx.send(line.clone());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the gateway logs `listening`");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let https = v["https"].as_str().unwrap().parse().unwrap();
-        let admin = v["admin"].as_str().unwrap().parse().unwrap();
-        Gateway {
-            child,
-            dir,
-            logs,
-            https,
-            admin,
-            cert,
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    fn write_config(&self, yaml: &str) {
-        std::fs::write(self.dir.path().join("gateway.yaml"), yaml).unwrap();
-    }
-
-    async fn client(&self, proto: Proto) -> Client {
-        Client::connect(self.https, &self.cert, proto).await
-    }
-
-    async fn get(&self, path: &str) -> u16 {
-        self.client(Proto::H1)
-            .await
-            .send(req("GET", path, &[], ""))
-            .await
-            .status
-            .as_u16()
-    }
-
-    async fn admin(&self, path: &str) -> (u16, String) {
-        status_and_body(&self.admin_raw(path, "").await)
-    }
-
-    async fn admin_raw(&self, path: &str, headers: &str) -> String {
-        admin_get(self.admin, path, headers).await
-    }
-
-    fn logs(&self) -> Vec<String> {
-        self.logs.lock().unwrap().clone()
-    }
-
-    /// Wait until a log line contains `needle`.
-    async fn wait_log(&self, needle: &str) -> String {
-        for _ in 0..100 {
-            if let Some(l) = self.logs().into_iter().find(|l| l.contains(needle)) {
-                return l;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no log line with {needle:?}: {:#?}", self.logs());
-    }
-
-    async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if tokio::time::Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
 
 fn metric(body: &str, series: &str) -> f64 {
     body.lines()

@@ -3,6 +3,7 @@
 //! HTTP/2 and raw-TLS clients that trust that certificate.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod grpc;
 pub mod idp;
 pub mod redis;
