@@ -101,9 +101,11 @@ impl Snapshot {
         let store = match &config.store {
             None => None,
             Some(sc) => {
-                let reused = previous
-                    .and_then(|p| p.store.as_ref())
-                    .filter(|old| old.config == *sc && old.revocations.is_some() == config.revocation.is_some());
+                let reused = previous.and_then(|p| p.store.as_ref()).filter(|old| {
+                    old.config == *sc
+                        && old.ca_digest == crate::tls::ca_digest(sc.ca_file.as_deref())
+                        && old.revocations.is_some() == config.revocation.is_some()
+                });
                 match reused {
                     Some(old) => Some(old.clone()),
                     None => Some(Arc::new(Store::new(sc, config.revocation.as_ref()).map_err(fail)?)),

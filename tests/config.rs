@@ -1054,6 +1054,22 @@ fn shared_state_settings_are_validated() {
             PUBLIC_ROUTE,
             "store.password_env: the environment variable PORTCULLIS_TEST_UNSET_VARIABLE is not set",
         ),
+        (
+            r#"store:
+  redis: redis://127.0.0.1:6379
+  ca_file: cert.pem
+"#,
+            PUBLIC_ROUTE,
+            "store.ca_file: applies to TLS only; write the URL as rediss://",
+        ),
+        (
+            r#"store:
+  redis: rediss://localhost:6380
+  ca_file: missing-ca.pem
+"#,
+            PUBLIC_ROUTE,
+            "store.ca_file: cannot read",
+        ),
     ];
     for (top, routes, says) in cases {
         let yaml = format!("{}{top}", with(FILE_PROVIDER, routes));

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::Algorithm;
 use serde_json::json;
+use support::child;
 use support::redis::RedisServer;
 use support::tokens::*;
 use support::*;
@@ -385,4 +386,126 @@ async fn local_limits_with_every_key_kind() {
     assert_eq!(call("/by-claim", bob.clone(), None).await.status, 200);
     // A refused request never reached the upstream.
     assert_eq!(up.requests().len(), 11);
+}
+
+/// The gateway binary as a child process (for settings read from its
+/// environment), in front of `up`, with `store` as its `store:` section and
+/// one public route limited through Redis.
+fn child_config(up: &RecordingUpstream, store: &str) -> String {
+    format!(
+        r#"listen:
+  https: 127.0.0.1:0
+  admin: 127.0.0.1:0
+tls:
+  cert: cert.pem
+  key: key.pem
+providers:
+  app:
+    secret_file: secret
+    algorithms: [HS256]
+{store}rate_limits:
+  shared:
+    key: route
+    rate: 1/h
+    burst: 1
+    store: redis
+upstreams:
+  app:
+    targets: [{}]
+routes:
+  - name: limited
+    match: {{ path: /limited }}
+    upstream: app
+    public: true
+    rate_limits: [shared]
+"#,
+        up.url()
+    )
+}
+
+/// `store.password_env`: the gateway AUTHs with the password from its
+/// environment; with a wrong one Redis refuses it, it is not ready and says
+/// why; neither password ever appears in a log line.
+#[tokio::test(flavor = "multi_thread")]
+async fn password_env_authenticates_and_never_reaches_the_logs() {
+    const VAR: &str = "PORTCULLIS_TEST_REDIS_PASSWORD";
+    const PASSWORD: &str = "redis-pw-7f3a9c21";
+    const WRONG: &str = "not-the-redis-pw-5e1d";
+    let port = closed_port().await.port();
+    let options = support::redis::Options {
+        password: Some(PASSWORD.into()),
+        tls: None,
+    };
+    let _redis = RedisServer::start_with(port, options).await;
+    let up = RecordingUpstream::start("app").await;
+    let yaml = child_config(
+        &up,
+        &format!("store:\n  redis: redis://127.0.0.1:{port}/0\n  password_env: {VAR}\n  timeout: 500ms\n"),
+    );
+
+    let good = child::Gateway::start_with_env(&yaml, None, &[(VAR, PASSWORD)]);
+    wait_for_async(Duration::from_secs(10), || async {
+        good.admin("/readyz").await.0 == 200
+    })
+    .await;
+    assert_eq!(good.get("/limited").await, 200);
+    assert_eq!(
+        good.get("/limited").await,
+        429,
+        "the limit is kept in the authenticated Redis"
+    );
+
+    let wrong = child::Gateway::start_with_env(&yaml, None, &[(VAR, WRONG)]);
+    let line = wrong.wait_log("cannot reach the store").await;
+    assert!(line.contains("WRONGPASS") || line.contains("uthentication"), "{line}");
+    let (status, body) = wrong.admin("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("store"), "{body}");
+    assert_eq!(wrong.get("/limited").await, 200, "on_store_error: allow");
+
+    for l in good.logs().iter().chain(wrong.logs().iter()) {
+        assert!(
+            !l.contains(PASSWORD) && !l.contains(WRONG),
+            "a log line holds a password: {l}"
+        );
+    }
+}
+
+/// `rediss://` with `store.ca_file`: two instances share a limit over TLS.
+/// Without the CA the server's certificate is not trusted and the gateway
+/// never talks to it in the clear instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn rediss_trusts_the_configured_ca_and_only_it() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = portcullis::tls::self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_path, key_path) = (certs.path().join("redis.crt"), certs.path().join("redis.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let port = closed_port().await.port();
+    let options = support::redis::Options {
+        password: None,
+        tls: Some((cert_path.clone(), key_path)),
+    };
+    let redis = RedisServer::start_with(port, options).await;
+    assert!(redis.url().starts_with("rediss://"));
+    let up = RecordingUpstream::start("app").await;
+
+    let trusted = format!(
+        "store:\n  redis: {}\n  ca_file: {}\n  timeout: 500ms\n",
+        redis.url(),
+        cert_path.display()
+    );
+    let a = child::Gateway::start(&child_config(&up, &trusted), None);
+    let b = child::Gateway::start(&child_config(&up, &trusted), None);
+    for gw in [&a, &b] {
+        wait_for_async(Duration::from_secs(10), || async { gw.admin("/readyz").await.0 == 200 }).await;
+    }
+    assert_eq!(a.get("/limited").await, 200);
+    assert_eq!(b.get("/limited").await, 429, "one bucket, shared over TLS");
+
+    let untrusted = format!("store:\n  redis: {}\n  timeout: 500ms\n", redis.url());
+    let c = child::Gateway::start(&child_config(&up, &untrusted), None);
+    let line = c.wait_log("cannot reach the store").await;
+    assert!(line.to_lowercase().contains("certificate"), "{line}");
+    assert_eq!(c.admin("/readyz").await.0, 503);
 }

@@ -54,6 +54,8 @@ pub struct StoreConfig {
     /// Bound on every command.
     pub timeout: Duration,
     pub key_prefix: String,
+    /// CA for `rediss://`; `None`: the public web PKI roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A rate-limit policy: a GCRA bucket per key value.

@@ -44,6 +44,8 @@ pub struct RawStore {
     pub password_env: Option<String>,
     pub timeout: Option<Dur>,
     pub key_prefix: Option<String>,
+    /// For `rediss://`: trust this CA (PEM) instead of the public web PKI roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -51,11 +51,22 @@ pub(super) fn store(ctx: &mut Ctx, raw: Option<RawStore>) -> Result<Option<Store
     if timeout.is_zero() {
         return Err(ctx.err("store.timeout", "must be longer than 0"));
     }
+    let ca_file = match &raw.ca_file {
+        Some(_) if url.scheme_str() != Some("rediss") => {
+            return Err(ctx.err(
+                "store.ca_file",
+                "applies to TLS only; write the URL as rediss://, or leave ca_file out",
+            ))
+        }
+        Some(p) => Some(ctx.existing_file("store.ca_file", p)?),
+        None => None,
+    };
     Ok(Some(StoreConfig {
         url: raw.redis,
         password_env: raw.password_env,
         timeout,
         key_prefix: raw.key_prefix.unwrap_or_else(|| "portcullis:".into()),
+        ca_file,
     }))
 }
 

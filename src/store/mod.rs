@@ -32,6 +32,8 @@ pub enum StoreError {
 /// One instance's view of the shared store.
 pub struct Store {
     pub config: StoreConfig,
+    /// Digest of `ca_file`'s content: a reload with a new CA builds a new client.
+    pub ca_digest: Option<[u8; 32]>,
     client: redis::Client,
     conn: ConnectionManager,
     reached: AtomicBool,
@@ -59,7 +61,24 @@ impl Store {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info).map_err(unusable)?;
+        let client = if config.url.starts_with("rediss:") {
+            // redis-rs builds its TLS client from the process-wide rustls
+            // provider: make that the gateway's own (a no-op if already set).
+            let _ = crate::tls::provider().as_ref().clone().install_default();
+            let root_cert = match &config.ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    ConfigError::new("store.ca_file", format!("cannot read {}", path.display())).because(e)
+                })?),
+                None => None,
+            };
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert,
+            };
+            redis::Client::build_with_tls(info, certs).map_err(unusable)?
+        } else {
+            redis::Client::open(info).map_err(unusable)?
+        };
         let manager = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout.max(Duration::from_secs(1))))
             .set_response_timeout(Some(config.timeout))
@@ -68,6 +87,7 @@ impl Store {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager).map_err(unusable)?;
         Ok(Store {
             config: config.clone(),
+            ca_digest: crate::tls::ca_digest(config.ca_file.as_deref()),
             client,
             conn,
             reached: AtomicBool::new(false),
@@ -122,6 +142,18 @@ impl Store {
         }
     }
 
+    /// Why a fresh connection cannot be made, if it cannot: the shared
+    /// connection retries quietly and only ever reports a timeout, while an
+    /// operator needs the reason (a wrong password, an untrusted certificate).
+    async fn why_unreachable(&self) -> Option<StoreError> {
+        let limit = self.config.timeout.max(Duration::from_secs(1));
+        match tokio::time::timeout(limit, self.client.get_multiplexed_async_connection()).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(StoreError::Redis(e)),
+            Err(_) => Some(StoreError::Timeout(limit)),
+        }
+    }
+
     /// A dedicated connection for pub/sub (it cannot share the multiplexed one).
     async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
         let limit = self.config.timeout.max(Duration::from_secs(1));
@@ -143,10 +175,13 @@ async fn reach(store: Weak<Store>) {
             })
             .await
             .is_ok();
-        drop(s);
         if ok {
             return;
         }
+        if let Some(why) = s.why_unreachable().await {
+            tracing::warn!(error = %why, "cannot reach the store");
+        }
+        drop(s);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }

@@ -204,7 +204,7 @@ pub async fn follow(store: Weak<Store>) {
         let mut pubsub = match s.pubsub().await {
             Ok(p) => p,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot reach the store for revocations yet");
+                tracing::warn!(error = %e, "cannot reach the store");
                 drop(s);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
