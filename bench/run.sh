@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
-# Load benchmark: Portcullis against HAProxy (TLS only, and TLS + jwt_verify),
-# all in front of the same nginx upstream on loopback. Prints one table.
+# Load benchmark: Portcullis against HAProxy (TLS only, and TLS + jwt_verify) and
+# nginx (TLS proxy), all in front of the same nginx upstream on loopback. Prints
+# one table, then the cost of rate limits and the memory of idle connections.
 #
-#   bench/run.sh           full run (3 alternating rounds, 10 s each; under 10 minutes)
-#   bench/run.sh --quick   1 round, 3 s each, for use while developing
+#   bench/run.sh           full run (3 alternating rounds, 10 s per row; about 20 minutes)
+#   bench/run.sh --quick   1 round, 1 s per row, fewer tokens and idle connections (< 1 minute)
 #
-# Loopback only. Installs wrk, h2load (nghttp2-client), nginx and haproxy from Debian
-# when missing. Needs root for apt-get only.
+# Loopback only. Installs wrk, h2load (nghttp2-client), nginx, haproxy and
+# redis-server from Debian when missing. Needs root for apt-get only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-ROUNDS=3 DURATION=10 CONNS=64 H2_CONNS=16 H2_STREAMS=4 TOKENS=10000
-if [[ "${1:-}" == "--quick" ]]; then ROUNDS=1 DURATION=3; fi
+ROUNDS=3 DURATION=10 CONNS=64 H2_CONNS=16 H2_STREAMS=4 TOKENS=50000 IDLE=5000
+if [[ "${1:-}" == "--quick" ]]; then ROUNDS=1 DURATION=1 TOKENS=2000 IDLE=500; fi
 
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
 command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || need+=(haproxy)
+command -v redis-server >/dev/null || need+=(redis-server)
 if ((${#need[@]})); then
   echo "installing ${need[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -29,28 +31,33 @@ HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 cargo build --release --quiet
 BIN=$PWD/target/release/portcullis
 W=$(mktemp -d)
+chmod 755 "$W" # nginx workers (not root) read the 1 MiB file
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 
 UP=127.0.0.1:18080 PC=127.0.0.1:18443 PC_ADMIN=127.0.0.1:19901 HA=127.0.0.1:18444 HAJ=127.0.0.1:18445
+NG=127.0.0.1:18446 REDIS_PORT=16379
 
-# Keys, certificate, tokens.
+# Keys, certificate (ECDSA P-256, the cheapest safe handshake), tokens, a 1 MiB body.
 "$BIN" certs --out "$W" --host localhost --host 127.0.0.1 >/dev/null
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$W/rsa.key" 2>/dev/null
 openssl pkey -in "$W/rsa.key" -pubout -out "$W/rsa.pub"
 cat "$W/gateway.crt" "$W/gateway.key" > "$W/haproxy.pem"
 mint() { "$BIN" token --alg RS256 --key "$W/rsa.key" --iss https://bench.local/ --aud bench --sub bench-user --scope "read write" --ttl 2h "$@"; }
 TOKEN=$(mint)
+echo "minting $TOKENS tokens" >&2
 mint --count "$TOKENS" > "$W/tokens.txt"
+head -c 1048576 /dev/zero | tr '\0' x > "$W/big.bin"
+chmod 644 "$W/big.bin"
 
-# nginx: the upstream, a 64-byte answer.
-mkdir -p "$W/nginx"
+# nginx, the upstream: a 64-byte answer, a 1 MiB download, an upload sink.
+mkdir -p "$W/nginx" "$W/nginx-proxy"
 cat > "$W/nginx.conf" <<CONF
 worker_processes 1;
 pid $W/nginx/nginx.pid;
 error_log $W/nginx/error.log warn;
-events { worker_connections 4096; }
+events { worker_connections 8192; }
 http {
   access_log off;
   keepalive_requests 1000000;
@@ -59,16 +66,53 @@ http {
   server {
     listen $UP;
     location / { default_type text/plain; return 200 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n"; }
+    location = /public/big { default_type application/octet-stream; alias $W/big.bin; }
+    location = /public/upload { client_max_body_size 2m; client_body_buffer_size 2m; default_type text/plain; return 200 "ok\n"; }
   }
 }
 CONF
 "$NGINX" -c "$W/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 
-# Portcullis: the same RS256 checks HAProxy does below, plus identity headers.
+# nginx, the TLS proxy peer: two workers (as HAProxy and Portcullis use two
+# threads), keep-alive upstream connections, HTTP/2 by ALPN.
+cat > "$W/nginx-proxy.conf" <<CONF
+worker_processes 2;
+worker_rlimit_nofile 19000;
+pid $W/nginx-proxy/nginx.pid;
+error_log $W/nginx-proxy/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $W/nginx-proxy; proxy_temp_path $W/nginx-proxy; fastcgi_temp_path $W/nginx-proxy;
+  uwsgi_temp_path $W/nginx-proxy; scgi_temp_path $W/nginx-proxy;
+  upstream app { server $UP; keepalive 128; }
+  server {
+    listen $NG ssl http2;
+    ssl_certificate $W/gateway.crt;
+    ssl_certificate_key $W/gateway.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    client_max_body_size 2m;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_request_buffering off;
+      proxy_buffering off;
+    }
+  }
+}
+CONF
+"$NGINX" -c "$W/nginx-proxy.conf" -g 'daemon off;' & NG_PID=$!; PIDS+=($NG_PID)
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null & PIDS+=($!)
+
+# Portcullis: the same RS256 checks HAProxy does below, plus identity headers; two
+# routes rate-limited by client address (never reached: the cost of the check).
 cat > "$W/gateway.yaml" <<CONF
 listen: { https: $PC, admin: $PC_ADMIN }
 tls: { cert: gateway.crt, key: gateway.key }
-limits: { max_connections: 20000 }
+limits: { max_connections: 20000, max_body_bytes: 2097152 }
 providers:
   bench:
     issuer: https://bench.local/
@@ -77,9 +121,15 @@ providers:
     algorithms: [RS256]
 upstreams:
   nginx: { targets: ["http://$UP"] }
+store: { redis: "redis://127.0.0.1:$REDIS_PORT/0", timeout: 100ms }
+rate_limits:
+  local: { key: client_ip, rate: 1000000/s, burst: 1000000, store: local }
+  shared: { key: client_ip, rate: 1000000/s, burst: 1000000, store: redis }
 routes:
   - { name: auth, match: { path: /auth }, upstream: nginx, auth: { scopes: [read] } }
   - { name: public, match: { path: /public }, upstream: nginx, public: true }
+  - { name: limited-local, match: { path: /limited-local }, upstream: nginx, public: true, rate_limits: [local] }
+  - { name: limited-redis, match: { path: /limited-redis }, upstream: nginx, public: true, rate_limits: [shared] }
 CONF
 RUST_LOG=warn "$BIN" run -c "$W/gateway.yaml" 2>"$W/portcullis.log" & PC_PID=$!; PIDS+=($PC_PID)
 
@@ -87,7 +137,7 @@ RUST_LOG=warn "$BIN" run -c "$W/gateway.yaml" 2>"$W/portcullis.log" & PC_PID=$!;
 cat > "$W/haproxy.cfg" <<CONF
 global
   nbthread 2
-  maxconn 8000
+  maxconn 9000
   log stderr format raw local0 err
 defaults
   mode http
@@ -123,16 +173,18 @@ CONF
 "$HAPROXY" -f "$W/haproxy.cfg" -db 2>"$W/haproxy.log" & HA_PID=$!; PIDS+=($HA_PID)
 
 for _ in $(seq 100); do
-  curl -sf -o /dev/null "http://$UP/" && curl -skf -o /dev/null "https://$PC/public" && curl -skf -o /dev/null "https://$HA/" && break
+  curl -sf -o /dev/null "http://$UP/" && curl -skf -o /dev/null "https://$PC/public" && curl -skf -o /dev/null "https://$HA/" \
+    && curl -skf -o /dev/null "https://$NG/" && curl -skf -o /dev/null "https://$PC/limited-redis" && break
   sleep 0.1
 done
 AUTH="Authorization: Bearer $TOKEN"
 check() { local code; code=$(curl -sk -o /dev/null -w '%{http_code}' "$@"); echo "$code"; }
-[[ $(check "http://$UP/") == 200 && $(check "https://$PC/auth" -H "$AUTH") == 200 && $(check "https://$HAJ/" -H "$AUTH") == 200 ]] \
-  || { echo "a server is not answering 200: nginx $(check "http://$UP/") portcullis $(check "https://$PC/auth" -H "$AUTH") haproxy $(check "https://$HAJ/" -H "$AUTH")" >&2; cat "$W"/*.log >&2; exit 1; }
+for probe in "http://$UP/" "https://$PC/auth" "https://$HAJ/" "https://$NG/public/big" "https://$PC/limited-redis"; do
+  [[ $(check "$probe" -H "$AUTH") == 200 ]] || { echo "not answering 200: $probe" >&2; cat "$W"/*.log "$W"/nginx*/error.log >&2; exit 1; }
+done
 [[ $(check "https://$PC/auth") == 401 && $(check "https://$HAJ/") == 401 ]] || { echo "auth is not enforced" >&2; exit 1; }
 
-# wrk Lua: one token, or a different token per request.
+# wrk Lua: one token, a different token per request, a 1 MiB upload.
 cat > "$W/one.lua" <<LUA
 wrk.headers["Authorization"] = "Bearer $TOKEN"
 LUA
@@ -144,45 +196,74 @@ request = function()
   return wrk.format("GET", nil, { ["Authorization"] = "Bearer " .. tokens[i] })
 end
 LUA
+cat > "$W/upload.lua" <<LUA
+wrk.method = "POST"
+wrk.body = string.rep("x", 1048576)
+wrk.headers["Content-Type"] = "application/octet-stream"
+LUA
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU of a process and its children (nginx's workers).
+cpu_ticks() {
+  local t=0 p
+  for p in $1 $(pgrep -P "$1" || true); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}
 CLK=$(getconf CLK_TCK)
 declare -A RPS P50 P99 CPU
-# name | protocol | url | lua or token | pid measured
-TARGETS_H1=(
+# name | protocol | url | mode | pid measured
+# mode: "" plain GET, one / many (token per request), close (a new TLS 1.3
+# connection per request), up (1 MiB POST); the url says what is fetched.
+TARGETS=(
   "direct|h1|http://$UP/||"
-  "haproxy-tls|h1|https://$HA/||$HA_PID"
-  "haproxy-jwt|h1|https://$HAJ/|one|$HA_PID"
-  "haproxy-jwt-distinct|h1|https://$HAJ/|many|$HA_PID"
+  "haproxy-tls|h1|https://$HA/public||$HA_PID"
+  "nginx-tls|h1|https://$NG/public||$NG_PID"
   "portcullis-public|h1|https://$PC/public||$PC_PID"
+  "portcullis-limited-local|h1|https://$PC/limited-local||$PC_PID"
+  "portcullis-limited-redis|h1|https://$PC/limited-redis||$PC_PID"
+  "haproxy-jwt|h1|https://$HAJ/auth|one|$HA_PID"
   "portcullis-auth|h1|https://$PC/auth|one|$PC_PID"
+  "haproxy-jwt-distinct|h1|https://$HAJ/auth|many|$HA_PID"
   "portcullis-auth-distinct|h1|https://$PC/auth|many|$PC_PID"
-)
-TARGETS_H2=(
-  "haproxy-tls|h2|https://$HA/||$HA_PID"
-  "haproxy-jwt|h2|https://$HAJ/|one|$HA_PID"
+  "haproxy-handshake|h1|https://$HA/public|close|$HA_PID"
+  "nginx-handshake|h1|https://$NG/public|close|$NG_PID"
+  "portcullis-handshake|h1|https://$PC/public|close|$PC_PID"
+  "haproxy-download|h1|https://$HA/public/big||$HA_PID"
+  "nginx-download|h1|https://$NG/public/big||$NG_PID"
+  "portcullis-download|h1|https://$PC/public/big||$PC_PID"
+  "haproxy-upload|h1|https://$HA/public/upload|up|$HA_PID"
+  "nginx-upload|h1|https://$NG/public/upload|up|$NG_PID"
+  "portcullis-upload|h1|https://$PC/public/upload|up|$PC_PID"
+  "haproxy-tls|h2|https://$HA/public||$HA_PID"
+  "nginx-tls|h2|https://$NG/public||$NG_PID"
   "portcullis-public|h2|https://$PC/public||$PC_PID"
+  "haproxy-jwt|h2|https://$HAJ/auth|one|$HA_PID"
   "portcullis-auth|h2|https://$PC/auth|one|$PC_PID"
 )
 
 run_one() {
-  local name=$1 proto=$2 url=$3 auth=$4 pid=$5 out before after reqs
+  local name=$1 proto=$2 url=$3 mode=$4 pid=$5 out before after reqs
   [[ -n $pid ]] && before=$(cpu_ticks "$pid")
   if [[ $proto == h1 ]]; then
-    local lua=()
-    [[ -n $auth ]] && lua=(-s "$W/$auth.lua")
-    out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${lua[@]}" "$url")
+    local extra=() conns=$CONNS
+    case $mode in
+      one | many) extra=(-s "$W/$mode.lua") ;;
+      up) extra=(-s "$W/upload.lua") ;;
+      close) extra=(-H "Connection: close") ;;
+    esac
+    [[ $url == */big || $mode == up ]] && conns=16
+    out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency "${extra[@]}" "$url")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     RPS["$proto $name"]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
     P50["$proto $name"]+="$(awk '$1=="50%" {print $2}' <<<"$out") "
     P99["$proto $name"]+="$(awk '$1=="99%" {print $2}' <<<"$out") "
   else
     local hdr=()
-    [[ -n $auth ]] && hdr=(-H "$AUTH")
+    [[ -n $mode ]] && hdr=(-H "$AUTH")
     out=$(h2load -c"$H2_CONNS" -m"$H2_STREAMS" -t2 -D "$DURATION" "${hdr[@]}" "$url" 2>&1)
     reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
     RPS["$proto $name"]+="$(awk '/^finished in/ {print $4}' <<<"$out") "
-    P50["$proto $name"]+="- "
+    # h2load reports the mean and spread of request times, no percentiles.
+    P50["$proto $name"]+="$(awk '/^time for request:/ {print $4}' <<<"$out") "
     P99["$proto $name"]+="- "
   fi
   if [[ -n $pid && ${reqs:-0} -gt 0 ]]; then
@@ -191,38 +272,45 @@ run_one() {
   fi
 }
 
-echo "rounds=$ROUNDS duration=${DURATION}s wrk -t2 -c$CONNS, h2load -c$H2_CONNS -m$H2_STREAMS; $(nproc) cores" >&2
+echo "rounds=$ROUNDS duration=${DURATION}s wrk -t2 -c$CONNS (-c16 for 1 MiB bodies), h2load -c$H2_CONNS -m$H2_STREAMS; $TOKENS distinct tokens; $(nproc) cores" >&2
 for round in $(seq "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
-  for t in "${TARGETS_H1[@]}" "${TARGETS_H2[@]}"; do
-    IFS='|' read -r name proto url auth pid <<<"$t"
-    run_one "$name" "$proto" "$url" "$auth" "$pid"
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r name proto url mode pid <<<"$t"
+    run_one "$name" "$proto" "$url" "$mode" "$pid"
   done
 done
 
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sed 's/k$/*1000/' | sort -g | awk '{a[NR]=$0} END {if (NR) print a[int((NR+1)/2)]; else print "-"}'; }
 rps() { median "${RPS[$1]:-}" | sed 's/\/s$//'; }
+ratio() { [[ -n ${RPS[$2]:-} ]] && awk -v a="$(rps "$1")" -v b="$(rps "$2")" 'BEGIN {printf "%.2f", a / b}' || echo "-"; }
 DIRECT=$(rps "h1 direct")
-printf '\n%-6s %-26s %10s %9s %9s %9s %11s %10s\n' proto target "req/s" p50 p99 "/direct" "/haproxy" "cpu us/req"
-for t in "${TARGETS_H1[@]}" "${TARGETS_H2[@]}"; do
+printf '\n%-6s %-26s %10s %9s %9s %8s %9s %8s %10s\n' proto target "req/s" p50 p99 "/direct" "/haproxy" "/nginx" "cpu us/req"
+for t in "${TARGETS[@]}"; do
   IFS='|' read -r name proto _ _ _ <<<"$t"
   key="$proto $name"
-  r=$(rps "$key")
+  ha="-" ng="-"
   case $name in
-    portcullis-public) ref="$proto haproxy-tls" ;;
-    portcullis-auth) ref="$proto haproxy-jwt" ;;
-    portcullis-auth-distinct) ref="$proto haproxy-jwt-distinct" ;;
-    *) ref="" ;;
+    portcullis-public) ha=$(ratio "$key" "$proto haproxy-tls") ng=$(ratio "$key" "$proto nginx-tls") ;;
+    portcullis-auth) ha=$(ratio "$key" "$proto haproxy-jwt") ;;
+    portcullis-auth-distinct) ha=$(ratio "$key" "$proto haproxy-jwt-distinct") ;;
+    portcullis-handshake | portcullis-download | portcullis-upload)
+      ha=$(ratio "$key" "$proto haproxy-${name#portcullis-}") ng=$(ratio "$key" "$proto nginx-${name#portcullis-}") ;;
   esac
-  vs_ha="-"
-  [[ -n $ref ]] && vs_ha=$(awk -v a="$r" -v b="$(rps "$ref")" 'BEGIN {printf "%.2f", a / b}')
-  printf '%-6s %-26s %10.0f %9s %9s %9.2f %11s %10s\n' "$proto" "$name" "$r" "$(median "${P50[$key]:-}")" \
-    "$(median "${P99[$key]:-}")" "$(awk -v a="$r" -v b="$DIRECT" 'BEGIN {print a / b}')" "$vs_ha" "$(median "${CPU[$key]:-}")"
+  r=$(rps "$key")
+  printf '%-6s %-26s %10.0f %9s %9s %8.2f %9s %8s %10s\n' "$proto" "$name" "$r" "$(median "${P50[$key]:-}")" \
+    "$(median "${P99[$key]:-}")" "$(awk -v a="$r" -v b="$DIRECT" 'BEGIN {print a / b}')" "$ha" "$ng" "$(median "${CPU[$key]:-}")"
 done
-printf '\nportcullis vs haproxy-tls (no auth) with full auth: h1 %.2f\n' \
-  "$(awk -v a="$(rps 'h1 portcullis-auth')" -v b="$(rps 'h1 haproxy-tls')" 'BEGIN {print a / b}')"
-echo "portcullis peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$PC_PID/status"); haproxy: $(awk '/VmHWM/ {print $2, $3}' "/proc/$HA_PID/status")"
-echo "portcullis upstream connections open now: $(ss -tnH state established "( dport = :${UP##*:} )" 2>/dev/null | grep -c . || true) (pooled; nginx sees them as keep-alive)"
-IDLE=$(( $(ulimit -n) > 12000 ? 10000 : $(ulimit -n) / 2 ))
-echo "portcullis idle RSS and with $IDLE idle keep-alive clients:"
-python3 bench/idle_connections.py "$PC" "$PC_PID" "$IDLE" /public || echo "(idle-connection measurement failed)"
+echo "(download and upload rows move 1 MiB per request: req/s is MiB/s)"
+cpu() { median "${CPU[$1]:-}"; }
+echo "rate-limit check, CPU per request over the same public route: local $(awk -v a="$(cpu 'h1 portcullis-limited-local')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us, redis $(awk -v a="$(cpu 'h1 portcullis-limited-redis')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us (plus one round trip: p50 $(median "${P50[h1 portcullis-limited-redis]}") against $(median "${P50[h1 portcullis-public]}"))"
+rss() { local t=0 p; for p in $1 $(pgrep -P "$1" || true); do t=$((t + $(awk '/VmHWM/ {print $2}' "/proc/$p/status"))); done; echo "$((t / 1024)) MB"; }
+echo "peak RSS: portcullis $(rss "$PC_PID"), haproxy $(rss "$HA_PID"), nginx proxy $(rss "$NG_PID") (master + workers)"
+
+# Memory per idle keep-alive TLS connection, each server in turn, same run.
+for target in "portcullis $PC $PC_PID" "haproxy $HA $HA_PID" "nginx $NG $NG_PID"; do
+  read -r name addr pid <<<"$target"
+  pids="$pid $(pgrep -P "$pid" | tr '\n' ' ' || true)"
+  printf '%-10s ' "$name"
+  python3 bench/idle_connections.py "$addr" "${pids// /,}" "$IDLE" /public || echo "(idle-connection measurement failed)"
+done
