@@ -89,3 +89,5 @@ echo "instructions per request, $N requests per case, one keep-alive connection:
 run_case "h1 public route" --h1 "https://$PC/public"
 run_case "h1 cached RS256 auth" --h1 -H "Authorization: Bearer $TOKEN" "https://$PC/auth"
 run_case "h2 public route" "https://$PC/public"
+# CG_KEEP=DIR keeps the per-case profiles (cg.out.N, in case order) for callgrind_annotate.
+if [[ -n ${CG_KEEP:-} ]]; then mkdir -p "$CG_KEEP" && cp "$W"/cg.out.* "$CG_KEEP"/; fi

@@ -118,7 +118,9 @@ impl UpstreamPool {
         headers: HeaderMap,
         body: ReplayableBody,
     ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
-        let attempt = async {
+        // Boxed so that the timeout wraps a pointer, not the attempt's whole
+        // state (which would be copied into it).
+        let attempt = Box::pin(async {
             let n = self.targets.len();
             let start = self.next.fetch_add(1, Ordering::Relaxed);
             let mut headers = Some(headers);
@@ -137,7 +139,7 @@ impl UpstreamPool {
                 }
             }
             Err(UpstreamFailure::Connect)
-        };
+        });
         match tokio::time::timeout(self.config.request_timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamFailure::Timeout),

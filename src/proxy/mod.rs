@@ -292,14 +292,16 @@ async fn pipeline(
             identity: identity.as_deref(),
         };
         let route_name = log.route.clone().unwrap_or_else(|| route.name.as_str().into());
-        crate::limits::check(
+        // Boxed, like the other large awaits: most routes have no limits, and
+        // an inline await would make every request's future carry its state.
+        Box::pin(crate::limits::check(
             &snap.config.rate_limits,
             &snap.buckets,
             snap.store.as_deref(),
             &route.rate_limits,
             &facts,
             &route_name,
-        )
+        ))
         .await?;
     }
 
