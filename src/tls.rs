@@ -50,7 +50,57 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, ConfigError> {
         .with_single_cert(certs, key)
         .map_err(|e| ConfigError::new("tls", "the certificate and key do not form a usable pair").because(e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let (tickets, sessions) = resumption();
+    config.ticketer = tickets;
+    config.session_storage = sessions;
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
+}
+
+/// Session resumption, kept across reloads (a new `ServerConfig` per reload
+/// must still accept the tickets of the one before): stateless tickets (TLS
+/// 1.3 and 1.2; AES-256 + HMAC-SHA256, keys random per process and rotated
+/// every 6 hours, tickets valid 12 hours) and, for TLS 1.2 clients that use
+/// session IDs, a bounded in-memory cache. A resumed handshake skips the
+/// certificate signature, the costliest step of a full one.
+fn resumption() -> (
+    Arc<dyn rustls::server::ProducesTickets>,
+    Arc<dyn rustls::server::StoresServerSessions>,
+) {
+    use std::sync::OnceLock;
+    type Shared = (
+        Arc<dyn rustls::server::ProducesTickets>,
+        Arc<dyn rustls::server::StoresServerSessions>,
+    );
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let tickets: Arc<dyn rustls::server::ProducesTickets> = match rustls::crypto::aws_lc_rs::Ticketer::new() {
+                Ok(t) => t,
+                // No randomness for ticket keys: full handshakes only.
+                Err(_) => Arc::new(NoTickets),
+            };
+            (tickets, rustls::server::ServerSessionMemoryCache::new(20_000))
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn lifetime(&self) -> u32 {
+        0
+    }
+    fn encrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -243,3 +243,55 @@ async fn max_connections_holds_back_extra_clients() {
     .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
+
+/// TLS session resumption: a client that comes back with its ticket resumes
+/// (no certificate signature, the costliest step of a handshake), over TLS
+/// 1.3 and 1.2, and a reload keeps the tickets valid.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_sessions_resume_and_survive_a_reload() {
+    use rustls::HandshakeKind;
+    let up = RecordingUpstream::start("app").await;
+    let gw = TestGateway::start(&simple(&up, "", "")).await;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(gw.cert.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(portcullis::tls::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let handshake = |connector: tokio_rustls::TlsConnector| async move {
+            let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            let mut tls = connector
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+            let kind = tls.get_ref().1.handshake_kind();
+            // A TLS 1.3 ticket arrives after the handshake: read the answer.
+            let out = exchange(
+                &mut tls,
+                b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+            kind
+        };
+        assert_eq!(
+            handshake(connector.clone()).await,
+            Some(HandshakeKind::Full),
+            "{version:?}"
+        );
+        assert_eq!(
+            handshake(connector.clone()).await,
+            Some(HandshakeKind::Resumed),
+            "{version:?}"
+        );
+        gw.reload().unwrap();
+        assert_eq!(
+            handshake(connector.clone()).await,
+            Some(HandshakeKind::Resumed),
+            "{version:?}: after a reload"
+        );
+    }
+}
