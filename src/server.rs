@@ -30,6 +30,14 @@ const ADMIN_MAX_CONNECTIONS: usize = 64;
 const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// HTTP/2 receive windows: large enough that an upload streams at loopback
+/// speed without waiting on WINDOW_UPDATE round trips (h2's defaults are
+/// 64 KiB), small enough that a client cannot make one connection buffer much:
+/// the body is forwarded as it arrives, so the window is what may be in
+/// flight, not what is kept.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 /// State shared by every connection: the current configuration snapshot.
 #[derive(Debug)]
 pub struct Gateway {
@@ -306,6 +314,8 @@ fn https_connection(
                 .timer(TokioTimer::new())
                 .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
                 .max_concurrent_streams(limits.max_concurrent_streams)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
                 // Pings find a vanished client; one that does not answer is dropped.
                 .keep_alive_interval(H2_PING_INTERVAL)
                 .keep_alive_timeout(H2_PING_TIMEOUT)
