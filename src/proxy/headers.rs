@@ -171,15 +171,35 @@ pub fn new_request_id() -> HeaderValue {
     use std::hash::BuildHasher;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static KEYS: OnceLock<(
-        std::collections::hash_map::RandomState,
-        std::collections::hash_map::RandomState,
-    )> = OnceLock::new();
+    // Two random keys per process; each id mixes a counter with them through
+    // a bijection (SplitMix64's finaliser), so ids never repeat within a
+    // process and do not reveal how many requests came before.
+    static KEYS: OnceLock<(u64, u64)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let (a, b) = KEYS.get_or_init(Default::default);
+    let (a, b) = *KEYS.get_or_init(|| {
+        let random = std::collections::hash_map::RandomState::new();
+        (random.hash_one(1u8), random.hash_one(2u8))
+    });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{:016x}{:016x}", a.hash_one(n), b.hash_one(n));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut id = [0u8; 32];
+    hex_into(&mut id[..16], mix(n ^ a));
+    hex_into(&mut id[16..], mix(n.wrapping_add(b)));
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// SplitMix64's output function: a bijection on u64 that spreads every bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `v` as 16 lower-case hex digits.
+fn hex_into(out: &mut [u8], v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in out.iter_mut().enumerate().take(16) {
+        *byte = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
 }
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -353,6 +373,20 @@ mod tests {
         assert!(claim_value(&json!(null)).is_none());
         // Newlines inside non-string claims are escaped by JSON, so they are safe.
         assert_eq!(claim_value(&json!(["a\nb"])).unwrap(), r#"["a\nb"]"#);
+    }
+
+    #[test]
+    fn generated_request_ids_are_distinct_hex() {
+        let ids: std::collections::HashSet<_> = (0..10_000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(100) {
+            assert_eq!(id.len(), 32);
+            assert!(id.as_bytes().iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            assert!(valid_request_id(id));
+        }
+        let mut v = [0u8; 16];
+        hex_into(&mut v, 0x0123_4567_89ab_cdef);
+        assert_eq!(&v, b"0123456789abcdef");
     }
 
     #[test]

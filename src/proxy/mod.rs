@@ -134,17 +134,22 @@ pub(crate) fn request_host(
     headers: &http::HeaderMap,
 ) -> Result<Option<(HeaderValue, String)>, GatewayError> {
     let bad = || GatewayError::BadRequest("The Host header is repeated or malformed.");
+    // The Host header as received, when that is what names the host: forwarded
+    // as it is (no copy) unless it has to change.
+    let mut received = None;
     let authority = match uri.authority() {
         Some(a) => a.clone(),
         None => {
             let mut hosts = headers.get_all(header::HOST).iter();
             match (hosts.next(), hosts.next()) {
                 (None, _) => return Ok(None),
-                (Some(h), None) => h
-                    .to_str()
-                    .ok()
-                    .and_then(|s| s.parse::<http::uri::Authority>().ok())
-                    .ok_or_else(bad)?,
+                (Some(h), None) => {
+                    received = Some(h);
+                    h.to_str()
+                        .ok()
+                        .and_then(|s| s.parse::<http::uri::Authority>().ok())
+                        .ok_or_else(bad)?
+                }
                 (Some(_), Some(_)) => return Err(bad()),
             }
         }
@@ -154,7 +159,10 @@ pub(crate) fn request_host(
         return Err(bad());
     }
     let Some(undotted) = host.strip_suffix('.') else {
-        let value = HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?;
+        let value = match received {
+            Some(h) => h.clone(),
+            None => HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?,
+        };
         return Ok(Some((value, host.to_ascii_lowercase())));
     };
     if undotted.is_empty() {
