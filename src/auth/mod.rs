@@ -119,19 +119,24 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
         return Err(GatewayError::BadRequest("Send exactly one Authorization header."));
     }
     let malformed = GatewayError::BadRequest("The Authorization header is not a valid Bearer credential.");
-    let Ok(value) = value.to_str() else {
-        return Err(malformed);
+    // Bytes, not `to_str`: the token is scanned once, by the b64token table
+    // (which admits ASCII only), rather than once more for visible ASCII.
+    let bytes = value.as_bytes();
+    let (scheme, credentials) = match bytes.iter().position(|&b| b == b' ') {
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (bytes, &[][..]),
     };
-    let (scheme, credentials) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        // Another scheme (Basic, ...) carries no bearer token.
-        return Ok(None);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        // Another scheme (Basic, ...) carries no bearer token, but must still
+        // be a well-formed header value.
+        return value.to_str().map(|_| None).map_err(|_| malformed);
     }
-    let token = credentials.trim_start_matches(' ');
-    if token.is_empty() || !token.bytes().all(|b| B64TOKEN[usize::from(b)]) {
+    let start = credentials.iter().position(|&b| b != b' ').unwrap_or(credentials.len());
+    let token = &credentials[start..];
+    if token.is_empty() || !token.iter().all(|&b| B64TOKEN[usize::from(b)]) {
         return Err(malformed);
     }
-    Ok(Some(token))
+    std::str::from_utf8(token).map(Some).map_err(|_| malformed)
 }
 
 /// The bytes of an RFC 6750 `b64token`: `ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/"`
