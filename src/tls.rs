@@ -80,7 +80,7 @@ fn resumption() -> (
                 // No randomness for ticket keys: full handshakes only.
                 Err(_) => Arc::new(NoTickets),
             };
-            (tickets, rustls::server::ServerSessionMemoryCache::new(20_000))
+            (tickets, rustls::server::ServerSessionMemoryCache::new(4096))
         })
         .clone()
 }

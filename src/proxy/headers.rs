@@ -381,7 +381,10 @@ mod tests {
         assert_eq!(ids.len(), 10_000);
         for id in ids.iter().take(100) {
             assert_eq!(id.len(), 32);
-            assert!(id.as_bytes().iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            assert!(id
+                .as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
             assert!(valid_request_id(id));
         }
         let mut v = [0u8; 16];
