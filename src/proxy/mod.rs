@@ -103,7 +103,11 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
         Some(v) => h.insert(header::STRICT_TRANSPORT_SECURITY, v.clone()),
         None => h.remove(header::STRICT_TRANSPORT_SECURITY),
     };
-    h.insert(X_REQUEST_ID, log.request_id().clone());
+    // Unique per response: in HTTP/2, HPACK-indexing it would only evict
+    // entries worth keeping, so it is sent as a never-indexed literal.
+    let mut id = log.request_id().clone();
+    id.set_sensitive(true);
+    h.insert(X_REQUEST_ID, id);
     if let Some(p) = cors_policy {
         crate::cors::apply(&snap.config.cors[p], origin.as_ref(), h);
     }
