@@ -330,12 +330,15 @@ fn https_connection(
 
 fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
-    // hyper's own header_read_timeout also runs while a keep-alive connection
-    // waits for its next request, which would cut idle_timeout short; the
-    // head deadline is enforced in `drive` instead. The buffer is larger than
-    // the limit so that a head somewhat over it still parses and gets the
-    // gateway's own JSON 431; far larger heads are refused by hyper.
+    // hyper's own header_read_timeout (30 s by default once a timer is set)
+    // also runs while a keep-alive connection waits for its next request,
+    // which would cut a longer idle_timeout short, and costs a timer per
+    // request; it is off, and the head deadline is enforced in `drive`
+    // instead. The buffer is larger than the limit so that a head somewhat
+    // over it still parses and gets the gateway's own JSON 431; far larger
+    // heads are refused by hyper.
     b.timer(TokioTimer::new())
+        .header_read_timeout(None)
         .max_buf_size((limits.max_header_bytes * 2).max(8192) + 4096)
         .max_headers((limits.max_header_bytes / 16).clamp(100, 4096));
     b

@@ -295,3 +295,29 @@ async fn tls_sessions_resume_and_survive_a_reload() {
         );
     }
 }
+
+/// An `idle_timeout` longer than hyper's own 30-second head timer is honoured:
+/// a keep-alive connection idle for 31 s (and later requests' heads, bounded
+/// by `header_read_timeout` alone) is still served.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_timeout_beyond_thirty_seconds_is_honoured() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = TestGateway::start(&simple(
+        &up,
+        "",
+        r#"limits:
+  idle_timeout: 50s
+"#,
+    ))
+    .await;
+    let mut c = gw.client(Proto::H1).await;
+    assert_eq!(c.send(req("GET", "/", &[], "")).await.status, 200);
+    // Passing time is the point here: nothing happens for 31 s.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let mut again = req("GET", "/", &[], "");
+    let r = c
+        .try_send(&mut again)
+        .await
+        .expect("the idle connection was closed early");
+    assert_eq!(r.status, 200);
+}
