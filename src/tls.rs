@@ -51,7 +51,9 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, ConfigError> {
         .map_err(|e| ConfigError::new("tls", "the certificate and key do not form a usable pair").because(e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let (tickets, sessions) = resumption();
-    config.ticketer = tickets;
+    if let Some(tickets) = tickets {
+        config.ticketer = tickets;
+    }
     config.session_storage = sessions;
     config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
@@ -64,43 +66,23 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, ConfigError> {
 /// session IDs, a bounded in-memory cache. A resumed handshake skips the
 /// certificate signature, the costliest step of a full one.
 fn resumption() -> (
-    Arc<dyn rustls::server::ProducesTickets>,
+    Option<Arc<dyn rustls::server::ProducesTickets>>,
     Arc<dyn rustls::server::StoresServerSessions>,
 ) {
     use std::sync::OnceLock;
     type Shared = (
-        Arc<dyn rustls::server::ProducesTickets>,
+        Option<Arc<dyn rustls::server::ProducesTickets>>,
         Arc<dyn rustls::server::StoresServerSessions>,
     );
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED
         .get_or_init(|| {
-            let tickets: Arc<dyn rustls::server::ProducesTickets> = match rustls::crypto::aws_lc_rs::Ticketer::new() {
-                Ok(t) => t,
-                // No randomness for ticket keys: full handshakes only.
-                Err(_) => Arc::new(NoTickets),
-            };
+            // `None` only without randomness for ticket keys: then rustls's
+            // default, no tickets (the session cache still resumes).
+            let tickets = rustls::crypto::aws_lc_rs::Ticketer::new().ok();
             (tickets, rustls::server::ServerSessionMemoryCache::new(4096))
         })
         .clone()
-}
-
-#[derive(Debug)]
-struct NoTickets;
-
-impl rustls::server::ProducesTickets for NoTickets {
-    fn enabled(&self) -> bool {
-        false
-    }
-    fn lifetime(&self) -> u32 {
-        0
-    }
-    fn encrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
-        None
-    }
-    fn decrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
-        None
-    }
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
