@@ -110,11 +110,17 @@ fn claim_value(v: &serde_json::Value) -> Option<HeaderValue> {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway, and
 /// every `Proxy-*` header: those are for the hop to a proxy, never for the service.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-    ) || name.as_str().starts_with("proxy-")
+fn is_hop_by_hop(name: &str) -> bool {
+    const NAMES: [&str; 6] = [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+        || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
 }
 
 /// Drop hop-by-hop headers, including every header named in `Connection`.
@@ -122,13 +128,15 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// `Connection: X-Auth-Subject` can only remove the client's own copy.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass to find them: most messages carry none, or only `Connection`.
-    let mut doomed: Vec<HeaderName> = headers.keys().filter(|h| is_hop_by_hop(h)).cloned().collect();
+    let mut doomed: Vec<HeaderName> = headers.keys().filter(|h| is_hop_by_hop(h.as_str())).cloned().collect();
     if doomed.is_empty() {
         return;
     }
     for v in headers.get_all(header::CONNECTION) {
-        let named = v.to_str().unwrap_or("").split(',');
-        doomed.extend(named.filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()));
+        // Usually `keep-alive`, doomed already: only other names need a lookup.
+        let named = v.to_str().unwrap_or("").split(',').map(str::trim);
+        let others = named.filter(|t| !is_hop_by_hop(t));
+        doomed.extend(others.filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()));
     }
     for h in doomed {
         headers.remove(&h);
@@ -319,6 +327,19 @@ mod tests {
             ("proxy-foo", "1"),
             ("x-custom", "1"),
             ("x-auth-subject", "spoof"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["accept"]);
+
+        // Names compared without regard to case, every Connection header read.
+        let mut h = map(&[
+            ("connection", "Keep-Alive, Close"),
+            ("connection", "X-Second"),
+            ("Keep-Alive", "timeout=5"),
+            ("close", "reserved"),
+            ("x-second", "1"),
+            ("Proxy-Thing", "1"),
             ("accept", "*/*"),
         ]);
         remove_hop_by_hop(&mut h);
