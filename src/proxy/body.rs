@@ -18,19 +18,19 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct BodyTooLarge;
 
 /// The client's body with a byte budget. Exceeding it fails the stream and
-/// raises `tripped`, which the forwarder turns into 413.
+/// sets `exceeded`, which the forwarder turns into 413.
 pub struct LimitedBody {
     inner: Incoming,
     remaining: u64,
-    tripped: Arc<AtomicBool>,
+    exceeded: bool,
 }
 
 impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64, tripped: Arc<AtomicBool>) -> Self {
+    pub fn new(inner: Incoming, limit: u64) -> Self {
         LimitedBody {
             inner,
             remaining: limit,
-            tripped,
+            exceeded: false,
         }
     }
 }
@@ -46,7 +46,7 @@ impl Body for LimitedBody {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
-                        this.tripped.store(true, Ordering::Release);
+                        this.exceeded = true;
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     this.remaining -= len;
@@ -68,20 +68,35 @@ impl Body for LimitedBody {
 }
 
 /// A body that can be handed to several connection attempts in turn: whichever
-/// attempt polls it first takes the real body out of the shared slot.
+/// attempt polls it first takes the real body out of the shared slot. A
+/// request without a body (most of them) shares nothing and allocates nothing.
 pub struct ReplayableBody {
-    slot: Arc<Mutex<Option<LimitedBody>>>,
+    shared: Option<Arc<Shared>>,
     taken: Option<LimitedBody>,
     hint: SizeHint,
     end: bool,
+}
+
+/// What the attempts at sending one body share.
+struct Shared {
+    /// The body, until an attempt takes it.
+    body: Mutex<Option<LimitedBody>>,
+    /// The body went over its budget.
+    exceeded: AtomicBool,
 }
 
 impl ReplayableBody {
     pub fn new(body: LimitedBody) -> Self {
         let hint = body.size_hint();
         let end = body.is_end_stream();
+        let shared = (!end).then(|| {
+            Arc::new(Shared {
+                body: Mutex::new(Some(body)),
+                exceeded: AtomicBool::new(false),
+            })
+        });
         ReplayableBody {
-            slot: Arc::new(Mutex::new(Some(body))),
+            shared,
             taken: None,
             hint,
             end,
@@ -91,7 +106,7 @@ impl ReplayableBody {
     /// Another handle on the same body, for the next connection attempt.
     pub fn again(&self) -> Self {
         ReplayableBody {
-            slot: self.slot.clone(),
+            shared: self.shared.clone(),
             taken: None,
             hint: self.hint,
             end: self.end,
@@ -100,7 +115,15 @@ impl ReplayableBody {
 
     /// Whether some attempt has started reading the body (so it cannot be resent).
     pub fn consumed(&self) -> bool {
-        self.slot.lock().map(|s| s.is_none()).unwrap_or(true)
+        match &self.shared {
+            Some(shared) => shared.body.lock().map(|b| b.is_none()).unwrap_or(true),
+            None => false,
+        }
+    }
+
+    /// Whether the body went over `limits.max_body_bytes` in some attempt.
+    pub fn exceeded(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.exceeded.load(Ordering::Acquire))
     }
 }
 
@@ -110,11 +133,20 @@ impl Body for ReplayableBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        let Some(shared) = &this.shared else {
+            return Poll::Ready(None);
+        };
         if this.taken.is_none() {
-            this.taken = this.slot.lock().ok().and_then(|mut s| s.take());
+            this.taken = shared.body.lock().ok().and_then(|mut b| b.take());
         }
         match this.taken.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx),
+            Some(body) => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if body.exceeded {
+                    shared.exceeded.store(true, Ordering::Release);
+                }
+                polled
+            }
             // Another attempt already consumed the body: this one has nothing to send.
             None => Poll::Ready(Some(Err("request body already consumed by another attempt".into()))),
         }

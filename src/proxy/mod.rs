@@ -9,7 +9,6 @@ pub mod headers;
 pub mod pool;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -364,14 +363,15 @@ async fn pipeline(
         .await;
     }
 
-    let tripped = Arc::new(AtomicBool::new(false));
-    let body = ReplayableBody::new(LimitedBody::new(body, limits.max_body_bytes, tripped.clone()));
+    let body = ReplayableBody::new(LimitedBody::new(body, limits.max_body_bytes));
+    // A handle never sent: it tells, after the attempts, whether the body went over its budget.
+    let budget = body.again();
     // Boxed, like `check_access` above: their states are large, and an unboxed
     // await would make every request's future carry (and move) them inline
     // (bench/callgrind.sh, h1 public route: 75.9k -> 66.2k instructions).
     match Box::pin(upstream.send(parts.method, path_and_query, parts.headers, body)).await {
         Ok(resp) => Ok(resp.map(Either::Left)),
-        Err(_) if tripped.load(Ordering::Acquire) => Err(GatewayError::PayloadTooLarge),
+        Err(_) if budget.exceeded() => Err(GatewayError::PayloadTooLarge),
         Err(failure) => {
             tracing::warn!(upstream = %upstream.config.name, kind = failure.kind(), "upstream request failed");
             crate::metrics::upstream_error(&upstream.config.name, failure.kind());
