@@ -192,7 +192,8 @@ pub fn new_request_id() -> HeaderValue {
     let mut id = [0u8; 32];
     hex_into(&mut id[..16], mix(n ^ a));
     hex_into(&mut id[16..], mix(n.wrapping_add(b)));
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // One allocation, shared by every copy (the upstream's header, the response's).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id)).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// SplitMix64's output function: a bijection on u64 that spreads every bit.
