@@ -218,6 +218,7 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
     "not_yet_valid",
     "issuer",
     "audience",
+    "revoked",
     "insufficient_scope",
     "keys_unavailable",
 ];

@@ -353,6 +353,7 @@ mod tests {
             NotYetValid,
             Issuer,
             Audience,
+            Revoked,
         ] {
             assert!(crate::metrics::AUTH_FAILURE_REASONS.contains(&r.reason()), "{r:?}");
         }
