@@ -5,6 +5,26 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// mimalloc: per-thread free lists instead of glibc's arenas, whose locking and
+// chunk consolidation took ~12 % of the CPU of a proxied request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Transparent huge pages (`always` on many distributions) turn the allocator's
+/// reserved regions into 2 MiB pages at the first touch: 13 MB more at start and
+/// ~8 KB more per idle connection, for no measured gain in throughput.
+#[cfg(target_os = "linux")]
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and only sets a flag on
+    // this process; no memory is passed to the kernel.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn disable_transparent_huge_pages() {}
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
@@ -149,6 +169,7 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e)
