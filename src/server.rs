@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{ConfigError, Limits};
 use crate::connection::{drive, ConnState, Connection, Exchange, Tracked};
@@ -55,6 +56,8 @@ pub struct Running {
     connections: Arc<Semaphore>,
     max_connections: u32,
     accept_loops: Vec<tokio::task::JoinHandle<()>>,
+    /// Dropped with `Running`: the workers end, closing what is still open.
+    _stop_workers: Vec<oneshot::Sender<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,9 +103,14 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
         tunnels: crate::tunnel::Tunnels::new(shutdown.subscribe()),
     });
     let connections = Arc::new(Semaphore::new(max as usize));
+    let (workers, stop_workers) = Workers::start(&gateway, &shutdown).map_err(|source| BindError {
+        field: "listen.https",
+        addr: https_addr,
+        source,
+    })?;
     let mut accept_loops = vec![tokio::spawn(accept_loop(
         https,
-        Listener::Https,
+        Listener::Https(workers),
         gateway.clone(),
         connections.clone(),
         shutdown.subscribe(),
@@ -113,16 +121,16 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
         let admin_connections = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
         accept_loops.push(tokio::spawn(accept_loop(
             admin,
-            Listener::Admin,
+            Listener::Plain(Plain::Admin),
             gateway.clone(),
             admin_connections,
             shutdown.subscribe(),
         )));
     }
     if let Some(http) = http {
-        let redirect = Listener::Redirect {
+        let redirect = Listener::Plain(Plain::Redirect {
             https_port: https_addr.port(),
-        };
+        });
         // Its own budget too: redirect clients never take HTTPS clients' places.
         let redirect_connections = Arc::new(Semaphore::new(max as usize));
         accept_loops.push(tokio::spawn(accept_loop(
@@ -148,7 +156,18 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
         connections,
         max_connections: max,
         accept_loops,
+        _stop_workers: stop_workers,
     })
+}
+
+/// Dropping a started gateway stops it at once: listeners closed, workers
+/// ended with whatever they still had open.
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.accept_loops {
+            task.abort();
+        }
+    }
 }
 
 impl Running {
@@ -212,11 +231,136 @@ impl Running {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
 enum Listener {
-    Https,
+    Https(Workers),
+    Plain(Plain),
+}
+
+/// The plain-HTTP listeners, served on the main runtime.
+#[derive(Clone, Copy)]
+enum Plain {
     Admin,
     Redirect { https_port: u16 },
+}
+
+thread_local! {
+    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// The worker thread this code runs on (`usize::MAX` on any other thread):
+/// the upstream pool prefers the connections a worker drives itself.
+pub fn worker_index() -> usize {
+    WORKER_INDEX.with(|i| i.get())
+}
+
+/// Mark the calling thread as worker `index`.
+pub(crate) fn become_worker(index: usize) {
+    WORKER_INDEX.with(|i| i.set(index));
+}
+
+/// Threads that serve HTTPS connections, one per core, each on a
+/// single-threaded runtime of its own. The accept loop hands each new
+/// connection to the worker with the fewest open; from then on the
+/// connection, its requests and their upstream exchanges stay on that thread.
+/// (With one runtime shared by all threads, a task woken on one thread woke
+/// another to steal it: a futex wake-up and a context switch every other
+/// request.)
+struct Workers {
+    queues: Vec<WorkerQueue>,
+    /// Where the search for the least busy worker starts, so ties rotate.
+    next: AtomicUsize,
+}
+
+struct WorkerQueue {
+    /// Unbounded: what may be in it is bounded by the connection budget.
+    handed: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr, OwnedSemaphorePermit)>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Workers {
+    /// As many workers as the process may use cores; each ends when its stop
+    /// sender is dropped.
+    fn start(
+        gateway: &Arc<Gateway>,
+        shutdown: &watch::Sender<bool>,
+    ) -> std::io::Result<(Workers, Vec<oneshot::Sender<()>>)> {
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut queues = Vec::with_capacity(count);
+        let mut stops = Vec::with_capacity(count);
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (handed, connections) = mpsc::unbounded_channel();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let open = Arc::new(AtomicUsize::new(0));
+            let work = serve_handed(connections, gateway.clone(), shutdown.subscribe(), open.clone());
+            std::thread::Builder::new()
+                .name(format!("portcullis-{index}"))
+                .spawn(move || {
+                    become_worker(index);
+                    runtime.block_on(async move {
+                        tokio::select! {
+                            () = work => {}
+                            _ = stopped => {}
+                        }
+                    })
+                })?;
+            queues.push(WorkerQueue { handed, open });
+            stops.push(stop);
+        }
+        let workers = Workers {
+            queues,
+            next: AtomicUsize::new(0),
+        };
+        Ok((workers, stops))
+    }
+
+    /// Give a new connection to the worker with the fewest open.
+    fn hand(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let chosen = least_busy(self.queues.len(), start, |i| {
+            self.queues[i].open.load(Ordering::Relaxed)
+        });
+        let Some(worker) = self.queues.get(chosen) else {
+            return;
+        };
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => return tracing::debug!(client = %peer, error = %e, "cannot hand the connection to a worker"),
+        };
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        if worker.handed.send((stream, peer, permit)).is_err() {
+            worker.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The index below `count` with the fewest open connections; among equals,
+/// the first from `start` on (wrapping), so that ties take turns.
+fn least_busy(count: usize, start: usize, open: impl Fn(usize) -> usize) -> usize {
+    let start = start % count.max(1);
+    (start..count).chain(0..start).min_by_key(|&i| open(i)).unwrap_or(0)
+}
+
+/// A worker's life: serve each connection handed to it; once the accept loop
+/// is gone, let the open ones finish (the worker is ended from outside).
+async fn serve_handed(
+    mut handed: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr, OwnedSemaphorePermit)>,
+    gateway: Arc<Gateway>,
+    shutdown: watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
+) {
+    while let Some((stream, peer, permit)) = handed.recv().await {
+        let (gateway, shutdown, open) = (gateway.clone(), shutdown.clone(), open.clone());
+        tokio::spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve_https(gateway, stream, peer, shutdown).await,
+                Err(e) => tracing::debug!(client = %peer, error = %e, "worker cannot take the connection"),
+            }
+            drop(permit);
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    std::future::pending().await
 }
 
 async fn accept_loop(
@@ -247,13 +391,19 @@ async fn accept_loop(
             _ = shutdown.changed() => return,
         };
         let _ = stream.set_nodelay(true);
+        let plain = match &kind {
+            Listener::Https(workers) => {
+                workers.hand(stream, peer, permit);
+                continue;
+            }
+            Listener::Plain(plain) => *plain,
+        };
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            match kind {
-                Listener::Https => serve_https(gateway, stream, peer, shutdown).await,
-                Listener::Admin => serve_plain(gateway, stream, shutdown, crate::admin::answer).await,
-                Listener::Redirect { https_port } => {
+            match plain {
+                Plain::Admin => serve_plain(gateway, stream, shutdown, crate::admin::answer).await,
+                Plain::Redirect { https_port } => {
                     let answer = move |req: Request<Incoming>, _: Arc<Snapshot>| {
                         std::future::ready(crate::redirect::answer(&req, https_port))
                     };
@@ -368,4 +518,28 @@ where
     });
     let conn = Box::pin(http1_builder(&limits).serve_connection(io, service).with_upgrades());
     drive(conn, &limits, &state, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::least_busy;
+
+    #[test]
+    fn a_new_connection_goes_to_the_worker_with_the_fewest_open() {
+        let open = [5, 2, 7, 3];
+        for start in 0..8 {
+            assert_eq!(least_busy(open.len(), start, |i| open[i]), 1, "start {start}");
+        }
+    }
+
+    #[test]
+    fn workers_equally_busy_take_turns() {
+        let open = [4, 4, 4];
+        let chosen: Vec<usize> = (0..6).map(|start| least_busy(open.len(), start, |i| open[i])).collect();
+        assert_eq!(chosen, [0, 1, 2, 0, 1, 2]);
+        // Only the equals among the least busy take turns.
+        let open = [1, 3, 1];
+        let chosen: Vec<usize> = (0..3).map(|start| least_busy(open.len(), start, |i| open[i])).collect();
+        assert_eq!(chosen, [0, 2, 2]);
+    }
 }

@@ -65,13 +65,19 @@ pub struct TargetPool {
     connect_timeout: Duration,
     permits: Arc<Semaphore>,
     /// HTTP/1.1: idle connections, most recently used last.
-    idle: Mutex<Vec<(H1Sender, Instant)>>,
+    idle: Mutex<Vec<(H1Conn, Instant)>>,
     /// HTTP/2: the open connections, each with its count of streams in flight.
     shared: Mutex<Vec<H2Conn>>,
     /// One HTTP/2 handshake at a time, so a burst shares the new connection.
     h2_connecting: tokio::sync::Mutex<()>,
     /// Woken when a connection goes idle or closes: a waiter may proceed.
     freed: Arc<Notify>,
+}
+
+/// An HTTP/1.1 connection and the worker thread that drives its I/O.
+pub struct H1Conn {
+    sender: H1Sender,
+    home: usize,
 }
 
 #[derive(Clone)]
@@ -90,7 +96,7 @@ impl std::fmt::Debug for TargetPool {
 
 /// A connection checked out for one request.
 pub enum Checkout {
-    H1(H1Sender),
+    H1(H1Conn),
     H2(H2Sender, StreamGuard),
 }
 
@@ -146,8 +152,8 @@ impl TargetPool {
             let notified = freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(sender) = self.pop_idle().await {
-                return Ok(Checkout::H1(sender));
+            if let Some(conn) = self.pop_idle().await {
+                return Ok(Checkout::H1(conn));
             }
             if let Ok(permit) = self.permits.clone().try_acquire_owned() {
                 return self.connect_h1_detached(permit).await.map(Checkout::H1);
@@ -192,54 +198,64 @@ impl TargetPool {
         Ok((sender, permit))
     }
 
-    /// The most recently used idle connection that is still usable.
-    async fn pop_idle(&self) -> Option<H1Sender> {
+    /// The most recently used idle connection that is still usable, one this
+    /// worker thread drives if there is one (no wake-up of another thread).
+    async fn pop_idle(&self) -> Option<H1Conn> {
+        let here = crate::server::worker_index();
         loop {
-            let (mut sender, since) = self.idle.lock().ok()?.pop()?;
-            if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
+            let (mut conn, since) = {
+                let mut idle = self.idle.lock().ok()?;
+                let at = idle.iter().rposition(|(c, _)| c.home == here);
+                let at = at.or(idle.len().checked_sub(1))?;
+                idle.remove(at)
+            };
+            if conn.sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
                 continue;
             }
             // Ready at once unless its last response is still being wound up.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            if conn.sender.ready().await.is_ok() {
+                return Some(conn);
             }
         }
     }
 
     /// Put a connection whose last response was read to the end back on the stack.
-    fn put_idle(&self, sender: H1Sender) {
-        if sender.is_closed() {
+    fn put_idle(&self, conn: H1Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
             // The oldest entries sit at the bottom; drop the expired ones.
             let expired = idle.iter().take_while(|(_, t)| t.elapsed() > IDLE_TIMEOUT).count();
             idle.drain(..expired);
-            idle.push((sender, Instant::now()));
+            idle.push((conn, Instant::now()));
         }
         self.freed.notify_one();
     }
 
     /// Connect in a task of its own: a request cancelled meanwhile (its client
     /// went away) leaves the new connection on the idle stack, not thrown away.
-    async fn connect_h1_detached(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Result<H1Sender, ConnectError> {
+    async fn connect_h1_detached(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Result<H1Conn, ConnectError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let pool = self.clone();
         tokio::spawn(async move {
             let result = pool.connect_h1(permit).await;
-            if let Err(Ok(sender)) = tx.send(result) {
-                pool.put_idle(sender);
+            if let Err(Ok(conn)) = tx.send(result) {
+                pool.put_idle(conn);
             }
         });
         rx.await
             .unwrap_or_else(|_| Err(ConnectError::Refused("the connection attempt was abandoned".into())))
     }
 
-    async fn connect_h1(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Result<H1Sender, ConnectError> {
+    async fn connect_h1(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Result<H1Conn, ConnectError> {
         let io = TokioIo::new(self.stream().await?);
         let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(refused)?;
         self.run(Box::pin(async move { conn.await.map_err(|e| e.to_string()) }), permit);
-        Ok(sender)
+        Ok(H1Conn {
+            sender,
+            home: crate::server::worker_index(),
+        })
     }
 
     async fn checkout_h2(self: &Arc<Self>, deadline: Instant) -> Result<Checkout, ConnectError> {
@@ -408,7 +424,7 @@ impl Drop for StreamGuard {
 /// What an upstream response body keeps of its connection.
 pub enum Lease {
     /// An HTTP/1.1 connection, returned to its pool when the body has ended.
-    H1(Arc<TargetPool>, H1Sender),
+    H1(Arc<TargetPool>, H1Conn),
     H2(StreamGuard),
     /// A connection of its own (an upgrade the upstream declined): closed
     /// with the body, its place in the cap freed.
@@ -457,9 +473,9 @@ impl Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let Some(Lease::H1(pool, sender)) = self.lease.take() {
+        if let Some(Lease::H1(pool, conn)) = self.lease.take() {
             if self.ended || self.inner.is_end_stream() {
-                pool.put_idle(sender);
+                pool.put_idle(conn);
             }
             // Otherwise dropping the sender closes the connection.
         }
@@ -474,8 +490,8 @@ pub async fn send(
     req: Request<ReplayableBody>,
 ) -> Result<http::Response<UpstreamBody>, SendError> {
     match checkout {
-        Checkout::H1(mut sender) => match sender.try_send_request(req).await {
-            Ok(resp) => Ok(resp.map(|b| UpstreamBody::new(b, Lease::H1(pool.clone(), sender)))),
+        Checkout::H1(mut conn) => match conn.sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp.map(|b| UpstreamBody::new(b, Lease::H1(pool.clone(), conn)))),
             Err(mut e) => match e.take_message() {
                 Some(req) => Err(SendError::NotSent(Box::new(req))),
                 None => Err(SendError::Failed(e.into_error())),
@@ -495,4 +511,73 @@ pub enum SendError {
     /// The connection closed before the request went out: safe to resend.
     NotSent(Box<Request<ReplayableBody>>),
     Failed(hyper::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle HTTP/1.1 connection over an in-memory pipe, driven by a task
+    /// of this thread's runtime and said to be driven by worker `home`.
+    async fn connection(home: usize, pipes: &mut Vec<tokio::io::DuplexStream>) -> H1Conn {
+        let (client, server) = tokio::io::duplex(1024);
+        pipes.push(server);
+        let (sender, conn) = http1::handshake(TokioIo::new(client)).await.expect("handshake");
+        tokio::spawn(conn);
+        H1Conn { sender, home }
+    }
+
+    #[tokio::test]
+    async fn a_worker_takes_back_the_connections_it_drives_first() {
+        let authority = Authority::from_static("127.0.0.1:9");
+        let pool = TargetPool::new(
+            authority,
+            false,
+            UpstreamProtocol::Http1,
+            None,
+            Duration::from_secs(1),
+            8,
+        )
+        .expect("pool");
+        let mut pipes = Vec::new();
+        for home in [7, 3, 7, 5] {
+            pool.put_idle(connection(home, &mut pipes).await);
+        }
+        crate::server::become_worker(3);
+        assert_eq!(
+            pool.pop_idle().await.map(|c| c.home),
+            Some(3),
+            "its own, though not on top"
+        );
+        crate::server::become_worker(7);
+        assert_eq!(pool.pop_idle().await.map(|c| c.home), Some(7));
+        // None of its own left: the most recently used of the others.
+        crate::server::become_worker(3);
+        assert_eq!(pool.pop_idle().await.map(|c| c.home), Some(5));
+        assert_eq!(pool.pop_idle().await.map(|c| c.home), Some(7));
+        assert!(pool.pop_idle().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_closed_idle_connection_is_never_handed_out() {
+        let authority = Authority::from_static("127.0.0.1:9");
+        let pool = TargetPool::new(
+            authority,
+            false,
+            UpstreamProtocol::Http1,
+            None,
+            Duration::from_secs(1),
+            8,
+        )
+        .expect("pool");
+        let mut pipes = Vec::new();
+        pool.put_idle(connection(1, &mut pipes).await);
+        pool.put_idle(connection(1, &mut pipes).await);
+        // The upstream closes the most recent one.
+        drop(pipes.pop());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        crate::server::become_worker(1);
+        assert!(pool.pop_idle().await.is_some(), "the older, still open one");
+        assert!(pool.pop_idle().await.is_none());
+    }
 }
