@@ -63,7 +63,8 @@ routes:
   - { name: auth, match: { path: /auth }, upstream: nginx, auth: { scopes: [read] } }
   - { name: public, match: { path: /public }, upstream: nginx, public: true }
 CONF
-# One worker thread, so the count is one thread's work and nothing else's.
+# One thread for the main runtime (accept loop, background tasks); the one
+# connection of a case is served by one HTTPS worker thread.
 RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" \
   "$BIN" run -c "$W/gateway.yaml" 2>"$W/valgrind.log" & PC_PID=$!; PIDS+=($PC_PID)
 for _ in $(seq 300); do curl -skf -o /dev/null "https://$PC/public" && break; sleep 0.2; done
