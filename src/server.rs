@@ -1,6 +1,7 @@
-//! Listeners and connections: accept (bounded by `max_connections`), TLS
-//! handshake, HTTP/1.1 or HTTP/2 by ALPN, idle and header timeouts, and the
-//! graceful drain on shutdown. Requests go to [`crate::proxy::handle`].
+//! Listeners and connections: accept (bounded by `max_connections`), hand
+//! each HTTPS connection to a worker thread (one per core), TLS handshake,
+//! HTTP/1.1 or HTTP/2 by ALPN, idle and header timeouts, and the graceful
+//! drain on shutdown. Requests go to [`crate::proxy::handle`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -273,8 +274,21 @@ struct Workers {
 
 struct WorkerQueue {
     /// Unbounded: what may be in it is bounded by the connection budget.
-    handed: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr, OwnedSemaphorePermit)>,
+    handed: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr, Place)>,
     open: Arc<AtomicUsize>,
+}
+
+/// A connection's place in the connection budget and in its worker's count,
+/// given back however the connection ends.
+struct Place {
+    open: Arc<AtomicUsize>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Workers {
@@ -292,7 +306,7 @@ impl Workers {
             let (handed, connections) = mpsc::unbounded_channel();
             let (stop, stopped) = oneshot::channel::<()>();
             let open = Arc::new(AtomicUsize::new(0));
-            let work = serve_handed(connections, gateway.clone(), shutdown.subscribe(), open.clone());
+            let work = serve_handed(connections, gateway.clone(), shutdown.subscribe());
             std::thread::Builder::new()
                 .name(format!("portcullis-{index}"))
                 .spawn(move || {
@@ -328,9 +342,12 @@ impl Workers {
             Err(e) => return tracing::debug!(client = %peer, error = %e, "cannot hand the connection to a worker"),
         };
         worker.open.fetch_add(1, Ordering::Relaxed);
-        if worker.handed.send((stream, peer, permit)).is_err() {
-            worker.open.fetch_sub(1, Ordering::Relaxed);
-        }
+        let place = Place {
+            open: worker.open.clone(),
+            _permit: permit,
+        };
+        // A worker that has ended gives the place back as the message drops.
+        let _ = worker.handed.send((stream, peer, place));
     }
 }
 
@@ -344,20 +361,18 @@ fn least_busy(count: usize, start: usize, open: impl Fn(usize) -> usize) -> usiz
 /// A worker's life: serve each connection handed to it; once the accept loop
 /// is gone, let the open ones finish (the worker is ended from outside).
 async fn serve_handed(
-    mut handed: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr, OwnedSemaphorePermit)>,
+    mut handed: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr, Place)>,
     gateway: Arc<Gateway>,
     shutdown: watch::Receiver<bool>,
-    open: Arc<AtomicUsize>,
 ) {
-    while let Some((stream, peer, permit)) = handed.recv().await {
-        let (gateway, shutdown, open) = (gateway.clone(), shutdown.clone(), open.clone());
+    while let Some((stream, peer, place)) = handed.recv().await {
+        let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
         tokio::spawn(async move {
             match TcpStream::from_std(stream) {
                 Ok(stream) => serve_https(gateway, stream, peer, shutdown).await,
                 Err(e) => tracing::debug!(client = %peer, error = %e, "worker cannot take the connection"),
             }
-            drop(permit);
-            open.fetch_sub(1, Ordering::Relaxed);
+            drop(place);
         });
     }
     std::future::pending().await
