@@ -250,7 +250,7 @@ thread_local! {
 
 /// The worker thread this code runs on (`usize::MAX` on any other thread):
 /// the upstream pool prefers the connections a worker drives itself.
-pub fn worker_index() -> usize {
+pub(crate) fn worker_index() -> usize {
     WORKER_INDEX.with(|i| i.get())
 }
 

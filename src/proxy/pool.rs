@@ -1,6 +1,7 @@
 //! Connections to one upstream target: HTTP/1.1 keep-alive connections reused
-//! last-in first-out, or a few shared HTTP/2 connections that multiplex, all
-//! under one per-target cap (`upstreams[].max_connections`).
+//! last-in first-out (a worker thread's own first, see [`H1Conn`]), or a few
+//! shared HTTP/2 connections that multiplex, all under one per-target cap
+//! (`upstreams[].max_connections`).
 //!
 //! Why our own pool rather than a generic client: the cap must hold for both
 //! protocols (one client connection may carry a hundred HTTP/2 streams, and
