@@ -528,10 +528,10 @@ mod tests {
         H1Conn { sender, home }
     }
 
-    #[tokio::test]
-    async fn a_worker_takes_back_the_connections_it_drives_first() {
+    /// A pool for a plain-HTTP/1.1 target that is never connected to.
+    fn plain_pool() -> TargetPool {
         let authority = Authority::from_static("127.0.0.1:9");
-        let pool = TargetPool::new(
+        TargetPool::new(
             authority,
             false,
             UpstreamProtocol::Http1,
@@ -539,7 +539,12 @@ mod tests {
             Duration::from_secs(1),
             8,
         )
-        .expect("pool");
+        .expect("pool")
+    }
+
+    #[tokio::test]
+    async fn a_worker_takes_back_the_connections_it_drives_first() {
+        let pool = plain_pool();
         let mut pipes = Vec::new();
         for home in [7, 3, 7, 5] {
             pool.put_idle(connection(home, &mut pipes).await);
@@ -561,16 +566,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_idle_connection_is_never_handed_out() {
-        let authority = Authority::from_static("127.0.0.1:9");
-        let pool = TargetPool::new(
-            authority,
-            false,
-            UpstreamProtocol::Http1,
-            None,
-            Duration::from_secs(1),
-            8,
-        )
-        .expect("pool");
+        let pool = plain_pool();
         let mut pipes = Vec::new();
         pool.put_idle(connection(1, &mut pipes).await);
         pool.put_idle(connection(1, &mut pipes).await);
