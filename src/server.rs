@@ -274,9 +274,13 @@ struct Workers {
 
 struct WorkerQueue {
     /// Unbounded: what may be in it is bounded by the connection budget.
-    handed: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr, Place)>,
+    handed: mpsc::UnboundedSender<Handed>,
     open: Arc<AtomicUsize>,
 }
+
+/// A new connection on its way to a worker: its socket (unregistered, so the
+/// worker's runtime can take it), its client's address and its place.
+type Handed = (std::net::TcpStream, SocketAddr, Place);
 
 /// A connection's place in the connection budget and in its worker's count,
 /// given back however the connection ends.
@@ -361,7 +365,7 @@ fn least_busy(count: usize, start: usize, open: impl Fn(usize) -> usize) -> usiz
 /// A worker's life: serve each connection handed to it; once the accept loop
 /// is gone, let the open ones finish (the worker is ended from outside).
 async fn serve_handed(
-    mut handed: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr, Place)>,
+    mut handed: mpsc::UnboundedReceiver<Handed>,
     gateway: Arc<Gateway>,
     shutdown: watch::Receiver<bool>,
 ) {
