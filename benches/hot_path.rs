@@ -318,8 +318,38 @@ fn bench_rate_limits(c: &mut Criterion) {
     g.finish();
 }
 
+/// The metrics of one answered request (a counter and a duration histogram),
+/// from one thread and from two worker threads at once on the same route.
+fn bench_metrics(c: &mut Criterion) {
+    let route = portcullis::metrics::route("orders");
+    let mut g = c.benchmark_group("metrics_request");
+    g.bench_function("one_thread", |b| {
+        b.iter(|| portcullis::metrics::request(Some(black_box(&*route)), 200, black_box(0.0012)))
+    });
+    // Each iteration is one request on each of two threads.
+    g.bench_function("two_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for worker in 0..2 {
+                    let route = &route;
+                    s.spawn(move || {
+                        portcullis::server::become_worker(worker);
+                        for _ in 0..iters {
+                            portcullis::metrics::request(Some(black_box(&**route)), 200, black_box(0.0012));
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    bench_metrics,
     bench_normalize,
     bench_routes,
     bench_tokens,

@@ -254,8 +254,9 @@ pub(crate) fn worker_index() -> usize {
     WORKER_INDEX.with(|i| i.get())
 }
 
-/// Mark the calling thread as worker `index`.
-pub(crate) fn become_worker(index: usize) {
+/// Mark the calling thread as worker `index` (public for the benchmarks,
+/// which stand in for workers).
+pub fn become_worker(index: usize) {
     WORKER_INDEX.with(|i| i.set(index));
 }
 

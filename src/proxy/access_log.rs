@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use http::{HeaderValue, Method};
 
+use crate::metrics::RouteMetrics;
+
 /// The status logged for a request whose client went away before the answer.
 pub const CLIENT_CLOSED: u16 = 499;
 
@@ -21,7 +23,8 @@ pub struct AccessLog {
     client: SocketAddr,
     method: Method,
     pub path: Option<String>,
-    pub route: Option<Arc<str>>,
+    /// The matched route, whose metrics count this request.
+    pub route: Option<Arc<RouteMetrics>>,
     pub upstream_status: Option<u16>,
     pub subject: Option<String>,
     /// On a monitor-mode route: why enforcement would have refused.
@@ -49,6 +52,10 @@ impl AccessLog {
         &self.request_id
     }
 
+    pub fn route_name(&self) -> Option<&Arc<str>> {
+        self.route.as_ref().map(|r| r.name())
+    }
+
     /// Write the line and the metrics with the gateway's own view of the
     /// status (a gRPC refusal travels as HTTP 200 but is logged as, say, 401).
     pub fn write(&mut self, status: u16) {
@@ -57,14 +64,14 @@ impl AccessLog {
         }
         self.written = true;
         let elapsed = self.started.elapsed();
-        crate::metrics::request(self.route.as_ref(), status, elapsed.as_secs_f64());
+        crate::metrics::request(self.route.as_deref(), status, elapsed.as_secs_f64());
         tracing::info!(
             target: "portcullis::access",
             request_id = self.request_id.to_str().unwrap_or(""),
             client = %self.client,
             method = %self.method,
             path = self.path.as_deref().unwrap_or("-"),
-            route = self.route.as_deref().unwrap_or("-"),
+            route = self.route_name().map_or("-", |n| &**n),
             status,
             upstream_status = self.upstream_status,
             duration_ms = elapsed.as_micros() as f64 / 1000.0,

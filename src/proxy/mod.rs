@@ -76,7 +76,7 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
         }
         Err(e) => {
             // Client faults are routine (debug); upstream failures were logged at warn where they happened.
-            tracing::debug!(error = %e, route = log.route.as_deref(), "request answered by the gateway");
+            tracing::debug!(error = %e, route = log.route_name().map(|n| &**n), "request answered by the gateway");
             let refused_body = matches!(e, GatewayError::PayloadTooLarge);
             status = e.status().as_u16();
             let description = e.description();
@@ -244,7 +244,7 @@ async fn pipeline(
         if let Lookup::Found(i) = snap.routes.find(host_name, &requested, &path) {
             let route = snap.routes.get(i);
             if let Some(p) = route.cors {
-                log.route = Some(snap.routes.shared_name(i));
+                log.route = Some(snap.routes.metrics(i));
                 let policy = &snap.config.cors[p];
                 return crate::cors::answer_preflight(policy, route.methods.as_deref(), &parts.headers, &requested)
                     .map(|r| r.map(Either::Right))
@@ -259,7 +259,7 @@ async fn pipeline(
         Lookup::NotFound => return Err(GatewayError::NotFound),
     };
     let route = snap.routes.get(route_index);
-    log.route = Some(snap.routes.shared_name(route_index));
+    log.route = Some(snap.routes.metrics(route_index));
     *cors_policy = route.cors;
 
     // Authenticate and authorise before anything is sent on.
@@ -279,7 +279,7 @@ async fn pipeline(
                 Err((e, verified)) if rule.monitor => {
                     let reason = crate::auth::failure_reason(&e);
                     log.monitor_denied = Some(reason);
-                    if let Some(route_name) = &log.route {
+                    if let Some(route_name) = log.route_name() {
                         crate::metrics::monitor_denial(route_name, reason);
                     }
                     (verified, token_source)
@@ -302,7 +302,7 @@ async fn pipeline(
             headers: &parts.headers,
             identity: identity.as_deref(),
         };
-        let route_name = log.route.clone().unwrap_or_else(|| route.name.as_str().into());
+        let route_name = log.route_name().cloned().unwrap_or_else(|| route.name.as_str().into());
         // Boxed, like the other large awaits: most routes have no limits, and
         // an inline await would make every request's future carry its state.
         Box::pin(crate::limits::check(
@@ -346,7 +346,7 @@ async fn pipeline(
             .remove::<hyper::upgrade::OnUpgrade>()
             .ok_or(GatewayError::BadRequest("The connection cannot be upgraded."))?;
         let tunnel = crate::tunnel::TunnelLimits::new(
-            log.route.clone().unwrap_or_else(|| "-".into()),
+            log.route_name().cloned().unwrap_or_else(|| "-".into()),
             policy,
             identity.as_ref().map(|i| i.valid_until),
             limits.shutdown_grace,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method};
 
 use crate::config::{PathMatch, Route};
+use crate::metrics::RouteMetrics;
 use crate::routing::template::Segment;
 
 /// The outcome of a lookup.
@@ -29,8 +30,9 @@ pub enum Lookup {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    /// Route names, shared with logs and metrics without copying per request.
-    names: Vec<Arc<str>>,
+    /// Each route's metrics (and its name, shared with the log), so that a
+    /// request counts itself without a lookup.
+    metrics: Vec<Arc<RouteMetrics>>,
     root: Node,
     /// Path templates, in a tree of their own where `{param}` is a branch.
     templates: TemplateNode,
@@ -99,10 +101,10 @@ impl RouteTable {
                 _ => node.exact.push(i),
             }
         }
-        let names = routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
+        let metrics = routes.iter().map(|r| crate::metrics::route(&r.name)).collect();
         RouteTable {
             routes,
-            names,
+            metrics,
             root,
             templates,
         }
@@ -136,8 +138,8 @@ impl RouteTable {
         &self.routes[index]
     }
 
-    pub fn shared_name(&self, index: usize) -> Arc<str> {
-        self.names[index].clone()
+    pub fn metrics(&self, index: usize) -> Arc<RouteMetrics> {
+        self.metrics[index].clone()
     }
 
     pub fn routes(&self) -> &[Route] {
