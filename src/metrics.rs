@@ -234,9 +234,7 @@ fn route_entry(name: &str, configured: bool) -> Arc<RouteMetrics> {
     if let Some(r) = routes.iter().find(|r| &*r.name == name) {
         return r.clone();
     }
-    // As many workers as the server starts, plus one for other threads.
-    let shards = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
-    let r = Arc::new(RouteMetrics::new(name, configured, shards));
+    let r = Arc::new(RouteMetrics::new(name, configured, crate::server::shard_count()));
     routes.push(r.clone());
     r
 }
@@ -271,7 +269,7 @@ pub struct RouteMetrics {
     /// Listed at zero before its first request (a configured route), or only
     /// once counted (`-`, no route matched).
     configured: bool,
-    /// Index 0 for threads other than the workers, then one per worker.
+    /// One per worker, see `server::shard_count`.
     shards: Box<[Shard]>,
     other_statuses: Mutex<BTreeMap<u16, u64>>,
 }
@@ -311,9 +309,7 @@ impl RouteMetrics {
     }
 
     fn record(&self, status: u16, seconds: f64) {
-        // Other threads report usize::MAX, which wraps to shard 0.
-        let worker = crate::server::worker_index().wrapping_add(1);
-        let shard = &self.shards[worker % self.shards.len()];
+        let shard = &self.shards[crate::server::shard_of(crate::server::worker_index()) % self.shards.len()];
         match COMMON_STATUSES.binary_search(&status) {
             Ok(i) => {
                 shard.statuses[i].fetch_add(1, Ordering::Relaxed);

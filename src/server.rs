@@ -254,6 +254,25 @@ pub(crate) fn worker_index() -> usize {
     WORKER_INDEX.with(|i| i.get())
 }
 
+/// How many worker threads serve HTTPS connections: one per core this
+/// process may use (affinity and cgroup quotas count).
+pub(crate) fn worker_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// State that every request touches is split into shards, one per worker
+/// (index 1..) plus shard 0 for every other thread, so that workers do not
+/// pass the same cache lines between cores on each request.
+pub(crate) fn shard_count() -> usize {
+    worker_count() + 1
+}
+
+/// The shard of worker `worker` (see [`shard_count`]); threads other than
+/// the workers have index `usize::MAX`, which wraps to shard 0.
+pub(crate) fn shard_of(worker: usize) -> usize {
+    worker.wrapping_add(1)
+}
+
 /// Mark the calling thread as worker `index` (public for the benchmarks,
 /// which stand in for workers).
 pub fn become_worker(index: usize) {
@@ -303,7 +322,7 @@ impl Workers {
         gateway: &Arc<Gateway>,
         shutdown: &watch::Sender<bool>,
     ) -> std::io::Result<(Workers, Vec<oneshot::Sender<()>>)> {
-        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let count = worker_count();
         let mut queues = Vec::with_capacity(count);
         let mut stops = Vec::with_capacity(count);
         for index in 0..count {

@@ -65,8 +65,10 @@ pub struct TargetPool {
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
     permits: Arc<Semaphore>,
-    /// HTTP/1.1: idle connections, most recently used last.
-    idle: Mutex<Vec<(H1Conn, Instant)>>,
+    /// HTTP/1.1: idle connections, most recently used last, in one stack
+    /// per worker (by the worker that drives each connection), so that
+    /// workers taking and returning their own do not share a lock.
+    idle: Box<[IdleStack]>,
     /// HTTP/2: the open connections, each with its count of streams in flight.
     shared: Mutex<Vec<H2Conn>>,
     /// One HTTP/2 handshake at a time, so a burst shares the new connection.
@@ -74,6 +76,11 @@ pub struct TargetPool {
     /// Woken when a connection goes idle or closes: a waiter may proceed.
     freed: Arc<Notify>,
 }
+
+/// One worker's idle connections, on cache lines of its own.
+#[derive(Default)]
+#[repr(align(128))]
+struct IdleStack(Mutex<Vec<(H1Conn, Instant)>>);
 
 /// An HTTP/1.1 connection and the worker thread that drives its I/O.
 pub struct H1Conn {
@@ -128,7 +135,9 @@ impl TargetPool {
             tls,
             connect_timeout,
             permits: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..crate::server::shard_count())
+                .map(|_| IdleStack::default())
+                .collect(),
             shared: Mutex::new(Vec::new()),
             h2_connecting: tokio::sync::Mutex::new(()),
             freed: Arc::new(Notify::new()),
@@ -146,6 +155,10 @@ impl TargetPool {
         let deadline = Instant::now() + self.connect_timeout;
         if self.protocol.is_http2() {
             return self.checkout_h2(deadline).await;
+        }
+        // The usual case, an idle connection at hand, registers no waiter.
+        if let Some(conn) = self.pop_idle().await {
+            return Ok(Checkout::H1(conn));
         }
         loop {
             // Registered before looking, so a connection freed in between still wakes us.
@@ -179,7 +192,7 @@ impl TargetPool {
                 break permit;
             }
             // An idle connection can be given up for it.
-            if let Some(idle) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            if let Some(idle) = self.idle.iter().find_map(|stack| stack.0.lock().ok()?.pop()) {
                 drop(idle);
                 continue;
             }
@@ -199,17 +212,16 @@ impl TargetPool {
         Ok((sender, permit))
     }
 
-    /// The most recently used idle connection that is still usable, one this
-    /// worker thread drives if there is one (no wake-up of another thread).
+    /// The most recently used idle connection that is still usable: one this
+    /// worker thread drives if there is one (no wake-up of another thread),
+    /// else another worker's.
     async fn pop_idle(&self) -> Option<H1Conn> {
-        let here = crate::server::worker_index();
+        let own = crate::server::shard_of(crate::server::worker_index()) % self.idle.len();
+        let others = (0..self.idle.len()).filter(|&i| i != own);
         loop {
-            let (mut conn, since) = {
-                let mut idle = self.idle.lock().ok()?;
-                let at = idle.iter().rposition(|(c, _)| c.home == here);
-                let at = at.or(idle.len().checked_sub(1))?;
-                idle.remove(at)
-            };
+            let (mut conn, since) = std::iter::once(own)
+                .chain(others.clone())
+                .find_map(|i| self.idle[i].0.lock().ok()?.pop())?;
             if conn.sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
                 continue;
             }
@@ -225,7 +237,8 @@ impl TargetPool {
         if conn.sender.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
+        let home = crate::server::shard_of(conn.home) % self.idle.len();
+        if let Ok(mut idle) = self.idle[home].0.lock() {
             // The oldest entries sit at the bottom; drop the expired ones.
             let expired = idle.iter().take_while(|(_, t)| t.elapsed() > IDLE_TIMEOUT).count();
             idle.drain(..expired);
@@ -557,7 +570,7 @@ mod tests {
         );
         crate::server::become_worker(7);
         assert_eq!(pool.pop_idle().await.map(|c| c.home), Some(7));
-        // None of its own left: the most recently used of the others.
+        // None of its own left: another worker's.
         crate::server::become_worker(3);
         assert_eq!(pool.pop_idle().await.map(|c| c.home), Some(5));
         assert_eq!(pool.pop_idle().await.map(|c| c.home), Some(7));
