@@ -8,16 +8,21 @@
 //! with a cached one. The cache belongs to one configuration snapshot (a reload
 //! starts empty) and an entry is only valid for the key generation of the
 //! provider that verified it (new keys, a removed key: the entry is dropped).
+//!
+//! Each worker thread has a cache of its own: a token many connections send
+//! (one client, one service account) would otherwise put the same map shard
+//! and the same entry under every worker at once, moving their cache lines
+//! between cores on each request. The price is one verification per worker
+//! that sees a token.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
-
-use dashmap::DashMap;
+use std::sync::{Arc, Mutex};
 
 use super::{Caller, ProviderState};
 
-/// Entries kept at most; past it, expired entries and then about half of the
-/// rest are evicted.
+/// Entries each worker keeps at most; past it, expired entries and then about
+/// half of the rest are evicted.
 pub const DEFAULT_CAPACITY: usize = 4096;
 
 pub type CacheKey = [u8; 32];
@@ -35,11 +40,18 @@ pub struct CachedToken {
 
 #[derive(Debug)]
 pub struct TokenCache {
-    entries: DashMap<CacheKey, Arc<CachedToken>>,
+    /// One per worker, see `server::shard_count`.
+    shards: Box<[Shard]>,
+    /// Entries kept at most per shard.
     capacity: usize,
     /// Which half of the key space the next overflow evicts.
     sweep: AtomicU8,
 }
+
+/// One worker's entries, on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(Mutex<HashMap<CacheKey, Arc<CachedToken>>>);
 
 impl Default for TokenCache {
     fn default() -> Self {
@@ -48,12 +60,19 @@ impl Default for TokenCache {
 }
 
 impl TokenCache {
+    /// `capacity` entries in each worker's cache.
     pub fn with_capacity(capacity: usize) -> Self {
         TokenCache {
-            entries: DashMap::new(),
+            shards: (0..crate::server::shard_count()).map(|_| Shard::default()).collect(),
             capacity: capacity.max(1),
             sweep: AtomicU8::new(0),
         }
+    }
+
+    /// The calling worker's entries.
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Arc<CachedToken>>> {
+        let shard = crate::server::shard_of(crate::server::worker_index()) % self.shards.len();
+        self.shards[shard].0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn key(token: &str) -> CacheKey {
@@ -63,40 +82,43 @@ impl TokenCache {
         key
     }
 
+    /// Entries in the calling worker's cache.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries().is_empty()
     }
 
     /// A still-valid entry: not expired, and verified with the provider's
     /// current keys. Stale entries are removed on the way.
     pub fn get(&self, key: &CacheKey, providers: &[Arc<ProviderState>], now: f64) -> Option<Arc<CachedToken>> {
-        let entry = self.entries.get(key).map(|e| e.value().clone())?;
+        let mut entries = self.entries();
+        let entry = entries.get(key)?;
         let current = providers.get(entry.provider).map(|p| p.generation());
         if now >= entry.valid_until || current != Some(entry.generation) {
-            self.entries.remove(key);
+            entries.remove(key);
             return None;
         }
-        Some(entry)
+        Some(entry.clone())
     }
 
     pub fn insert(&self, key: CacheKey, entry: CachedToken, now: f64) {
-        if self.entries.len() >= self.capacity {
-            self.evict(now);
+        let mut entries = self.entries();
+        if entries.len() >= self.capacity {
+            self.evict(&mut entries, now);
         }
-        self.entries.insert(key, Arc::new(entry));
+        entries.insert(key, Arc::new(entry));
     }
 
     /// Drop expired entries; if that frees too little, drop about half, a
     /// different half each time (by the first bit of the key).
-    fn evict(&self, now: f64) {
-        self.entries.retain(|_, e| now < e.valid_until);
-        if self.entries.len() >= self.capacity * 3 / 4 {
+    fn evict(&self, entries: &mut HashMap<CacheKey, Arc<CachedToken>>, now: f64) {
+        entries.retain(|_, e| now < e.valid_until);
+        if entries.len() >= self.capacity * 3 / 4 {
             let bit = self.sweep.fetch_add(1, Ordering::Relaxed) & 1;
-            self.entries.retain(|k, _| k[0] & 1 != bit);
+            entries.retain(|k, _| k[0] & 1 != bit);
         }
     }
 }
