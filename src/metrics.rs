@@ -309,7 +309,7 @@ impl RouteMetrics {
     }
 
     fn record(&self, status: u16, seconds: f64) {
-        let shard = &self.shards[crate::server::shard_of(crate::server::worker_index()) % self.shards.len()];
+        let shard = &self.shards[crate::server::current_shard() % self.shards.len()];
         match COMMON_STATUSES.binary_search(&status) {
             Ok(i) => {
                 shard.statuses[i].fetch_add(1, Ordering::Relaxed);

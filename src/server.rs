@@ -273,6 +273,11 @@ pub(crate) fn shard_of(worker: usize) -> usize {
     worker.wrapping_add(1)
 }
 
+/// The calling thread's shard.
+pub(crate) fn current_shard() -> usize {
+    shard_of(worker_index())
+}
+
 /// Mark the calling thread as worker `index` (public for the benchmarks,
 /// which stand in for workers).
 pub fn become_worker(index: usize) {

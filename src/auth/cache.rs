@@ -71,7 +71,7 @@ impl TokenCache {
 
     /// The calling worker's entries.
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Arc<CachedToken>>> {
-        let shard = crate::server::shard_of(crate::server::worker_index()) % self.shards.len();
+        let shard = crate::server::current_shard() % self.shards.len();
         self.shards[shard].0.lock().unwrap_or_else(|e| e.into_inner())
     }
 

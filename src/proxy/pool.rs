@@ -216,7 +216,7 @@ impl TargetPool {
     /// worker thread drives if there is one (no wake-up of another thread),
     /// else another worker's.
     async fn pop_idle(&self) -> Option<H1Conn> {
-        let own = crate::server::shard_of(crate::server::worker_index()) % self.idle.len();
+        let own = crate::server::current_shard() % self.idle.len();
         let others = (0..self.idle.len()).filter(|&i| i != own);
         loop {
             let (mut conn, since) = std::iter::once(own)
