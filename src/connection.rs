@@ -15,13 +15,15 @@
 //! waiting on the client (it has data, or has not been polled at all): only
 //! the second kind can be stalled by the client, and only it is timed.
 
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
@@ -324,6 +326,8 @@ impl<B> Drop for TrackedBody<B> {
 /// its last exchange ends, or after [`CLOSE_STALL`] stuck on the client.
 pub async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut shutdown: watch::Receiver<bool>) {
     let mut closing: Option<Instant> = None;
+    let watchers = Arc::new(Watchers::default());
+    let watcher_waker = Waker::from(watchers.clone());
     if *shutdown.borrow() {
         conn.as_mut().graceful_shutdown();
         closing = Some(Instant::now());
@@ -373,29 +377,94 @@ pub async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut
         .into_iter()
         .flatten()
         .min();
-        let changed = state.changed.notified();
-        tokio::select! {
-            result = conn.as_mut() => {
+        // Only the connection is polled on every wake-up of the task; these
+        // only once one of them fired (see `Watchers`).
+        let mut changed = pin!(state.changed.notified());
+        let shutdown = &mut shutdown;
+        let watch_shutdown = closing.is_none();
+        let mut shutdown_asked = pin!(async move {
+            match watch_shutdown {
+                true => _ = shutdown.changed().await,
+                false => std::future::pending().await,
+            }
+        });
+        let mut deadline = pin!(sleep_until_some(next));
+        watchers.fired.store(true, Ordering::Relaxed);
+        let woke = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Woke::Ended(result));
+            }
+            if !watchers.fired.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            watchers.task.register(cx.waker());
+            let mut cx = Context::from_waker(&watcher_waker);
+            if changed.as_mut().poll(&mut cx).is_ready() {
+                Poll::Ready(Woke::Changed)
+            } else if shutdown_asked.as_mut().poll(&mut cx).is_ready() {
+                Poll::Ready(Woke::Shutdown)
+            } else if deadline.as_mut().poll(&mut cx).is_ready() {
+                Poll::Ready(Woke::Deadline)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        match woke {
+            Woke::Ended(result) => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
             }
-            _ = changed => {
+            Woke::Changed => {
                 if closing.is_none() && state.too_many_resets.load(Ordering::Acquire) {
-                    tracing::warn!(max = limits.max_stream_resets, "client reset too many HTTP/2 streams; closing the connection");
+                    tracing::warn!(
+                        max = limits.max_stream_resets,
+                        "client reset too many HTTP/2 streams; closing the connection"
+                    );
                     conn.as_mut().graceful_shutdown();
                     closing = Some(Instant::now());
                     state.closing.store(true, Ordering::Release);
                 }
             }
-            _ = shutdown.changed(), if closing.is_none() => {
+            Woke::Shutdown => {
                 conn.as_mut().graceful_shutdown();
                 closing = Some(Instant::now());
                 state.closing.store(true, Ordering::Release);
             }
-            _ = sleep_until_some(next) => {}
+            Woke::Deadline => {}
         }
+    }
+}
+
+/// What ended one wait in [`drive`].
+enum Woke {
+    Ended(Result<(), hyper::Error>),
+    Changed,
+    Shutdown,
+    Deadline,
+}
+
+/// The waker [`drive`] gives the futures that watch a connection (shutdown,
+/// the next deadline, [`ConnState::changed`]): it wakes the connection's task
+/// and records that a watcher fired. A task wakes several times per request
+/// for the connection itself; polling the watchers each time took, among
+/// other things, a lock of the shutdown channel that every connection shares.
+#[derive(Default)]
+struct Watchers {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Watchers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
