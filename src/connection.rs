@@ -102,10 +102,10 @@ pub struct ConnState {
     /// Set by [`drive`] once the connection was asked to close: only then does
     /// the end of an exchange need to wake it.
     closing: AtomicBool,
-    /// Whether [`drive`] has a stall deadline armed.
+    /// Whether [`drive`] will look for a stalled response without being woken.
     stall_armed: AtomicBool,
     /// Wakes [`drive`] to look again: the last exchange ended while closing, a
-    /// body began waiting on the client with no stall deadline armed, or the
+    /// body began waiting on the client with no stall check armed, or the
     /// reset cap was hit.
     changed: Notify,
 }
@@ -340,9 +340,15 @@ pub async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut
             None => limits.send_timeout,
         };
         let stall_deadline = state.stall_deadline(patience);
-        // A response that starts waiting on the client only wakes us when no
-        // stall deadline is armed: the steady state costs no wake-up.
-        state.stall_armed.store(stall_deadline.is_some(), Ordering::Release);
+        // A response that starts waiting on the client wakes us only when no
+        // stall check is armed. On a connection in use one stays armed even
+        // while nothing waits (a short response is often sent before we get
+        // to look): every `patience` we look again, instead of being woken by
+        // every response. A body that starts waiting meanwhile set its
+        // progress mark then, so its deadline is never past a check.
+        let stall_check = stall_deadline
+            .or_else(|| (state.in_flight() > 0 || state.last_activity() + patience > now).then(|| now + patience));
+        state.stall_armed.store(stall_check.is_some(), Ordering::Release);
         if state.head_deadline().is_some_and(|d| d <= now) {
             tracing::debug!("request head not received within header_read_timeout; closing");
             return;
@@ -371,7 +377,7 @@ pub async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut
         let next = [
             closing.is_none().then_some(idle_deadline),
             state.head_deadline(),
-            stall_deadline,
+            stall_check,
             close_deadline,
         ]
         .into_iter()

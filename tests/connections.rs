@@ -1,6 +1,7 @@
 //! The connection layer against clients that never let go: a response never
-//! read (HTTP/1.1 and an HTTP/2 window of 0), idle clients at shutdown that do
-//! not answer a GOAWAY, HTTP/2 rapid reset, and the stream limit.
+//! read (HTTP/1.1, also after many quick ones, and an HTTP/2 window of 0),
+//! idle clients at shutdown that do not answer a GOAWAY, HTTP/2 rapid reset,
+//! and the stream limit.
 
 mod support;
 
@@ -87,6 +88,52 @@ async fn an_http1_client_that_stops_reading_is_cut_off() {
         .await
         .unwrap();
     // Read nothing for a while: socket buffers fill and the gateway stalls.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (out, closed) = read_to_close(&mut tls, Duration::from_secs(10)).await;
+    assert!(closed, "the connection stayed open");
+    assert!(out.starts_with("HTTP/1.1 200"), "{}", &out[..out.len().min(200)]);
+    assert!(
+        out.len() < total,
+        "the whole body was sent: the client was never cut off"
+    );
+}
+
+/// The stall check is armed ahead of time on a connection in use (so that
+/// short responses cost no wake-up): a response that stalls after many quick
+/// ones must still be cut off after `send_timeout`, not later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_response_after_quick_ones_is_cut_off_in_time() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = TestGateway::start(&config(
+        &up,
+        r#"  send_timeout: 500ms
+  idle_timeout: 30s
+"#,
+    ))
+    .await;
+    let tls = gw.raw().await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn.without_shutdown());
+    for _ in 0..50 {
+        sender.ready().await.unwrap();
+        let req = http::Request::get("/x")
+            .header("host", "localhost")
+            .header("x-test", "stream:100")
+            .body(Full::default())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+    }
+    drop(sender);
+    // The same connection, back from the client: now a response it never reads.
+    let mut tls = conn.await.unwrap().unwrap().io.into_inner();
+    let total = 200_000_000;
+    tls.write_all(format!("GET /big HTTP/1.1\r\nHost: localhost\r\nx-test: stream:{total}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (out, closed) = read_to_close(&mut tls, Duration::from_secs(10)).await;
     assert!(closed, "the connection stayed open");
