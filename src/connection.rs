@@ -344,8 +344,8 @@ pub async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut
         // stall check is armed. On a connection in use one stays armed even
         // while nothing waits (a short response is often sent before we get
         // to look): every `patience` we look again, instead of being woken by
-        // every response. A body that starts waiting meanwhile set its
-        // progress mark then, so its deadline is never past a check.
+        // every response. A body that starts waiting meanwhile sets its
+        // progress mark then, so it cannot be due before that check.
         let stall_check = stall_deadline
             .or_else(|| (state.in_flight() > 0 || state.last_activity() + patience > now).then(|| now + patience));
         state.stall_armed.store(stall_check.is_some(), Ordering::Release);
