@@ -102,11 +102,13 @@ pub struct ConnState {
     /// Set by [`drive`] once the connection was asked to close: only then does
     /// the end of an exchange need to wake it.
     closing: AtomicBool,
+    /// Whether [`drive`] will look for a late request head without being woken.
+    head_armed: AtomicBool,
     /// Whether [`drive`] will look for a stalled response without being woken.
     stall_armed: AtomicBool,
     /// Wakes [`drive`] to look again: the last exchange ended while closing, a
-    /// body began waiting on the client with no stall check armed, or the
-    /// reset cap was hit.
+    /// request head or a body waiting on the client began with no check for
+    /// it armed, or the reset cap was hit.
     changed: Notify,
 }
 
@@ -129,6 +131,7 @@ impl ConnState {
             resets: AtomicU32::new(0),
             too_many_resets: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            head_armed: AtomicBool::new(false),
             stall_armed: AtomicBool::new(false),
             changed: Notify::new(),
         }
@@ -144,6 +147,9 @@ impl ConnState {
         if self.in_flight.load(Ordering::Acquire) == 0 && self.head_deadline.load(Ordering::Acquire) == 0 {
             self.head_deadline
                 .store(now + self.header_read_timeout_ms, Ordering::Release);
+            if !self.head_armed.load(Ordering::Acquire) {
+                self.changed.notify_one();
+            }
         }
     }
 
@@ -340,16 +346,23 @@ pub async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut
             None => limits.send_timeout,
         };
         let stall_deadline = state.stall_deadline(patience);
-        // A response that starts waiting on the client wakes us only when no
-        // stall check is armed. On a connection in use one stays armed even
-        // while nothing waits (a short response is often sent before we get
-        // to look): every `patience` we look again, instead of being woken by
-        // every response. A body that starts waiting meanwhile sets its
-        // progress mark then, so it cannot be due before that check.
-        let stall_check = stall_deadline
-            .or_else(|| (state.in_flight() > 0 || state.last_activity() + patience > now).then(|| now + patience));
+        let head_deadline = state.head_deadline();
+        // A request head, or a response that starts waiting on the client,
+        // wakes us only when no check for it is armed. On a connection in use
+        // both stay armed even while nothing is pending (a request is often
+        // answered before we get to look): we look again every timeout,
+        // instead of being woken twice per request. A head or a body that
+        // starts meanwhile is timed from then, so it cannot be due before
+        // that check.
+        let in_use = |window: Duration| state.in_flight() > 0 || state.last_activity() + window > now;
+        let head_check = head_deadline.or_else(|| {
+            let timeout = limits.header_read_timeout;
+            (state.http1 && closing.is_none() && in_use(timeout)).then(|| now + timeout)
+        });
+        let stall_check = stall_deadline.or_else(|| in_use(patience).then(|| now + patience));
+        state.head_armed.store(head_check.is_some(), Ordering::Release);
         state.stall_armed.store(stall_check.is_some(), Ordering::Release);
-        if state.head_deadline().is_some_and(|d| d <= now) {
+        if head_deadline.is_some_and(|d| d <= now) {
             tracing::debug!("request head not received within header_read_timeout; closing");
             return;
         }
@@ -376,7 +389,7 @@ pub async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut
         // re-checked above when it fires.
         let next = [
             closing.is_none().then_some(idle_deadline),
-            state.head_deadline(),
+            head_check,
             stall_check,
             close_deadline,
         ]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 use support::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn simple(up: &RecordingUpstream, tls_extra: &str, extra: &str) -> String {
     format!(
@@ -170,6 +170,40 @@ async fn slow_request_heads_are_cut_off() {
     assert!(closed, "a half-sent head must not hold the connection");
     assert!(started.elapsed() < Duration::from_secs(4));
     assert!(up.requests().is_empty());
+}
+
+/// The same on a keep-alive connection that has already served a request:
+/// the next head is timed from its first byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_second_head_is_cut_off() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = TestGateway::start(&simple(
+        &up,
+        "",
+        r#"limits:
+  header_read_timeout: 500ms
+  idle_timeout: 30s
+"#,
+    ))
+    .await;
+    let mut s = gw.raw().await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut first = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&first).contains("\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the first response");
+        first.extend_from_slice(&buf[..n]);
+    }
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    // Past the first head's deadline, so that nothing armed for it is left.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: local").await.unwrap();
+    let started = std::time::Instant::now();
+    let (_, closed) = read_to_close(&mut s, Duration::from_secs(10)).await;
+    assert!(closed, "a half-sent second head must not hold the connection");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert_eq!(up.requests().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
