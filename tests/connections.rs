@@ -32,19 +32,34 @@ routes:
     )
 }
 
+/// `send_timeout` and `idle_timeout` for the stall tests.
+const STALL_LIMITS: &str = "  send_timeout: 500ms\n  idle_timeout: 30s\n";
+
+/// Ask for a large body on `tls` and read nothing for a while (socket
+/// buffers fill and the gateway stalls): the gateway must close the
+/// connection before it has sent the whole body.
+async fn assert_cut_off_when_not_reading(mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>) {
+    let total = 200_000_000;
+    tls.write_all(format!("GET /big HTTP/1.1\r\nHost: localhost\r\nx-test: stream:{total}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (out, closed) = read_to_close(&mut tls, Duration::from_secs(10)).await;
+    assert!(closed, "the connection stayed open");
+    assert!(out.starts_with("HTTP/1.1 200"), "{}", &out[..out.len().min(200)]);
+    assert!(
+        out.len() < total,
+        "the whole body was sent: the client was never cut off"
+    );
+}
+
 /// The HTTP/2 connection preface and an empty SETTINGS frame.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http2_client_with_a_zero_window_is_cut_off() {
     let up = RecordingUpstream::start("app").await;
-    let gw = TestGateway::start(&config(
-        &up,
-        r#"  send_timeout: 500ms
-  idle_timeout: 30s
-"#,
-    ))
-    .await;
+    let gw = TestGateway::start(&config(&up, STALL_LIMITS)).await;
     let tls = raw_tls(gw.addr, &gw.cert, &[b"h2"]).await;
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(0)
@@ -75,27 +90,8 @@ async fn an_http2_client_with_a_zero_window_is_cut_off() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http1_client_that_stops_reading_is_cut_off() {
     let up = RecordingUpstream::start("app").await;
-    let gw = TestGateway::start(&config(
-        &up,
-        r#"  send_timeout: 500ms
-  idle_timeout: 30s
-"#,
-    ))
-    .await;
-    let total = 200_000_000;
-    let mut tls = gw.raw().await;
-    tls.write_all(format!("GET /big HTTP/1.1\r\nHost: localhost\r\nx-test: stream:{total}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    // Read nothing for a while: socket buffers fill and the gateway stalls.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (out, closed) = read_to_close(&mut tls, Duration::from_secs(10)).await;
-    assert!(closed, "the connection stayed open");
-    assert!(out.starts_with("HTTP/1.1 200"), "{}", &out[..out.len().min(200)]);
-    assert!(
-        out.len() < total,
-        "the whole body was sent: the client was never cut off"
-    );
+    let gw = TestGateway::start(&config(&up, STALL_LIMITS)).await;
+    assert_cut_off_when_not_reading(gw.raw().await).await;
 }
 
 /// The stall check is armed ahead of time on a connection in use (so that
@@ -104,13 +100,7 @@ async fn an_http1_client_that_stops_reading_is_cut_off() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_response_after_quick_ones_is_cut_off_in_time() {
     let up = RecordingUpstream::start("app").await;
-    let gw = TestGateway::start(&config(
-        &up,
-        r#"  send_timeout: 500ms
-  idle_timeout: 30s
-"#,
-    ))
-    .await;
+    let gw = TestGateway::start(&config(&up, STALL_LIMITS)).await;
     let tls = gw.raw().await;
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
         .await
@@ -129,19 +119,7 @@ async fn a_stalled_response_after_quick_ones_is_cut_off_in_time() {
     }
     drop(sender);
     // The same connection, back from the client: now a response it never reads.
-    let mut tls = conn.await.unwrap().unwrap().io.into_inner();
-    let total = 200_000_000;
-    tls.write_all(format!("GET /big HTTP/1.1\r\nHost: localhost\r\nx-test: stream:{total}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (out, closed) = read_to_close(&mut tls, Duration::from_secs(10)).await;
-    assert!(closed, "the connection stayed open");
-    assert!(out.starts_with("HTTP/1.1 200"), "{}", &out[..out.len().min(200)]);
-    assert!(
-        out.len() < total,
-        "the whole body was sent: the client was never cut off"
-    );
+    assert_cut_off_when_not_reading(conn.await.unwrap().unwrap().io.into_inner()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
