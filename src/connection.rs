@@ -153,6 +153,27 @@ impl ConnState {
         }
     }
 
+    /// HTTP/2: after a read, `frames` tells whether a request head (or a
+    /// frame but DATA) is partly received, and `ended` whether a partial one
+    /// was completed by this read (so a partial one now is a new one). Until
+    /// the first request head is complete, the deadline set at accept stands.
+    fn on_h2_read(&self, frames: &FrameScan, ended: bool) {
+        if !frames.first_head_done {
+            return;
+        }
+        if frames.partial() {
+            if ended || self.head_deadline.load(Ordering::Acquire) == 0 {
+                self.head_deadline
+                    .store(now_ms() + self.header_read_timeout_ms, Ordering::Release);
+                if !self.head_armed.load(Ordering::Acquire) {
+                    self.changed.notify_one();
+                }
+            }
+        } else if self.head_deadline.load(Ordering::Acquire) != 0 {
+            self.head_deadline.store(0, Ordering::Release);
+        }
+    }
+
     fn on_write(&self) {
         if self.http1 {
             let now = now_ms();
@@ -211,8 +232,11 @@ pub struct Exchange {
 impl Exchange {
     pub fn begin(state: &Arc<ConnState>) -> Self {
         state.in_flight.fetch_add(1, Ordering::AcqRel);
-        state.head_deadline.store(0, Ordering::Release);
-        if !state.http1 {
+        if state.http1 {
+            state.head_deadline.store(0, Ordering::Release);
+        } else {
+            // The HTTP/2 head deadline follows the frames (`FrameScan`): by
+            // now the next stream's head may already be half received.
             state.last_activity.store(now_ms(), Ordering::Relaxed);
         }
         Exchange {
@@ -357,7 +381,7 @@ pub async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut
         let in_use = |window: Duration| state.in_flight() > 0 || state.last_activity() + window > now;
         let head_check = head_deadline.or_else(|| {
             let timeout = limits.header_read_timeout;
-            (state.http1 && closing.is_none() && in_use(timeout)).then(|| now + timeout)
+            (closing.is_none() && in_use(timeout)).then(|| now + timeout)
         });
         let stall_check = stall_deadline.or_else(|| in_use(patience).then(|| now + patience));
         state.head_armed.store(head_check.is_some(), Ordering::Release);
@@ -514,11 +538,14 @@ fn at_ms(ms: u64) -> Instant {
 pub struct Tracked<T> {
     inner: T,
     state: Arc<ConnState>,
+    /// HTTP/2 only: where the client's bytes are, frame by frame.
+    frames: Option<Box<FrameScan>>,
 }
 
 impl<T> Tracked<T> {
     pub fn new(inner: T, state: Arc<ConnState>) -> Self {
-        Tracked { inner, state }
+        let frames = (!state.http1).then(|| Box::new(FrameScan::new()));
+        Tracked { inner, state, frames }
     }
 }
 
@@ -527,9 +554,124 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.state.on_read();
+            let this = &mut *self;
+            match &mut this.frames {
+                None => this.state.on_read(),
+                Some(frames) => frames.read(&buf.filled()[before..], &this.state),
+            }
         }
         res
+    }
+}
+
+/// Follows an HTTP/2 client's bytes frame by frame, far enough to see when a
+/// request head is partly received: a header block (HEADERS and its
+/// CONTINUATIONs) begun and not complete, or any other frame but DATA cut
+/// short (all small, and sent whole by a client that is not stalling on
+/// purpose). DATA payloads are request bodies, which may well arrive slowly.
+/// hyper and h2 do not time a head, so without this a client could dribble
+/// one for as long as `idle_timeout`.
+struct FrameScan {
+    /// Bytes of the client's connection preface still to come.
+    preface_left: usize,
+    /// The frame header being received, and how much of it has arrived.
+    header: [u8; FRAME_HEADER_LEN],
+    header_len: usize,
+    /// Payload bytes of the current frame still to come.
+    payload_left: usize,
+    /// Whether the current frame is DATA.
+    data: bool,
+    /// Whether the current frame ends its header block (END_HEADERS).
+    ends_block: bool,
+    /// Inside a header block: more CONTINUATION frames are due.
+    in_block: bool,
+    /// Whether a whole header block has been received: the first request
+    /// head is timed from the accept instead.
+    first_head_done: bool,
+}
+
+const FRAME_HEADER_LEN: usize = 9;
+const PREFACE_LEN: usize = 24;
+const FRAME_DATA: u8 = 0x0;
+const FRAME_HEADERS: u8 = 0x1;
+const FRAME_CONTINUATION: u8 = 0x9;
+const FLAG_END_HEADERS: u8 = 0x4;
+
+impl FrameScan {
+    fn new() -> Self {
+        FrameScan {
+            preface_left: PREFACE_LEN,
+            header: [0; FRAME_HEADER_LEN],
+            header_len: 0,
+            payload_left: 0,
+            data: false,
+            ends_block: false,
+            in_block: false,
+            first_head_done: false,
+        }
+    }
+
+    /// Follow bytes just read and tell the connection.
+    fn read(&mut self, bytes: &[u8], state: &ConnState) {
+        let ended = self.scan(bytes);
+        state.on_h2_read(self, ended);
+    }
+
+    /// Whether a head (or a frame but DATA) is partly received.
+    fn partial(&self) -> bool {
+        self.header_len > 0 || self.in_block || (self.payload_left > 0 && !self.data)
+    }
+
+    /// Follow the next bytes the client sent; true if a partly received head
+    /// was completed among them.
+    fn scan(&mut self, mut bytes: &[u8]) -> bool {
+        let preface = self.preface_left.min(bytes.len());
+        self.preface_left -= preface;
+        bytes = &bytes[preface..];
+        let mut ended = false;
+        while !bytes.is_empty() {
+            let was_partial = self.partial();
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len());
+                self.payload_left -= n;
+                bytes = &bytes[n..];
+                if self.payload_left == 0 {
+                    self.frame_done();
+                }
+            } else {
+                let n = (FRAME_HEADER_LEN - self.header_len).min(bytes.len());
+                self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+                self.header_len += n;
+                bytes = &bytes[n..];
+                if self.header_len == FRAME_HEADER_LEN {
+                    self.frame_header_done();
+                }
+            }
+            ended |= was_partial && !self.partial();
+        }
+        ended
+    }
+
+    fn frame_header_done(&mut self) {
+        let [l0, l1, l2, kind, flags, ..] = self.header;
+        self.header_len = 0;
+        self.payload_left = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+        self.data = kind == FRAME_DATA;
+        self.ends_block = matches!(kind, FRAME_HEADERS | FRAME_CONTINUATION) && flags & FLAG_END_HEADERS != 0;
+        if kind == FRAME_HEADERS {
+            self.in_block = true;
+        }
+        if self.payload_left == 0 {
+            self.frame_done();
+        }
+    }
+
+    fn frame_done(&mut self) {
+        if self.ends_block {
+            self.in_block = false;
+            self.ends_block = false;
+            self.first_head_done = true;
+        }
     }
 }
 
@@ -564,5 +706,109 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// The preface, an empty SETTINGS frame and a whole first request head.
+    fn opening() -> Vec<u8> {
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(0x4, 0, 0, &[]));
+        bytes.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS | 0x1, 1, &[0x82, 0x87, 0x84]));
+        bytes
+    }
+
+    #[test]
+    fn a_whole_first_head_leaves_nothing_partial() {
+        let mut scan = FrameScan::new();
+        assert!(scan.scan(&opening()));
+        assert!(scan.first_head_done);
+        assert!(!scan.partial());
+    }
+
+    #[test]
+    fn the_first_head_is_not_done_before_its_last_byte() {
+        let bytes = opening();
+        let mut scan = FrameScan::new();
+        scan.scan(&bytes[..bytes.len() - 1]);
+        assert!(!scan.first_head_done);
+        assert!(scan.partial());
+        assert!(scan.scan(&bytes[bytes.len() - 1..]));
+        assert!(scan.first_head_done && !scan.partial());
+    }
+
+    #[test]
+    fn a_header_block_is_partial_until_its_end_headers() {
+        let mut scan = FrameScan::new();
+        scan.scan(&opening());
+        assert!(!scan.scan(&frame(FRAME_HEADERS, 0, 3, &[0x82, 0x87])));
+        assert!(scan.partial(), "HEADERS without END_HEADERS");
+        assert!(!scan.scan(&frame(FRAME_CONTINUATION, 0, 3, &[0x84])));
+        assert!(scan.partial(), "CONTINUATION without END_HEADERS");
+        assert!(scan.scan(&frame(FRAME_CONTINUATION, FLAG_END_HEADERS, 3, &[])));
+        assert!(!scan.partial());
+    }
+
+    #[test]
+    fn a_slow_request_body_is_not_a_partial_head() {
+        let mut scan = FrameScan::new();
+        scan.scan(&opening());
+        let data = frame(FRAME_DATA, 0, 1, &[7; 1000]);
+        scan.scan(&data[..5]);
+        assert!(scan.partial(), "a frame header cut short");
+        assert!(scan.scan(&data[5..100]));
+        assert!(!scan.partial(), "half a DATA payload");
+        assert!(!scan.scan(&data[100..]));
+        assert!(!scan.partial());
+    }
+
+    #[test]
+    fn other_frames_cut_short_are_partial() {
+        let mut scan = FrameScan::new();
+        scan.scan(&opening());
+        let ping = frame(0x6, 0, 0, &[1; 8]);
+        scan.scan(&ping[..12]);
+        assert!(scan.partial());
+        assert!(scan.scan(&ping[12..]));
+        assert!(!scan.partial());
+    }
+
+    #[test]
+    fn byte_at_a_time_ends_where_whole_reads_end() {
+        let mut bytes = opening();
+        bytes.extend(frame(FRAME_DATA, 0x1, 1, b"body"));
+        bytes.extend(frame(FRAME_HEADERS, 0, 3, &[0x82]));
+        bytes.extend(frame(FRAME_CONTINUATION, FLAG_END_HEADERS, 3, &[0x84]));
+        let mut whole = FrameScan::new();
+        whole.scan(&bytes);
+        let mut dribbled = FrameScan::new();
+        let mut partial_at = Vec::new();
+        for (i, b) in bytes.iter().enumerate() {
+            dribbled.scan(std::slice::from_ref(b));
+            if dribbled.partial() {
+                partial_at.push(i);
+            }
+        }
+        assert!(!whole.partial() && !dribbled.partial());
+        assert!(whole.first_head_done && dribbled.first_head_done);
+        // Never partial inside the DATA payload: the 4 body bytes after
+        // the opening and DATA's frame header.
+        let body = opening().len() + FRAME_HEADER_LEN;
+        assert!((body..body + 4).all(|i| !partial_at.contains(&i)));
+        assert!(partial_at.contains(&(body + 4)), "the next frame header");
     }
 }

@@ -195,6 +195,98 @@ async fn a_slow_second_head_is_cut_off() {
     assert_eq!(up.requests().len(), 1);
 }
 
+/// An HTTP/2 frame: its 9-byte header, then the payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The HPACK block of `GET /` (or `POST /`) for `localhost`, from the static table.
+fn h2_head(post: bool) -> Vec<u8> {
+    let mut block = vec![if post { 0x83 } else { 0x82 }, 0x87, 0x84, 0x41, 9];
+    block.extend_from_slice(b"localhost");
+    block
+}
+
+const H2_HEADERS: u8 = 0x1;
+const H2_END_STREAM: u8 = 0x1;
+const H2_END_HEADERS: u8 = 0x4;
+
+/// Read frames until one of `kind` arrives with `flags` set; its payload.
+async fn h2_await_frame(
+    s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    kind: u8,
+    flags: u8,
+) -> Vec<u8> {
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).await.unwrap();
+        let mut payload = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+        s.read_exact(&mut payload).await.unwrap();
+        if head[3] == kind && head[4] & flags == flags {
+            return payload;
+        }
+    }
+}
+
+/// An HTTP/2 connection that has served one request and then been quiet for
+/// longer than the head deadline (of the slow-head tests' limits).
+async fn h2_after_one_request(gw: &TestGateway) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut s = raw_tls(gw.addr, &gw.cert, &[b"h2"]).await;
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    hello.extend(h2_frame(H2_HEADERS, H2_END_HEADERS | H2_END_STREAM, 1, &h2_head(false)));
+    s.write_all(&hello).await.unwrap();
+    let status = h2_await_frame(&mut s, H2_HEADERS, 0).await;
+    assert_eq!(status[0], 0x88, "HPACK :status 200");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Quiet is not a late head: the connection still answers a PING.
+    s.write_all(&h2_frame(0x6, 0, 0, &[7; 8])).await.unwrap();
+    h2_await_frame(&mut s, 0x6, 0x1).await;
+    s
+}
+
+/// HTTP/2 heads after the first are timed too: a header block that never
+/// ends (HEADERS without END_HEADERS), and a frame header cut short.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_http2_heads_are_cut_off() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = TestGateway::start(&simple(&up, "", SLOW_HEAD_LIMITS)).await;
+    let unfinished_block = h2_frame(H2_HEADERS, H2_END_STREAM, 3, &h2_head(false));
+    let half_frame_header = h2_frame(H2_HEADERS, H2_END_HEADERS | H2_END_STREAM, 3, &h2_head(false))[..5].to_vec();
+    for partial in [unfinished_block, half_frame_header] {
+        let mut s = h2_after_one_request(&gw).await;
+        s.write_all(&partial).await.unwrap();
+        let started = std::time::Instant::now();
+        let (_, closed) = read_to_close(&mut s, Duration::from_secs(10)).await;
+        assert!(closed, "a half-sent HTTP/2 head must not hold the connection");
+        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    }
+    assert_eq!(up.requests().len(), 2);
+}
+
+/// A request body is not a head: HTTP/2 DATA may come slowly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_http2_body_is_not_a_slow_head() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = TestGateway::start(&simple(&up, "", SLOW_HEAD_LIMITS)).await;
+    let mut s = h2_after_one_request(&gw).await;
+    s.write_all(&h2_frame(H2_HEADERS, H2_END_HEADERS, 3, &h2_head(true)))
+        .await
+        .unwrap();
+    let data = h2_frame(0x0, H2_END_STREAM, 3, b"a slow body");
+    s.write_all(&data[..12]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    s.write_all(&data[12..]).await.unwrap();
+    let status = h2_await_frame(&mut s, H2_HEADERS, 0).await;
+    assert_eq!(status[0], 0x88, "HPACK :status 200");
+    assert_eq!(up.requests().len(), 2);
+    assert_eq!(up.requests()[1].body_len, b"a slow body".len());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn keep_alive_outlives_header_timeout_but_not_idle_timeout() {
     let up = RecordingUpstream::start("app").await;
