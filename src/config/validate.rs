@@ -131,9 +131,10 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         return Err(ctx.err("routes", "no routes are defined; every request would be answered 404"));
     }
     let mut routes: Vec<Route> = Vec::new();
+    let mut names = std::collections::HashSet::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let route = super::route::validate_route(&mut ctx, i, r, &upstreams, &providers, &cors, &rate_limits)?;
-        if routes.iter().any(|other| other.name == route.name) {
+        if !names.insert(route.name.clone()) {
             return Err(ctx.err(
                 format!("routes[{i}]"),
                 format!("the name {:?} is used twice; route names must be unique", route.name),
