@@ -142,8 +142,9 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         }
         routes.push(route);
     }
+    let index = crate::routing::table::PathIndex::new(&routes);
     for (i, route) in routes.iter().enumerate() {
-        if let Some(earlier) = routes[..i].iter().find(|earlier| super::route::covers(earlier, route)) {
+        if let Some(earlier) = super::route::shadowed_by(&index, &routes, i) {
             ctx.warnings.push(format!(
                 "route {:?} can never match: the earlier route {:?} matches every request it would",
                 route.name, earlier.name
@@ -151,7 +152,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         }
     }
 
-    super::route::warn_trailing_slash_fallthrough(&mut ctx, &routes);
+    super::route::warn_trailing_slash_fallthrough(&mut ctx, &routes, &index);
 
     let config = Config {
         source: file.to_path_buf(),

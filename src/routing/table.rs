@@ -33,6 +33,14 @@ pub struct RouteTable {
     /// Each route's metrics (and its name, shared with the log), so that a
     /// request counts itself without a lookup.
     metrics: Vec<Arc<RouteMetrics>>,
+    index: PathIndex,
+}
+
+/// Which routes' paths match a path, by route index. Also used when a
+/// configuration is checked, to find shadowed routes without comparing
+/// every pair.
+#[derive(Debug, Clone, Default)]
+pub struct PathIndex {
     root: Node,
     /// Path templates, in a tree of their own where `{param}` is a branch.
     templates: TemplateNode,
@@ -79,8 +87,8 @@ fn segments(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|s| !s.is_empty())
 }
 
-impl RouteTable {
-    pub fn new(routes: Vec<Route>) -> Self {
+impl PathIndex {
+    pub fn new(routes: &[Route]) -> Self {
         let mut root = Node::default();
         let mut templates = TemplateNode::default();
         for (i, r) in routes.iter().enumerate() {
@@ -101,17 +109,12 @@ impl RouteTable {
                 _ => node.exact.push(i),
             }
         }
-        let metrics = routes.iter().map(|r| crate::metrics::route(&r.name)).collect();
-        RouteTable {
-            routes,
-            metrics,
-            root,
-            templates,
-        }
+        PathIndex { root, templates }
     }
 
-    /// Call `f` with every route whose path matches `path` (not in file order).
-    fn for_each_path_match(&self, path: &str, mut f: impl FnMut(usize)) {
+    /// Call `f` with every route whose path matches `path` (not in file
+    /// order). `routes` are the ones the index was built from.
+    pub fn for_each_path_match(&self, routes: &[Route], path: &str, mut f: impl FnMut(usize)) {
         let mut node = &self.root;
         node.prefix.iter().for_each(|&i| f(i));
         // A normalised path has no empty segment but a trailing one (`/a/`), which no child has.
@@ -125,13 +128,25 @@ impl RouteTable {
             }
         }
         for &i in &node.exact {
-            if matches!(&self.routes[i].path, PathMatch::Exact(p) if p == path) {
+            if matches!(&routes[i].path, PathMatch::Exact(p) if p == path) {
                 f(i);
             }
         }
         if let Some(rest) = path.strip_prefix('/') {
             self.templates.each_match(rest.split('/'), &mut f);
         }
+    }
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        let index = PathIndex::new(&routes);
+        let metrics = routes.iter().map(|r| crate::metrics::route(&r.name)).collect();
+        RouteTable { routes, metrics, index }
+    }
+
+    fn for_each_path_match(&self, path: &str, f: impl FnMut(usize)) {
+        self.index.for_each_path_match(&self.routes, path, f);
     }
 
     pub fn get(&self, index: usize) -> &Route {
