@@ -255,9 +255,12 @@ pub(crate) fn worker_index() -> usize {
 }
 
 /// How many worker threads serve HTTPS connections: one per core this
-/// process may use (affinity and cgroup quotas count).
+/// process may use (affinity and cgroup quotas count). Decided once: the
+/// per-worker shards made at every reload must match the workers started,
+/// and asking reads cgroup files (once per route, per load, before).
 pub(crate) fn worker_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// State that every request touches is split into shards, one per worker
