@@ -233,3 +233,31 @@ fn version_and_completions() {
     let out = portcullis().args(["completions", "powershellx"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Text logs carry no colour codes when stderr is not a terminal (a file,
+/// `docker logs`, the journal).
+#[test]
+fn text_logs_to_a_pipe_have_no_escape_codes() {
+    let mut child = portcullis()
+        .args(["demo", "--port", "0"])
+        .env_remove("PORTCULLIS_LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("listening") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("the demo logs `listening`");
+    assert!(line.contains("INFO") && !line.contains('\x1b'), "{line:?}");
+}
