@@ -154,22 +154,34 @@ fn config_path(cli: &Cli) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("gateway.yaml"))
 }
 
-fn init_tracing() {
+/// Logs go to stderr from a thread of their own: a worker formats its line
+/// and hands it over, and the writer thread writes whatever has queued up in
+/// one go, so that a busy gateway makes one write per batch, not per request.
+/// Lines are never dropped: a writer that falls behind slows the workers
+/// down. The returned guard flushes what is queued when dropped.
+fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("PORTCULLIS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     // Colours only for a person at a terminal: in a file, `docker logs` or
     // the journal, escape codes are noise (journalctl shows "[blob data]").
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // 8,192 queued lines (~2.5 MB) is a fraction of a second at full load.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(8192)
+        .thread_name("portcullis-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
     }
+    guard
 }
 
 fn main() -> ExitCode {
@@ -345,12 +357,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn demo(port: u16) -> ExitCode {
-    init_tracing();
+    let log = init_tracing();
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(portcullis::demo::run(port)) {
+    let result = runtime.block_on(portcullis::demo::run(port));
+    drop(log);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -420,12 +434,15 @@ fn token(args: TokenArgs) -> Result<Vec<String>, String> {
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    init_tracing();
+    let log = init_tracing();
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(portcullis::run(path, |_| {})) {
+    let result = runtime.block_on(portcullis::run(path, |_| {}));
+    // What is still queued comes before the last word.
+    drop(log);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", portcullis::one_line(&e));
