@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmark: Portcullis against HAProxy (TLS only, and TLS + jwt_verify) and
 # nginx (TLS proxy), all in front of the same nginx upstream on loopback. Prints
-# one table, then the cost of rate limits and the memory of idle connections.
+# one table, then the cost of rate limits and of the access log, and the memory of
+# idle connections.
 #
 #   bench/run.sh           full run (3 alternating rounds, 10 s per row; about 20 minutes)
 #   bench/run.sh --quick   1 round, 1 s per row, fewer tokens and idle connections (< 1 minute)
@@ -37,6 +38,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 UP=127.0.0.1:18080 PC=127.0.0.1:18443 PC_ADMIN=127.0.0.1:19901 HA=127.0.0.1:18444 HAJ=127.0.0.1:18445
+PCL=127.0.0.1:18447 PCL_ADMIN=127.0.0.1:19902
 NG=127.0.0.1:18446 REDIS_PORT=16379
 
 # Keys, certificate (ECDSA P-256, the cheapest safe handshake), tokens, a 1 MiB body.
@@ -132,6 +134,11 @@ routes:
   - { name: limited-redis, match: { path: /limited-redis }, upstream: nginx, public: true, rate_limits: [shared] }
 CONF
 RUST_LOG=warn "$BIN" run -c "$W/gateway.yaml" 2>"$W/portcullis.log" & PC_PID=$!; PIDS+=($PC_PID)
+# The same gateway with its access log on, in JSON as the systemd unit writes it,
+# read from a pipe as journald would (every other row runs without it, as the
+# peers log nothing).
+sed -e "s/$PC,/$PCL,/" -e "s/$PC_ADMIN/$PCL_ADMIN/" "$W/gateway.yaml" >"$W/gateway-logged.yaml"
+PORTCULLIS_LOG_FORMAT=json RUST_LOG=info "$BIN" run -c "$W/gateway-logged.yaml" 2> >(cat >/dev/null) & PCL_PID=$!; PIDS+=($PCL_PID)
 
 # HAProxy: TLS termination (frontend tls) and TLS + JWT checks (frontend jwt).
 cat > "$W/haproxy.cfg" <<CONF
@@ -174,6 +181,7 @@ CONF
 
 for _ in $(seq 100); do
   curl -sf -o /dev/null "http://$UP/" && curl -skf -o /dev/null "https://$PC/public" && curl -skf -o /dev/null "https://$HA/" \
+    && curl -skf -o /dev/null "https://$PCL/public" \
     && curl -skf -o /dev/null "https://$NG/" && curl -skf -o /dev/null "https://$PC/limited-redis" && break
   sleep 0.1
 done
@@ -218,6 +226,7 @@ TARGETS=(
   "haproxy-tls|h1|https://$HA/public||$HA_PID"
   "nginx-tls|h1|https://$NG/public||$NG_PID"
   "portcullis-public|h1|https://$PC/public||$PC_PID"
+  "portcullis-access-log|h1|https://$PCL/public||$PCL_PID"
   "portcullis-limited-local|h1|https://$PC/limited-local||$PC_PID"
   "portcullis-limited-redis|h1|https://$PC/limited-redis||$PC_PID"
   "haproxy-jwt|h1|https://$HAJ/auth|one|$HA_PID"
@@ -304,6 +313,7 @@ done
 echo "(download and upload rows move 1 MiB per request: req/s is MiB/s)"
 cpu() { median "${CPU[$1]:-}"; }
 echo "rate-limit check, CPU per request over the same public route: local $(awk -v a="$(cpu 'h1 portcullis-limited-local')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us, redis $(awk -v a="$(cpu 'h1 portcullis-limited-redis')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us (plus one round trip: p50 $(median "${P50[h1 portcullis-limited-redis]}") against $(median "${P50[h1 portcullis-public]}"))"
+echo "access log on (JSON, to a pipe), CPU per request over the same public route: $(awk -v a="$(cpu 'h1 portcullis-access-log')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us"
 rss() { local t=0 p; for p in $1 $(pgrep -P "$1" || true); do t=$((t + $(awk '/VmHWM/ {print $2}' "/proc/$p/status"))); done; echo "$((t / 1024)) MB"; }
 echo "peak RSS: portcullis $(rss "$PC_PID"), haproxy $(rss "$HA_PID"), nginx proxy $(rss "$NG_PID") (master + workers)"
 
