@@ -342,59 +342,16 @@ pub(super) fn covers(earlier: &Route, later: &Route) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::template::PathTemplate;
+    use crate::routing::table::tests::{random_routes, Xorshift};
 
     /// Random route lists over a few shared segments: the index finds the
     /// same shadowing route as comparing every pair, in file order.
     #[test]
     fn shadowing_found_through_the_index_agrees_with_every_pair() {
-        const SEGMENTS: &[&str] = &["api", "v1", "orders", "x"];
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
         let mut shadowed = 0;
         for _ in 0..400 {
-            let routes: Vec<Route> = (0..1 + next(10))
-                .map(|i| {
-                    let segs: Vec<&str> = (0..next(4)).map(|_| SEGMENTS[next(SEGMENTS.len())]).collect();
-                    let p = format!("/{}", segs.join("/"));
-                    let path = match next(3) {
-                        0 => PathMatch::Exact(p),
-                        1 => {
-                            let text: String = segs
-                                .iter()
-                                .enumerate()
-                                .map(|(k, s)| {
-                                    if next(2) == 0 {
-                                        format!("/{{p{k}}}")
-                                    } else {
-                                        format!("/{s}")
-                                    }
-                                })
-                                .collect();
-                            PathTemplate::parse(&text).map_or(PathMatch::Exact(p), PathMatch::Template)
-                        }
-                        _ => PathMatch::Prefix(p),
-                    };
-                    let methods: &[&[Method]] = &[&[Method::GET], &[Method::GET, Method::POST]];
-                    Route {
-                        name: format!("r{i}"),
-                        path,
-                        methods: (next(3) != 0).then(|| methods[next(2)].to_vec()),
-                        host: (next(4) == 0).then(|| "a.example".to_string()),
-                        upstream: 0,
-                        strip_prefix: None,
-                        access: Access::Public,
-                        websocket: None,
-                        cors: None,
-                        rate_limits: vec![],
-                    }
-                })
-                .collect();
+            let routes = random_routes(&mut rng);
             let index = PathIndex::new(&routes);
             for (i, route) in routes.iter().enumerate() {
                 let pairwise = routes[..i].iter().find(|earlier| covers(earlier, route));

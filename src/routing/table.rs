@@ -241,11 +241,11 @@ pub fn strip_prefix<'a>(prefix: Option<&str>, path: &'a str) -> std::borrow::Cow
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Access;
 
-    fn route(name: &str, path: PathMatch, methods: Option<&[&str]>, host: Option<&str>) -> Route {
+    pub(crate) fn route(name: &str, path: PathMatch, methods: Option<&[&str]>, host: Option<&str>) -> Route {
         Route {
             name: name.into(),
             path,
@@ -390,67 +390,83 @@ mod tests {
         }
     }
 
+    /// A small deterministic random source for the property tests.
+    pub(crate) struct Xorshift(pub u64);
+
+    impl Xorshift {
+        /// A number below `n`.
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    const SEGMENTS: &[&str] = &["api", "v1", "orders", "o", "x"];
+
+    /// A normalised path over a few shared segments, sometimes with a trailing slash.
+    pub(crate) fn random_path(rng: &mut Xorshift) -> String {
+        let mut p: String = (0..rng.below(4))
+            .map(|_| format!("/{}", SEGMENTS[rng.below(SEGMENTS.len())]))
+            .collect();
+        if p.is_empty() || rng.below(4) == 0 {
+            p.push('/');
+        }
+        p
+    }
+
+    /// Up to 12 routes over random paths: prefixes, exact paths and templates,
+    /// some limited to methods or a host.
+    pub(crate) fn random_routes(rng: &mut Xorshift) -> Vec<Route> {
+        (0..1 + rng.below(12))
+            .map(|i| {
+                let p = random_path(rng);
+                let matcher = if rng.below(3) == 0 {
+                    PathMatch::Exact(p)
+                } else if rng.below(3) == 0 {
+                    // Some segments become parameters.
+                    let mut text = String::new();
+                    for (k, seg) in p.split('/').skip(1).enumerate() {
+                        if !seg.is_empty() && rng.below(2) == 0 {
+                            text.push_str(&format!("/{{p{k}}}"));
+                        } else {
+                            text.push_str(&format!("/{seg}"));
+                        }
+                    }
+                    match crate::routing::template::PathTemplate::parse(&text) {
+                        Ok(t) => PathMatch::Template(t),
+                        Err(_) => PathMatch::Exact(p),
+                    }
+                } else {
+                    let trimmed = p.trim_end_matches('/');
+                    PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+                };
+                let methods: &[&[&str]] = &[&["GET"], &["POST", "GET"], &["DELETE"]];
+                let methods = (rng.below(3) != 0).then(|| methods[rng.below(3)]);
+                let host = (rng.below(4) == 0).then_some("a.example");
+                route(&format!("r{i}"), matcher, methods, host)
+            })
+            .collect()
+    }
+
     /// Random tables over a few shared segments agree with the plain scan on
     /// random paths: the index changes the cost, never the answer.
     #[test]
     fn the_index_agrees_with_a_scan_in_file_order() {
-        const SEGMENTS: &[&str] = &["api", "v1", "orders", "o", "x"];
         let mut templates = 0;
-        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
         for _ in 0..300 {
-            let path = |next: &mut dyn FnMut(usize) -> usize| {
-                let mut p: String = (0..next(4))
-                    .map(|_| format!("/{}", SEGMENTS[next(SEGMENTS.len())]))
-                    .collect();
-                if p.is_empty() || next(4) == 0 {
-                    p.push('/');
-                }
-                p
-            };
-            let routes: Vec<Route> = (0..1 + next(12))
-                .map(|i| {
-                    let p = path(&mut next);
-                    let matcher = if next(3) == 0 {
-                        PathMatch::Exact(p)
-                    } else if next(3) == 0 {
-                        // Some segments become parameters.
-                        let mut text = String::new();
-                        for (k, seg) in p.split('/').skip(1).enumerate() {
-                            if !seg.is_empty() && next(2) == 0 {
-                                text.push_str(&format!("/{{p{k}}}"));
-                            } else {
-                                text.push_str(&format!("/{seg}"));
-                            }
-                        }
-                        match crate::routing::template::PathTemplate::parse(&text) {
-                            Ok(t) => PathMatch::Template(t),
-                            Err(_) => PathMatch::Exact(p),
-                        }
-                    } else {
-                        let trimmed = p.trim_end_matches('/');
-                        PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
-                    };
-                    let methods: &[&[&str]] = &[&["GET"], &["POST", "GET"], &["DELETE"]];
-                    let methods = (next(3) != 0).then(|| methods[next(3)]);
-                    let host = (next(4) == 0).then_some("a.example");
-                    route(&format!("r{i}"), matcher, methods, host)
-                })
-                .collect();
+            let routes = random_routes(&mut rng);
             templates += routes
                 .iter()
                 .filter(|r| matches!(r.path, PathMatch::Template(_)))
                 .count();
             let table = RouteTable::new(routes.clone());
             for _ in 0..30 {
-                let p = path(&mut next);
-                let method = [Method::GET, Method::POST, Method::PUT][next(3)].clone();
-                let host = [None, Some("a.example"), Some("b.example")][next(3)];
+                let p = random_path(&mut rng);
+                let method = [Method::GET, Method::POST, Method::PUT][rng.below(3)].clone();
+                let host = [None, Some("a.example"), Some("b.example")][rng.below(3)];
                 assert_eq!(
                     table.find(host, &method, &p),
                     scan(&routes, host, &method, &p),
