@@ -10,6 +10,8 @@
 # gateway executed by the number of requests. Cases: a public route over
 # HTTP/1.1, a route with a cached RS256 token over HTTP/1.1, a public route
 # over HTTP/2. Installs valgrind, nginx and h2load from Debian when missing.
+# The gateway logs at `warn`, as in bench/run.sh; with the access log counted:
+#   CG_RUST_LOG=info PORTCULLIS_LOG_FORMAT=json bench/callgrind.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-2000}
@@ -65,7 +67,7 @@ routes:
 CONF
 # One thread for the main runtime (accept loop, background tasks); the one
 # connection of a case is served by one HTTPS worker thread.
-RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" \
+RUST_LOG=${CG_RUST_LOG:-warn} TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" \
   "$BIN" run -c "$W/gateway.yaml" 2>"$W/valgrind.log" & PC_PID=$!; PIDS+=($PC_PID)
 for _ in $(seq 300); do curl -skf -o /dev/null "https://$PC/public" && break; sleep 0.2; done
 

@@ -12,6 +12,7 @@ pub mod explain;
 pub mod grpc;
 pub mod limits;
 pub mod load;
+pub mod log_format;
 pub mod metrics;
 pub mod mint;
 pub mod openapi;

@@ -175,9 +175,10 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
+        .with_timer(portcullis::log_format::Rfc3339Micros)
         .with_writer(writer);
     if json {
-        builder.json().flatten_event(true).init();
+        builder.event_format(portcullis::log_format::JsonLines).init();
     } else {
         builder.init();
     }
