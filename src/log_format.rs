@@ -120,9 +120,9 @@ impl<W: fmt::Write> JsonFields<'_, W> {
     fn entry(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
         if self.result.is_ok() {
             self.result = (|| {
-                self.out.write_char(',')?;
-                write_json_str(self.out, field.name())?;
-                self.out.write_char(':')?;
+                self.out.write_str(",\"")?;
+                JsonEscaped(&mut *self.out).write_str(field.name())?;
+                self.out.write_str("\":")?;
                 value(self.out)
             })();
         }
@@ -179,30 +179,24 @@ fn write_json_str(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
 struct JsonEscaped<'a, W>(&'a mut W);
 
 impl<W: fmt::Write> fmt::Write for JsonEscaped<'_, W> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut start = 0;
-        for (i, &b) in s.as_bytes().iter().enumerate() {
-            let escaped = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0x08 => "\\b",
-                0x0c => "\\f",
-                0..=0x1f => "",
-                _ => continue,
-            };
+    fn write_str(&mut self, mut s: &str) -> fmt::Result {
+        let needs_escape = |b: &u8| *b < 0x20 || *b == b'"' || *b == b'\\';
+        while let Some(i) = s.as_bytes().iter().position(needs_escape) {
             // `i` is at an ASCII byte, so both slices end on a char boundary.
-            self.0.write_str(&s[start..i])?;
-            if escaped.is_empty() {
-                write!(self.0, "\\u{b:04x}")?;
-            } else {
-                self.0.write_str(escaped)?;
+            self.0.write_str(&s[..i])?;
+            match s.as_bytes()[i] {
+                b'"' => self.0.write_str("\\\"")?,
+                b'\\' => self.0.write_str("\\\\")?,
+                b'\n' => self.0.write_str("\\n")?,
+                b'\r' => self.0.write_str("\\r")?,
+                b'\t' => self.0.write_str("\\t")?,
+                0x08 => self.0.write_str("\\b")?,
+                0x0c => self.0.write_str("\\f")?,
+                b => write!(self.0, "\\u{b:04x}")?,
             }
-            start = i + 1;
+            s = &s[i + 1..];
         }
-        self.0.write_str(&s[start..])
+        self.0.write_str(s)
     }
 }
 
@@ -267,12 +261,11 @@ mod tests {
 
     /// The events the gateway writes, with values that need escaping.
     fn emit_events() {
-        let client: std::net::SocketAddr = "[::1]:4431".parse().unwrap();
         tracing::info!(
             target: "portcullis::access",
             request_id = "id-\"quoted\"\\\n\u{1}\u{1f}é",
-            client = %client,
-            method = %http::Method::PATCH,
+            client = "[::1]:4431",
+            method = http::Method::PATCH.as_str(),
             path = "/a b/\t/ü",
             route = "-",
             status = 499u16,
@@ -283,7 +276,8 @@ mod tests {
         );
         tracing::info!(duration_ms = 0.123, n = -5i64, big = u128::MAX, ok = true, "plain");
         let e = io::Error::other("disk \"full\"\r\n");
-        tracing::warn!(error = %e, debug = ?("a", 1), "reload failed: {}", "x\ty\u{7f}");
+        let peer: std::net::SocketAddr = "127.0.0.1:80".parse().unwrap();
+        tracing::warn!(error = %e, debug = ?("a\"", 1), %peer, "reload failed: {}", "x\ty\u{7f}");
         tracing::error!(nan = f64::NAN, "{}", "");
     }
 

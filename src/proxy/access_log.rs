@@ -4,7 +4,6 @@
 //! or an HTTP/1.1 disconnect drops the request's future, and an authenticated
 //! write the upstream may already have executed must still be in the log.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +19,7 @@ pub const CLIENT_CLOSED: u16 = 499;
 pub struct AccessLog {
     started: Instant,
     request_id: HeaderValue,
-    client: SocketAddr,
+    client: Arc<str>,
     method: Method,
     pub path: Option<String>,
     /// The matched route, whose metrics count this request.
@@ -33,7 +32,7 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    pub fn start(request_id: HeaderValue, client: SocketAddr, method: Method) -> Self {
+    pub fn start(request_id: HeaderValue, client: Arc<str>, method: Method) -> Self {
         AccessLog {
             started: Instant::now(),
             request_id,
@@ -68,8 +67,8 @@ impl AccessLog {
         tracing::info!(
             target: "portcullis::access",
             request_id = self.request_id.to_str().unwrap_or(""),
-            client = %self.client,
-            method = %self.method,
+            client = &*self.client,
+            method = self.method.as_str(),
             path = self.path.as_deref().unwrap_or("-"),
             route = self.route_name().map_or("-", |n| &**n),
             status,

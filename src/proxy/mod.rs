@@ -36,6 +36,8 @@ pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// `peer` as the access log writes it, rendered once per connection.
+    pub client: Arc<str>,
     /// `peer`'s address as an `X-Forwarded-For` element.
     pub forwarded_for: HeaderValue,
     /// Where WebSocket tunnels opened on this connection are counted.
@@ -46,6 +48,7 @@ impl ConnInfo {
     pub fn new(peer: SocketAddr, tunnels: crate::tunnel::Tunnels) -> Self {
         ConnInfo {
             peer,
+            client: peer.to_string().into(),
             forwarded_for: headers::client_address(peer.ip()),
             tunnels,
         }
@@ -58,7 +61,7 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     let http1 = req.version() < http::Version::HTTP_2;
     let grpc = crate::grpc::is_grpc(req.headers());
     // Written on every path out of here, including the future being dropped.
-    let mut log = AccessLog::start(request_id, conn.peer, req.method().clone());
+    let mut log = AccessLog::start(request_id, conn.client.clone(), req.method().clone());
 
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut cors_policy = None;
