@@ -307,6 +307,7 @@ for t in "${TARGETS[@]}"; do
       ha=$(ratio "$key" "$proto haproxy-${name#portcullis-}") ng=$(ratio "$key" "$proto nginx-${name#portcullis-}") ;;
   esac
   r=$(rps "$key")
+  echo "$key req/s by round: ${RPS[$key]:-}" >&2
   printf '%-6s %-26s %10.0f %9s %9s %8.2f %9s %8s %10s\n' "$proto" "$name" "$r" "$(median "${P50[$key]:-}")" \
     "$(median "${P99[$key]:-}")" "$(awk -v a="$r" -v b="$DIRECT" 'BEGIN {print a / b}')" "$ha" "$ng" "$(median "${CPU[$key]:-}")"
 done
