@@ -3,7 +3,8 @@
 //! (`timestamp`, `level`, the event's fields in order, `target`), but every
 //! value is written straight into the line instead of being formatted into a
 //! `String` of its own first. The access log writes one line per request,
-//! so this is on the request path: ~4 µs per request less (see the README).
+//! so this is on the request path: it takes the access log from ~23,600 to
+//! ~8,400 instructions per request (`bench/callgrind.sh`, see the README).
 //! Both formats take their timestamp from `Rfc3339Micros`.
 //!
 //! Spans are not written: the gateway opens none, and the libraries' spans
@@ -83,30 +84,26 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, _: &FmtContext<'_, S, N>, mut out: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        write_event(&mut out, event, SystemTime::now())
+        let meta = event.metadata();
+        out.write_str("{\"timestamp\":\"")?;
+        write_timestamp(&mut out, SystemTime::now())?;
+        out.write_str("\",\"level\":\"")?;
+        out.write_str(meta.level().as_str())?;
+        out.write_char('"')?;
+        let mut fields = JsonFields {
+            out: &mut out,
+            result: Ok(()),
+            log_target: None,
+        };
+        event.record(&mut fields);
+        fields.result?;
+        // A record of the `log` crate arrives as an event whose own target
+        // is "log"; where it came from is its `log.target` field.
+        let log_target = fields.log_target;
+        out.write_str(",\"target\":")?;
+        write_json_str(&mut out, log_target.as_deref().unwrap_or(meta.target()))?;
+        out.write_str("}\n")
     }
-}
-
-fn write_event(out: &mut impl fmt::Write, event: &Event<'_>, now: SystemTime) -> fmt::Result {
-    let meta = event.metadata();
-    out.write_str("{\"timestamp\":\"")?;
-    write_timestamp(out, now)?;
-    out.write_str("\",\"level\":\"")?;
-    out.write_str(meta.level().as_str())?;
-    out.write_char('"')?;
-    let mut fields = JsonFields {
-        out: &mut *out,
-        result: Ok(()),
-        log_target: None,
-    };
-    event.record(&mut fields);
-    fields.result?;
-    // A record of the `log` crate arrives as an event whose own target is
-    // "log"; where it came from is its `log.target` field.
-    let log_target = fields.log_target;
-    out.write_str(",\"target\":")?;
-    write_json_str(out, log_target.as_deref().unwrap_or(meta.target()))?;
-    out.write_str("}\n")
 }
 
 /// Writes each field as `,"name":value`; the first error stops the rest.
