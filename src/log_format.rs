@@ -34,12 +34,13 @@ impl FormatTime for Rfc3339Micros {
 fn write_timestamp(out: &mut impl fmt::Write, time: SystemTime) -> fmt::Result {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since_epoch.as_secs();
-    let (year, month, day) = civil_from_days(secs / 86_400);
+    // The seconds of a u64 Duration / 86,400 fit an i64; the year is >= 1970.
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let second_of_day = secs % 86_400;
     let mut line = *b"0000-00-00T00:00:00.000000Z";
-    put_digits(&mut line[0..4], year);
-    put_digits(&mut line[5..7], month);
-    put_digits(&mut line[8..10], day);
+    put_digits(&mut line[0..4], year.unsigned_abs());
+    put_digits(&mut line[5..7], u64::from(month));
+    put_digits(&mut line[8..10], u64::from(day));
     put_digits(&mut line[11..13], second_of_day / 3600);
     put_digits(&mut line[14..16], second_of_day / 60 % 60);
     put_digits(&mut line[17..19], second_of_day % 60);
@@ -55,24 +56,24 @@ fn put_digits(digits: &mut [u8], mut n: u64) {
     }
 }
 
-/// (year, month, day) of a day counted from 1970-01-01, in the proleptic
-/// Gregorian calendar (Howard Hinnant's `civil_from_days`, for days >= 0).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+/// (year, month, day) of a day counted from 1970-01-01 (negative before it),
+/// in the proleptic Gregorian calendar: Howard Hinnant's `civil_from_days`.
+/// `explain` dates a token's claims with it too.
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     // Count from 0000-03-01, so that a leap day is the last day of a year.
     let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
     let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
     let month = if month_from_march < 10 {
         month_from_march + 3
     } else {
         month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    } as u32;
+    (year_of_era + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// One JSON object per event, on one line.
@@ -224,15 +225,16 @@ mod tests {
 
     #[test]
     fn every_day_follows_the_one_before() {
-        // 1970 to 2400: the day after the last of a month is the first of the
+        // 1560 to 2400: the day after the last of a month is the first of the
         // next, and only February 29 of leap years exists.
-        let mut previous = civil_from_days(0);
-        assert_eq!(previous, (1970, 1, 1));
-        for days in 1..157_000 {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        let mut previous = civil_from_days(-150_000);
+        for days in -149_999..157_000 {
             let (y, m, d) = civil_from_days(days);
             let (py, pm, pd) = previous;
             let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-            let month_len = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+            let month_len: [u32; 12] = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
             if d == 1 {
                 assert_eq!(pd, month_len[pm as usize - 1], "{previous:?} -> {y}-{m}-{d}");
                 assert_eq!((y, m), if pm == 12 { (py + 1, 1) } else { (py, pm + 1) });
