@@ -24,6 +24,21 @@ pub fn allows_origin(policy: &CorsPolicy, origin: &HeaderValue) -> bool {
     policy.origins.iter().any(|p| origin_matches(p, origin))
 }
 
+/// Whether the policy names `origin` itself (exactly, or by a `*.` label
+/// wildcard): `"*"` does not count, and `Origin: null` (sandboxed frames,
+/// `file:` pages, some redirects) is never listed. This is what a cookie token
+/// needs, since a cookie rides along on requests from any site.
+pub fn lists_origin(policy: &CorsPolicy, origin: &HeaderValue) -> bool {
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    !origin.eq_ignore_ascii_case("null")
+        && policy
+            .origins
+            .iter()
+            .any(|p| *p != OriginPattern::Any && origin_matches(p, origin))
+}
+
 fn origin_matches(pattern: &OriginPattern, origin: &str) -> bool {
     match pattern {
         OriginPattern::Any => true,
@@ -134,7 +149,9 @@ pub fn answer_preflight(
 
 /// Put the policy's headers on a response (the upstream's or the gateway's
 /// own) to a request from `origin`: the upstream's `Access-Control-*` headers
-/// are replaced; nothing is added for an origin the policy does not allow.
+/// are replaced; nothing but `Vary: Origin` is added for an origin the policy
+/// does not allow. `Vary` goes on every response of the route, so a shared
+/// cache never serves one origin's answer to another.
 pub fn apply(policy: &CorsPolicy, origin: Option<&HeaderValue>, h: &mut HeaderMap) {
     let theirs: Vec<HeaderName> = h
         .keys()
@@ -144,6 +161,7 @@ pub fn apply(policy: &CorsPolicy, origin: Option<&HeaderValue>, h: &mut HeaderMa
     for k in theirs {
         h.remove(k);
     }
+    add_vary_origin(h);
     let Some(origin) = origin.filter(|o| allows_origin(policy, o)) else {
         return;
     };
@@ -160,7 +178,6 @@ pub fn apply(policy: &CorsPolicy, origin: Option<&HeaderValue>, h: &mut HeaderMa
             join(policy.expose_headers.iter().map(HeaderName::as_str)),
         );
     }
-    add_vary_origin(h);
 }
 
 /// `*` for a policy open to any origin without credentials, else the origin
@@ -308,11 +325,35 @@ mod tests {
         assert_eq!(h[header::ACCESS_CONTROL_EXPOSE_HEADERS], "x-request-id");
         let vary: Vec<_> = h.get_all(header::VARY).iter().collect();
         assert_eq!(vary, ["Accept-Encoding", "Origin"]);
-        // No origin: the upstream's CORS headers are still gone.
+        // No origin: the upstream's CORS headers are still gone, and the
+        // answer still varies on Origin (a cache must not reuse it for one).
         let mut h = HeaderMap::new();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*".parse().unwrap());
         apply(&p, None, &mut h);
-        assert!(h.is_empty());
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[header::VARY], "Origin");
+    }
+
+    #[test]
+    fn cookie_origins_must_be_listed_by_name() {
+        let any = policy(&[OriginPattern::Any]);
+        let listed = policy(&[
+            OriginPattern::Exact("https://app.example.com".into()),
+            OriginPattern::Subdomains {
+                scheme: "https".into(),
+                suffix: ".example.org".into(),
+                port: None,
+            },
+        ]);
+        let o = |s: &'static str| HeaderValue::from_static(s);
+        assert!(allows_origin(&any, &o("https://evil.net")));
+        assert!(!lists_origin(&any, &o("https://evil.net")));
+        assert!(!lists_origin(&any, &o("null")));
+        assert!(lists_origin(&listed, &o("https://app.example.com")));
+        assert!(lists_origin(&listed, &o("https://a.example.org")));
+        assert!(!lists_origin(&listed, &o("https://evil.net")));
+        assert!(!lists_origin(&listed, &o("null")));
+        assert!(!lists_origin(&listed, &o("NULL")));
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum GatewayError {
     RateLimited(u64),
     #[error("the shared store did not answer")]
     StoreUnavailable,
+    /// `revocation.until_loaded: refuse` and the list is not loaded yet.
+    #[error("the revocation list has not been loaded yet")]
+    RevocationsNotLoaded,
     #[error("the provider's keys are not available yet")]
     KeysUnavailable,
     #[error("no route matches the request path")]
@@ -45,6 +48,10 @@ pub enum GatewayError {
     UpstreamFailed(#[source] hyper::Error),
     #[error("no upstream connection became free in time")]
     UpstreamBusy,
+    #[error("the upstream target has as many WebSocket tunnels open as it may")]
+    TunnelsFull,
+    #[error("the upstream answered an upgrade with something other than this WebSocket handshake")]
+    NotAWebSocket,
     #[error("the upstream did not answer in time")]
     UpstreamTimeout,
 }
@@ -55,15 +62,19 @@ impl GatewayError {
             GatewayError::BadPath(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MissingToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InsufficientScope(_) | GatewayError::CorsRejected => StatusCode::FORBIDDEN,
-            GatewayError::KeysUnavailable | GatewayError::UpstreamBusy | GatewayError::StoreUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::KeysUnavailable
+            | GatewayError::UpstreamBusy
+            | GatewayError::TunnelsFull
+            | GatewayError::StoreUnavailable
+            | GatewayError::RevocationsNotLoaded => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::UpstreamConnect | GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamConnect | GatewayError::UpstreamFailed(_) | GatewayError::NotAWebSocket => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -90,6 +101,10 @@ impl GatewayError {
                 "temporarily_unavailable",
                 "The gateway's shared store is unavailable; retry shortly.",
             ),
+            GatewayError::RevocationsNotLoaded => (
+                "temporarily_unavailable",
+                "The gateway has not loaded the revocation list yet; retry shortly.",
+            ),
             GatewayError::KeysUnavailable => (
                 "temporarily_unavailable",
                 "The token issuer's keys are not available yet; retry shortly.",
@@ -115,6 +130,14 @@ impl GatewayError {
             GatewayError::UpstreamBusy => (
                 "temporarily_unavailable",
                 "Every connection to the upstream service is busy; retry shortly.",
+            ),
+            GatewayError::TunnelsFull => (
+                "temporarily_unavailable",
+                "The upstream service has as many WebSocket connections open as it may take; retry shortly.",
+            ),
+            GatewayError::NotAWebSocket => (
+                "bad_gateway",
+                "The upstream service did not complete the WebSocket handshake.",
             ),
             GatewayError::UpstreamTimeout => ("gateway_timeout", "The upstream service did not answer in time."),
         }
@@ -269,6 +292,9 @@ mod tests {
             (GatewayError::UpstreamConnect, 502, "bad_gateway"),
             (GatewayError::UpstreamBusy, 503, "temporarily_unavailable"),
             (GatewayError::UpstreamTimeout, 504, "gateway_timeout"),
+            (GatewayError::RevocationsNotLoaded, 503, "temporarily_unavailable"),
+            (GatewayError::TunnelsFull, 503, "temporarily_unavailable"),
+            (GatewayError::NotAWebSocket, 502, "bad_gateway"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status, "{err}");

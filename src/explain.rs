@@ -381,11 +381,11 @@ fn check_token(
         TokenSource::Cookie(n) => format!("the cookie {n}"),
     };
     if let TokenSource::Cookie(_) = found.source {
-        crate::proxy::check_cookie_origin(snap, route, &parts.headers, host).inspect_err(|_| {
+        crate::proxy::check_cookie_origin(snap, route, &parts.method, &parts.headers, host).inspect_err(|_| {
             b.add(
                 "origin",
                 "fail",
-                "a cookie token from a foreign Origin (cross-site request)",
+                "a cookie token on a cross-site request (an Origin the route's CORS policy does not list by name, or Sec-Fetch-Site: cross-site)",
             );
         })?;
     }

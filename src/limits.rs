@@ -22,12 +22,29 @@ use crate::store::Store;
 /// Past this many buckets, expired ones are swept now and then.
 const SWEEP_ABOVE: usize = 10_000;
 
-/// Local buckets of one policy: key value -> theoretical arrival time (ns
+/// The most buckets one local policy holds. A bucket is a 16-byte digest and
+/// a timestamp (~60 bytes with the map's own), so this bounds a policy near
+/// 12 MB whatever clients send; past it, a key not seen yet is treated as a
+/// store error (the policy's `on_store_error`).
+pub const MAX_LOCAL_BUCKETS: usize = 200_000;
+
+/// A bucket's key: a fixed-size digest of the key value, so a long header
+/// value costs the map no more than a short one.
+type BucketKey = [u8; 16];
+
+fn bucket_digest(value: &str) -> BucketKey {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest.as_ref()[..16]);
+    key
+}
+
+/// Local buckets of one policy: key digest -> theoretical arrival time (ns
 /// since a process-wide epoch). Kept across reloads while the policy is
 /// unchanged.
 #[derive(Debug, Default)]
 pub struct LocalBuckets {
-    tat: DashMap<String, u64>,
+    tat: DashMap<BucketKey, u64>,
     inserts: AtomicU64,
 }
 
@@ -52,22 +69,52 @@ fn gcra(tat: u64, now: u64, interval: u64, burst: u32) -> Result<u64, u64> {
     }
 }
 
+/// A bucket's answer.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Allowed,
+    Wait(Duration),
+    /// The bucket could not be consulted (the store did not answer, or a
+    /// local policy is full): the policy's `on_store_error` decides.
+    Unavailable,
+}
+
 impl LocalBuckets {
-    fn check(&self, key: &str, policy: &RateLimitPolicy) -> Result<(), Duration> {
+    fn check(&self, value: &str, policy: &RateLimitPolicy) -> Verdict {
+        let key = bucket_digest(value);
         let now = now_ns();
         let interval = policy.interval.as_nanos() as u64;
-        let result = match self.tat.get_mut(key) {
+        let step = match self.tat.get_mut(&key) {
             Some(mut tat) => gcra(*tat, now, interval, policy.burst).map(|new| *tat = new),
             None => {
-                let new = gcra(now, now, interval, policy.burst).map_err(Duration::from_nanos)?;
-                self.tat.insert(key.to_string(), new);
-                if self.inserts.fetch_add(1, Ordering::Relaxed) % 1024 == 0 && self.tat.len() > SWEEP_ABOVE {
+                let new = match gcra(now, now, interval, policy.burst) {
+                    Ok(new) => new,
+                    Err(wait) => return Verdict::Wait(Duration::from_nanos(wait)),
+                };
+                let sweep = self.inserts.fetch_add(1, Ordering::Relaxed) % 1024 == 0;
+                if (sweep && self.tat.len() > SWEEP_ABOVE) || self.tat.len() >= MAX_LOCAL_BUCKETS {
                     self.tat.retain(|_, tat| *tat > now);
                 }
+                if self.tat.len() >= MAX_LOCAL_BUCKETS {
+                    return Verdict::Unavailable;
+                }
+                self.tat.insert(key, new);
                 Ok(())
             }
         };
-        result.map_err(Duration::from_nanos)
+        match step {
+            Ok(()) => Verdict::Allowed,
+            Err(wait) => Verdict::Wait(Duration::from_nanos(wait)),
+        }
+    }
+
+    /// How many buckets the policy holds now.
+    pub fn len(&self) -> usize {
+        self.tat.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tat.is_empty()
     }
 }
 
@@ -114,15 +161,18 @@ fn key_value(key: &LimitKey, facts: &RequestFacts) -> Option<String> {
     }
 }
 
-/// A Redis key for a bucket: long or odd key values are hashed.
-fn bucket_key(store: &Store, policy: &str, value: &str) -> String {
-    let plain = value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
+/// A Redis key for a bucket. A header's value is the client's to choose:
+/// it is always hashed, like any long or odd value, so no raw header value
+/// ever becomes a key name.
+fn bucket_key(store: &Store, policy: &RateLimitPolicy, value: &str) -> String {
+    let plain =
+        !matches!(policy.key, LimitKey::Header(_)) && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
     if plain {
-        store.key(&format!("rl:{policy}:{value}"))
+        store.key(&format!("rl:{}:{value}", policy.name))
     } else {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
         let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        store.key(&format!("rl:{policy}:#{hex}"))
+        store.key(&format!("rl:{}:#{hex}", policy.name))
     }
 }
 
@@ -144,32 +194,33 @@ pub async fn check(
         let verdict = if policy.shared {
             match store {
                 Some(store) => shared_check(store, policy, &value).await,
-                None => Err(()),
+                None => Verdict::Unavailable,
             }
         } else {
-            Ok(buckets[i].check(&value, policy))
+            buckets[i].check(&value, policy)
         };
         match verdict {
-            Ok(Ok(())) => {}
-            Ok(Err(wait)) => {
+            Verdict::Allowed => {}
+            Verdict::Wait(wait) => {
                 crate::metrics::rate_limited(route_name, &policy.name);
                 // Whole seconds, at least 1 (RFC 9110 §10.2.3).
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 return Err(GatewayError::RateLimited(secs.max(1)));
             }
-            // The store did not answer in time: the policy says what to do.
-            Err(()) if policy.allow_on_store_error => {}
-            Err(()) => return Err(GatewayError::StoreUnavailable),
+            // The store did not answer in time, or the local policy is
+            // full: the policy says what to do.
+            Verdict::Unavailable if policy.allow_on_store_error => {}
+            Verdict::Unavailable => return Err(GatewayError::StoreUnavailable),
         }
     }
     Ok(())
 }
 
-async fn shared_check(store: &Store, policy: &RateLimitPolicy, value: &str) -> Result<Result<(), Duration>, ()> {
-    let key = bucket_key(store, &policy.name, value);
+async fn shared_check(store: &Store, policy: &RateLimitPolicy, value: &str) -> Verdict {
+    let key = bucket_key(store, policy, value);
     let interval = policy.interval.as_micros().max(1) as u64;
     let burst = policy.burst;
-    let (allowed, wait): (i64, i64) = store
+    let answer: Result<(i64, i64), _> = store
         .run("rate_limit", |mut c| async move {
             gcra_script()
                 .key(key)
@@ -178,12 +229,11 @@ async fn shared_check(store: &Store, policy: &RateLimitPolicy, value: &str) -> R
                 .invoke_async(&mut c)
                 .await
         })
-        .await
-        .map_err(|_| ())?;
-    if allowed == 1 {
-        Ok(Ok(()))
-    } else {
-        Ok(Err(Duration::from_micros(wait.max(1) as u64)))
+        .await;
+    match answer {
+        Ok((1, _)) => Verdict::Allowed,
+        Ok((_, wait)) => Verdict::Wait(Duration::from_micros(wait.max(1) as u64)),
+        Err(_) => Verdict::Unavailable,
     }
 }
 
@@ -221,13 +271,41 @@ mod tests {
             allow_on_store_error: true,
         };
         let b = LocalBuckets::default();
-        assert!(b.check("a", &policy).is_ok());
-        assert!(b.check("a", &policy).is_ok());
-        let wait = b.check("a", &policy).unwrap_err();
+        assert_eq!(b.check("a", &policy), Verdict::Allowed);
+        assert_eq!(b.check("a", &policy), Verdict::Allowed);
+        let Verdict::Wait(wait) = b.check("a", &policy) else {
+            panic!("the third request within the hour must wait");
+        };
         assert!(
             wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600),
             "{wait:?}"
         );
-        assert!(b.check("b", &policy).is_ok());
+        assert_eq!(b.check("b", &policy), Verdict::Allowed);
+    }
+
+    /// Long key values cost a bucket no more than short ones, and the number
+    /// of buckets is capped: a key not seen yet past the cap is "unavailable"
+    /// (the policy's on_store_error), while known keys keep being limited.
+    #[test]
+    fn local_buckets_are_bounded() {
+        let policy = RateLimitPolicy {
+            name: "p".into(),
+            key: LimitKey::Header(http::HeaderName::from_static("x-key")),
+            interval: Duration::from_secs(3600),
+            burst: 1,
+            shared: false,
+            allow_on_store_error: true,
+        };
+        let b = LocalBuckets::default();
+        let long = "x".repeat(16 * 1024);
+        assert_eq!(b.check(&long, &policy), Verdict::Allowed);
+        assert!(matches!(b.check(&long, &policy), Verdict::Wait(_)));
+        for i in 1..MAX_LOCAL_BUCKETS {
+            assert_eq!(b.check(&i.to_string(), &policy), Verdict::Allowed);
+        }
+        assert_eq!(b.len(), MAX_LOCAL_BUCKETS);
+        assert_eq!(b.check("one more", &policy), Verdict::Unavailable);
+        assert_eq!(b.len(), MAX_LOCAL_BUCKETS);
+        assert!(matches!(b.check(&long, &policy), Verdict::Wait(_)));
     }
 }

@@ -314,7 +314,9 @@ type Handed = (std::net::TcpStream, SocketAddr, Place);
 /// given back however the connection ends.
 struct Place {
     open: Arc<AtomicUsize>,
-    _permit: OwnedSemaphorePermit,
+    /// Shared with the WebSocket tunnels opened on the connection, which keep
+    /// it when the connection hands its socket over.
+    permit: Arc<OwnedSemaphorePermit>,
 }
 
 impl Drop for Place {
@@ -376,7 +378,7 @@ impl Workers {
         worker.open.fetch_add(1, Ordering::Relaxed);
         let place = Place {
             open: worker.open.clone(),
-            _permit: permit,
+            permit: Arc::new(permit),
         };
         // A worker that has ended gives the place back as the message drops.
         let _ = worker.handed.send((stream, peer, place));
@@ -401,7 +403,7 @@ async fn serve_handed(
         let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
         tokio::spawn(async move {
             match TcpStream::from_std(stream) {
-                Ok(stream) => serve_https(gateway, stream, peer, shutdown).await,
+                Ok(stream) => serve_https(gateway, stream, peer, shutdown, place.permit.clone()).await,
                 Err(e) => tracing::debug!(client = %peer, error = %e, "worker cannot take the connection"),
             }
             drop(place);
@@ -462,7 +464,13 @@ async fn accept_loop(
     }
 }
 
-async fn serve_https(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
+async fn serve_https(
+    gateway: Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    place: Arc<OwnedSemaphorePermit>,
+) {
     let _open = crate::metrics::OpenConnection::open();
     let snap = gateway.snapshot.load_full();
     let limits = snap.config.limits.clone();
@@ -479,7 +487,7 @@ async fn serve_https(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr,
             Ok(Err(e)) => return tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
             Err(_) => return tracing::debug!(client = %peer, "TLS handshake timed out"),
         };
-        https_connection(gateway, tls, peer, &limits)
+        https_connection(gateway, tls, peer, &limits, place)
     };
     drive(conn, &limits, &state, shutdown).await;
 }
@@ -490,11 +498,12 @@ fn https_connection(
     tls: tokio_rustls::server::TlsStream<TcpStream>,
     peer: SocketAddr,
     limits: &Limits,
+    place: Arc<OwnedSemaphorePermit>,
 ) -> (Connection, Arc<ConnState>) {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let state = Arc::new(ConnState::new(limits, !h2));
     let io = TokioIo::new(Tracked::new(tls, state.clone()));
-    let conn = Arc::new(ConnInfo::new(peer, gateway.tunnels.clone()));
+    let conn = Arc::new(ConnInfo::new(peer, gateway.tunnels.clone(), Some(place)));
     let service_state = state.clone();
     let service = service_fn(move |req| {
         let snap = gateway.snapshot.load_full();

@@ -7,8 +7,13 @@
 //!
 //! A tunnel closes when either side closes, after `idle_timeout` without a
 //! byte either way, when the token that opened it expires (`exp` + leeway, so
-//! a connection never outlives its credential), and at the end of
-//! `shutdown_grace` on SIGTERM. A reload leaves open tunnels alone.
+//! a connection never outlives its credential) or is revoked, and at the end
+//! of `shutdown_grace` on SIGTERM. A reload leaves open tunnels alone.
+//!
+//! A tunnel keeps its client connection's place in `limits.max_connections`
+//! and holds one of its target's `max_tunnels` (and `max_connections`), so
+//! long-lived tunnels can never starve plain requests of upstream connections.
+//! Only a `101` that completes this very WebSocket handshake is relayed.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -26,15 +31,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::auth::Caller;
 use crate::config::WebSocketPolicy;
 use crate::connection::sleep_until_some;
 use crate::error::GatewayError;
 use crate::proxy::forward::UpstreamPool;
-use crate::proxy::pool::{Lease, UpstreamBody};
+use crate::proxy::pool::{DedicatedPermit, Lease, UpstreamBody};
 use crate::proxy::ResponseBody;
+use crate::store::revocation::Revocations;
 
-/// The most tunnels open at once, whatever `max_connections` says: a
-/// tunnel's client connection no longer counts once upgraded.
+/// A bound on tunnels open at once, for the drain at shutdown to wait on
+/// (the real bound is `limits.max_connections`, whose places tunnels keep).
 pub const MAX_TUNNELS: usize = 1 << 20;
 
 /// What a tunnel needs from the gateway around it.
@@ -72,6 +79,44 @@ pub fn is_websocket_upgrade(parts: &Parts) -> bool {
         && has_token(header::UPGRADE, "websocket")
 }
 
+/// Whether an upgrade request carries a body (`Content-Length` above zero or
+/// any `Transfer-Encoding`): the bytes after its head would be read by the
+/// upstream as the first WebSocket frames, or as a request of their own.
+pub fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().iter().any(|b| *b != b'0'))
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2):
+/// base64 of SHA-1 over the key and the protocol's GUID.
+pub fn accept_value(key: &[u8]) -> String {
+    use base64::Engine;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+}
+
+/// Whether the upstream's `101` completes this handshake: `Upgrade:
+/// websocket` and the `Sec-WebSocket-Accept` the client's key calls for.
+/// Anything else would turn the connection into a raw pipe to whatever the
+/// upstream is, with bytes the gateway never checked.
+fn is_websocket_answer(client_key: Option<&HeaderValue>, answer: &HeaderMap) -> bool {
+    let upgrade = answer.get_all(header::UPGRADE).iter().count() == 1
+        && answer
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let mut accepts = answer.get_all(header::SEC_WEBSOCKET_ACCEPT).iter();
+    let accept = match (client_key, accepts.next(), accepts.next()) {
+        (Some(key), Some(got), None) => got.as_bytes() == accept_value(key.as_bytes()).as_bytes(),
+        _ => false,
+    };
+    upgrade && accept
+}
+
 /// How one tunnel is bounded.
 #[derive(Debug, Clone)]
 pub struct TunnelLimits {
@@ -80,6 +125,8 @@ pub struct TunnelLimits {
     /// Unix seconds after which the tunnel is closed (the token's expiry).
     pub close_at: Option<f64>,
     pub shutdown_grace: Duration,
+    /// The caller whose revocation closes the tunnel, and the list to watch.
+    pub revocation: Option<(Arc<Caller>, Arc<Revocations>)>,
 }
 
 impl TunnelLimits {
@@ -89,7 +136,28 @@ impl TunnelLimits {
             idle_timeout: policy.idle_timeout,
             close_at: token_valid_until.filter(|_| policy.close_at_token_expiry),
             shutdown_grace: grace,
+            revocation: None,
         }
+    }
+}
+
+/// When the tunnel must close for its token's expiry, as a monotonic
+/// instant; `None` when that is so far ahead it cannot be written (a token
+/// with an enormous `exp`), which is the same as never.
+fn expiry_instant(close_at: f64, now_unix: f64, now: Instant) -> Option<Instant> {
+    let left = Duration::try_from_secs_f64((close_at - now_unix).max(0.0)).ok()?;
+    now.checked_add(left)
+}
+
+/// Wait for the revocation list to change; forever when there is none.
+async fn revocations_changed(watch: &mut Option<watch::Receiver<u64>>) {
+    match watch {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -103,13 +171,17 @@ pub async fn open(
     path_and_query: PathAndQuery,
     mut headers: HeaderMap,
     limits: TunnelLimits,
-    tunnels: &Tunnels,
+    conn: &crate::proxy::ConnInfo,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let slot = tunnels
+    let slot = conn
+        .tunnels
         .open
         .clone()
         .try_acquire_owned()
         .map_err(|_| GatewayError::UpstreamBusy)?;
+    // The client connection's place in `max_connections`, kept by the tunnel
+    // once the connection itself has handed its socket over.
+    let place = conn.place.clone();
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let (target, mut sender, permit) = upstream.connect_dedicated().await.map_err(|f| {
@@ -121,6 +193,7 @@ pub async fn open(
             headers.insert(header::HOST, v);
         }
     }
+    let client_key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
     let mut req = Request::new(http_body_util::Empty::<Bytes>::new());
     *req.uri_mut() = path_and_query.into();
     *req.headers_mut() = headers;
@@ -140,6 +213,11 @@ pub async fn open(
         // Declined: relay the answer; the connection closes with its body.
         return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, Lease::Dedicated(permit)))));
     }
+    if !is_websocket_answer(client_key.as_ref(), resp.headers()) {
+        tracing::warn!(upstream = %upstream.config.name, "upstream answered a WebSocket upgrade with a 101 that does not complete the handshake");
+        crate::metrics::upstream_error(&upstream.config.name, "reset");
+        return Err(GatewayError::NotAWebSocket);
+    }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let mut answer = Response::new(Either::Right(Full::new(Bytes::new())));
     *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -158,7 +236,7 @@ pub async fn open(
     answer
         .headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let shutdown = tunnels.shutdown.clone();
+    let shutdown = conn.tunnels.shutdown.clone();
     tokio::spawn(async move {
         let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
             (Ok(c), Ok(u)) => (c, u),
@@ -171,7 +249,7 @@ pub async fn open(
                 return;
             }
         };
-        run(client, upstream, limits, shutdown, permit, slot).await;
+        run(client, upstream, limits, shutdown, (permit, slot, place)).await;
     });
     Ok(answer)
 }
@@ -186,8 +264,7 @@ async fn run(
     upstream: Upgraded,
     limits: TunnelLimits,
     mut shutdown: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
-    _slot: OwnedSemaphorePermit,
+    _held: (DedicatedPermit, OwnedSemaphorePermit, Option<Arc<OwnedSemaphorePermit>>),
 ) {
     crate::metrics::websocket_opened(&limits.route);
     let epoch = Instant::now();
@@ -211,15 +288,27 @@ async fn run(
     );
     tokio::pin!(from_client, from_upstream);
 
-    let expiry = limits.close_at.map(|at| {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        Instant::now() + Duration::from_secs_f64((at - now).max(0.0))
-    });
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let expiry = limits
+        .close_at
+        .and_then(|at| expiry_instant(at, now_unix, Instant::now()));
+    let mut revocation_watch = limits.revocation.as_ref().map(|(_, list)| list.watch());
+    let revoked = || {
+        limits
+            .revocation
+            .as_ref()
+            .is_some_and(|(caller, list)| list.is_revoked(caller))
+    };
     let mut grace_end: Option<Instant> = (*shutdown.borrow()).then(|| Instant::now() + limits.shutdown_grace);
     let ended = loop {
+        // Also checked before the first wait: a revocation may have come in
+        // between the request's check and the upgrade.
+        if revoked() {
+            break "revoked";
+        }
         let idle_deadline = epoch + Duration::from_millis(activity.load(Ordering::Relaxed)) + limits.idle_timeout;
         tokio::select! {
             _ = &mut from_client => break "client",
@@ -231,6 +320,7 @@ async fn run(
                 }
             }
             _ = sleep_until_some(expiry) => break "token_expired",
+            _ = revocations_changed(&mut revocation_watch) => {}
             _ = shutdown.changed(), if grace_end.is_none() => {
                 grace_end = Some(Instant::now() + limits.shutdown_grace);
             }
@@ -343,6 +433,60 @@ impl Frames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_value_is_rfc_6455s() {
+        // RFC 6455 §1.3's example.
+        assert_eq!(
+            accept_value(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let mut answer = HeaderMap::new();
+        answer.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(!is_websocket_answer(Some(&key), &answer), "no accept");
+        answer.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        );
+        assert!(is_websocket_answer(Some(&key), &answer));
+        assert!(!is_websocket_answer(None, &answer), "no key sent");
+        let other = HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA==");
+        assert!(
+            !is_websocket_answer(Some(&other), &answer),
+            "another handshake's accept"
+        );
+        answer.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!is_websocket_answer(Some(&key), &answer), "not websocket");
+    }
+
+    #[test]
+    fn enormous_expiry_never_panics() {
+        let now = Instant::now();
+        assert_eq!(expiry_instant(f64::MAX, 0.0, now), None);
+        assert_eq!(expiry_instant(f64::INFINITY, 0.0, now), None);
+        assert_eq!(
+            expiry_instant(f64::NAN, 0.0, now),
+            Some(now),
+            "NaN: max(0.0) makes it now"
+        );
+        assert_eq!(expiry_instant(1e300, 1.7e9, now), None);
+        assert_eq!(expiry_instant(10.0, 20.0, now), Some(now), "already past");
+        assert_eq!(expiry_instant(30.0, 20.0, now), Some(now + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn upgrade_bodies() {
+        let mut h = HeaderMap::new();
+        assert!(!has_body(&h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert!(!has_body(&h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(has_body(&h));
+        h.remove(header::CONTENT_LENGTH);
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(has_body(&h));
+    }
 
     #[test]
     fn close_frames_are_spotted_across_reads() {

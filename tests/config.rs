@@ -945,6 +945,28 @@ routes:
         w.contains("tokens in the query (access_token) end up in browser histories"),
         "{w}"
     );
+    // A cookie token source behind a "*" CORS policy: a warning (the cookie is
+    // never accepted through "*"); a policy that lists its origins: none.
+    for (origins, warned) in [(r#"["*"]"#, true), ("[https://app.example.com]", false)] {
+        let yaml = format!(
+            "{}cors:\n  web:\n    allow_origins: {origins}\n",
+            with(
+                FILE_PROVIDER,
+                r#"  - name: r
+    match: { path: / }
+    upstream: app
+    auth: { token_sources: [header, "cookie:session"] }
+    cors: web
+"#
+            )
+        );
+        let w = load(d.path(), &yaml).unwrap().warnings.join("\n");
+        assert_eq!(
+            w.contains(r#"route "r" reads a token from cookie:session and its CORS policy "web" allows "*""#),
+            warned,
+            "{origins}: {w}"
+        );
+    }
 }
 
 #[test]
@@ -1095,5 +1117,71 @@ revocation: { store: redis }
     assert_eq!(
         loaded.config.rate_limits[0].interval,
         std::time::Duration::from_millis(100)
+    );
+}
+
+/// `check` and `explain` validate a `store:` section without connecting to
+/// Redis (the systemd unit runs `check` before every start) and never panic.
+#[test]
+fn check_and_explain_never_connect_to_the_store() {
+    let d = dir();
+    // Something listens where the store is: it must see no connection at all.
+    let redis = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    redis.set_nonblocking(true).unwrap();
+    let port = redis.local_addr().unwrap().port();
+    let yaml = format!(
+        r#"{}store:
+  redis: redis://127.0.0.1:{port}/0
+  timeout: 100ms
+rate_limits:
+  per-user: {{ key: subject, rate: 10/s, store: redis }}
+revocation: {{ store: redis }}
+"#,
+        with(
+            FILE_PROVIDER,
+            r#"  - name: orders
+    match: { path: /api/orders }
+    upstream: app
+    auth: {}
+    rate_limits: [per-user]
+  - name: health
+    match: { path_exact: /health }
+    upstream: app
+    public: true
+"#
+        )
+    );
+    std::fs::write(d.path().join("gateway.yaml"), &yaml).unwrap();
+    let (code, out, err) = portcullis(&["check"], d.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("orders"), "{out}");
+    let (code, out, err) = portcullis(&["explain", "GET", "https://localhost/health"], d.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("forward to app"), "{out}");
+    let (code, out, err) = portcullis(&["explain", "GET", "https://localhost/api/orders"], d.path());
+    assert_eq!(code, 1, "{out}{err}");
+    for text in [&out, &err] {
+        assert!(!text.contains("panicked") && !text.contains("reactor"), "{text}");
+    }
+    match redis.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("check or explain connected to the store: {other:?}"),
+    }
+
+    // A store section that cannot work is still one clear line and exit 1.
+    std::fs::write(
+        d.path().join("bad-store.yaml"),
+        yaml.replace(
+            "  timeout: 100ms\n",
+            "  timeout: 100ms\n  password_env: PORTCULLIS_TEST_UNSET_PASSWORD\n",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = portcullis(&["check", "-c", "bad-store.yaml"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("store.password_env") && err.contains("PORTCULLIS_TEST_UNSET_PASSWORD"),
+        "{err}"
     );
 }

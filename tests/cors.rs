@@ -40,16 +40,28 @@ routes:
     match: {{ path: /plain }}
     upstream: app
     public: true
+  - name: cookie-listed
+    match: {{ path: /cookie-listed }}
+    upstream: app
+    auth: {{ token_sources: [header, "cookie:session"] }}
+    cors: web
+  - name: cookie-open
+    match: {{ path: /cookie-open }}
+    upstream: app
+    auth: {{ token_sources: [header, "cookie:session"] }}
+    cors: open
 "#,
         header = header(""),
         up = up.url()
     )
 }
 
+const SECRET: &str = "a-cors-test-secret-of-decent-length-012";
+
 async fn start(up: &RecordingUpstream) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), "a-cors-test-secret-of-decent-length-012").unwrap();
+    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
     TestGateway::start_in(dir, cert, &config(up)).await
 }
 
@@ -176,4 +188,114 @@ async fn responses_to_allowed_origins_carry_the_policy_errors_included() {
     );
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     assert!(r.header("access-control-allow-credentials").is_none());
+}
+
+/// A cookie rides along on requests from any site, so a cookie token is taken
+/// only from the gateway's own origin or one the policy names: never through
+/// `"*"`, never for `Origin: null`; a cross-site fetch without `Origin` that
+/// is not GET/HEAD is foreign too. Nothing refused reaches the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn cookie_tokens_need_an_origin_the_policy_names() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = start(&up).await;
+    let token = tokens::hs_sign(
+        jsonwebtoken::Algorithm::HS256,
+        SECRET.as_bytes(),
+        &serde_json::json!({"sub": "victim", "exp": tokens::now() + 300}),
+    );
+    let cookie = format!("session={token}");
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        let mut forwarded = 0;
+        for (method, path, extra, allowed) in [
+            ("POST", "/cookie-open/x", vec![("origin", "https://evil.net")], false),
+            ("GET", "/cookie-open/x", vec![("origin", "https://evil.net")], false),
+            ("POST", "/cookie-open/x", vec![("origin", "null")], false),
+            ("POST", "/cookie-listed/x", vec![("origin", "null")], false),
+            ("POST", "/cookie-listed/x", vec![("origin", "https://evil.net")], false),
+            (
+                "POST",
+                "/cookie-listed/x",
+                vec![("origin", "https://app.example.com")],
+                true,
+            ),
+            (
+                "POST",
+                "/cookie-listed/x",
+                vec![("origin", "https://a.example.org")],
+                true,
+            ),
+            ("POST", "/cookie-open/x", vec![("origin", "https://localhost")], true),
+            ("POST", "/cookie-open/x", vec![], true),
+            ("POST", "/cookie-open/x", vec![("sec-fetch-site", "cross-site")], false),
+            (
+                "DELETE",
+                "/cookie-listed/x",
+                vec![("sec-fetch-site", "cross-site")],
+                false,
+            ),
+            ("GET", "/cookie-open/x", vec![("sec-fetch-site", "cross-site")], true),
+            ("HEAD", "/cookie-open/x", vec![("sec-fetch-site", "cross-site")], true),
+            ("POST", "/cookie-open/x", vec![("sec-fetch-site", "same-site")], true),
+            // With an Origin, the Origin decides.
+            (
+                "POST",
+                "/cookie-listed/x",
+                vec![("origin", "https://app.example.com"), ("sec-fetch-site", "cross-site")],
+                true,
+            ),
+        ] {
+            let mut headers = vec![("cookie", cookie.as_str())];
+            headers.extend(extra.iter().copied());
+            let before = up.requests().len();
+            let r = c.send(req(method, path, &headers, "")).await;
+            if allowed {
+                assert_eq!(r.status, 200, "{proto:?} {method} {path} {extra:?}: {}", r.text());
+                forwarded += 1;
+                assert_eq!(up.requests().len(), before + 1);
+            } else {
+                r.assert_error(403, "cors_rejected");
+                assert_eq!(
+                    up.requests().len(),
+                    before,
+                    "{method} {path} {extra:?} reached the upstream"
+                );
+            }
+        }
+        assert!(forwarded > 0);
+        // The same foreign origin with a header token is an ordinary CORS call.
+        let bearer = format!("Bearer {token}");
+        let r = c
+            .send(req(
+                "POST",
+                "/cookie-open/x",
+                &[("authorization", bearer.as_str()), ("origin", "https://evil.net")],
+                "",
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
+/// `Vary: Origin` on every response of a CORS route, whether the origin is
+/// allowed, foreign or absent; never on a route without a policy.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_response_of_a_cors_route_varies_on_origin() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = start(&up).await;
+    let mut c = gw.client(Proto::H1).await;
+    for (path, origin, want) in [
+        ("/api/orders", Some("https://evil.example"), Some("Origin")),
+        ("/api/orders", None, Some("Origin")),
+        ("/open/x", None, Some("Origin")),
+        ("/open/x", Some("https://anyone.example"), Some("Origin")),
+        ("/plain/x", Some("https://anyone.example"), None),
+    ] {
+        let headers: Vec<(&str, &str)> = origin.iter().map(|o| ("origin", *o)).collect();
+        let r = c.send(req("GET", path, &headers, "")).await;
+        assert_eq!(r.header("vary"), want, "{path} {origin:?}");
+        if origin == Some("https://evil.example") {
+            no_cors_headers(&r);
+        }
+    }
 }

@@ -171,6 +171,30 @@ pub(super) fn token_sources(
     Ok(sources)
 }
 
+/// A cookie token is never taken through `"*"`: say so where a route reads
+/// one and its CORS policy is open to any origin (only the gateway's own
+/// origin and requests without `Origin` can then use the cookie).
+pub(super) fn warn_cookie_with_any_origin(ctx: &mut Ctx, routes: &[super::Route], cors: &[CorsPolicy]) {
+    for route in routes {
+        let super::Access::Protected(rule) = &route.access else {
+            continue;
+        };
+        let Some(policy) = route.cors.map(|p| &cors[p]) else {
+            continue;
+        };
+        let cookie = rule.token_sources.iter().find_map(|s| match s {
+            TokenSource::Cookie(name) => Some(name),
+            _ => None,
+        });
+        if let Some(name) = cookie.filter(|_| policy.origins.contains(&OriginPattern::Any)) {
+            ctx.warnings.push(format!(
+                "route {:?} reads a token from cookie:{name} and its CORS policy {:?} allows \"*\": a cookie token is never accepted through \"*\", so cross-origin browser calls with the cookie get 403 cors_rejected; list the origins that may send it",
+                route.name, policy.name
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,6 +89,9 @@ pub struct RevocationConfig {
     /// How long a subject revocation is kept after its `before` time: the
     /// longest a token lives.
     pub max_token_lifetime: Duration,
+    /// `until_loaded: refuse`: protected routes answer 503 until the list
+    /// has been loaded once, so a fresh instance never serves a revoked token.
+    pub refuse_until_loaded: bool,
 }
 
 /// A CORS policy (which browser origins may call a route, and how).
@@ -231,6 +234,9 @@ pub struct Upstream {
     pub protocol: UpstreamProtocol,
     /// Open connections per target, idle ones included.
     pub max_connections: usize,
+    /// WebSocket tunnels open at once per target (each also counts in
+    /// `max_connections`).
+    pub max_tunnels: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

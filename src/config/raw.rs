@@ -63,6 +63,9 @@ pub struct RawRateLimit {
 pub struct RawRevocation {
     pub store: String,
     pub max_token_lifetime: Option<Dur>,
+    /// `refuse` (default): protected routes answer 503 until the revocation
+    /// list has been loaded once; `allow`: serve meanwhile.
+    pub until_loaded: Option<String>,
 }
 
 /// A named CORS policy, referenced by routes.
@@ -214,6 +217,9 @@ pub struct RawUpstream {
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     pub max_connections: Option<usize>,
+    /// WebSocket tunnels open at once per target (default: half of
+    /// `max_connections`); each also holds one of `max_connections`.
+    pub max_tunnels: Option<usize>,
 }
 
 /// How the gateway speaks to an upstream's targets.

@@ -181,7 +181,20 @@ pub(super) fn revocation(
     if max_token_lifetime.is_zero() {
         return Err(ctx.err("revocation.max_token_lifetime", "must be longer than 0"));
     }
-    Ok(Some(RevocationConfig { max_token_lifetime }))
+    let refuse_until_loaded = match raw.until_loaded.as_deref() {
+        None | Some("refuse") => true,
+        Some("allow") => false,
+        Some(other) => {
+            return Err(ctx.err(
+                "revocation.until_loaded",
+                format!("{other:?} is neither refuse nor allow"),
+            ))
+        }
+    };
+    Ok(Some(RevocationConfig {
+        max_token_lifetime,
+        refuse_until_loaded,
+    }))
 }
 
 /// The route's `rate_limits` names as indexes; identity-based keys need a

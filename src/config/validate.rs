@@ -153,6 +153,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
     }
 
     super::route::warn_trailing_slash_fallthrough(&mut ctx, &routes, &index);
+    super::browser::warn_cookie_with_any_origin(&mut ctx, &routes, &cors);
 
     let config = Config {
         source: file.to_path_buf(),
@@ -364,6 +365,15 @@ fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Up
     if max_connections == 0 {
         return Err(ctx.err(format!("upstreams.{name}.max_connections"), "must be at least 1"));
     }
+    // Tunnels live long and each holds a connection: capped below the
+    // connection budget, so HTTP requests always keep some.
+    let max_tunnels = raw.max_tunnels.unwrap_or((max_connections / 2).max(1));
+    if max_tunnels == 0 || max_tunnels > max_connections {
+        return Err(ctx.err(
+            format!("upstreams.{name}.max_tunnels"),
+            format!("must be between 1 and max_connections ({max_connections})"),
+        ));
+    }
     let connect_timeout = raw.connect_timeout.map_or(Duration::from_secs(2), |d| d.0);
     let request_timeout = raw.request_timeout.map_or(Duration::from_secs(30), |d| d.0);
     if connect_timeout.is_zero() || request_timeout.is_zero() {
@@ -381,5 +391,6 @@ fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Up
         ca_file,
         protocol: raw.protocol,
         max_connections,
+        max_tunnels,
     })
 }

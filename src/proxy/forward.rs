@@ -41,6 +41,8 @@ impl std::fmt::Debug for UpstreamPool {
 pub enum UpstreamFailure {
     Connect,
     Busy,
+    /// The target has `max_tunnels` WebSocket tunnels open.
+    TunnelsFull,
     Timeout,
     Failed(hyper::Error),
 }
@@ -49,7 +51,7 @@ impl UpstreamFailure {
     pub fn kind(&self) -> &'static str {
         match self {
             UpstreamFailure::Connect => "connect",
-            UpstreamFailure::Busy => "busy",
+            UpstreamFailure::Busy | UpstreamFailure::TunnelsFull => "busy",
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::Failed(_) => "reset",
         }
@@ -59,6 +61,7 @@ impl UpstreamFailure {
         match self {
             UpstreamFailure::Connect => GatewayError::UpstreamConnect,
             UpstreamFailure::Busy => GatewayError::UpstreamBusy,
+            UpstreamFailure::TunnelsFull => GatewayError::TunnelsFull,
             UpstreamFailure::Timeout => GatewayError::UpstreamTimeout,
             UpstreamFailure::Failed(e) => GatewayError::UpstreamFailed(e),
         }
@@ -93,7 +96,7 @@ impl UpstreamPool {
                 config.protocol,
                 tls.as_ref(),
                 config.connect_timeout,
-                config.max_connections,
+                (config.max_connections, config.max_tunnels),
             )
             .map_err(|e| ConfigError::new(field(".targets"), e))?;
             targets.push(Arc::new(target));
@@ -150,14 +153,7 @@ impl UpstreamPool {
     /// request that may switch protocols (WebSocket).
     pub async fn connect_dedicated(
         &self,
-    ) -> Result<
-        (
-            http::uri::Authority,
-            pool::UpgradeSender,
-            tokio::sync::OwnedSemaphorePermit,
-        ),
-        UpstreamFailure,
-    > {
+    ) -> Result<(http::uri::Authority, pool::UpgradeSender, pool::DedicatedPermit), UpstreamFailure> {
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
@@ -165,6 +161,7 @@ impl UpstreamPool {
             match target.connect_dedicated().await {
                 Ok((sender, permit)) => return Ok((target.authority.clone(), sender, permit)),
                 Err(ConnectError::Busy) => return Err(UpstreamFailure::Busy),
+                Err(ConnectError::TunnelsFull) => return Err(UpstreamFailure::TunnelsFull),
                 Err(ConnectError::Refused(why)) => {
                     tracing::warn!(target_addr = %target.authority, error = %why, "upstream target refused the connection");
                 }
@@ -221,7 +218,7 @@ async fn send_to(
     for _ in 0..NOT_SENT_RETRIES {
         let conn = match target.checkout().await {
             Ok(conn) => conn,
-            Err(ConnectError::Busy) => {
+            Err(ConnectError::Busy | ConnectError::TunnelsFull) => {
                 tracing::warn!(target_addr = %target.authority, "no upstream connection free within connect_timeout");
                 return Err(UpstreamFailure::Busy);
             }

@@ -42,15 +42,23 @@ pub struct ConnInfo {
     pub forwarded_for: HeaderValue,
     /// Where WebSocket tunnels opened on this connection are counted.
     pub tunnels: crate::tunnel::Tunnels,
+    /// The connection's place in `limits.max_connections`: a tunnel opened
+    /// on it keeps the place after the connection hands its socket over.
+    pub place: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tunnels: crate::tunnel::Tunnels) -> Self {
+    pub fn new(
+        peer: SocketAddr,
+        tunnels: crate::tunnel::Tunnels,
+        place: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    ) -> Self {
         ConnInfo {
             peer,
             client: peer.to_string().into(),
             forwarded_for: headers::client_address(peer.ip()),
             tunnels,
+            place,
         }
     }
 }
@@ -271,7 +279,13 @@ async fn pipeline(
         Access::Protected(rule) => {
             let found = credential::find(&rule.token_sources, &parts.headers, parts.uri.query());
             if let Ok(Some(TokenSource::Cookie(_))) = found.as_ref().map(|f| f.map(|c| c.source)) {
-                check_cookie_origin(snap, route, &parts.headers, host.as_ref().map(|(v, _)| v))?;
+                check_cookie_origin(
+                    snap,
+                    route,
+                    &parts.method,
+                    &parts.headers,
+                    host.as_ref().map(|(v, _)| v),
+                )?;
             }
             let token_source = found.as_ref().ok().and_then(|f| f.map(|c| c.source.clone()));
             let token = found.map(|f| f.map(|c| c.token));
@@ -327,6 +341,11 @@ async fn pipeline(
         .websocket
         .as_ref()
         .filter(|_| crate::tunnel::is_websocket_upgrade(&parts));
+    if websocket.is_some() && crate::tunnel::has_body(&parts.headers) {
+        return Err(GatewayError::BadRequest(
+            "A WebSocket upgrade request cannot carry a body.",
+        ));
+    }
     let upstream = &snap.upstreams[route.upstream];
     let outgoing = Outgoing {
         upstream: &upstream.config,
@@ -348,12 +367,14 @@ async fn pipeline(
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
             .ok_or(GatewayError::BadRequest("The connection cannot be upgraded."))?;
-        let tunnel = crate::tunnel::TunnelLimits::new(
+        let mut tunnel = crate::tunnel::TunnelLimits::new(
             log.route_name().cloned().unwrap_or_else(|| "-".into()),
             policy,
             identity.as_ref().map(|i| i.valid_until),
             limits.shutdown_grace,
         );
+        let revocations = snap.store.as_ref().and_then(|s| s.revocations.clone());
+        tunnel.revocation = identity.clone().zip(revocations);
         // Boxed: a rare branch whose state would otherwise enlarge every request's future.
         return Box::pin(crate::tunnel::open(
             upstream,
@@ -361,7 +382,7 @@ async fn pipeline(
             path_and_query,
             parts.headers,
             tunnel,
-            &conn.tunnels,
+            conn,
         ))
         .await;
     }
@@ -373,6 +394,13 @@ async fn pipeline(
     // await would make every request's future carry (and move) them inline
     // (bench/callgrind.sh, h1 public route: 75.9k -> 66.2k instructions).
     match Box::pin(upstream.send(parts.method, path_and_query, parts.headers, body)).await {
+        // Only a WebSocket route's handshake may switch protocols; any other
+        // 101 would hand the client a raw connection to the upstream.
+        Ok(resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+            tracing::warn!(upstream = %upstream.config.name, "upstream answered 101 to a request that asked for no WebSocket");
+            crate::metrics::upstream_error(&upstream.config.name, "reset");
+            Err(GatewayError::NotAWebSocket)
+        }
         Ok(resp) => Ok(resp.map(Either::Left)),
         Err(_) if budget.exceeded() => Err(GatewayError::PayloadTooLarge),
         Err(failure) => {
@@ -451,6 +479,12 @@ async fn check_access(
         .map_err(|e| (e, None))?;
     // Checked on every request, cache hits included, against the local copy.
     let revocations = snap.store.as_ref().and_then(|s| s.revocations.as_ref());
+    // A fresh instance whose Redis is down would serve tokens revoked before
+    // it started: refuse until the list is in, unless told not to.
+    let unloaded = revocations.is_some_and(|r| !r.loaded());
+    if unloaded && snap.config.revocation.as_ref().is_some_and(|c| c.refuse_until_loaded) {
+        return Err((GatewayError::RevocationsNotLoaded, None));
+    }
     if revocations.is_some_and(|r| r.is_revoked(&identity)) {
         crate::metrics::auth_failure("revoked");
         return Err((GatewayError::InvalidToken(crate::auth::token::Rejection::Revoked), None));
@@ -463,20 +497,33 @@ async fn check_access(
 
 /// A cookie rides along on cross-site requests (forged form posts, cross-site
 /// WebSocket hijacking), so a cookie token counts only without `Origin`, from
-/// the gateway's own origin, or from an origin the route's CORS policy allows.
+/// the gateway's own origin, or from an origin the route's CORS policy lists
+/// by name (never through `"*"`, never `null`). Without `Origin`, a browser's
+/// `Sec-Fetch-Site: cross-site` on a request that is not GET or HEAD says the
+/// same as a foreign origin would.
 pub(crate) fn check_cookie_origin(
     snap: &Snapshot,
     route: &crate::config::Route,
+    method: &http::Method,
     headers: &http::HeaderMap,
     host: Option<&HeaderValue>,
 ) -> Result<(), GatewayError> {
     let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
+        let safe_method = *method == http::Method::GET || *method == http::Method::HEAD;
+        let cross_site = headers
+            .get_all("sec-fetch-site")
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        return if cross_site && !safe_method {
+            Err(GatewayError::CorsRejected)
+        } else {
+            Ok(())
+        };
     };
     let allowed = crate::cors::same_origin(origin, host)
         || route
             .cors
-            .is_some_and(|p| crate::cors::allows_origin(&snap.config.cors[p], origin));
+            .is_some_and(|p| crate::cors::lists_origin(&snap.config.cors[p], origin));
     if allowed {
         Ok(())
     } else {

@@ -55,6 +55,16 @@ pub enum ConnectError {
     Refused(String),
     /// Every connection the cap allows stayed busy for the whole wait.
     Busy,
+    /// The target has `max_tunnels` WebSocket tunnels open.
+    TunnelsFull,
+}
+
+/// A dedicated connection's places: one of the target's connections and one
+/// of its tunnels, both given back when dropped.
+#[derive(Debug)]
+pub struct DedicatedPermit {
+    _connection: OwnedSemaphorePermit,
+    _tunnel: OwnedSemaphorePermit,
 }
 
 /// The connections of one target.
@@ -65,6 +75,8 @@ pub struct TargetPool {
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
     permits: Arc<Semaphore>,
+    /// One per open WebSocket tunnel (`max_tunnels`), taken with a permit.
+    tunnels: Arc<Semaphore>,
     /// HTTP/1.1: idle connections, most recently used last, in one stack
     /// per worker (by the worker that drives each connection), so that
     /// workers taking and returning their own do not share a lock.
@@ -115,7 +127,7 @@ impl TargetPool {
         protocol: UpstreamProtocol,
         tls: Option<&Arc<rustls::ClientConfig>>,
         connect_timeout: Duration,
-        max_connections: usize,
+        (max_connections, max_tunnels): (usize, usize),
     ) -> Result<Self, String> {
         let tls = match (https, tls) {
             (true, Some(config)) => {
@@ -135,6 +147,7 @@ impl TargetPool {
             tls,
             connect_timeout,
             permits: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            tunnels: Arc::new(Semaphore::new(max_tunnels.min(Semaphore::MAX_PERMITS))),
             idle: (0..crate::server::shard_count())
                 .map(|_| IdleStack::default())
                 .collect(),
@@ -179,9 +192,16 @@ impl TargetPool {
     }
 
     /// A connection of its own for one request that may switch protocols (a
-    /// WebSocket upgrade): never pooled, and its permit goes with it, to be
-    /// held for as long as the tunnel lives.
-    pub async fn connect_dedicated(self: &Arc<Self>) -> Result<(UpgradeSender, OwnedSemaphorePermit), ConnectError> {
+    /// WebSocket upgrade): never pooled, and its permits go with it, to be
+    /// held for as long as the tunnel lives. Over `max_tunnels` it is refused
+    /// at once rather than waiting: tunnels free their places only when a
+    /// user leaves.
+    pub async fn connect_dedicated(self: &Arc<Self>) -> Result<(UpgradeSender, DedicatedPermit), ConnectError> {
+        let tunnel = self
+            .tunnels
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ConnectError::TunnelsFull)?;
         let deadline = Instant::now() + self.connect_timeout;
         let permit = loop {
             let freed = self.freed.clone();
@@ -209,7 +229,13 @@ impl TargetPool {
                 tracing::debug!(target_addr = %authority, error = %e, "upstream connection ended with an error");
             }
         });
-        Ok((sender, permit))
+        Ok((
+            sender,
+            DedicatedPermit {
+                _connection: permit,
+                _tunnel: tunnel,
+            },
+        ))
     }
 
     /// The most recently used idle connection that is still usable: one this
@@ -442,7 +468,7 @@ pub enum Lease {
     H2(StreamGuard),
     /// A connection of its own (an upgrade the upstream declined): closed
     /// with the body, its place in the cap freed.
-    Dedicated(OwnedSemaphorePermit),
+    Dedicated(DedicatedPermit),
 }
 
 /// An upstream response body: the stream as it arrives, which gives its
@@ -550,7 +576,7 @@ mod tests {
             UpstreamProtocol::Http1,
             None,
             Duration::from_secs(1),
-            8,
+            (8, 4),
         )
         .expect("pool")
     }

@@ -11,7 +11,7 @@
 pub mod revocation;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -35,7 +35,10 @@ pub struct Store {
     /// Digest of `ca_file`'s content: a reload with a new CA builds a new client.
     pub ca_digest: Option<[u8; 32]>,
     client: redis::Client,
-    conn: ConnectionManager,
+    /// Built on first use, inside the runtime: redis-rs spawns its driver task
+    /// when the manager is made, so `check` and `explain` (which never talk to
+    /// Redis) must not make one.
+    conn: OnceLock<ConnectionManager>,
     reached: AtomicBool,
     /// The local copy of the revocation list, when `revocation` is configured.
     pub revocations: Option<Arc<Revocations>>,
@@ -79,17 +82,11 @@ impl Store {
         } else {
             redis::Client::open(info).map_err(unusable)?
         };
-        let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout.max(Duration::from_secs(1))))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager).map_err(unusable)?;
         Ok(Store {
             config: config.clone(),
             ca_digest: crate::tls::ca_digest(config.ca_file.as_deref()),
             client,
-            conn,
+            conn: OnceLock::new(),
             reached: AtomicBool::new(false),
             revocations: revocation.map(|r| Arc::new(Revocations::new(r.max_token_lifetime))),
             started: AtomicBool::new(false),
@@ -106,13 +103,33 @@ impl Store {
         format!("{}{rest}", self.config.key_prefix)
     }
 
+    /// The shared connection, made on first use (it connects lazily too).
+    /// Must be called inside the Tokio runtime.
+    fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+        if let Some(conn) = self.conn.get() {
+            return Ok(conn.clone());
+        }
+        let settings = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.config.timeout.max(Duration::from_secs(1))))
+            .set_response_timeout(Some(self.config.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let made = ConnectionManager::new_lazy_with_config(self.client.clone(), settings)?;
+        // Two first callers at once: one manager wins, the other is dropped unused.
+        Ok(self.conn.get_or_init(|| made).clone())
+    }
+
     /// Run a command on the shared connection, bounded by `store.timeout`.
     pub async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let result = match tokio::time::timeout(self.config.timeout, f(self.conn.clone())).await {
+        let attempt = async {
+            let conn = self.connection()?;
+            f(conn).await
+        };
+        let result = match tokio::time::timeout(self.config.timeout, attempt).await {
             Ok(Ok(v)) => {
                 self.reached.store(true, Ordering::Release);
                 return Ok(v);

@@ -60,6 +60,9 @@ pub struct Revocations {
     subjects: DashMap<String, f64>,
     max_token_lifetime: Duration,
     loaded: AtomicBool,
+    /// Bumped on every change, for open WebSocket tunnels to re-check
+    /// their token (a revoked token's tunnels close at once).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 fn now() -> f64 {
@@ -76,7 +79,13 @@ impl Revocations {
             subjects: DashMap::new(),
             max_token_lifetime,
             loaded: AtomicBool::new(false),
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A receiver that wakes whenever the list changes.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn loaded(&self) -> bool {
@@ -125,6 +134,7 @@ impl Revocations {
             }
         }
         crate::metrics::revocations(self.len());
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// Drop entries that can no longer match an acceptable token.
