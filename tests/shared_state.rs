@@ -268,12 +268,105 @@ revocation: {{ store: redis }}
     upstream: app
     auth: {}
 "#;
-    let gw = gateway(&up, &extra, routes).await;
+    let routes = format!("{routes}  - {{ name: open, match: {{ path: /open }}, upstream: app, public: true }}\n");
+    let gw = gateway(&up, &extra, &routes).await;
+    let allow = gateway(
+        &up,
+        &extra.replace(
+            "revocation: { store: redis }",
+            "revocation: { store: redis, until_loaded: allow }",
+        ),
+        &routes,
+    )
+    .await;
     let (status, body) = gw.admin("/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("store: redis://127.0.0.1"), "{body}");
+    // Until the revocation list is loaded, protected routes refuse (a token
+    // revoked before this instance started must not get through), unless
+    // `until_loaded: allow`; public routes are not concerned.
+    let bearer = format!("Bearer {}", token(json!({})));
+    let before = up.requests().len();
+    get(&gw, "/api", &[("authorization", &bearer)])
+        .await
+        .assert_error(503, "temporarily_unavailable");
+    assert_eq!(up.requests().len(), before, "nothing went upstream");
+    assert_eq!(get(&gw, "/open", &[]).await.status, 200);
+    assert_eq!(get(&allow, "/api", &[("authorization", &bearer)]).await.status, 200);
     let _redis = RedisServer::start_on(port).await;
     wait_for_async(Duration::from_secs(15), || async { gw.admin("/readyz").await.0 == 200 }).await;
+    assert_eq!(get(&gw, "/api", &[("authorization", &bearer)]).await.status, 200);
+}
+
+/// A revoked token's open WebSocket tunnels close within the second that
+/// revocation takes everywhere; other tunnels stay open.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_tokens_tunnels_close() {
+    let redis = RedisServer::start().await;
+    let ws_up = support::ws::WsUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let yaml = format!(
+        r#"{}providers:
+  app:
+    secret_file: app.secret
+    algorithms: [HS256]
+store:
+  redis: {}
+revocation: {{ store: redis }}
+upstreams:
+  ws:
+    targets: [{}]
+routes:
+  - name: chat
+    match: {{ path: /chat }}
+    upstream: ws
+    auth: {{ scopes: [api] }}
+    websocket: true
+"#,
+        header_with_admin(),
+        redis.url(),
+        ws_up.url()
+    );
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    wait_for_async(Duration::from_secs(10), || async { gw.admin("/readyz").await.0 == 200 }).await;
+    let leaked = format!("Bearer {}", token(json!({"jti": "tunnel-1"})));
+    let kept = format!("Bearer {}", token(json!({"jti": "tunnel-2"})));
+    let (mut doomed, _) = support::ws::connect(gw.addr, &gw.cert, "/chat", &[("authorization", &leaked)])
+        .await
+        .expect("upgraded");
+    let (mut other, _) = support::ws::connect(gw.addr, &gw.cert, "/chat", &[("authorization", &kept)])
+        .await
+        .expect("upgraded");
+    assert!(support::ws::round_trip(&mut doomed, "before").await.is_some());
+    let (status, body) = post_admin(
+        &gw,
+        "/revoke",
+        &format!(r#"{{"jti":"tunnel-1","exp":{}}}"#, now() + 600),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let revoked_at = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), support::ws::closed(&mut doomed))
+        .await
+        .expect("the revoked token's tunnel stayed open");
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(1),
+        "closed {:?} after the revocation",
+        revoked_at.elapsed()
+    );
+    assert_eq!(
+        support::ws::round_trip(&mut other, "still here").await.as_deref(),
+        Some("echo: still here")
+    );
+    wait_for_async(Duration::from_secs(5), || async {
+        gw.admin("/metrics")
+            .await
+            .1
+            .contains(r#"portcullis_websocket_closed_total{route="chat",reason="revoked"} 1"#)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

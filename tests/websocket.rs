@@ -330,3 +330,211 @@ async fn upgrades_happen_only_for_websocket_on_websocket_routes() {
     assert_eq!(r.status, 200);
     assert!(s.plain.last().headers.get("upgrade").is_none());
 }
+
+/// A gateway with its own limits and upstreams for the bounds tests: `ws`
+/// (the WebSocket upstream) with `upstream_limits`, and a plain route to it.
+async fn bounded(ws: &WsUpstream, limits: &str, upstream_limits: &str) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("ws.secret"), SECRET).unwrap();
+    let yaml = format!(
+        r#"{header}limits:
+  shutdown_grace: 1s
+{limits}providers:
+  app:
+    secret_file: ws.secret
+    algorithms: [HS256]
+upstreams:
+  ws:
+    targets: [{ws}]
+{upstream_limits}routes:
+  - name: ws-echo
+    match: {{ path: /ws/echo }}
+    upstream: ws
+    public: true
+    websocket: true
+  - name: ws-plain
+    match: {{ path: /ws/plain }}
+    upstream: ws
+    public: true
+"#,
+        header = header_with_admin(),
+        ws = ws.url(),
+    );
+    TestGateway::start_in(dir, cert, &yaml).await
+}
+
+/// `max_tunnels` (default half of `max_connections`) caps tunnels per target
+/// with an immediate 503, and plain requests to the same upstream still get
+/// a connection while the tunnels are open.
+#[tokio::test(flavor = "multi_thread")]
+async fn tunnels_have_a_cap_of_their_own_per_target() {
+    let ws = WsUpstream::start().await;
+    let gw = bounded(&ws, "", "    max_connections: 4\n").await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (mut c, _) = ws::connect(gw.addr, &gw.cert, "/ws/echo", &[])
+            .await
+            .expect("within max_tunnels");
+        assert!(ws::round_trip(&mut c, "hi").await.is_some());
+        open.push(c);
+    }
+    let (status, body) = ws::connect(gw.addr, &gw.cert, "/ws/echo", &[]).await.err().unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("temporarily_unavailable"), "{body}");
+    assert_eq!(ws.count(), 2, "the third upgrade never reached the upstream");
+    // HTTP traffic keeps its permits: the request is sent (the WebSocket
+    // server refuses a plain GET, which is its answer, not a 503).
+    let before = ws.count();
+    let r = gw.client(Proto::H1).await.send(req("GET", "/ws/plain", &[], "")).await;
+    assert_ne!(r.status, 503, "{}", r.text());
+    assert_eq!(ws.count(), before, "a plain GET is no handshake");
+    // Closing a tunnel gives its place back.
+    open.pop().unwrap().close(None).await.unwrap();
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok((c, _)) = ws::connect(gw.addr, &gw.cert, "/ws/echo", &[]).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ws::round_trip(again.as_mut().expect("a freed tunnel place"), "x")
+        .await
+        .is_some());
+
+    // max_tunnels cannot exceed max_connections.
+    let d = tempfile::tempdir().unwrap();
+    write_cert(d.path());
+    let yaml = format!(
+        "{}upstreams:\n  ws:\n    targets: [{}]\n    max_connections: 2\n    max_tunnels: 3\nroutes:\n  - {{ name: r, match: {{ path: / }}, upstream: ws, public: true }}\n",
+        header(""),
+        ws.url()
+    );
+    std::fs::write(d.path().join("gateway.yaml"), yaml).unwrap();
+    let e = portcullis::load(&d.path().join("gateway.yaml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("upstreams.ws.max_tunnels: must be between 1 and max_connections (2)"),
+        "{e}"
+    );
+}
+
+/// An upgraded client connection keeps its place in `limits.max_connections`:
+/// with 2 places and 2 tunnels open, a third client waits in the backlog
+/// until a tunnel closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn tunnels_count_against_max_connections() {
+    let ws = WsUpstream::start().await;
+    let gw = bounded(&ws, "  max_connections: 2\n", "").await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (mut c, _) = ws::connect(gw.addr, &gw.cert, "/ws/echo", &[]).await.expect("upgraded");
+        assert!(ws::round_trip(&mut c, "hi").await.is_some());
+        open.push(c);
+    }
+    let (addr, cert) = (gw.addr, gw.cert.clone());
+    let mut third = tokio::spawn(async move { ws::connect(addr, &cert, "/ws/echo", &[]).await.map(|(c, _)| c) });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), &mut third)
+            .await
+            .is_err(),
+        "a third connection was served beside two tunnels with max_connections: 2"
+    );
+    open.pop().unwrap().close(None).await.unwrap();
+    let mut c = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("served once a tunnel closed")
+        .unwrap()
+        .expect("upgraded");
+    assert!(ws::round_trip(&mut c, "third").await.is_some());
+}
+
+/// An upstream that answers every request with `answer` and records what it
+/// received, bytes after the head included.
+async fn scripted_upstream(answer: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut answered = false;
+                loop {
+                    let n = match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => n,
+                        _ => return,
+                    };
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if !answered && record.lock().unwrap().windows(4).any(|w| w == b"\r\n\r\n") {
+                        answered = true;
+                        if tcp.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// A `101` is relayed only when it completes this WebSocket handshake; any
+/// other (no or a wrong `Sec-WebSocket-Accept`, another protocol, or a 101
+/// on a route without `websocket`) is a 502 and nothing the client sends
+/// after reaches the upstream. An upgrade request with a body is a 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_real_websocket_handshake_is_relayed() {
+    for answer in [
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+    ] {
+        let (url, seen) = scripted_upstream(answer).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cert = write_cert(dir.path());
+        let yaml = format!(
+            "{}upstreams:\n  up:\n    targets: [{url}]\nroutes:\n  - {{ name: ws, match: {{ path: /ws }}, upstream: up, public: true, websocket: true }}\n  - {{ name: plain, match: {{ path: /plain }}, upstream: up, public: true }}\n",
+            header("")
+        );
+        let gw = TestGateway::start_in(dir, cert, &yaml).await;
+        let (status, body) = ws::connect(gw.addr, &gw.cert, "/ws", &[]).await.err().unwrap();
+        assert_eq!(status, 502, "{answer:?}: {body}");
+        assert!(body.contains("bad_gateway"), "{body}");
+
+        // By hand: the handshake (with another key than the one the second
+        // answer's accept is for) and, right behind it, bytes that a relayed
+        // fake 101 would have carried to the upstream as a request of their own.
+        for path in ["/ws", "/plain"] {
+            use tokio::io::AsyncWriteExt;
+            let mut tls = gw.raw().await;
+            let bytes = format!(
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\nX-Auth-Subject: root\r\nConnection: close\r\n\r\n"
+            );
+            tls.write_all(bytes.as_bytes()).await.unwrap();
+            let (reply, _) = read_to_close(&mut tls, Duration::from_secs(3)).await;
+            assert!(reply.starts_with("HTTP/1.1 502"), "{path} {answer:?}: {reply}");
+            assert!(reply.contains("HTTP/1.1 404"), "the second request was the gateway's to answer: {reply}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let received = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        assert!(!received.contains("root"), "{received}");
+    }
+
+    // An upgrade request with a body is refused before anything goes upstream.
+    let ws = WsUpstream::start().await;
+    let gw = bounded(&ws, "", "").await;
+    let mut tls = gw.raw().await;
+    let reply = exchange(
+        &mut tls,
+        b"GET /ws/echo HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("invalid_request"), "{reply}");
+    assert_eq!(ws.count(), 0);
+}
