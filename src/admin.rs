@@ -1,5 +1,11 @@
 //! The admin listener (docs/operations.md): `/healthz`, `/readyz` and `/metrics` over
-//! plain HTTP, meant for loopback or a private network only.
+//! plain HTTP, meant for loopback or a private network only, and `POST /revoke`.
+//!
+//! It is not for browsers: a request carrying `Origin` is refused, so a page
+//! that someone with access to the port visits cannot use it. A `POST` needs
+//! `Content-Type: application/json` (a form or `text/plain` body is what a
+//! page can send without asking) and, with `admin.token_file`, the secret as
+//! a bearer token. A body must arrive within `header_read_timeout`.
 
 use std::sync::Arc;
 
@@ -47,10 +53,47 @@ pub fn missing(snap: &Snapshot) -> Vec<String> {
 const MAX_REVOKE_BODY: usize = 4096;
 
 pub async fn answer(req: Request<Incoming>, snap: Arc<Snapshot>) -> Response<Full<Bytes>> {
+    if req.headers().contains_key(http::header::ORIGIN) {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "The admin listener does not serve browsers: requests with an Origin header are refused.",
+        );
+    }
+    if req.method() == Method::POST {
+        if let Some(token) = &snap.config.admin_token {
+            let given = req.headers().get(http::header::AUTHORIZATION);
+            if !given.is_some_and(|v| token.admits(v.as_bytes())) {
+                let mut resp = json_response(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "Admin requests that change state need the admin token as a bearer token.",
+                );
+                resp.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="portcullis-admin""#),
+                );
+                return resp;
+            }
+        }
+    }
     if req.uri().path() == "/revoke" {
         return revoke(req, &snap).await;
     }
     read(&req, &snap)
+}
+
+/// What an admin connection gets while every regular admin slot is taken
+/// (slow or stuck clients): health, readiness and metrics, never a change.
+pub async fn answer_when_busy(req: Request<Incoming>, snap: Arc<Snapshot>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "The admin listener is busy; retry shortly.",
+        );
+    }
+    answer(req, snap).await
 }
 
 /// `POST /revoke`: `{"jti", "exp"}` or `{"sub", "before"}`, recorded in the
@@ -69,17 +112,46 @@ async fn revoke(req: Request<Incoming>, snap: &Snapshot) -> Response<Full<Bytes>
             "Revocation is not configured; add `revocation: { store: redis }`.",
         );
     };
-    let body = match Limited::new(req.into_body(), MAX_REVOKE_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    let json_body = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json_body {
+        return json_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send the revocation as Content-Type: application/json.",
+        );
+    }
+    // The head was read within header_read_timeout; the body gets as long.
+    let deadline = snap.config.limits.header_read_timeout;
+    let collected = tokio::time::timeout(deadline, Limited::new(req.into_body(), MAX_REVOKE_BODY).collect()).await;
+    let body = match collected {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
             return json_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "A revocation body is at most 4 KiB.",
             )
         }
+        Err(_) => {
+            let mut resp = json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "The request body did not arrive in time.",
+            );
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
     };
-    let revocation = match crate::store::revocation::Revocation::parse(&body) {
+    let max_lifetime = snap.config.revocation.as_ref().map(|r| r.max_token_lifetime);
+    let revocation = crate::store::revocation::Revocation::parse(&body)
+        .and_then(|r| r.within_bounds(crate::store::revocation::unix_now(), max_lifetime.unwrap_or_default()));
+    let revocation = match revocation {
         Ok(r) => r,
         Err(why) => return json_response(StatusCode::BAD_REQUEST, "invalid_request", why),
     };

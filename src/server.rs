@@ -27,6 +27,13 @@ use crate::snapshot::Snapshot;
 /// Concurrent connections on the admin listener.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
+/// Admin connections served while the regular slots are all taken (slow
+/// clients holding them until their deadline): one request each, a head
+/// within [`BUSY_ADMIN_HEAD_TIMEOUT`], reads only, so health checks and
+/// scrapes keep getting answers.
+const ADMIN_BUSY_CONNECTIONS: usize = 64;
+const BUSY_ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// HTTP/2 keep-alive: a PING this often, and the connection is dropped when
 /// its answer takes longer than the timeout.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
@@ -120,9 +127,10 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
         // The admin listener has its own small budget, so a gateway saturated
         // with clients still answers its health checks and scrapes.
         let admin_connections = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+        let busy_lane = Arc::new(Semaphore::new(ADMIN_BUSY_CONNECTIONS));
         accept_loops.push(tokio::spawn(accept_loop(
             admin,
-            Listener::Plain(Plain::Admin),
+            Listener::Plain(Plain::Admin { busy_lane }),
             gateway.clone(),
             admin_connections,
             shutdown.subscribe(),
@@ -238,10 +246,23 @@ enum Listener {
 }
 
 /// The plain-HTTP listeners, served on the main runtime.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Plain {
-    Admin,
-    Redirect { https_port: u16 },
+    /// `busy_lane`: the places for connections beyond the regular budget.
+    Admin {
+        busy_lane: Arc<Semaphore>,
+    },
+    Redirect {
+        https_port: u16,
+    },
+}
+
+/// A place in `lane`, or never when there is no such lane.
+async fn busy_place(lane: Option<&Arc<Semaphore>>) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+    match lane {
+        Some(lane) => lane.clone().acquire_owned().await,
+        None => std::future::pending().await,
+    }
 }
 
 thread_local! {
@@ -421,9 +442,16 @@ async fn accept_loop(
 ) {
     loop {
         // Waiting for a permit before accepting leaves excess clients in the
-        // kernel's backlog instead of accepting and dropping them.
-        let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => p,
+        // kernel's backlog instead of accepting and dropping them. The admin
+        // listener has a second, short-lived lane for when its budget is full.
+        let busy_lane = match &kind {
+            Listener::Plain(Plain::Admin { busy_lane }) => Some(busy_lane),
+            _ => None,
+        };
+        let (permit, busy) = tokio::select! {
+            biased;
+            p = connections.clone().acquire_owned() => (p, false),
+            p = busy_place(busy_lane) => (p, true),
             _ = shutdown.changed() => return,
         };
         let Ok(permit) = permit else { return };
@@ -445,18 +473,24 @@ async fn accept_loop(
                 workers.hand(stream, peer, permit);
                 continue;
             }
-            Listener::Plain(plain) => *plain,
+            Listener::Plain(plain) => plain.clone(),
         };
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             match plain {
-                Plain::Admin => serve_plain(gateway, stream, shutdown, crate::admin::answer).await,
+                Plain::Admin { .. } if busy => {
+                    let lane = Lane::Busy(BUSY_ADMIN_HEAD_TIMEOUT);
+                    serve_plain(gateway, stream, shutdown, lane, crate::admin::answer_when_busy).await
+                }
+                Plain::Admin { .. } => {
+                    serve_plain(gateway, stream, shutdown, Lane::Regular, crate::admin::answer).await
+                }
                 Plain::Redirect { https_port } => {
                     let answer = move |req: Request<Incoming>, _: Arc<Snapshot>| {
                         std::future::ready(crate::redirect::answer(&req, https_port))
                     };
-                    serve_plain(gateway, stream, shutdown, answer).await
+                    serve_plain(gateway, stream, shutdown, Lane::Regular, answer).await
                 }
             }
             drop(permit);
@@ -556,14 +590,32 @@ fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
     b
 }
 
+/// How a plain connection is served.
+#[derive(Clone, Copy)]
+enum Lane {
+    Regular,
+    /// Beyond the listener's budget: one request, its head within this.
+    Busy(Duration),
+}
+
 /// The plain-HTTP/1.1 listeners (redirect, admin): small answers computed from
 /// the request and the current snapshot.
-async fn serve_plain<F, Fut>(gateway: Arc<Gateway>, stream: TcpStream, shutdown: watch::Receiver<bool>, answer: F)
-where
+async fn serve_plain<F, Fut>(
+    gateway: Arc<Gateway>,
+    stream: TcpStream,
+    shutdown: watch::Receiver<bool>,
+    lane: Lane,
+    answer: F,
+) where
     F: Fn(Request<Incoming>, Arc<Snapshot>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let limits = gateway.snapshot.load().config.limits.clone();
+    let mut limits = gateway.snapshot.load().config.limits.clone();
+    let mut builder = http1_builder(&limits);
+    if let Lane::Busy(head_timeout) = lane {
+        limits.header_read_timeout = limits.header_read_timeout.min(head_timeout);
+        builder.keep_alive(false);
+    }
     let state = Arc::new(ConnState::new(&limits, true));
     let io = TokioIo::new(Tracked::new(stream, state.clone()));
     let service_state = state.clone();
@@ -572,7 +624,7 @@ where
         let resp = answer(req, gateway.snapshot.load_full());
         async move { Ok::<_, Infallible>(resp.await.map(|body| exchange.respond(body))) }
     });
-    let conn = Box::pin(http1_builder(&limits).serve_connection(io, service).with_upgrades());
+    let conn = Box::pin(builder.serve_connection(io, service).with_upgrades());
     drive(conn, &limits, &state, shutdown).await;
 }
 

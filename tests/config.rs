@@ -1185,3 +1185,42 @@ revocation: {{ store: redis }}
         "{err}"
     );
 }
+
+/// `POST /revoke` on a non-loopback admin address without `admin.token_file`
+/// is a warning; the token file must hold a usable secret.
+#[test]
+fn an_open_revoke_endpoint_is_warned_about() {
+    let d = dir();
+    let base = with(
+        FILE_PROVIDER,
+        "  - { name: r, match: { path: / }, upstream: app, auth: {} }\n",
+    );
+    let shared = "store:\n  redis: redis://127.0.0.1:6379/0\nrevocation: { store: redis }\n";
+    let on = |admin: &str, extra: &str| {
+        format!("{base}{shared}{extra}").replacen(
+            "  https: 127.0.0.1:8443\n",
+            &format!("  https: 127.0.0.1:8443\n  admin: {admin}\n"),
+            1,
+        )
+    };
+    let warned = |yaml: &str| {
+        load(d.path(), yaml)
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.contains("POST /revoke is reachable on") && w.contains("admin.token_file"))
+    };
+    assert!(warned(&on("0.0.0.0:9901", "")));
+    assert!(!warned(&on("127.0.0.1:9901", "")));
+    std::fs::write(d.path().join("admin.token"), "0123456789abcdef0123\n").unwrap();
+    assert!(!warned(&on("0.0.0.0:9901", "admin:\n  token_file: admin.token\n")));
+    std::fs::write(d.path().join("short.token"), "short\n").unwrap();
+    let e = load(d.path(), &on("0.0.0.0:9901", "admin:\n  token_file: short.token\n")).unwrap_err();
+    assert!(
+        said(&e).contains("admin.token_file: the secret must be at least 16"),
+        "{}",
+        said(&e)
+    );
+    let e = load(d.path(), &on("0.0.0.0:9901", "admin:\n  token_file: missing.token\n")).unwrap_err();
+    assert!(said(&e).starts_with("admin.token_file"), "{}", said(&e));
+}

@@ -602,3 +602,153 @@ async fn rediss_trusts_the_configured_ca_and_only_it() {
     assert!(line.to_lowercase().contains("certificate"), "{line}");
     assert_eq!(c.admin("/readyz").await.0, 503);
 }
+
+/// Send raw bytes to the admin listener and read the answer.
+async fn admin_exchange(gw: &TestGateway, raw: &str) -> (u16, String) {
+    let mut tcp = tokio::net::TcpStream::connect(gw.admin_addr.unwrap()).await.unwrap();
+    status_and_body(&exchange(&mut tcp, raw.as_bytes()).await)
+}
+
+fn revoke_request(extra_headers: &str, body: &str) -> String {
+    format!(
+        "POST /revoke HTTP/1.1\r\nHost: admin\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// `POST /revoke` only from a non-browser client with a JSON body, bounded
+/// `before` and `exp`, the admin token when one is configured, and a body
+/// that arrives in time; `/healthz` answers while every admin slot is held.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_refuses_browsers_strangers_and_slow_bodies() {
+    let redis = RedisServer::start().await;
+    let up = RecordingUpstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    std::fs::write(dir.path().join("admin.token"), "an-admin-secret-0123456789\n").unwrap();
+    let yaml = format!(
+        r#"{}limits:
+  header_read_timeout: 2s
+providers:
+  app:
+    secret_file: app.secret
+    algorithms: [HS256]
+store:
+  redis: {}
+revocation: {{ store: redis, max_token_lifetime: 1h }}
+admin:
+  token_file: admin.token
+upstreams:
+  app:
+    targets: [{}]
+routes:
+  - {{ name: api, match: {{ path: /api }}, upstream: app, auth: {{}} }}
+"#,
+        header_with_admin(),
+        redis.url(),
+        up.url()
+    );
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    wait_for_async(Duration::from_secs(10), || async { gw.admin("/readyz").await.0 == 200 }).await;
+    let good = format!(r#"{{"jti":"j1","exp":{}}}"#, now() + 600);
+    let auth = "Authorization: Bearer an-admin-secret-0123456789\r\n";
+    let json = "Content-Type: application/json\r\n";
+    let cases = [
+        // No token, a wrong one, another scheme.
+        (String::from(json), good.clone(), 401, "unauthorized"),
+        (
+            format!("{json}Authorization: Bearer an-admin-secret-012345678X\r\n"),
+            good.clone(),
+            401,
+            "unauthorized",
+        ),
+        (
+            format!("{json}Authorization: Basic an-admin-secret-0123456789\r\n"),
+            good.clone(),
+            401,
+            "unauthorized",
+        ),
+        // A page's form or text/plain post.
+        (
+            format!("{auth}Content-Type: text/plain\r\n"),
+            good.clone(),
+            415,
+            "unsupported_media_type",
+        ),
+        (auth.to_string(), good.clone(), 415, "unsupported_media_type"),
+        // From a browser, whatever else it carries.
+        (
+            format!("{auth}{json}Origin: https://evil.example\r\n"),
+            good.clone(),
+            403,
+            "forbidden",
+        ),
+        (format!("{auth}{json}Origin: null\r\n"), good.clone(), 403, "forbidden"),
+        // Lock-outs with no way back.
+        (
+            format!("{auth}{json}"),
+            format!(r#"{{"sub":"alice","before":{}}}"#, now() + 3600),
+            400,
+            "invalid_request",
+        ),
+        (
+            format!("{auth}{json}"),
+            format!(r#"{{"jti":"j2","exp":{}}}"#, now() + 7200),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (headers, body, status, code) in cases {
+        let (got, out) = admin_exchange(&gw, &revoke_request(&headers, &body)).await;
+        assert_eq!(got, status, "{headers:?} {body}: {out}");
+        assert!(out.contains(&format!(r#""error":"{code}""#)), "{out}");
+    }
+    let (_, metrics) = gw.admin("/metrics").await;
+    assert!(
+        metrics.contains("portcullis_revocations 0"),
+        "nothing refused was recorded: {metrics}"
+    );
+    // The right token, JSON, bounded values: recorded.
+    let (got, out) = admin_exchange(&gw, &revoke_request(&format!("{auth}{json}"), &good)).await;
+    assert_eq!(got, 200, "{out}");
+    let (got, out) = admin_exchange(
+        &gw,
+        &revoke_request(
+            &format!("{auth}Content-Type: application/json; charset=utf-8\r\n"),
+            &format!(r#"{{"sub":"alice","before":{}}}"#, now() + 60),
+        ),
+    )
+    .await;
+    assert_eq!(got, 200, "{out}");
+    // Reads need no token, but not from a browser either.
+    assert_eq!(gw.admin("/healthz").await.0, 200);
+    let (got, _) = admin_exchange(
+        &gw,
+        "GET /metrics HTTP/1.1\r\nHost: a\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(got, 403);
+
+    // Slow bodies: each held connection is answered 408 within the deadline,
+    // and while all of them hold every regular slot, /healthz still answers.
+    use tokio::io::AsyncWriteExt;
+    let mut slow = Vec::new();
+    for _ in 0..70 {
+        let mut tcp = tokio::net::TcpStream::connect(gw.admin_addr.unwrap()).await.unwrap();
+        let head = format!("POST /revoke HTTP/1.1\r\nHost: admin\r\n{auth}{json}Content-Length: 100\r\n\r\n{{\"jti\":");
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        slow.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let (status, _) = tokio::time::timeout(Duration::from_secs(1), gw.admin("/healthz"))
+        .await
+        .expect("/healthz answered while the admin slots are held");
+    assert_eq!(status, 200);
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    let started = Instant::now();
+    let (reply, _) = read_to_close(&mut slow[0], Duration::from_secs(6)).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+}

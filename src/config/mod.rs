@@ -43,6 +43,41 @@ pub struct Config {
     /// Named rate-limit policies; routes refer to them by index.
     pub rate_limits: Vec<RateLimitPolicy>,
     pub revocation: Option<RevocationConfig>,
+    /// `admin.token_file`'s secret: what every admin `POST` must carry.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin listener's bearer secret. Never printed, compared in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    pub file: PathBuf,
+    secret: Vec<u8>,
+}
+
+impl AdminToken {
+    pub fn new(file: PathBuf, secret: Vec<u8>) -> Self {
+        AdminToken { file, secret }
+    }
+
+    /// Whether an `Authorization` header value is `Bearer <the secret>`.
+    pub fn admits(&self, authorization: &[u8]) -> bool {
+        let Some(given) = authorization
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+            .map(|_| &authorization[7..])
+        else {
+            return false;
+        };
+        aws_lc_rs::constant_time::verify_slices_are_equal(given, &self.secret).is_ok()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `store:`: the Redis that instances share.

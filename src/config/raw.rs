@@ -34,6 +34,17 @@ pub struct RawConfig {
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RawRateLimit>,
     pub revocation: Option<RawRevocation>,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+/// The admin listener's settings (its address is `listen.admin`).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// A file holding a secret every admin `POST` must carry as
+    /// `Authorization: Bearer <secret>`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The shared store several instances use (Redis).

@@ -126,6 +126,13 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
     let store = super::shared::store(&mut ctx, raw.store)?;
     let rate_limits = super::shared::rate_limits(&ctx, raw.rate_limits, store.as_ref())?;
     let revocation = super::shared::revocation(&ctx, raw.revocation, store.as_ref())?;
+    let admin_token = admin_token(&ctx, raw.admin)?;
+    let open_admin = listen.admin.filter(|a| !a.ip().is_loopback());
+    if let (Some(addr), Some(_), None) = (open_admin, &revocation, &admin_token) {
+        ctx.warnings.push(format!(
+            "listen.admin: POST /revoke is reachable on {addr}, which is not a loopback address, without admin.token_file: anyone who reaches the port can revoke any user's tokens; set admin.token_file"
+        ));
+    }
 
     if raw.routes.is_empty() {
         return Err(ctx.err("routes", "no routes are defined; every request would be answered 404"));
@@ -169,11 +176,28 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         store,
         rate_limits,
         revocation,
+        admin_token,
     };
     Ok(Loaded {
         config,
         warnings: ctx.warnings,
     })
+}
+
+/// `admin.token_file`: read now (and on every reload), never printed.
+fn admin_token(ctx: &Ctx, raw: raw::RawAdmin) -> Result<Option<super::AdminToken>, ConfigError> {
+    let Some(path) = raw.token_file else { return Ok(None) };
+    let field = "admin.token_file";
+    let path = ctx.existing_file(field, &path)?;
+    let secret =
+        super::read_secret_file(&path).map_err(|e| ctx.err(field, format!("cannot read {}: {e}", path.display())))?;
+    if secret.len() < 16 || !secret.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(ctx.err(
+            field,
+            "the secret must be at least 16 visible ASCII characters (no spaces), e.g. the output of `openssl rand -hex 32`",
+        ));
+    }
+    Ok(Some(super::AdminToken::new(path, secret)))
 }
 
 fn validate_tls(ctx: &Ctx, raw: raw::RawTls) -> Result<Tls, ConfigError> {

@@ -49,7 +49,26 @@ impl Revocation {
             _ => Ok(r),
         }
     }
+
+    /// Refuse what would lock someone out for good: a subject revocation
+    /// whose `before` is more than 5 minutes ahead (every token issued until
+    /// then, including ones not yet issued), or a token's `exp` beyond the
+    /// longest a token lives.
+    pub fn within_bounds(self, now: f64, max_token_lifetime: Duration) -> Result<Self, &'static str> {
+        match &self {
+            Revocation::Subject { before, .. } if *before > now + MAX_BEFORE_AHEAD => {
+                Err("`before` may be at most 5 minutes in the future; revoke again later if needed.")
+            }
+            Revocation::Token { exp, .. } if *exp > now + max_token_lifetime.as_secs_f64() => {
+                Err("`exp` is later than revocation.max_token_lifetime from now; send the token's own exp.")
+            }
+            _ => Ok(self),
+        }
+    }
 }
+
+/// How far ahead a subject revocation's `before` may be.
+const MAX_BEFORE_AHEAD: f64 = 300.0;
 
 /// The local copy.
 #[derive(Debug)]
@@ -65,7 +84,8 @@ pub struct Revocations {
     changes: tokio::sync::watch::Sender<u64>,
 }
 
-fn now() -> f64 {
+/// Unix seconds now.
+pub fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -139,7 +159,7 @@ impl Revocations {
 
     /// Drop entries that can no longer match an acceptable token.
     fn prune(&self) {
-        let now = now();
+        let now = unix_now();
         let lifetime = self.max_token_lifetime.as_secs_f64();
         self.tokens.retain(|_, exp| *exp + SLACK_SECONDS > now);
         self.subjects
@@ -153,7 +173,7 @@ impl Revocations {
             Revocation::Token { exp, .. } => *exp,
             Revocation::Subject { before, .. } => *before + self.max_token_lifetime.as_secs_f64(),
         };
-        (at + SLACK_SECONDS).max(now() + 60.0).ceil() as u64
+        (at + SLACK_SECONDS).max(unix_now() + 60.0).ceil() as u64
     }
 }
 
