@@ -136,7 +136,94 @@ fn claim_text(v: Option<&Value>) -> String {
 
 /// Explain `method url` with `headers` (the token, if any, among them as the
 /// request would carry it) against a snapshot whose remote keys are fetched.
+/// What the gateway would do with `method url` and these headers. No field
+/// of the answer holds a credential the request carried, whatever printed it:
+/// every one is replaced by `<token>` on the way out.
 pub fn explain(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> Result<Explanation, String> {
+    let secrets = credentials_in(snap, url, &headers);
+    let hide = |text: &mut String| {
+        for secret in &secrets {
+            if text.contains(secret.as_str()) {
+                *text = text.replace(secret.as_str(), "<token>");
+            }
+        }
+    };
+    let mut e = match explain_unredacted(snap, method, url, headers) {
+        Ok(e) => e,
+        Err(mut why) => {
+            hide(&mut why);
+            return Err(why);
+        }
+    };
+    for step in &mut e.steps {
+        hide(&mut step.detail);
+    }
+    if let Some(f) = &mut e.forwarded_as {
+        hide(f);
+    }
+    for (_, v) in &mut e.identity_headers {
+        hide(v);
+    }
+    Ok(e)
+}
+
+/// Every credential a request carries, as it could appear in text: the
+/// `Authorization` header's credentials (any scheme), cookie values, and the
+/// values of query parameters that a route reads tokens from or that look
+/// like a JWT, raw and percent-decoded. Short values are left alone (they
+/// would blot out ordinary words, and no token is that short).
+fn credentials_in(snap: &Snapshot, url: &str, headers: &HeaderMap) -> Vec<String> {
+    const SHORTEST: usize = 8;
+    let mut found = Vec::new();
+    for v in headers.get_all(http::header::AUTHORIZATION) {
+        let text = String::from_utf8_lossy(v.as_bytes());
+        let credentials = text.split_once(' ').map_or(&*text, |(_, c)| c).trim();
+        found.push(credentials.to_string());
+    }
+    for v in headers.get_all(http::header::COOKIE) {
+        let text = String::from_utf8_lossy(v.as_bytes());
+        for pair in text.split(';') {
+            if let Some((_, value)) = pair.split_once('=') {
+                found.push(value.trim().trim_matches('"').to_string());
+            }
+        }
+    }
+    let query = url
+        .split_once('?')
+        .map_or("", |(_, q)| q.split('#').next().unwrap_or(""));
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(name);
+        let jwt_shaped = value.starts_with("eyJ") && value.matches('.').count() >= 2;
+        if jwt_shaped || is_query_source(snap, &name) {
+            found.push(value.to_string());
+            found.push(percent_decode(value));
+        }
+    }
+    found.retain(|s| s.len() >= SHORTEST);
+    // Longest first, so a token is never half-replaced by a shorter secret inside it.
+    found.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    found.dedup();
+    found
+}
+
+/// Whether some route takes a token from the query parameter `name`.
+fn is_query_source(snap: &Snapshot, name: &str) -> bool {
+    snap.config.routes.iter().any(|r| match &r.access {
+        Access::Protected(rule) => rule
+            .token_sources
+            .iter()
+            .any(|s| matches!(s, TokenSource::Query(n) if n == name)),
+        Access::Public => false,
+    })
+}
+
+/// `%XX` decoded, lossily as UTF-8.
+fn percent_decode(text: &str) -> String {
+    String::from_utf8_lossy(&credential::percent_decode(text)).into_owned()
+}
+
+fn explain_unredacted(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> Result<Explanation, String> {
     let mut b = Builder { steps: Vec::new() };
     let uri: http::Uri = url
         .parse()
@@ -239,8 +326,6 @@ pub fn explain(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> 
         format!("{}{at} -> upstream {}", route.name, upstream.config.name),
     );
 
-    // Where the token was found: the gateway removes that credential, and only it.
-    let mut token_source: Option<TokenSource> = None;
     let identity = match &route.access {
         Access::Public => {
             b.add("requires", "info", "nothing: the route is public");
@@ -248,15 +333,7 @@ pub fn explain(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> 
         }
         Access::Protected(rule) => {
             b.add("requires", "info", describe_rule(snap, rule));
-            match check_token(
-                &mut b,
-                snap,
-                route,
-                rule,
-                &parts,
-                host.as_ref().map(|(v, _)| v),
-                &mut token_source,
-            ) {
+            match check_token(&mut b, snap, route, rule, &parts, host.as_ref().map(|(v, _)| v)) {
                 Ok(identity) => Some(identity),
                 Err(e) if rule.monitor => {
                     b.add(
@@ -291,13 +368,16 @@ pub fn explain(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> 
         snap.identity.apply(&mut forwarded, identity);
     }
     let upstream_path = strip_prefix(route.strip_prefix.as_deref(), &path);
-    let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let query = match &token_source {
-        Some(TokenSource::Query(name)) if !query.is_empty() && !snap.config.identity.forward_authorization => {
-            credential::strip_query(&query[1..], name).map_or(String::new(), |q| format!("?{q}"))
+    // Every query source of the route is emptied, as the pipeline does.
+    let mut query = parts.uri.query().map(str::to_string);
+    if let (Access::Protected(rule), false) = (&route.access, snap.config.identity.forward_authorization) {
+        for source in &rule.token_sources {
+            if let TokenSource::Query(name) = source {
+                query = query.and_then(|q| credential::strip_query(&q, name));
+            }
         }
-        _ => query,
-    };
+    }
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
     Ok(Explanation {
         steps: b.steps,
         decision: "forward",
@@ -318,19 +398,10 @@ fn redact_query_tokens(snap: &Snapshot, url: &str) -> String {
     let Some((base, query)) = url.split_once('?') else {
         return url.to_string();
     };
-    let is_source = |name: &str| {
-        snap.config.routes.iter().any(|r| match &r.access {
-            Access::Protected(rule) => rule
-                .token_sources
-                .iter()
-                .any(|s| matches!(s, TokenSource::Query(n) if n == name)),
-            Access::Public => false,
-        })
-    };
     let pairs: Vec<String> = query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if is_source(k) => format!("{k}=<token>"),
+            Some((k, _)) if is_query_source(snap, &percent_decode(k)) => format!("{k}=<token>"),
             _ => pair.to_string(),
         })
         .collect();
@@ -365,12 +436,10 @@ fn check_token(
     rule: &AuthRule,
     parts: &http::request::Parts,
     host: Option<&http::HeaderValue>,
-    token_source: &mut Option<TokenSource>,
 ) -> Result<Arc<Caller>, GatewayError> {
     let found = credential::find(&rule.token_sources, &parts.headers, parts.uri.query()).inspect_err(|e| {
         b.add("token", "fail", e.description());
     })?;
-    *token_source = found.map(|c| c.source.clone());
     let Some(found) = found else {
         b.add("token", "fail", "no token in any of the route's token sources");
         return Err(GatewayError::MissingToken);

@@ -45,6 +45,10 @@ routes:
     upstream: app
     auth: {{ token_sources: [header, "cookie:session"] }}
     cors: web
+  - name: all-sources
+    match: {{ path: /all-sources }}
+    upstream: app
+    auth: {{ token_sources: [header, "query:access_token", "cookie:session"] }}
   - name: cookie-open
     match: {{ path: /cookie-open }}
     upstream: app
@@ -297,5 +301,64 @@ async fn every_response_of_a_cors_route_varies_on_origin() {
         if origin == Some("https://evil.example") {
             no_cors_headers(&r);
         }
+    }
+}
+
+/// Every token source the route reads is emptied before the request goes
+/// upstream, not only the one that supplied the token: a second credential
+/// in another source would reach the upstream unchecked. Names count as
+/// servers read them (`access%5Ftoken`, `session =`); a source given twice
+/// that way is ambiguous (400).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_token_source_is_emptied_before_the_upstream() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = start(&up).await;
+    let sign = |sub: &str| {
+        tokens::hs_sign(
+            jsonwebtoken::Algorithm::HS256,
+            SECRET.as_bytes(),
+            &serde_json::json!({"sub": sub, "exp": tokens::now() + 300}),
+        )
+    };
+    let (used, other) = (sign("alice"), sign("mallory"));
+    let bearer = format!("Bearer {used}");
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        for (path, cookie) in [
+            (
+                format!("/all-sources/x?a=1&access_token={other}&b=2"),
+                format!("theme=dark; session={other}"),
+            ),
+            (
+                format!("/all-sources/x?a=1&access%5Ftoken={other}&b=2"),
+                format!("theme=dark; session ={other}"),
+            ),
+        ] {
+            let r = c
+                .send(req(
+                    "GET",
+                    &path,
+                    &[("authorization", bearer.as_str()), ("cookie", cookie.as_str())],
+                    "",
+                ))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let seen = up.last();
+            assert_eq!(seen.path_and_query, "/all-sources/x?a=1&b=2", "{proto:?}");
+            assert_eq!(seen.headers["cookie"], "theme=dark", "{proto:?}");
+            assert_eq!(seen.headers["x-auth-subject"], "alice");
+            assert!(seen.headers.get("authorization").is_none());
+        }
+        // The same parameter under two spellings, or the cookie twice: ambiguous.
+        let before = up.requests().len();
+        let path = format!("/all-sources/x?access_token={used}&access%5ftoken={other}");
+        c.send(req("GET", &path, &[], ""))
+            .await
+            .assert_error(400, "invalid_request");
+        let cookie = format!("session={used}; session ={other}");
+        c.send(req("GET", "/all-sources/x", &[("cookie", cookie.as_str())], ""))
+            .await
+            .assert_error(400, "invalid_request");
+        assert_eq!(up.requests().len(), before);
     }
 }

@@ -431,10 +431,11 @@ routes:
     assert_eq!(code, 2);
 }
 
-/// `explain` removes from the forwarded query only the parameter the token was
-/// actually taken from, as the gateway does.
+/// `explain` removes from the forwarded query every parameter the route reads
+/// a token from, as the gateway does, and prints no credential in any field,
+/// whichever source carried it and on public routes too.
 #[test]
-fn explain_strips_only_the_credential_it_used() {
+fn explain_strips_every_token_source_and_prints_no_token() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = portcullis::tls::self_signed(&["localhost".into()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
@@ -450,30 +451,59 @@ routes:
   - name: live
     match: { path: /live }
     upstream: app
-    auth: { token_sources: [header, "query:access_token"] }
+    auth: { token_sources: [header, "query:access_token", "cookie:session"] }
+  - name: open
+    match: { path: /open }
+    upstream: app
+    public: true
 "#;
     std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
     let t = token("any");
+    let run = |args: &[&str]| {
+        let mut argv = vec!["explain"];
+        argv.extend_from_slice(args);
+        let (code, out, err) = portcullis(&argv, dir.path());
+        let mut json_args = argv.clone();
+        json_args.push("--json");
+        let (_, json, _) = portcullis(&json_args, dir.path());
+        for text in [&out, &err, &json] {
+            assert!(!text.contains(&t), "explain printed the token for {args:?}: {text}");
+            assert!(
+                !text.contains(&t[t.len() - 20..]),
+                "explain printed part of the token: {text}"
+            );
+        }
+        (code, out)
+    };
     // From the query: removed.
     let url = format!("https://api.test/live?room=1&access_token={t}");
-    let (code, out, _) = portcullis(&["explain", "GET", &url], dir.path());
+    let (code, out) = run(&["GET", &url]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("forward to app as GET /live?room=1\n"), "{out}");
-    assert!(!out.contains(&t));
-    // From the header: the query is the client's own business and stays.
-    let (code, out, _) = portcullis(
-        &[
-            "explain",
-            "GET",
-            "https://api.test/live?room=1&access_token=other",
-            "--token",
-            &t,
-        ],
-        dir.path(),
-    );
+    // From the header: the route's query source is emptied as well.
+    let (code, out) = run(&["GET", "https://api.test/live?room=1&access_token=other", "--token", &t]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("forward to app as GET /live?room=1\n"), "{out}");
+    // A parameter whose name decodes to the source's is the source.
+    let url = format!("https://api.test/live?access%5Ftoken={t}&room=2");
+    let (code, out) = run(&["GET", &url]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("forward to app as GET /live?room=2\n"), "{out}");
+    // From a cookie, and on a public route (where the query goes upstream as sent).
+    let cookie = format!("Cookie: session={t}");
+    let (code, out) = run(&["GET", "https://api.test/live", "-H", &cookie]);
+    assert_eq!(code, 0, "{out}");
+    let url = format!("https://api.test/open?access_token={t}&x=1");
+    let (code, out) = run(&["GET", &url]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("forward to app as GET /live?room=1&access_token=other\n"),
+        out.contains("forward to app as GET /open?access_token=<token>&x=1\n"),
         "{out}"
     );
+    let auth = format!("Authorization: Bearer {t}");
+    let (code, _) = run(&["GET", "https://api.test/open", "-H", &auth]);
+    assert_eq!(code, 0);
+    // Refused requests too.
+    let (code, out) = run(&["GET", "https://api.test/live", "--token", &format!("{t}x")]);
+    assert_eq!(code, 1, "{out}");
 }

@@ -52,15 +52,53 @@ fn single<'a>(mut values: impl Iterator<Item = &'a str>) -> Result<Option<&'a st
     Ok(Some(first))
 }
 
+/// Whether a query parameter's name, as sent, is `name`: frameworks decode
+/// names before they look them up, so `access%5Ftoken` is `access_token`.
+fn is_param(raw: &str, name: &str) -> bool {
+    if !raw.contains('%') {
+        return raw == name;
+    }
+    percent_decode(raw) == name.as_bytes()
+}
+
+/// `%XX` escapes decoded; a `%` not followed by two hex digits is kept as written.
+pub fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |j: usize| bytes.get(j).and_then(|b| (*b as char).to_digit(16));
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The name of one `name=value` query pair (the whole pair without `=`).
+fn param_name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(k, _)| k)
+}
+
 fn query_values<'a>(query: Option<&'a str>, name: &'a str) -> impl Iterator<Item = &'a str> {
     query
         .unwrap_or("")
         .split('&')
-        .filter_map(move |pair| match pair.split_once('=') {
-            Some((k, v)) if k == name => Some(v),
-            None if pair == name => Some(""),
-            _ => None,
-        })
+        .filter(move |pair| is_param(param_name(pair), name))
+        .map(|pair| pair.split_once('=').map_or("", |(_, v)| v))
+}
+
+/// Whether a cookie pair's name is `name`: servers trim the spaces around
+/// it, so `session =x` is the cookie `session`.
+fn is_cookie(pair: &str, name: &str) -> bool {
+    pair.split_once('=').map_or(pair, |(k, _)| k).trim() == name
 }
 
 fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
@@ -69,17 +107,15 @@ fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Ite
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(move |pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then(|| v.trim_matches('"'))
-        })
+        .filter(move |pair| is_cookie(pair, name))
+        .filter_map(|pair| Some(pair.split_once('=')?.1.trim().trim_matches('"')))
 }
 
 /// The query string without the parameter `name`; `None` when nothing is left.
 pub fn strip_query(query: &str, name: &str) -> Option<String> {
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .filter(|pair| !is_param(param_name(pair), name))
         .collect();
     let rest = kept.join("&");
     (!rest.is_empty()).then_some(rest)
@@ -93,7 +129,7 @@ pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .filter(|pair| !pair.is_empty() && !is_cookie(pair, name))
         .map(str::to_string)
         .collect();
     headers.remove(COOKIE);
@@ -171,5 +207,30 @@ mod tests {
         let mut h = headers(&[("cookie", "session=abc")]);
         strip_cookie(&mut h, "session");
         assert!(!h.contains_key(COOKIE));
+    }
+
+    /// A name that a framework would read as the source's name is the
+    /// source: found (and refused when given twice) and taken out alike.
+    #[test]
+    fn names_count_as_the_server_reads_them() {
+        let q = [TokenSource::Query("access_token".into())];
+        let none = HeaderMap::new();
+        let found = find(&q, &none, Some("access%5Ftoken=a.b.c")).unwrap().unwrap();
+        assert_eq!(found.token, "a.b.c");
+        assert!(find(&q, &HeaderMap::new(), Some("access_token=a&access%5ftoken=b")).is_err());
+        assert_eq!(
+            strip_query("x=1&access%5Ftoken=a&%61ccess_token=b&access_tokens=c", "access_token").as_deref(),
+            Some("x=1&access_tokens=c")
+        );
+        assert!(!is_param("access%5", "access_token"));
+        assert!(is_param("%", "%"));
+        let c = [TokenSource::Cookie("session".into())];
+        let spaced = headers(&[("cookie", "a=1; session =t.o.k")]);
+        let found = find(&c, &spaced, None).unwrap().unwrap();
+        assert_eq!(found.token, "t.o.k");
+        assert!(find(&c, &headers(&[("cookie", "session=a; session =b")]), None).is_err());
+        let mut h = headers(&[("cookie", "session =abc; theme=dark;  session=x")]);
+        strip_cookie(&mut h, "session");
+        assert_eq!(h[COOKIE], "theme=dark");
     }
 }

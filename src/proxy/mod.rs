@@ -274,8 +274,8 @@ async fn pipeline(
     *cors_policy = route.cors;
 
     // Authenticate and authorise before anything is sent on.
-    let (identity, token_source) = match &route.access {
-        Access::Public => (None, None),
+    let identity = match &route.access {
+        Access::Public => None,
         Access::Protected(rule) => {
             let found = credential::find(&rule.token_sources, &parts.headers, parts.uri.query());
             if let Ok(Some(TokenSource::Cookie(_))) = found.as_ref().map(|f| f.map(|c| c.source)) {
@@ -287,10 +287,9 @@ async fn pipeline(
                     host.as_ref().map(|(v, _)| v),
                 )?;
             }
-            let token_source = found.as_ref().ok().and_then(|f| f.map(|c| c.source.clone()));
             let token = found.map(|f| f.map(|c| c.token));
             match Box::pin(check_access(snap, rule, token)).await {
-                Ok(identity) => (Some(identity), token_source),
+                Ok(identity) => Some(identity),
                 // Monitor mode: forward anyway, with identity headers only
                 // for a token that verified; the log and a metric say why.
                 Err((e, verified)) if rule.monitor => {
@@ -299,7 +298,7 @@ async fn pipeline(
                     if let Some(route_name) = log.route_name() {
                         crate::metrics::monitor_denial(route_name, reason);
                     }
-                    (verified, token_source)
+                    verified
                 }
                 Err((e, _)) => return Err(e),
             }
@@ -351,7 +350,10 @@ async fn pipeline(
         upstream: &upstream.config,
         host: host.as_ref().map(|(v, _)| v),
         caller: identity.as_deref(),
-        token_source: token_source.as_ref(),
+        token_sources: match &route.access {
+            Access::Protected(rule) => &rule.token_sources,
+            Access::Public => &[],
+        },
         request_id: log.request_id(),
     };
     let query = rewrite_for_upstream(snap, conn, &outgoing, &mut parts.headers, parts.uri.query());
@@ -416,7 +418,8 @@ struct Outgoing<'a> {
     upstream: &'a crate::config::Upstream,
     host: Option<&'a HeaderValue>,
     caller: Option<&'a crate::auth::Caller>,
-    token_source: Option<&'a TokenSource>,
+    /// Every place the route reads a token from: all are emptied.
+    token_sources: &'a [TokenSource],
     request_id: &'a HeaderValue,
 }
 
@@ -438,16 +441,20 @@ fn rewrite_for_upstream<'q>(
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    // The credential goes no further, wherever it came from.
+    // No credential goes further, whichever source supplied the token: a
+    // second token in another of the route's sources would reach the
+    // upstream unchecked (an app reading its session cookie itself).
     let mut query = query.map(std::borrow::Cow::Borrowed);
     if !snap.config.identity.forward_authorization {
         h.remove(header::AUTHORIZATION);
-        match out.token_source {
-            Some(TokenSource::Query(name)) => {
-                query = query.and_then(|q| credential::strip_query(&q, name).map(std::borrow::Cow::Owned));
+        for source in out.token_sources {
+            match source {
+                TokenSource::Query(name) => {
+                    query = query.and_then(|q| credential::strip_query(&q, name).map(std::borrow::Cow::Owned));
+                }
+                TokenSource::Cookie(name) => credential::strip_cookie(h, name),
+                TokenSource::Header => {}
             }
-            Some(TokenSource::Cookie(name)) => credential::strip_cookie(h, name),
-            _ => {}
         }
     }
     if let Some(caller) = out.caller {
