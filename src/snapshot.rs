@@ -23,7 +23,8 @@ pub struct Snapshot {
     pub upstreams: Vec<SharedPool>,
     /// Indexed like `config.providers`.
     pub providers: Vec<Arc<ProviderState>>,
-    pub strip: StripRules,
+    /// Shared with request bodies, which apply it to trailers.
+    pub strip: Arc<StripRules>,
     pub identity: IdentityHeaders,
     /// Verified tokens; a reload starts with an empty cache.
     pub tokens: TokenCache,
@@ -95,7 +96,7 @@ impl Snapshot {
         let identity = &config.identity;
         let mut identity_names = vec![&identity.subject_header, &identity.scopes_header];
         identity_names.extend(identity.claims.iter().map(|(h, _)| h));
-        let strip = StripRules::new(identity.strip_incoming.clone(), &identity_names);
+        let strip = Arc::new(StripRules::new(identity.strip_incoming.clone(), &identity_names));
         let identity = IdentityHeaders::new(identity);
         let routes = RouteTable::new(config.routes.clone());
         let store = match &config.store {

@@ -285,6 +285,12 @@ async fn claim_checks() {
             }),
         ),
         (
+            "iat in the future (it would escape a revocation of everything issued before now)",
+            base(&|c| {
+                c.insert("iat".into(), json!(n + 600));
+            }),
+        ),
+        (
             "nbf as a string",
             base(&|c| {
                 c.insert("nbf".into(), json!("0"));

@@ -280,6 +280,17 @@ async fn request_trailers_reach_http2_upstreams() {
     tokio::spawn(conn);
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-checksum", "abc123".parse().unwrap());
+    // Trailers get the header rules: nothing spoofed, nothing hop-by-hop.
+    for (k, v) in [
+        ("x-auth-subject", "root"),
+        ("x-auth-scopes", "admin"),
+        ("authorization", "Bearer forged"),
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-http-method-override", "DELETE"),
+        ("proxy-authorization", "Basic eA=="),
+    ] {
+        trailers.insert(k, v.parse().unwrap());
+    }
     let frames: Vec<Result<Frame<bytes::Bytes>, std::io::Error>> = vec![
         Ok(Frame::data(bytes::Bytes::from_static(b"payload"))),
         Ok(Frame::trailers(trailers)),
@@ -291,8 +302,7 @@ async fn request_trailers_reach_http2_upstreams() {
     assert_eq!(resp.status(), 200);
     let seen = up.last();
     assert_eq!(seen.body_len, 7);
-    assert_eq!(
-        seen.trailers.expect("request trailers forwarded")["x-checksum"],
-        "abc123"
-    );
+    let trailers = seen.trailers.expect("request trailers forwarded");
+    assert_eq!(trailers["x-checksum"], "abc123");
+    assert_eq!(trailers.len(), 1, "{trailers:?}");
 }

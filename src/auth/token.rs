@@ -61,7 +61,7 @@ pub const VERIFY_STEPS: &[&str] = &[
     "typ",
     "registered claims have the right JSON types",
     "exp present and not passed (with leeway)",
-    "nbf not in the future (with leeway)",
+    "nbf and iat not in the future (with leeway)",
     "iss equals the provider's issuer",
     "aud contains one of the provider's audiences",
 ];
@@ -188,7 +188,7 @@ fn numeric(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, Rejec
 fn check_claims(claims: &Map<String, Value>, provider: &Provider, now: f64) -> Result<(), Rejection> {
     let exp = numeric(claims, "exp")?;
     let nbf = numeric(claims, "nbf")?;
-    numeric(claims, "iat")?;
+    let iat = numeric(claims, "iat")?;
     for name in ["iss", "sub", "jti"] {
         if claims.get(name).is_some_and(|v| !v.is_string()) {
             return Err(Rejection::ClaimType);
@@ -209,7 +209,9 @@ fn check_claims(claims: &Map<String, Value>, provider: &Provider, now: f64) -> R
     if now >= exp + leeway {
         return Err(Rejection::Expired);
     }
-    if nbf.is_some_and(|nbf| nbf > now + leeway) {
+    // A token issued "later" would escape a revocation of every token
+    // issued before a time: it is not valid yet either.
+    if nbf.is_some_and(|nbf| nbf > now + leeway) || iat.is_some_and(|iat| iat > now + leeway) {
         return Err(Rejection::NotYetValid);
     }
     let iss = claims.get("iss").and_then(Value::as_str);
@@ -282,6 +284,18 @@ mod tests {
             (
                 json!({"iss": iss, "aud": "api", "exp": 1_000_100, "iat": "now"}),
                 Err(Rejection::ClaimType),
+            ),
+            (
+                json!({"iss": iss, "aud": "api", "exp": 1_000_100, "iat": 1_000_030}),
+                Ok(()),
+            ),
+            (
+                json!({"iss": iss, "aud": "api", "exp": 1_000_100, "iat": 1_000_031}),
+                Err(Rejection::NotYetValid),
+            ),
+            (
+                json!({"iss": iss, "aud": "api", "exp": 1e300, "iat": 1e300}),
+                Err(Rejection::NotYetValid),
             ),
             (
                 json!({"iss": iss, "aud": "api", "exp": 1_000_100, "sub": 7}),

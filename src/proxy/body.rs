@@ -18,19 +18,24 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct BodyTooLarge;
 
 /// The client's body with a byte budget. Exceeding it fails the stream and
-/// sets `exceeded`, which the forwarder turns into 413.
+/// sets `exceeded`, which the forwarder turns into 413. Trailers go through
+/// the header rules (`trailer_rules`) on their way.
 pub struct LimitedBody {
     inner: Incoming,
     remaining: u64,
     exceeded: bool,
+    trailer_rules: Option<Arc<super::headers::StripRules>>,
 }
 
 impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64) -> Self {
+    /// `trailer_rules` is needed only when the body can carry trailers (it
+    /// has not ended with the head).
+    pub fn new(inner: Incoming, limit: u64, trailer_rules: Option<Arc<super::headers::StripRules>>) -> Self {
         LimitedBody {
             inner,
             remaining: limit,
             exceeded: false,
+            trailer_rules,
         }
     }
 }
@@ -50,7 +55,18 @@ impl Body for LimitedBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     this.remaining -= len;
+                    return Poll::Ready(Some(Ok(frame)));
                 }
+                let frame = match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        match &this.trailer_rules {
+                            Some(rules) => super::headers::filter_trailers(rules, &mut trailers),
+                            None => trailers.clear(),
+                        }
+                        Frame::trailers(trailers)
+                    }
+                    Err(other) => other,
+                };
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),

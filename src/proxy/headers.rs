@@ -222,21 +222,53 @@ pub fn client_address(client: std::net::IpAddr) -> HeaderValue {
     HeaderValue::from_str(&client.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Forwarding headers the gateway does not write. A client's copies are
-/// always removed, so an upstream that trusts "proxy headers" only ever sees
-/// values the gateway wrote.
-const FOREIGN_FORWARDING: [HeaderName; 4] = [
+/// Headers never forwarded from a client: forwarding headers the gateway
+/// does not write (an upstream that trusts "proxy headers" only ever sees
+/// values the gateway wrote), and the method and URL overrides that Symfony,
+/// Laravel, Rack, Express and IIS act on, which would let a request be
+/// routed here as one method or path and served upstream as another.
+const NEVER_FORWARDED: [HeaderName; 8] = [
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
 ];
+
+/// Fields that only a request's head may carry, or that the gateway itself
+/// writes: never taken from a client's trailer section (RFC 9110 §6.5.1).
+const NOT_IN_TRAILERS: [HeaderName; 10] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    X_REQUEST_ID,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+];
+
+/// A client's request trailers made fit for the upstream, by the rules its
+/// headers go through: hop-by-hop fields out, every `strip_incoming` and
+/// identity name out, and nothing the gateway writes or a head must carry.
+pub fn filter_trailers(strip: &StripRules, trailers: &mut HeaderMap) {
+    remove_hop_by_hop(trailers);
+    strip.strip(trailers);
+    for name in NOT_IN_TRAILERS.iter().chain(&NEVER_FORWARDED) {
+        trailers.remove(name);
+    }
+}
 
 /// Append the client address to `X-Forwarded-For`, folding repeated headers
 /// into one list; set `X-Forwarded-Proto: https` and `X-Forwarded-Host`;
-/// remove the other forwarding headers a client may have sent.
+/// remove the other forwarding headers and the overrides a client may have sent.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option<&HeaderValue>) {
-    for name in &FOREIGN_FORWARDING {
+    for name in &NEVER_FORWARDED {
         headers.remove(name);
     }
     let mut chain = String::new();
@@ -277,6 +309,48 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn trailers_lose_what_headers_would() {
+        let strip = StripRules::new(vec!["x-auth-*".into()], &[&HeaderName::from_static("x-user")]);
+        let mut t = map(&[
+            ("grpc-status", "0"),
+            ("x-checksum", "abc"),
+            ("x-auth-subject", "root"),
+            ("x_auth_scopes", "admin"),
+            ("x-user", "root"),
+            ("authorization", "Bearer x"),
+            ("connection", "x-checksum"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-http-method-override", "DELETE"),
+            ("host", "internal"),
+        ]);
+        filter_trailers(&strip, &mut t);
+        let left: Vec<&str> = t.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["grpc-status"]);
+    }
+
+    #[test]
+    fn overrides_are_never_forwarded() {
+        let mut h = map(&[
+            ("x-http-method-override", "DELETE"),
+            ("X-Method-Override", "PUT"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-kept", "1"),
+        ]);
+        set_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), None);
+        assert!(h.contains_key("x-kept"));
+        for gone in [
+            "x-http-method-override",
+            "x-method-override",
+            "x-original-url",
+            "x-rewrite-url",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
     }
 
     #[test]

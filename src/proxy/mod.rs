@@ -200,20 +200,31 @@ pub(crate) fn check_request_shape(snap: &Snapshot, parts: &http::request::Parts)
             "The request method must be written in upper case.",
         ));
     }
-    // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
-    if parts.version == http::Version::HTTP_11
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400; an
+    // HTTP/1.0 one too, since routing by host needs one.
+    if (parts.version == http::Version::HTTP_11 || parts.version == http::Version::HTTP_10)
         && parts.uri.authority().is_none()
         && !parts.headers.contains_key(header::HOST)
     {
-        return Err(GatewayError::BadRequest("An HTTP/1.1 request needs a Host header."));
+        return Err(GatewayError::BadRequest("An HTTP/1.x request needs a Host header."));
     }
-    // Tomcat, Spring and Jetty read `;...` as path parameters: `/public/..;/admin`.
-    if !snap.config.allow_semicolons && parts.uri.path().contains(';') {
+    // Tomcat, Spring and Jetty read `;...` as path parameters: `/public/..;/admin`,
+    // and some decode `%3B` to `;` before they do.
+    if !snap.config.allow_semicolons && has_semicolon(parts.uri.path()) {
         return Err(GatewayError::BadRequest(
             "The request path contains ';', which this gateway does not accept.",
         ));
     }
     Ok(())
+}
+
+/// Whether a path holds `;`, raw or percent-encoded.
+fn has_semicolon(path: &str) -> bool {
+    path.contains(';')
+        || path
+            .as_bytes()
+            .windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'3' && w[2].eq_ignore_ascii_case(&b'b'))
 }
 
 async fn pipeline(
@@ -389,7 +400,8 @@ async fn pipeline(
         .await;
     }
 
-    let body = ReplayableBody::new(LimitedBody::new(body, limits.max_body_bytes));
+    let trailer_rules = (!http_body::Body::is_end_stream(&body)).then(|| snap.strip.clone());
+    let body = ReplayableBody::new(LimitedBody::new(body, limits.max_body_bytes, trailer_rules));
     // A handle never sent: it tells, after the attempts, whether the body went over its budget.
     let budget = body.again();
     // Boxed, like `check_access` above: their states are large, and an unboxed
