@@ -66,6 +66,10 @@ enum Command {
         /// The provider protected routes accept [default: any configured provider]
         #[arg(long, value_name = "NAME")]
         provider: Option<String>,
+        /// Make operations without any `security` public (by default they are
+        /// protected: apps often check those in their own code)
+        #[arg(long)]
+        public_when_unsecured: bool,
     },
     /// Print the JSON Schema of gateway.yaml (for editors and CI linters)
     Schema,
@@ -243,7 +247,15 @@ fn main() -> ExitCode {
             file,
             upstream,
             provider,
-        } => import_openapi(&file, upstream, provider),
+            public_when_unsecured,
+        } => import_openapi(
+            &file,
+            portcullis::openapi::ImportOptions {
+                upstream,
+                provider,
+                public_when_unsecured,
+            },
+        ),
     }
 }
 
@@ -318,7 +330,7 @@ fn explain(path: &std::path::Path, args: ExplainArgs) -> ExitCode {
     }
 }
 
-fn import_openapi(file: &std::path::Path, upstream: String, provider: Option<String>) -> ExitCode {
+fn import_openapi(file: &std::path::Path, options: portcullis::openapi::ImportOptions) -> ExitCode {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
@@ -326,7 +338,6 @@ fn import_openapi(file: &std::path::Path, upstream: String, provider: Option<Str
             return ExitCode::FAILURE;
         }
     };
-    let options = portcullis::openapi::ImportOptions { upstream, provider };
     match portcullis::openapi::import(&text, &options) {
         Ok(out) => {
             for note in &out.notes {

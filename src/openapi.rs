@@ -3,13 +3,19 @@
 //!
 //! One route per path and set of methods sharing a requirement; paths with
 //! parameters become `path_template`, the others `path_exact`, and
-//! template-free paths come first (so `/users/me` wins over `/users/{id}`).
+//! template-free paths come first (so `/users/me` wins over `/users/{id}`);
+//! templates keep the document's order, since that is the order Starlette
+//! matches them in (`/{org}/settings` before `/help/{topic}`).
 //! Scopes come from the operation's `security` (else the document's) on
-//! OAuth2 or OpenID Connect schemes. An operation with no requirement is
-//! `public: true`. Whatever cannot be expressed (alternatives between
-//! requirements, API-key or HTTP schemes, parameters inside a segment) is
-//! reported, and the route is protected with the strictest requirement seen:
-//! an import never makes anything public by guessing.
+//! OAuth2 or OpenID Connect schemes. Only a declared empty requirement
+//! (`security: []`) makes a route public: an operation that says nothing is
+//! exactly what a FastAPI route protected by its own dependency or middleware
+//! looks like, so it is protected with the strictest requirement the document
+//! has, and named on stderr (`--public-when-unsecured` opts out). Whatever
+//! cannot be expressed (alternatives between requirements, API-key or HTTP
+//! schemes, parameters inside a segment) is reported, and the route is
+//! protected with the strictest requirement seen: an import never makes
+//! anything public by guessing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -22,8 +28,9 @@ use crate::routing::template::PathTemplate;
 struct Document {
     #[serde(default)]
     openapi: String,
+    /// In the document's order (a mapping keeps it; a map type would sort).
     #[serde(default)]
-    paths: BTreeMap<String, PathItem>,
+    paths: serde_yaml::Mapping,
     security: Option<Vec<Requirement>>,
     components: Option<Components>,
 }
@@ -70,6 +77,9 @@ type Requirement = BTreeMap<String, Vec<String>>;
 enum Need {
     Public,
     Scopes(BTreeSet<String>),
+    /// The operation declares no requirement at all (resolved once the
+    /// whole document has been read).
+    Unsecured,
 }
 
 /// What the import produced.
@@ -83,10 +93,12 @@ pub struct Imported {
 }
 
 /// Options of the command.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
     pub upstream: String,
     pub provider: Option<String>,
+    /// `--public-when-unsecured`: an operation without any `security` is public.
+    pub public_when_unsecured: bool,
 }
 
 /// How a route's path is matched.
@@ -128,16 +140,29 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, String> {
     let schemes = doc.components.map(|c| c.security_schemes).unwrap_or_default();
     let mut notes = Vec::new();
     let mut routes: Vec<Route> = Vec::new();
-    for (path, item) in &doc.paths {
+    for (key, value) in &doc.paths {
+        let path = key
+            .as_str()
+            .ok_or_else(|| format!("a key of `paths` is not a string: {key:?}"))?;
+        let item: PathItem =
+            serde_yaml::from_value(value.clone()).map_err(|e| format!("paths.{path} is not a path item: {e}"))?;
         // Operations grouped by requirement (and notes): each group is one route.
         let mut groups: BTreeMap<(Need, Vec<String>), Vec<MethodAndName>> = BTreeMap::new();
-        for (method, op) in operations(item) {
-            let name = op
-                .operation_id
-                .clone()
-                .unwrap_or_else(|| format!("{}_{}", method.to_ascii_lowercase(), slug(path)));
-            let requirement = op.security.as_ref().or(doc.security.as_ref());
+        for (method, op) in operations(&item) {
             let mut op_notes = Vec::new();
+            let generated = || format!("{}_{}", method.to_ascii_lowercase(), slug(path));
+            let name = match &op.operation_id {
+                Some(id) if id.chars().any(char::is_control) => {
+                    op_notes.push(format!(
+                        "the operationId {id:?} holds control characters; the route is named {} instead",
+                        generated()
+                    ));
+                    generated()
+                }
+                Some(id) => id.clone(),
+                None => generated(),
+            };
+            let requirement = op.security.as_ref().or(doc.security.as_ref());
             let need = need_of(requirement, &schemes, &mut op_notes);
             let op_notes: Vec<String> = op_notes
                 .into_iter()
@@ -146,10 +171,11 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, String> {
             groups.entry((need, op_notes)).or_default().push((method, name));
         }
         let (literal, shape_note) = path_shape(path);
+        let path = &path.to_string();
         for ((mut need, mut op_notes), ops) in groups {
             if let Some(note) = &shape_note {
                 op_notes.push(format!("{path}: {note}"));
-                if need == Need::Public {
+                if need == Need::Public || need == Need::Unsecured {
                     // Matching more than the document says must not open anything.
                     need = Need::Scopes(BTreeSet::new());
                 }
@@ -169,8 +195,41 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, String> {
             });
         }
     }
-    // Exact paths first, then templates, then prefixes; each in path order.
-    routes.sort_by(|a, b| (a.matcher, &a.path).cmp(&(b.matcher, &b.path)));
+    // Exact paths first, then templates, then prefixes; within each kind the
+    // document's order (a stable sort keeps it).
+    routes.sort_by_key(|r| r.matcher);
+
+    // An operation that says nothing about security: protected like the
+    // strictest requirement in the document (every OAuth2 scope any
+    // operation asks for), or any valid token when none asks for scopes.
+    let strictest: BTreeSet<String> = routes
+        .iter()
+        .filter_map(|r| match &r.need {
+            Need::Scopes(s) => Some(s.iter().cloned()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for r in routes.iter_mut().filter(|r| r.need == Need::Unsecured) {
+        let (method_list, names) = (r.methods.join(", "), r.names.join("+"));
+        if options.public_when_unsecured {
+            r.need = Need::Public;
+            continue;
+        }
+        r.need = Need::Scopes(strictest.clone());
+        let with = if strictest.is_empty() {
+            "any valid token".to_string()
+        } else {
+            format!(
+                "the document's strictest requirement (scopes {})",
+                strictest.iter().cloned().collect::<Vec<_>>().join(" ")
+            )
+        };
+        r.notes.push(format!(
+            "{method_list} {} ({names}): no security requirement, which is how a route protected by the app's own dependency or middleware looks; protected with {with}. Declare `security: []` on the operation if it is meant to be public, or pass --public-when-unsecured",
+            r.path
+        ));
+    }
 
     let mut yaml = String::from("routes:\n");
     let mut used: BTreeSet<String> = BTreeSet::new();
@@ -197,6 +256,8 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, String> {
         let _ = writeln!(yaml, "    upstream: {}", quote(&options.upstream));
         match &r.need {
             Need::Public => yaml.push_str("    public: true\n"),
+            // Resolved above; never written as such.
+            Need::Unsecured => yaml.push_str("    auth: {}\n"),
             Need::Scopes(scopes) => {
                 let mut auth = Vec::new();
                 if let Some(p) = &options.provider {
@@ -244,9 +305,9 @@ fn need_of(
     notes: &mut Vec<String>,
 ) -> Need {
     let Some(alternatives) = requirement else {
-        return Need::Public;
+        return Need::Unsecured;
     };
-    // `security: []` or `[{}]`: no requirement at all.
+    // `security: []` or `[{}]`: declared to need nothing.
     if alternatives.iter().all(|r| r.is_empty()) {
         return Need::Public;
     }
@@ -309,7 +370,7 @@ mod tests {
     fn opts() -> ImportOptions {
         ImportOptions {
             upstream: "app".into(),
-            provider: None,
+            ..ImportOptions::default()
         }
     }
 
@@ -337,7 +398,16 @@ mod tests {
             y[start..].lines().take(4).collect::<Vec<_>>().join("\n")
         };
         assert!(route("pub").contains("public: true"));
-        assert!(route("none").contains("public: true"));
+        // Saying nothing is not saying "public": the strictest requirement.
+        assert!(
+            route("none").contains(r#"scopes: ["a", "b", "c"]"#),
+            "{}",
+            route("none")
+        );
+        assert!(out
+            .notes
+            .iter()
+            .any(|n| n.contains("GET /none (none): no security requirement")));
         assert!(route("empty").contains("public: true"));
         assert!(route("s").contains(r#"scopes: ["a", "b"]"#), "{}", route("s"));
         assert!(route("alt").contains(r#"scopes: ["a", "c"]"#));
@@ -378,6 +448,52 @@ paths:
         let file = &y[y.find("\"file\"").unwrap()..];
         assert!(!file.lines().take(4).any(|l| l.contains("public")), "{file}");
         assert_eq!(out.routes, 4);
+    }
+
+    #[test]
+    fn unsecured_operations_and_names() {
+        let doc = r#"
+openapi: 3.1.0
+paths:
+  /a: {get: {operationId: "a\u0007b"}}
+  /b: {get: {operationId: b, security: []}}
+"#;
+        let out = import(doc, &opts()).unwrap();
+        // No scopes anywhere: any valid token.
+        assert!(out.yaml.contains("- name: \"get_a\"\n    match: { path_exact: \"/a\", methods: [GET] }\n    upstream: \"app\"\n    auth: {}"), "{}", out.yaml);
+        assert!(out
+            .notes
+            .iter()
+            .any(|n| n.contains("control characters") && n.contains("get_a")));
+        assert!(!out.yaml.contains('\u{7}'));
+        let b = &out.yaml[out.yaml.find("\"b\"").unwrap()..];
+        assert!(b.lines().take(4).any(|l| l.contains("public: true")), "{b}");
+        let open = ImportOptions {
+            public_when_unsecured: true,
+            ..opts()
+        };
+        let out = import(doc, &open).unwrap();
+        let a = &out.yaml[out.yaml.find("\"get_a\"").unwrap()..];
+        assert!(a.lines().take(4).any(|l| l.contains("public: true")), "{a}");
+    }
+
+    /// Overlapping templates keep the document's order (Starlette matches in
+    /// declaration order); exact paths still come first.
+    #[test]
+    fn templates_keep_the_documents_order() {
+        let doc = r#"
+openapi: 3.1.0
+paths:
+  /{org}/settings: {get: {operationId: org_settings, security: []}}
+  /help/{topic}: {get: {operationId: help, security: []}}
+  /help/me: {get: {operationId: me, security: []}}
+  /a/{x}: {get: {operationId: ax, security: []}}
+"#;
+        let y = import(doc, &opts()).unwrap().yaml;
+        let at = |n: &str| y.find(&format!("\"{n}\"")).unwrap();
+        assert!(at("me") < at("org_settings"));
+        assert!(at("org_settings") < at("help"), "{y}");
+        assert!(at("help") < at("ax"), "{y}");
     }
 
     #[test]

@@ -169,6 +169,22 @@ async fn an_imported_openapi_route_table_checks_and_serves() {
         notes.contains("note: GET /internal/metrics (metrics_internal_metrics_get): the \"apiKey\" scheme"),
         "{notes}"
     );
+    // An operation without any `security` (FastAPI's token endpoint; also
+    // every route an app protects in its own code) is protected and named.
+    assert!(
+        notes.contains("note: POST /token (login_for_access_token_token_post): no security requirement"),
+        "{notes}"
+    );
+    let (code, opted, _) = portcullis(
+        &["import-openapi", doc.to_str().unwrap(), "--public-when-unsecured"],
+        dir.path(),
+    );
+    assert_eq!(code, 0);
+    let token_route = &opted[opted.find("login_for_access_token_token_post").unwrap()..];
+    assert!(
+        token_route.lines().take(4).any(|l| l.contains("public: true")),
+        "{opted}"
+    );
     // Template-free paths come before templates.
     assert!(
         routes.find("/users/me").unwrap() < routes.find("/users/{user_id}").unwrap(),
@@ -207,7 +223,8 @@ upstreams:
     };
     let cases: Vec<(&str, &str, Option<&str>, u16)> = vec![
         ("GET", "/health", None, 200),
-        ("POST", "/token", None, 200),
+        ("POST", "/token", None, 401),
+        ("POST", "/token", Some("items:read"), 403),
         ("GET", "/users/me", None, 401),
         ("GET", "/users/me", Some("items:read"), 403),
         ("GET", "/users/me", Some("me"), 200),

@@ -34,6 +34,13 @@ pub(super) fn validate_route(
     limits: &[RateLimitPolicy],
 ) -> Result<Route, ConfigError> {
     let name = raw.name.unwrap_or_else(|| format!("routes[{i}]"));
+    // Names reach logs, metrics labels and `check`'s table as they are.
+    if name.is_empty() || name.chars().any(char::is_control) {
+        return Err(ctx.err(
+            format!("routes[{i}].name"),
+            format!("{name:?} is not a usable route name: it must be non-empty, without control characters"),
+        ));
+    }
     let at = format!("routes[{i}] ({name})");
     let path = match (&raw.matcher.path, &raw.matcher.path_exact, &raw.matcher.path_template) {
         (Some(p), None, None) => {
