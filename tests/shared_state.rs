@@ -752,3 +752,64 @@ routes:
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
 }
+
+/// A store outage under load logs a bounded number of warnings (one per
+/// kind of command per interval), not one per request; every failure is
+/// still counted in the metric.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_outage_logs_one_warning_per_interval() {
+    let port = closed_port().await.port();
+    let up = RecordingUpstream::start("app").await;
+    let store = format!("store:\n  redis: redis://127.0.0.1:{port}/0\n  timeout: 50ms\n");
+    let gw = child::Gateway::start(&child_config(&up, &store), None);
+    let mut c = gw.client(Proto::H1).await;
+    for _ in 0..40 {
+        // on_store_error: allow (the default): served despite the outage.
+        assert_eq!(c.send(req("GET", "/limited", &[], "")).await.status, 200);
+    }
+    let warned = gw
+        .logs()
+        .iter()
+        .filter(|l| l.contains("store command failed") && l.contains("rate_limit"))
+        .count();
+    assert!((1..=2).contains(&warned), "{warned} warnings for 40 failed checks");
+    let (_, metrics) = gw.admin("/metrics").await;
+    let failed: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"portcullis_store_errors_total{op="rate_limit"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(failed >= 40, "{failed}");
+}
+
+/// A revocation whose message never arrived (written to Redis behind the
+/// channel's back, as after a silently dead subscription) is in force after
+/// the follower's periodic reload, within a minute.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_the_channel_missed_is_loaded_within_a_minute() {
+    let redis = RedisServer::start().await;
+    let up = RecordingUpstream::start("app").await;
+    let extra = format!("store:\n  redis: {}\nrevocation: {{ store: redis }}\n", redis.url());
+    let routes = "  - { name: api, match: { path: /api }, upstream: app, auth: {} }\n";
+    let gw = gateway(&up, &extra, routes).await;
+    wait_for_async(Duration::from_secs(10), || async { gw.admin("/readyz").await.0 == 200 }).await;
+    let auth = format!("Bearer {}", token(json!({"jti": "missed-1"})));
+    assert_eq!(get(&gw, "/api", &[("authorization", &auth)]).await.status, 200);
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let exp = now() + 600;
+    let _: () = ::redis::cmd("SET")
+        .arg("portcullis:revoked:jti:missed-1")
+        .arg(exp)
+        .arg("EXAT")
+        .arg(exp + 3600)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let written = Instant::now();
+    wait_for_async(Duration::from_secs(60), || async {
+        get(&gw, "/api", &[("authorization", &auth)]).await.status == 401
+    })
+    .await;
+    assert!(written.elapsed() < Duration::from_secs(60), "{:?}", written.elapsed());
+}

@@ -40,6 +40,9 @@ pub struct Store {
     /// Redis) must not make one.
     conn: OnceLock<ConnectionManager>,
     reached: AtomicBool,
+    /// Per kind of command: when its failure was last logged, and how many
+    /// failures went unlogged since (an outage must not log once per request).
+    warned: dashmap::DashMap<&'static str, (Option<std::time::Instant>, u64)>,
     /// The local copy of the revocation list, when `revocation` is configured.
     pub revocations: Option<Arc<Revocations>>,
     started: AtomicBool,
@@ -88,6 +91,7 @@ impl Store {
             client,
             conn: OnceLock::new(),
             reached: AtomicBool::new(false),
+            warned: dashmap::DashMap::new(),
             revocations: revocation.map(|r| Arc::new(Revocations::new(r.max_token_lifetime))),
             started: AtomicBool::new(false),
         })
@@ -137,9 +141,24 @@ impl Store {
             Ok(Err(e)) => StoreError::Redis(e),
             Err(_) => StoreError::Timeout(self.config.timeout),
         };
-        tracing::warn!(op, error = %result, "store command failed");
+        self.warn_throttled(op, &result);
         crate::metrics::store_error(op);
         Err(result)
+    }
+
+    /// Log a failed command at most once per [`WARN_EVERY`] for each kind of
+    /// command, saying how many more failed meanwhile (the metric counts each).
+    fn warn_throttled(&self, op: &'static str, error: &StoreError) {
+        let now = std::time::Instant::now();
+        let mut entry = self.warned.entry(op).or_insert((None, 0));
+        let (last, quiet) = *entry;
+        if last.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
+            *entry = (last, quiet + 1);
+            return;
+        }
+        *entry = (Some(now), 0);
+        drop(entry);
+        tracing::warn!(op, error = %error, also_failed = quiet, "store command failed");
     }
 
     /// Start what runs beside requests: reaching Redis, and keeping the
@@ -180,6 +199,9 @@ impl Store {
         }
     }
 }
+
+/// How often each kind of failed store command is logged at most.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// PING until Redis answers once, so `/readyz` can say so.
 async fn reach(store: Weak<Store>) {

@@ -222,11 +222,30 @@ pub async fn revoke(store: &Store, r: Revocation) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How often the follower checks that its subscription still delivers (it
+/// publishes a ping of its own and must see it come back before the next
+/// check) and reloads the whole list, which also brings in anything a
+/// half-dead subscription missed: a lost channel costs at most twice this.
+const LIVENESS_EVERY: Duration = Duration::from_secs(25);
+
+/// A liveness ping on the revocation channel: `{"ping": "<follower's nonce>"}`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ping {
+    ping: String,
+}
+
 /// Follow the revocation channel for as long as the store lives: subscribe,
-/// load the whole list, then apply each message; on any disconnect, again.
+/// load the whole list, then apply each message; on any disconnect, or when
+/// the channel stops delivering, again.
 pub async fn follow(store: Weak<Store>) {
     let mut backoff = Duration::from_millis(100);
     let mut prune = tokio::time::interval(Duration::from_secs(60));
+    let nonce = {
+        use std::hash::BuildHasher;
+        format!("{:016x}", std::collections::hash_map::RandomState::new().hash_one(0u8))
+    };
+    let ping = serde_json::to_string(&Ping { ping: nonce.clone() }).unwrap_or_default();
     loop {
         let Some(s) = store.upgrade() else { return };
         let Some(local) = s.revocations.clone() else { return };
@@ -255,15 +274,43 @@ pub async fn follow(store: Weak<Store>) {
         }
         backoff = Duration::from_millis(100);
         drop(s);
+        let mut liveness = tokio::time::interval_at(tokio::time::Instant::now() + LIVENESS_EVERY, LIVENESS_EVERY);
+        let mut ping_out = false;
         let mut messages = pubsub.on_message();
         loop {
             tokio::select! {
                 msg = messages.next() => {
                     let Some(msg) = msg else { break };
-                    match serde_json::from_slice::<Revocation>(msg.get_payload_bytes()) {
+                    let payload = msg.get_payload_bytes();
+                    if let Ok(Ping { ping: theirs }) = serde_json::from_slice::<Ping>(payload) {
+                        // Another instance's pings are no concern of ours.
+                        if theirs == nonce {
+                            ping_out = false;
+                        }
+                        continue;
+                    }
+                    match serde_json::from_slice::<Revocation>(payload) {
                         Ok(r) => local.apply(&r),
                         Err(_) => tracing::warn!("ignoring a malformed message on the revocation channel"),
                     }
+                }
+                _ = liveness.tick() => {
+                    let Some(s) = store.upgrade() else { return };
+                    if ping_out {
+                        tracing::warn!("the revocation channel stopped delivering; reconnecting");
+                        break;
+                    }
+                    if let Err(e) = resync(&s, &local).await {
+                        tracing::warn!(error = %e, "cannot reload the revocation list; reconnecting");
+                        break;
+                    }
+                    let (channel, ping) = (channel.clone(), ping.clone());
+                    let sent = s
+                        .run("revocation_ping", |mut c| async move {
+                            redis::cmd("PUBLISH").arg(channel).arg(ping).query_async::<i64>(&mut c).await
+                        })
+                        .await;
+                    ping_out = sent.is_ok();
                 }
                 _ = prune.tick() => {
                     if store.strong_count() == 0 {
