@@ -813,3 +813,39 @@ async fn a_revocation_the_channel_missed_is_loaded_within_a_minute() {
     .await;
     assert!(written.elapsed() < Duration::from_secs(60), "{:?}", written.elapsed());
 }
+
+/// A `header:` key's value is the client's to choose: Redis key names never
+/// hold it (a digest stands in), and two values still get two buckets.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_key_names_never_hold_a_raw_header_value() {
+    let redis = RedisServer::start().await;
+    let up = RecordingUpstream::start("app").await;
+    let extra = format!(
+        r#"store:
+  redis: {}
+rate_limits:
+  per-key:
+    key: "header:x-api-key"
+    rate: 1/h
+    burst: 1
+    store: redis
+"#,
+        redis.url()
+    );
+    let routes = "  - { name: keyed, match: { path: /keyed }, upstream: app, public: true, rate_limits: [per-key] }\n";
+    let gw = gateway(&up, &extra, routes).await;
+    for value in ["plain-key-value-1", "other-key-value-2"] {
+        assert_eq!(get(&gw, "/keyed", &[("x-api-key", value)]).await.status, 200);
+        get(&gw, "/keyed", &[("x-api-key", value)])
+            .await
+            .assert_error(429, "rate_limited");
+    }
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+    let buckets: Vec<&String> = keys.iter().filter(|k| k.contains("rl:per-key:")).collect();
+    assert_eq!(buckets.len(), 2, "{keys:?}");
+    for k in &keys {
+        assert!(!k.contains("key-value"), "a raw header value in a key name: {k}");
+    }
+}
