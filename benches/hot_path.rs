@@ -334,7 +334,7 @@ fn bench_metrics(c: &mut Criterion) {
                 for worker in 0..2 {
                     let route = &route;
                     s.spawn(move || {
-                        portcullis::server::become_worker(worker);
+                        portcullis::shard::become_worker(worker);
                         for _ in 0..iters {
                             portcullis::metrics::request(Some(black_box(&**route)), 200, black_box(0.0012));
                         }

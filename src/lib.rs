@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod redirect;
 pub mod routing;
 pub mod server;
+pub mod shard;
 pub mod snapshot;
 pub mod store;
 pub mod tls;

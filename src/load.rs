@@ -25,7 +25,10 @@ pub fn load(
     previous: Option<&Snapshot>,
     purpose: Purpose,
 ) -> Result<(Snapshot, Vec<String>), ConfigError> {
-    let loaded = Config::load(path)?;
+    let mut loaded = Config::load(path)?;
+    loaded
+        .warnings
+        .extend(crate::routing::overlap::lint(&loaded.config.routes));
     if purpose == Purpose::Serve {
         crate::tls::ensure_self_signed(&loaded.config.tls).map_err(|e| e.in_file(path))?;
     }

@@ -233,7 +233,7 @@ fn route_entry(name: &str, configured: bool) -> Arc<RouteMetrics> {
     if let Some(r) = routes.by_name.get(name) {
         return r.clone();
     }
-    let r = Arc::new(RouteMetrics::new(name, configured, crate::server::shard_count()));
+    let r = Arc::new(RouteMetrics::new(name, configured, crate::shard::shard_count()));
     routes.push(r.clone());
     r
 }
@@ -284,7 +284,7 @@ pub struct RouteMetrics {
     /// Listed at zero before its first request (a configured route), or only
     /// once counted (`-`, no route matched).
     configured: bool,
-    /// One per worker, see `server::shard_count`.
+    /// One per worker, see `shard::shard_count`.
     shards: Box<[Shard]>,
     other_statuses: Mutex<BTreeMap<u16, u64>>,
 }
@@ -324,7 +324,7 @@ impl RouteMetrics {
     }
 
     fn record(&self, status: u16, seconds: f64) {
-        let shard = &self.shards[crate::server::current_shard() % self.shards.len()];
+        let shard = &self.shards[crate::shard::current_shard() % self.shards.len()];
         match COMMON_STATUSES.binary_search(&status) {
             Ok(i) => {
                 shard.statuses[i].fetch_add(1, Ordering::Relaxed);
@@ -601,7 +601,7 @@ mod tests {
         ];
         for (i, &(status, seconds)) in seen.iter().enumerate() {
             // Spread over the shards, as workers would.
-            crate::server::become_worker(i % 2);
+            crate::shard::become_worker(i % 2);
             orders.record(status, seconds);
             let route: Arc<str> = "orders".into();
             duration
@@ -609,7 +609,7 @@ mod tests {
                 .observe(seconds);
             requests.get_or_create(&RequestLabels { route, status }).inc();
         }
-        crate::server::become_worker(usize::MAX);
+        crate::shard::become_worker(usize::MAX);
         let _ = duration.get_or_create(&RouteLabels { route: "idle".into() });
 
         let render = |register: &dyn Fn(&mut Registry)| {

@@ -265,49 +265,6 @@ async fn busy_place(lane: Option<&Arc<Semaphore>>) -> Result<OwnedSemaphorePermi
     }
 }
 
-thread_local! {
-    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
-}
-
-/// The worker thread this code runs on (`usize::MAX` on any other thread):
-/// the upstream pool prefers the connections a worker drives itself.
-pub(crate) fn worker_index() -> usize {
-    WORKER_INDEX.with(|i| i.get())
-}
-
-/// How many worker threads serve HTTPS connections: one per core this
-/// process may use (affinity and cgroup quotas count). Decided once: the
-/// per-worker shards made at every reload must match the workers started,
-/// and asking reads cgroup files (once per route, per load, before).
-pub(crate) fn worker_count() -> usize {
-    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// State that every request touches is split into shards, one per worker
-/// (index 1..) plus shard 0 for every other thread, so that workers do not
-/// pass the same cache lines between cores on each request.
-pub(crate) fn shard_count() -> usize {
-    worker_count() + 1
-}
-
-/// The shard of worker `worker` (see [`shard_count`]); threads other than
-/// the workers have index `usize::MAX`, which wraps to shard 0.
-pub(crate) fn shard_of(worker: usize) -> usize {
-    worker.wrapping_add(1)
-}
-
-/// The calling thread's shard.
-pub(crate) fn current_shard() -> usize {
-    shard_of(worker_index())
-}
-
-/// Mark the calling thread as worker `index` (public for the benchmarks,
-/// which stand in for workers).
-pub fn become_worker(index: usize) {
-    WORKER_INDEX.with(|i| i.set(index));
-}
-
 /// Threads that serve HTTPS connections, one per core, each on a
 /// single-threaded runtime of its own. The accept loop hands each new
 /// connection to the worker with the fewest open; from then on the
@@ -353,7 +310,7 @@ impl Workers {
         gateway: &Arc<Gateway>,
         shutdown: &watch::Sender<bool>,
     ) -> std::io::Result<(Workers, Vec<oneshot::Sender<()>>)> {
-        let count = worker_count();
+        let count = crate::shard::worker_count();
         let mut queues = Vec::with_capacity(count);
         let mut stops = Vec::with_capacity(count);
         for index in 0..count {
@@ -365,7 +322,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("portcullis-{index}"))
                 .spawn(move || {
-                    become_worker(index);
+                    crate::shard::become_worker(index);
                     runtime.block_on(async move {
                         tokio::select! {
                             () = work => {}

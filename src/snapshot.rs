@@ -19,6 +19,9 @@ pub struct Snapshot {
     pub config: Config,
     pub tls: Arc<ServerConfig>,
     pub routes: RouteTable,
+    /// Each route's metrics (and its name, shared with the log), indexed like
+    /// `config.routes`, so that a request counts itself without a lookup.
+    pub route_metrics: Vec<Arc<crate::metrics::RouteMetrics>>,
     /// Indexed like `config.upstreams`.
     pub upstreams: Vec<SharedPool>,
     /// Indexed like `config.providers`.
@@ -99,6 +102,7 @@ impl Snapshot {
         let strip = Arc::new(StripRules::new(identity.strip_incoming.clone(), &identity_names));
         let identity = IdentityHeaders::new(identity);
         let routes = RouteTable::new(config.routes.clone());
+        let route_metrics = config.routes.iter().map(|r| crate::metrics::route(&r.name)).collect();
         let store = match &config.store {
             None => None,
             Some(sc) => {
@@ -130,6 +134,7 @@ impl Snapshot {
             config,
             tls,
             routes,
+            route_metrics,
             upstreams,
             providers,
             strip,

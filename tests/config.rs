@@ -29,8 +29,13 @@ fn dir() -> tempfile::TempDir {
     d
 }
 
+/// A configuration and every warning `check` would print for it (the route
+/// table's own lints included).
 fn load(d: &Path, yaml: &str) -> Result<Loaded, ConfigError> {
-    Config::from_yaml(yaml, &d.join("gateway.yaml"))
+    let mut loaded = Config::from_yaml(yaml, &d.join("gateway.yaml"))?;
+    let lints = portcullis::routing::overlap::lint(&loaded.config.routes);
+    loaded.warnings.extend(lints);
+    Ok(loaded)
 }
 
 fn err(yaml: &str) -> ConfigError {

@@ -40,7 +40,7 @@ pub struct CachedToken {
 
 #[derive(Debug)]
 pub struct TokenCache {
-    /// One per worker, see `server::shard_count`.
+    /// One per worker, see `shard::shard_count`.
     shards: Box<[Shard]>,
     /// Entries kept at most per shard.
     capacity: usize,
@@ -63,7 +63,7 @@ impl TokenCache {
     /// `capacity` entries in each worker's cache.
     pub fn with_capacity(capacity: usize) -> Self {
         TokenCache {
-            shards: (0..crate::server::shard_count()).map(|_| Shard::default()).collect(),
+            shards: (0..crate::shard::shard_count()).map(|_| Shard::default()).collect(),
             capacity: capacity.max(1),
             sweep: AtomicU8::new(0),
         }
@@ -71,7 +71,7 @@ impl TokenCache {
 
     /// The calling worker's entries.
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Arc<CachedToken>>> {
-        let shard = crate::server::current_shard() % self.shards.len();
+        let shard = crate::shard::current_shard() % self.shards.len();
         self.shards[shard].0.lock().unwrap_or_else(|e| e.into_inner())
     }
 

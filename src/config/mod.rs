@@ -443,10 +443,6 @@ impl Config {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         validate::validate(raw, text, path, &base)
     }
-
-    pub fn upstream_of(&self, route: &Route) -> &Upstream {
-        &self.upstreams[route.upstream]
-    }
 }
 
 fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {

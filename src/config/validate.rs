@@ -149,17 +149,6 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         }
         routes.push(route);
     }
-    let index = crate::routing::table::PathIndex::new(&routes);
-    for (i, route) in routes.iter().enumerate() {
-        if let Some(earlier) = super::route::shadowed_by(&index, &routes, i) {
-            ctx.warnings.push(format!(
-                "route {:?} can never match: the earlier route {:?} matches every request it would",
-                route.name, earlier.name
-            ));
-        }
-    }
-
-    super::route::warn_trailing_slash_fallthrough(&mut ctx, &routes, &index);
     super::browser::warn_cookie_with_any_origin(&mut ctx, &routes, &cors);
 
     let config = Config {

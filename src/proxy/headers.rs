@@ -268,8 +268,12 @@ pub fn filter_trailers(strip: &StripRules, trailers: &mut HeaderMap) {
 /// into one list; set `X-Forwarded-Proto: https` and `X-Forwarded-Host`;
 /// remove the other forwarding headers and the overrides a client may have sent.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, host: Option<&HeaderValue>) {
-    for name in &NEVER_FORWARDED {
-        headers.remove(name);
+    // One scan of the few headers a request has, rather than a lookup per
+    // name: almost no request carries any of them.
+    if headers.keys().any(|k| NEVER_FORWARDED.contains(k)) {
+        for name in &NEVER_FORWARDED {
+            headers.remove(name);
+        }
     }
     let mut chain = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {

@@ -221,10 +221,11 @@ pub(crate) fn check_request_shape(snap: &Snapshot, parts: &http::request::Parts)
 /// Whether a path holds `;`, raw or percent-encoded.
 fn has_semicolon(path: &str) -> bool {
     path.contains(';')
-        || path
-            .as_bytes()
-            .windows(3)
-            .any(|w| w[0] == b'%' && w[1] == b'3' && w[2].eq_ignore_ascii_case(&b'b'))
+        || (path.contains('%')
+            && path
+                .as_bytes()
+                .windows(3)
+                .any(|w| w[0] == b'%' && w[1] == b'3' && w[2].eq_ignore_ascii_case(&b'b')))
 }
 
 async fn pipeline(
@@ -266,7 +267,7 @@ async fn pipeline(
         if let Lookup::Found(i) = snap.routes.find(host_name, &requested, &path) {
             let route = snap.routes.get(i);
             if let Some(p) = route.cors {
-                log.route = Some(snap.routes.metrics(i));
+                log.route = Some(snap.route_metrics[i].clone());
                 let policy = &snap.config.cors[p];
                 return crate::cors::answer_preflight(policy, route.methods.as_deref(), &parts.headers, &requested)
                     .map(|r| r.map(Either::Right))
@@ -281,7 +282,7 @@ async fn pipeline(
         Lookup::NotFound => return Err(GatewayError::NotFound),
     };
     let route = snap.routes.get(route_index);
-    log.route = Some(snap.routes.metrics(route_index));
+    log.route = Some(snap.route_metrics[route_index].clone());
     *cors_policy = route.cors;
 
     // Authenticate and authorise before anything is sent on.

@@ -148,9 +148,7 @@ impl TargetPool {
             connect_timeout,
             permits: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
             tunnels: Arc::new(Semaphore::new(max_tunnels.min(Semaphore::MAX_PERMITS))),
-            idle: (0..crate::server::shard_count())
-                .map(|_| IdleStack::default())
-                .collect(),
+            idle: (0..crate::shard::shard_count()).map(|_| IdleStack::default()).collect(),
             shared: Mutex::new(Vec::new()),
             h2_connecting: tokio::sync::Mutex::new(()),
             freed: Arc::new(Notify::new()),
@@ -242,7 +240,7 @@ impl TargetPool {
     /// worker thread drives if there is one (no wake-up of another thread),
     /// else another worker's.
     async fn pop_idle(&self) -> Option<H1Conn> {
-        let own = crate::server::current_shard() % self.idle.len();
+        let own = crate::shard::current_shard() % self.idle.len();
         let others = (0..self.idle.len()).filter(|&i| i != own);
         loop {
             let (mut conn, since) = std::iter::once(own)
@@ -263,7 +261,7 @@ impl TargetPool {
         if conn.sender.is_closed() {
             return;
         }
-        let home = crate::server::shard_of(conn.home) % self.idle.len();
+        let home = crate::shard::shard_of(conn.home) % self.idle.len();
         if let Ok(mut idle) = self.idle[home].0.lock() {
             // The oldest entries sit at the bottom; drop the expired ones.
             let expired = idle.iter().take_while(|(_, t)| t.elapsed() > IDLE_TIMEOUT).count();
@@ -294,7 +292,7 @@ impl TargetPool {
         self.run(Box::pin(async move { conn.await.map_err(|e| e.to_string()) }), permit);
         Ok(H1Conn {
             sender,
-            home: crate::server::worker_index(),
+            home: crate::shard::worker_index(),
         })
     }
 
@@ -590,7 +588,7 @@ mod tests {
         for home in [0, other, 0, other] {
             pool.put_idle(connection(home, &mut pipes).await);
         }
-        crate::server::become_worker(0);
+        crate::shard::become_worker(0);
         assert_eq!(
             pool.pop_idle().await.map(|c| c.home),
             Some(0),
@@ -601,7 +599,7 @@ mod tests {
         assert_eq!(pool.pop_idle().await.map(|c| c.home), Some(other));
         assert_eq!(pool.pop_idle().await.map(|c| c.home), Some(other));
         assert!(pool.pop_idle().await.is_none());
-        crate::server::become_worker(other);
+        crate::shard::become_worker(other);
     }
 
     #[tokio::test]
@@ -613,7 +611,7 @@ mod tests {
         // The upstream closes the most recent one.
         drop(pipes.pop());
         tokio::time::sleep(Duration::from_millis(50)).await;
-        crate::server::become_worker(1);
+        crate::shard::become_worker(1);
         assert!(pool.pop_idle().await.is_some(), "the older, still open one");
         assert!(pool.pop_idle().await.is_none());
     }

@@ -1,5 +1,6 @@
 //! From a raw request target to a route: path normalisation and the route table.
 
 pub mod normalize;
+pub mod overlap;
 pub mod table;
 pub mod template;

@@ -9,6 +9,11 @@
 
 use std::fmt;
 
+/// Whether `prefix` is `path` or a leading run of its segments.
+pub fn segment_prefix(prefix: &str, path: &str) -> bool {
+    prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+}
+
 /// Why a path was refused. Every variant is answered 400 `invalid_request`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {

@@ -3,12 +3,11 @@
 //! method, the answer is 405 with the methods that would have matched.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use http::{HeaderValue, Method};
 
 use crate::config::{PathMatch, Route};
-use crate::metrics::RouteMetrics;
+pub use crate::routing::normalize::segment_prefix;
 use crate::routing::template::Segment;
 
 /// The outcome of a lookup.
@@ -30,9 +29,6 @@ pub enum Lookup {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    /// Each route's metrics (and its name, shared with the log), so that a
-    /// request counts itself without a lookup.
-    metrics: Vec<Arc<RouteMetrics>>,
     index: PathIndex,
 }
 
@@ -141,8 +137,7 @@ impl PathIndex {
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> Self {
         let index = PathIndex::new(&routes);
-        let metrics = routes.iter().map(|r| crate::metrics::route(&r.name)).collect();
-        RouteTable { routes, metrics, index }
+        RouteTable { routes, index }
     }
 
     fn for_each_path_match(&self, path: &str, f: impl FnMut(usize)) {
@@ -151,10 +146,6 @@ impl RouteTable {
 
     pub fn get(&self, index: usize) -> &Route {
         &self.routes[index]
-    }
-
-    pub fn metrics(&self, index: usize) -> Arc<RouteMetrics> {
-        self.metrics[index].clone()
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -208,21 +199,6 @@ fn host_matches(route: &Route, host: Option<&str>) -> bool {
         None => true,
         Some(want) => host == Some(want.as_str()),
     }
-}
-
-/// Prefixes match whole segments: `/api/orders` matches `/api/orders` and
-/// `/api/orders/7`, never `/api/ordersX`.
-pub fn path_matches(m: &PathMatch, path: &str) -> bool {
-    match m {
-        PathMatch::Exact(p) => p == path,
-        PathMatch::Prefix(p) => segment_prefix(p, path),
-        PathMatch::Template(t) => t.matches(path),
-    }
-}
-
-/// Whether `prefix` is `path` or a leading run of its segments.
-pub fn segment_prefix(prefix: &str, path: &str) -> bool {
-    prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
 }
 
 /// The path the upstream sees after `strip_prefix` (always starts with `/`).
