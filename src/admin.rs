@@ -150,7 +150,7 @@ async fn revoke(req: Request<Incoming>, snap: &Snapshot) -> Response<Full<Bytes>
     };
     let max_lifetime = snap.config.revocation.as_ref().map(|r| r.max_token_lifetime);
     let revocation = crate::store::revocation::Revocation::parse(&body)
-        .and_then(|r| r.within_bounds(crate::store::revocation::unix_now(), max_lifetime.unwrap_or_default()));
+        .and_then(|r| r.within_bounds(crate::clock::unix_now(), max_lifetime.unwrap_or_default()));
     let revocation = match revocation {
         Ok(r) => r,
         Err(why) => return json_response(StatusCode::BAD_REQUEST, "invalid_request", why),

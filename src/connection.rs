@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
+
+use crate::clock::{self, sleep_until_some};
 
 use crate::config::Limits;
 
@@ -114,7 +116,7 @@ pub struct ConnState {
 
 impl ConnState {
     pub fn new(limits: &Limits, http1: bool) -> Self {
-        let now = now_ms();
+        let now = clock::millis();
         let header_read_timeout_ms = limits.header_read_timeout.as_millis() as u64;
         ConnState {
             http1,
@@ -141,7 +143,7 @@ impl ConnState {
         if !self.http1 {
             return;
         }
-        let now = now_ms();
+        let now = clock::millis();
         self.last_activity.store(now, Ordering::Relaxed);
         // Bytes with no request in flight start the next request's head.
         if self.in_flight.load(Ordering::Acquire) == 0 && self.head_deadline.load(Ordering::Acquire) == 0 {
@@ -164,7 +166,7 @@ impl ConnState {
         if frames.partial() {
             if ended || self.head_deadline.load(Ordering::Acquire) == 0 {
                 self.head_deadline
-                    .store(now_ms() + self.header_read_timeout_ms, Ordering::Release);
+                    .store(clock::millis() + self.header_read_timeout_ms, Ordering::Release);
                 if !self.head_armed.load(Ordering::Acquire) {
                     self.changed.notify_one();
                 }
@@ -176,20 +178,20 @@ impl ConnState {
 
     fn on_write(&self) {
         if self.http1 {
-            let now = now_ms();
+            let now = clock::millis();
             self.last_activity.store(now, Ordering::Relaxed);
             self.last_progress.store(now, Ordering::Relaxed);
         }
     }
 
     fn last_activity(&self) -> Instant {
-        at_ms(self.last_activity.load(Ordering::Relaxed))
+        clock::at_millis(self.last_activity.load(Ordering::Relaxed))
     }
 
     fn head_deadline(&self) -> Option<Instant> {
         match self.head_deadline.load(Ordering::Acquire) {
             0 => None,
-            ms => Some(at_ms(ms)),
+            ms => Some(clock::at_millis(ms)),
         }
     }
 
@@ -200,13 +202,13 @@ impl ConnState {
     /// When a response stuck on the client should be given up, if one is.
     fn stall_deadline(&self, patience: Duration) -> Option<Instant> {
         (self.awaiting_client.load(Ordering::Acquire) > 0)
-            .then(|| at_ms(self.last_progress.load(Ordering::Relaxed)) + patience)
+            .then(|| clock::at_millis(self.last_progress.load(Ordering::Relaxed)) + patience)
     }
 
     /// A stream the client abandoned before its answer; past the cap, the
     /// connection is told to go away.
     fn count_reset(&self) {
-        let now = now_ms();
+        let now = clock::millis();
         let start = self.reset_window_start.load(Ordering::Relaxed);
         let n = if now.saturating_sub(start) > RESET_WINDOW_MS {
             self.reset_window_start.store(now, Ordering::Relaxed);
@@ -237,7 +239,7 @@ impl Exchange {
         } else {
             // The HTTP/2 head deadline follows the frames (`FrameScan`): by
             // now the next stream's head may already be half received.
-            state.last_activity.store(now_ms(), Ordering::Relaxed);
+            state.last_activity.store(clock::millis(), Ordering::Relaxed);
         }
         Exchange {
             state: state.clone(),
@@ -251,7 +253,7 @@ impl Exchange {
         let state = self.state.clone();
         // Not polled yet: the client's side decides when it will be.
         if state.awaiting_client.fetch_add(1, Ordering::AcqRel) == 0 {
-            state.last_progress.store(now_ms(), Ordering::Relaxed);
+            state.last_progress.store(clock::millis(), Ordering::Relaxed);
             if !state.stall_armed.load(Ordering::Acquire) {
                 state.changed.notify_one();
             }
@@ -274,7 +276,7 @@ impl Drop for Exchange {
 }
 
 fn end_exchange(state: &ConnState) {
-    state.last_activity.store(now_ms(), Ordering::Relaxed);
+    state.last_activity.store(clock::millis(), Ordering::Relaxed);
     if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 && state.closing.load(Ordering::Acquire) {
         state.changed.notify_one();
     }
@@ -321,7 +323,7 @@ where
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         // Being polled means the client's side has room for more.
-        this.state.last_progress.store(now_ms(), Ordering::Relaxed);
+        this.state.last_progress.store(clock::millis(), Ordering::Relaxed);
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         let next = match &polled {
             Poll::Pending => Waiting::Upstream,
@@ -509,29 +511,6 @@ impl Wake for Watchers {
         self.fired.store(true, Ordering::Release);
         self.task.wake();
     }
-}
-
-/// Sleep until `deadline`, or forever without one (a `select!` arm that never fires).
-pub(crate) async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Milliseconds since a process-wide epoch, for lock-free timestamps.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    // +1 so that 0 can mean "unset".
-    Instant::now().saturating_duration_since(epoch()).as_millis() as u64 + 1
-}
-
-fn at_ms(ms: u64) -> Instant {
-    epoch() + Duration::from_millis(ms.saturating_sub(1))
 }
 
 /// An I/O stream that reports reads and writes that move data to [`ConnState`].

@@ -97,8 +97,13 @@ impl Builder {
 
 /// A Unix time as a readable UTC date, with how far from now.
 fn date(secs: f64) -> String {
-    let Some(t) = UNIX_EPOCH.checked_add(Duration::from_secs_f64(secs.max(0.0))) else {
-        return format!("{secs}");
+    // A token's `exp` may be any number: one too large for a date is shown as written.
+    let Some(t) = Duration::try_from_secs_f64(secs.max(0.0))
+        .ok()
+        .and_then(|d| UNIX_EPOCH.checked_add(d))
+        .filter(|_| secs.abs() < 1e12)
+    else {
+        return format!("{secs:e} (not a date)");
     };
     let now = SystemTime::now();
     let relative = match t.duration_since(now) {
@@ -498,10 +503,7 @@ fn check_token(
         b.add("keys", "fail", "the provider's keys could not be loaded or fetched");
         return Err(GatewayError::KeysUnavailable);
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now = crate::clock::unix_now();
     let verdict = unverified.verify(&provider.config, &keys, now);
     let failed_at = verdict.err().map(|r| (r.step(), r));
     // Steps 5 and 10 only apply when the provider sets `typ` / `audiences`.
@@ -559,6 +561,14 @@ fn check_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enormous_dates_never_panic() {
+        for secs in [1e300, f64::MAX, f64::INFINITY, f64::NAN, -1e300, 9.9e11] {
+            let _ = date(secs);
+        }
+        assert_eq!(date(1e300), "1e300 (not a date)");
+    }
 
     #[test]
     fn dates() {

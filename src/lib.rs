@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod cors;

@@ -13,7 +13,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::time::Instant;
 
 use crate::config::{LimitKey, RateLimitPolicy};
 use crate::error::GatewayError;
@@ -48,15 +47,6 @@ pub struct LocalBuckets {
     inserts: AtomicU64,
 }
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ns() -> u64 {
-    Instant::now().saturating_duration_since(epoch()).as_nanos() as u64
-}
-
 /// One GCRA step: `Ok(new_tat)` when a request at `now` fits, else how long
 /// until it would.
 fn gcra(tat: u64, now: u64, interval: u64, burst: u32) -> Result<u64, u64> {
@@ -82,7 +72,7 @@ enum Verdict {
 impl LocalBuckets {
     fn check(&self, value: &str, policy: &RateLimitPolicy) -> Verdict {
         let key = bucket_digest(value);
-        let now = now_ns();
+        let now = crate::clock::nanos();
         let interval = policy.interval.as_nanos() as u64;
         let step = match self.tat.get_mut(&key) {
             Some(mut tat) => gcra(*tat, now, interval, policy.burst).map(|new| *tat = new),

@@ -1,7 +1,7 @@
 //! Minting test tokens (`portcullis token`, `portcullis demo`): signing is the
 //! identity provider's job in production; this exists for development and tests.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
@@ -41,10 +41,7 @@ pub fn pem_signing_key(alg: Algorithm, pem: &[u8]) -> Result<EncodingKey, String
 
 /// Sign a token. Registered time claims are whole seconds.
 pub fn mint(alg: Algorithm, key: &EncodingKey, spec: &TokenSpec) -> Result<String, String> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::clock::unix_secs();
     let mut claims = Map::new();
     let mut put = |k: &str, v: Option<&String>| {
         if let Some(v) = v {

@@ -17,7 +17,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -32,8 +32,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::auth::Caller;
+use crate::clock::{self, sleep_until_some};
 use crate::config::WebSocketPolicy;
-use crate::connection::sleep_until_some;
 use crate::error::GatewayError;
 use crate::proxy::forward::UpstreamPool;
 use crate::proxy::pool::{DedicatedPermit, Lease, UpstreamBody};
@@ -254,11 +254,6 @@ pub async fn open(
     Ok(answer)
 }
 
-/// Milliseconds on a monotonic clock, for the last-activity stamp.
-fn now_ms(epoch: Instant) -> u64 {
-    epoch.elapsed().as_millis() as u64
-}
-
 async fn run(
     client: Upgraded,
     upstream: Upgraded,
@@ -267,8 +262,8 @@ async fn run(
     _held: (DedicatedPermit, OwnedSemaphorePermit, Option<Arc<OwnedSemaphorePermit>>),
 ) {
     crate::metrics::websocket_opened(&limits.route);
-    let epoch = Instant::now();
-    let activity = AtomicU64::new(0);
+    // The last byte either way, as `clock::millis`.
+    let activity = AtomicU64::new(clock::millis());
     let first_close = AtomicU8::new(NO_CLOSE);
     let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
     let (mut upstream_read, mut upstream_write) = tokio::io::split(TokioIo::new(upstream));
@@ -276,22 +271,17 @@ async fn run(
         &mut client_read,
         &mut upstream_write,
         &activity,
-        epoch,
         (&first_close, FROM_CLIENT),
     );
     let from_upstream = pump(
         &mut upstream_read,
         &mut client_write,
         &activity,
-        epoch,
         (&first_close, FROM_UPSTREAM),
     );
     tokio::pin!(from_client, from_upstream);
 
-    let now_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now_unix = clock::unix_now();
     let expiry = limits
         .close_at
         .and_then(|at| expiry_instant(at, now_unix, Instant::now()));
@@ -309,12 +299,12 @@ async fn run(
         if revoked() {
             break "revoked";
         }
-        let idle_deadline = epoch + Duration::from_millis(activity.load(Ordering::Relaxed)) + limits.idle_timeout;
+        let idle_deadline = clock::at_millis(activity.load(Ordering::Relaxed)) + limits.idle_timeout;
         tokio::select! {
             _ = &mut from_client => break "client",
             _ = &mut from_upstream => break "upstream",
             _ = tokio::time::sleep_until(idle_deadline) => {
-                let last = epoch + Duration::from_millis(activity.load(Ordering::Relaxed));
+                let last = clock::at_millis(activity.load(Ordering::Relaxed));
                 if last + limits.idle_timeout <= Instant::now() {
                     break "idle";
                 }
@@ -353,7 +343,7 @@ const FROM_UPSTREAM: u8 = 2;
 /// Copy bytes one way until EOF or an error, stamping activity and noting
 /// whether this side sent the first Close frame; then close the writing side
 /// so the peer sees the end too.
-async fn pump<R, W>(from: &mut R, to: &mut W, activity: &AtomicU64, epoch: Instant, close: (&AtomicU8, u8))
+async fn pump<R, W>(from: &mut R, to: &mut W, activity: &AtomicU64, close: (&AtomicU8, u8))
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -365,7 +355,7 @@ where
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        activity.store(now_ms(epoch), Ordering::Relaxed);
+        activity.store(clock::millis(), Ordering::Relaxed);
         if frames.feed(&buf[..n]) {
             let _ = close
                 .0

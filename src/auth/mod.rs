@@ -11,7 +11,6 @@ pub mod token;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use http::header::{HeaderMap, AUTHORIZATION};
@@ -156,13 +155,6 @@ const B64TOKEN: [bool; 256] = {
     table
 };
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 /// Authenticate a request's token (`None`: it has none) for a protected
 /// route and check its scopes.
 pub async fn authenticate(
@@ -221,7 +213,7 @@ async fn verify(
     token: Option<&str>,
 ) -> Result<Arc<Caller>, GatewayError> {
     let token = token.ok_or(GatewayError::MissingToken)?;
-    let now = now();
+    let now = crate::clock::unix_now();
     let key = TokenCache::key(token);
     if let Some(hit) = cache.get(&key, providers, now) {
         // A hit saves the signature check only: the route's own rules still apply.

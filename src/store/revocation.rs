@@ -11,7 +11,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Weak;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::unix_now;
 
 use dashmap::DashMap;
 use futures_util::StreamExt;
@@ -82,14 +84,6 @@ pub struct Revocations {
     /// Bumped on every change, for open WebSocket tunnels to re-check
     /// their token (a revoked token's tunnels close at once).
     changes: tokio::sync::watch::Sender<u64>,
-}
-
-/// Unix seconds now.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 impl Revocations {
