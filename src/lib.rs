@@ -25,7 +25,6 @@ pub mod shard;
 pub mod snapshot;
 pub mod store;
 pub mod tls;
-pub mod tunnel;
 
 use std::path::Path;
 

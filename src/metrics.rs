@@ -121,7 +121,7 @@ fn metrics() -> &'static Metrics {
         let websocket_closed = Family::default();
         registry.register(
             "websocket_closed",
-            "WebSocket tunnels closed, by route and reason (client, upstream, idle, token_expired, shutdown)",
+            "WebSocket tunnels closed, by route and reason (client, upstream, idle, token_expired, revoked, shutdown)",
             websocket_closed.clone(),
         );
         let rate_limited = Family::default();
@@ -164,7 +164,15 @@ fn metrics() -> &'static Metrics {
 
 /// Create the series a configuration will use, at zero, so every metric name
 /// is visible from the first scrape on (dashboards and alerts need no traffic).
-pub fn register(config: &crate::config::Config) {
+/// The label values of series created at zero that other modules own.
+pub struct SeriesLabels {
+    /// `kind` of `portcullis_upstream_errors_total`.
+    pub upstream_error_kinds: &'static [&'static str],
+    /// `reason` of `portcullis_websocket_closed_total`, for routes with `websocket`.
+    pub websocket_close_reasons: Vec<&'static str>,
+}
+
+pub fn register(config: &crate::config::Config, labels: &SeriesLabels) {
     let m = metrics();
     for result in ["success", "failure"] {
         let _ = m.reloads.get_or_create(&ResultLabels { result });
@@ -181,7 +189,7 @@ pub fn register(config: &crate::config::Config) {
         let _ = m.auth_failures.get_or_create(&ReasonLabels { reason });
     }
     for u in &config.upstreams {
-        for kind in ["connect", "timeout", "reset"] {
+        for &kind in labels.upstream_error_kinds {
             let _ = m.upstream_errors.get_or_create(&UpstreamLabels {
                 upstream: u.name.clone(),
                 kind,
@@ -189,7 +197,18 @@ pub fn register(config: &crate::config::Config) {
         }
     }
     for r in &config.routes {
-        route(&r.name);
+        let metrics = route(&r.name);
+        if r.websocket.is_some() {
+            let _ = m.websocket_open.get_or_create(&RouteLabels {
+                route: metrics.name.clone(),
+            });
+            for &reason in &labels.websocket_close_reasons {
+                let _ = m.websocket_closed.get_or_create(&RouteReasonLabels {
+                    route: metrics.name.clone(),
+                    reason,
+                });
+            }
+        }
     }
 }
 

@@ -51,7 +51,7 @@ const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 #[derive(Debug)]
 pub struct Gateway {
     pub snapshot: ArcSwap<Snapshot>,
-    pub tunnels: crate::tunnel::Tunnels,
+    pub tunnels: crate::proxy::tunnel::Tunnels,
 }
 
 /// A started gateway: its bound addresses and what stops or reloads it.
@@ -108,7 +108,7 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
     let (shutdown, _) = watch::channel(false);
     let gateway = Arc::new(Gateway {
         snapshot: ArcSwap::from_pointee(snapshot),
-        tunnels: crate::tunnel::Tunnels::new(shutdown.subscribe()),
+        tunnels: crate::proxy::tunnel::Tunnels::new(shutdown.subscribe()),
     });
     let connections = Arc::new(Semaphore::new(max as usize));
     let (workers, stop_workers) = Workers::start(&gateway, &shutdown).map_err(|source| BindError {
@@ -228,7 +228,7 @@ impl Running {
         let tunnels = self.gateway.tunnels.open.clone();
         let everything = async {
             let _connections = self.connections.acquire_many(self.max_connections).await;
-            let _tunnels = tunnels.acquire_many(crate::tunnel::MAX_TUNNELS as u32).await;
+            let _tunnels = tunnels.acquire_many(crate::proxy::tunnel::MAX_TUNNELS as u32).await;
         };
         // A little past the grace, so tunnels closing at its end are counted.
         if tokio::time::timeout(grace + Duration::from_millis(200), everything)

@@ -44,16 +44,24 @@ pub enum UpstreamFailure {
     /// The target has `max_tunnels` WebSocket tunnels open.
     TunnelsFull,
     Timeout,
+    /// A `101` that does not complete the WebSocket handshake it answers.
+    NotAWebSocket,
     Failed(hyper::Error),
 }
 
 impl UpstreamFailure {
+    /// Every `kind` label of `portcullis_upstream_errors_total`, for creating
+    /// the series at zero.
+    pub const KINDS: &'static [&'static str] = &["connect", "busy", "timeout", "reset", "protocol"];
+
+    /// The metric label (one of [`UpstreamFailure::KINDS`]).
     pub fn kind(&self) -> &'static str {
         match self {
             UpstreamFailure::Connect => "connect",
             UpstreamFailure::Busy | UpstreamFailure::TunnelsFull => "busy",
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::Failed(_) => "reset",
+            UpstreamFailure::NotAWebSocket => "protocol",
         }
     }
 
@@ -63,6 +71,7 @@ impl UpstreamFailure {
             UpstreamFailure::Busy => GatewayError::UpstreamBusy,
             UpstreamFailure::TunnelsFull => GatewayError::TunnelsFull,
             UpstreamFailure::Timeout => GatewayError::UpstreamTimeout,
+            UpstreamFailure::NotAWebSocket => GatewayError::NotAWebSocket,
             UpstreamFailure::Failed(e) => GatewayError::UpstreamFailed(e),
         }
     }

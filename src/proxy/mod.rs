@@ -7,6 +7,7 @@ pub mod body;
 pub mod forward;
 pub mod headers;
 pub mod pool;
+pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub struct ConnInfo {
     /// `peer`'s address as an `X-Forwarded-For` element.
     pub forwarded_for: HeaderValue,
     /// Where WebSocket tunnels opened on this connection are counted.
-    pub tunnels: crate::tunnel::Tunnels,
+    pub tunnels: crate::proxy::tunnel::Tunnels,
     /// The connection's place in `limits.max_connections`: a tunnel opened
     /// on it keeps the place after the connection hands its socket over.
     pub place: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
@@ -50,7 +51,7 @@ pub struct ConnInfo {
 impl ConnInfo {
     pub fn new(
         peer: SocketAddr,
-        tunnels: crate::tunnel::Tunnels,
+        tunnels: crate::proxy::tunnel::Tunnels,
         place: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
     ) -> Self {
         ConnInfo {
@@ -351,8 +352,8 @@ async fn pipeline(
     let websocket = route
         .websocket
         .as_ref()
-        .filter(|_| crate::tunnel::is_websocket_upgrade(&parts));
-    if websocket.is_some() && crate::tunnel::has_body(&parts.headers) {
+        .filter(|_| crate::proxy::tunnel::is_websocket_upgrade(&parts));
+    if websocket.is_some() && crate::proxy::tunnel::has_body(&parts.headers) {
         return Err(GatewayError::BadRequest(
             "A WebSocket upgrade request cannot carry a body.",
         ));
@@ -381,7 +382,7 @@ async fn pipeline(
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
             .ok_or(GatewayError::BadRequest("The connection cannot be upgraded."))?;
-        let mut tunnel = crate::tunnel::TunnelLimits::new(
+        let mut tunnel = crate::proxy::tunnel::TunnelLimits::new(
             log.route_name().cloned().unwrap_or_else(|| "-".into()),
             policy,
             identity.as_ref().map(|i| i.valid_until),
@@ -390,7 +391,7 @@ async fn pipeline(
         let revocations = snap.store.as_ref().and_then(|s| s.revocations.clone());
         tunnel.revocation = identity.clone().zip(revocations);
         // Boxed: a rare branch whose state would otherwise enlarge every request's future.
-        return Box::pin(crate::tunnel::open(
+        return Box::pin(crate::proxy::tunnel::open(
             upstream,
             upgrade,
             path_and_query,
@@ -413,8 +414,9 @@ async fn pipeline(
         // 101 would hand the client a raw connection to the upstream.
         Ok(resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
             tracing::warn!(upstream = %upstream.config.name, "upstream answered 101 to a request that asked for no WebSocket");
-            crate::metrics::upstream_error(&upstream.config.name, "reset");
-            Err(GatewayError::NotAWebSocket)
+            let failure = forward::UpstreamFailure::NotAWebSocket;
+            crate::metrics::upstream_error(&upstream.config.name, failure.kind());
+            Err(failure.into_gateway_error())
         }
         Ok(resp) => Ok(resp.map(Either::Left)),
         Err(_) if budget.exceeded() => Err(GatewayError::PayloadTooLarge),

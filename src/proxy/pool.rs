@@ -52,11 +52,32 @@ pub type UpgradeSender = http1::SendRequest<http_body_util::Empty<Bytes>>;
 #[derive(Debug)]
 pub enum ConnectError {
     /// The target refused, timed out, or failed the TLS handshake: nothing was sent.
-    Refused(String),
+    Refused(Refusal),
     /// Every connection the cap allows stayed busy for the whole wait.
     Busy,
     /// The target has `max_tunnels` WebSocket tunnels open.
     TunnelsFull,
+}
+
+/// Why a connection to a target could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("connect failed: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
+    #[error("TLS handshake timed out")]
+    TlsTimeout,
+    #[error("the target did not negotiate HTTP/2 (ALPN h2); use protocol: http1 for it")]
+    NoHttp2,
+    #[error("no TLS configuration")]
+    NoTlsConfig,
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("the connection attempt was abandoned")]
+    Abandoned,
 }
 
 /// A dedicated connection's places: one of the target's connections and one
@@ -171,17 +192,32 @@ impl TargetPool {
         if let Some(conn) = self.pop_idle().await {
             return Ok(Checkout::H1(conn));
         }
+        self.until_freed(deadline, || async {
+            if let Some(conn) = self.pop_idle().await {
+                return Some(Ok(Checkout::H1(conn)));
+            }
+            let permit = self.permits.clone().try_acquire_owned().ok()?;
+            Some(self.connect_h1_detached(permit).await.map(Checkout::H1))
+        })
+        .await
+    }
+
+    /// Try `attempt` until it answers, waiting between tries for a connection
+    /// to be freed, until `deadline` (then `Busy`). The waiter is registered
+    /// before each try, so a connection freed while `attempt` looks still
+    /// wakes it: no lost wake-up.
+    async fn until_freed<T, F, Fut>(&self, deadline: Instant, mut attempt: F) -> Result<T, ConnectError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<Result<T, ConnectError>>>,
+    {
         loop {
-            // Registered before looking, so a connection freed in between still wakes us.
             let freed = self.freed.clone();
             let notified = freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(conn) = self.pop_idle().await {
-                return Ok(Checkout::H1(conn));
-            }
-            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-                return self.connect_h1_detached(permit).await.map(Checkout::H1);
+            if let Some(answer) = attempt().await {
+                return answer;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(ConnectError::Busy);
@@ -201,23 +237,17 @@ impl TargetPool {
             .try_acquire_owned()
             .map_err(|_| ConnectError::TunnelsFull)?;
         let deadline = Instant::now() + self.connect_timeout;
-        let permit = loop {
-            let freed = self.freed.clone();
-            let notified = freed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-                break permit;
-            }
-            // An idle connection can be given up for it.
-            if let Some(idle) = self.idle.iter().find_map(|stack| stack.0.lock().ok()?.pop()) {
-                drop(idle);
-                continue;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(ConnectError::Busy);
-            }
-        };
+        let permit = self
+            .until_freed(deadline, || async {
+                if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                    return Some(Ok(permit));
+                }
+                // An idle connection can be given up for it: closing it
+                // frees its permit, and that wakes this wait.
+                drop(self.idle.iter().find_map(|stack| stack.0.lock().ok()?.pop()));
+                None
+            })
+            .await?;
         let io = TokioIo::new(self.stream().await?);
         let (sender, conn) = http1::handshake(io).await.map_err(refused)?;
         let task = conn.with_upgrades();
@@ -283,13 +313,13 @@ impl TargetPool {
             }
         });
         rx.await
-            .unwrap_or_else(|_| Err(ConnectError::Refused("the connection attempt was abandoned".into())))
+            .unwrap_or_else(|_| Err(ConnectError::Refused(Refusal::Abandoned)))
     }
 
     async fn connect_h1(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Result<H1Conn, ConnectError> {
         let io = TokioIo::new(self.stream().await?);
         let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(refused)?;
-        self.run(Box::pin(async move { conn.await.map_err(|e| e.to_string()) }), permit);
+        self.run(Box::pin(conn), permit);
         Ok(H1Conn {
             sender,
             home: crate::shard::worker_index(),
@@ -297,44 +327,31 @@ impl TargetPool {
     }
 
     async fn checkout_h2(self: &Arc<Self>, deadline: Instant) -> Result<Checkout, ConnectError> {
-        loop {
-            let freed = self.freed.clone();
-            let notified = freed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+        self.until_freed(deadline, || async {
             if let Some(conn) = self.least_loaded_h2(true) {
-                return Ok(conn.checkout());
+                return Some(Ok(conn.checkout()));
             }
             // All connections are busy (or there are none): open one, one
             // handshake at a time; whoever waited re-checks first.
-            let _connecting = match tokio::time::timeout_at(deadline, self.h2_connecting.lock()).await {
-                Ok(guard) => guard,
-                Err(_) => return Err(ConnectError::Busy),
+            let Ok(_connecting) = tokio::time::timeout_at(deadline, self.h2_connecting.lock()).await else {
+                return Some(Err(ConnectError::Busy));
             };
             if let Some(conn) = self.least_loaded_h2(true) {
-                return Ok(conn.checkout());
+                return Some(Ok(conn.checkout()));
             }
             match self.permits.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let conn = self.connect_h2(permit).await?;
+                Ok(permit) => Some(self.connect_h2(permit).await.map(|conn| {
                     if let Ok(mut shared) = self.shared.lock() {
                         shared.push(conn.clone());
                     }
-                    return Ok(conn.checkout());
-                }
+                    conn.checkout()
+                })),
                 // At the cap: share the least loaded connection (HTTP/2 queues
                 // the stream) or, with none open, wait for a permit.
-                Err(_) => {
-                    if let Some(conn) = self.least_loaded_h2(false) {
-                        return Ok(conn.checkout());
-                    }
-                }
+                Err(_) => self.least_loaded_h2(false).map(|conn| Ok(conn.checkout())),
             }
-            drop(_connecting);
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(ConnectError::Busy);
-            }
-        }
+        })
+        .await
     }
 
     /// The open HTTP/2 connection with the fewest streams; with `below_limit`,
@@ -358,7 +375,7 @@ impl TargetPool {
             .keep_alive_timeout(Duration::from_secs(10));
         let io = TokioIo::new(self.stream().await?);
         let (sender, conn) = builder.handshake(io).await.map_err(refused)?;
-        let task: ConnTask = Box::pin(async move { conn.await.map_err(|e| e.to_string()) });
+        let task: ConnTask = Box::pin(conn);
         self.run(task, permit);
         Ok(H2Conn {
             sender,
@@ -397,27 +414,25 @@ impl TargetPool {
                 let _ = tcp.set_nodelay(true);
                 Ok(tcp)
             }
-            Ok(Err(e)) => Err(ConnectError::Refused(e.to_string())),
-            Err(_) => Err(ConnectError::Refused("connect timed out".into())),
+            Ok(Err(e)) => Err(ConnectError::Refused(Refusal::Connect(e))),
+            Err(_) => Err(ConnectError::Refused(Refusal::ConnectTimeout)),
         }
     }
 
     async fn tls(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
         let Some((connector, name)) = &self.tls else {
-            return Err(ConnectError::Refused("no TLS configuration".into()));
+            return Err(ConnectError::Refused(Refusal::NoTlsConfig));
         };
         let tcp = self.tcp().await?;
         let handshake = connector.connect(name.clone(), tcp);
         let tls = match tokio::time::timeout(self.connect_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return Err(ConnectError::Refused(format!("TLS handshake failed: {e}"))),
-            Err(_) => return Err(ConnectError::Refused("TLS handshake timed out".into())),
+            Ok(Err(e)) => return Err(ConnectError::Refused(Refusal::Tls(e))),
+            Err(_) => return Err(ConnectError::Refused(Refusal::TlsTimeout)),
         };
         // A server that ignores ALPN speaks HTTP/1.1; only h2 needs the answer.
         if self.protocol.is_http2() && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-            return Err(ConnectError::Refused(
-                "the target did not negotiate HTTP/2 (ALPN h2); use protocol: http1 for it".into(),
-            ));
+            return Err(ConnectError::Refused(Refusal::NoHttp2));
         }
         Ok(tls)
     }
@@ -438,10 +453,10 @@ trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 fn refused(e: hyper::Error) -> ConnectError {
-    ConnectError::Refused(e.to_string())
+    ConnectError::Refused(Refusal::Handshake(e))
 }
 
-type ConnTask = Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+type ConnTask = Pin<Box<dyn std::future::Future<Output = Result<(), hyper::Error>> + Send>>;
 
 impl H2Conn {
     fn checkout(self) -> Checkout {

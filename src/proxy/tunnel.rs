@@ -35,7 +35,7 @@ use crate::auth::Caller;
 use crate::clock::{self, sleep_until_some};
 use crate::config::WebSocketPolicy;
 use crate::error::GatewayError;
-use crate::proxy::forward::UpstreamPool;
+use crate::proxy::forward::{UpstreamFailure, UpstreamPool};
 use crate::proxy::pool::{DedicatedPermit, Lease, UpstreamBody};
 use crate::proxy::ResponseBody;
 use crate::store::revocation::Revocations;
@@ -117,6 +117,47 @@ fn is_websocket_answer(client_key: Option<&HeaderValue>, answer: &HeaderMap) -> 
     upgrade && accept
 }
 
+/// Why a tunnel closed: the `reason` of `portcullis_websocket_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent the first Close frame, or went away.
+    Client,
+    /// The upstream did.
+    Upstream,
+    /// No byte either way for `idle_timeout`.
+    Idle,
+    /// The token that opened it expired.
+    TokenExpired,
+    /// The token that opened it was revoked.
+    Revoked,
+    /// The end of `shutdown_grace`.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Every reason, for creating the metric's series at zero.
+    pub const ALL: [CloseReason; 6] = [
+        CloseReason::Client,
+        CloseReason::Upstream,
+        CloseReason::Idle,
+        CloseReason::TokenExpired,
+        CloseReason::Revoked,
+        CloseReason::Shutdown,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::Upstream => "upstream",
+            CloseReason::Idle => "idle",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::Revoked => "revoked",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// How one tunnel is bounded.
 #[derive(Debug, Clone)]
 pub struct TunnelLimits {
@@ -147,6 +188,12 @@ impl TunnelLimits {
 fn expiry_instant(close_at: f64, now_unix: f64, now: Instant) -> Option<Instant> {
     let left = Duration::try_from_secs_f64((close_at - now_unix).max(0.0)).ok()?;
     now.checked_add(left)
+}
+
+/// Count an upstream failure and turn it into the client's answer.
+fn failed(upstream: &UpstreamPool, failure: UpstreamFailure) -> GatewayError {
+    crate::metrics::upstream_error(&upstream.config.name, failure.kind());
+    failure.into_gateway_error()
 }
 
 /// Wait for the revocation list to change; forever when there is none.
@@ -184,10 +231,7 @@ pub async fn open(
     let place = conn.place.clone();
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let (target, mut sender, permit) = upstream.connect_dedicated().await.map_err(|f| {
-        crate::metrics::upstream_error(&upstream.config.name, f.kind());
-        f.into_gateway_error()
-    })?;
+    let (target, mut sender, permit) = upstream.connect_dedicated().await.map_err(|f| failed(upstream, f))?;
     if !headers.contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(target.as_str()) {
             headers.insert(header::HOST, v);
@@ -200,14 +244,8 @@ pub async fn open(
     let sent = tokio::time::timeout(upstream.config.request_timeout, sender.send_request(req)).await;
     let mut resp = match sent {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            crate::metrics::upstream_error(&upstream.config.name, "reset");
-            return Err(GatewayError::UpstreamFailed(e));
-        }
-        Err(_) => {
-            crate::metrics::upstream_error(&upstream.config.name, "timeout");
-            return Err(GatewayError::UpstreamTimeout);
-        }
+        Ok(Err(e)) => return Err(failed(upstream, UpstreamFailure::Failed(e))),
+        Err(_) => return Err(failed(upstream, UpstreamFailure::Timeout)),
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Declined: relay the answer; the connection closes with its body.
@@ -215,8 +253,7 @@ pub async fn open(
     }
     if !is_websocket_answer(client_key.as_ref(), resp.headers()) {
         tracing::warn!(upstream = %upstream.config.name, "upstream answered a WebSocket upgrade with a 101 that does not complete the handshake");
-        crate::metrics::upstream_error(&upstream.config.name, "reset");
-        return Err(GatewayError::NotAWebSocket);
+        return Err(failed(upstream, UpstreamFailure::NotAWebSocket));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let mut answer = Response::new(Either::Right(Full::new(Bytes::new())));
@@ -297,43 +334,43 @@ async fn run(
         // Also checked before the first wait: a revocation may have come in
         // between the request's check and the upgrade.
         if revoked() {
-            break "revoked";
+            break CloseReason::Revoked;
         }
         let idle_deadline = clock::at_millis(activity.load(Ordering::Relaxed)) + limits.idle_timeout;
         tokio::select! {
-            _ = &mut from_client => break "client",
-            _ = &mut from_upstream => break "upstream",
+            _ = &mut from_client => break CloseReason::Client,
+            _ = &mut from_upstream => break CloseReason::Upstream,
             _ = tokio::time::sleep_until(idle_deadline) => {
                 let last = clock::at_millis(activity.load(Ordering::Relaxed));
                 if last + limits.idle_timeout <= Instant::now() {
-                    break "idle";
+                    break CloseReason::Idle;
                 }
             }
-            _ = sleep_until_some(expiry) => break "token_expired",
+            _ = sleep_until_some(expiry) => break CloseReason::TokenExpired,
             _ = revocations_changed(&mut revocation_watch) => {}
             _ = shutdown.changed(), if grace_end.is_none() => {
                 grace_end = Some(Instant::now() + limits.shutdown_grace);
             }
-            _ = sleep_until_some(grace_end) => break "shutdown",
+            _ = sleep_until_some(grace_end) => break CloseReason::Shutdown,
         }
     };
     // One side closed: give the other a moment to finish (a WebSocket close
     // frame answering the one that went the other way).
     let linger = Duration::from_secs(1);
     match ended {
-        "client" => drop(tokio::time::timeout(linger, &mut from_upstream).await),
-        "upstream" => drop(tokio::time::timeout(linger, &mut from_client).await),
+        CloseReason::Client => drop(tokio::time::timeout(linger, &mut from_upstream).await),
+        CloseReason::Upstream => drop(tokio::time::timeout(linger, &mut from_client).await),
         _ => {}
     }
     // Whoever sent the first Close frame closed the tunnel, whichever socket
     // happened to end first.
     let reason = match (ended, first_close.load(Ordering::Acquire)) {
-        ("client" | "upstream", FROM_CLIENT) => "client",
-        ("client" | "upstream", FROM_UPSTREAM) => "upstream",
+        (CloseReason::Client | CloseReason::Upstream, FROM_CLIENT) => CloseReason::Client,
+        (CloseReason::Client | CloseReason::Upstream, FROM_UPSTREAM) => CloseReason::Upstream,
         (other, _) => other,
     };
-    tracing::debug!(route = %limits.route, reason, "WebSocket tunnel closed");
-    crate::metrics::websocket_closed(&limits.route, reason);
+    tracing::debug!(route = %limits.route, reason = reason.as_str(), "WebSocket tunnel closed");
+    crate::metrics::websocket_closed(&limits.route, reason.as_str());
 }
 
 const NO_CLOSE: u8 = 0;
