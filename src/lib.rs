@@ -1,6 +1,8 @@
 //! Portcullis: a TLS-terminating API gateway. `run` is the whole life of the
 //! process: load the configuration, bind, serve, and react to signals.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod auth;
 pub mod clock;
@@ -55,7 +57,7 @@ pub fn one_line(error: &dyn std::error::Error) -> String {
 
 /// Load, validate and compile a configuration file as `check` does (nothing
 /// is written to disk).
-pub fn load(path: &Path) -> Result<(Snapshot, Vec<String>), config::ConfigError> {
+pub fn load_config(path: &Path) -> Result<(Snapshot, Vec<String>), config::ConfigError> {
     load::load(path, None, load::Purpose::Check)
 }
 

@@ -295,7 +295,7 @@ fn explain(path: &std::path::Path, args: ExplainArgs) -> ExitCode {
             Err(_) => return usage("--token: not a valid header value".into()),
         }
     }
-    let (snapshot, _warnings) = match portcullis::load(path) {
+    let (snapshot, _warnings) = match portcullis::load_config(path) {
         Ok(ok) => ok,
         Err(e) => {
             eprintln!("{}", portcullis::one_line(&e));
@@ -464,7 +464,7 @@ fn run(path: &std::path::Path) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let (snapshot, warnings) = match portcullis::load(path) {
+    let (snapshot, warnings) = match portcullis::load_config(path) {
         Ok(ok) => ok,
         Err(e) => {
             eprintln!("{}", portcullis::one_line(&e));

@@ -524,3 +524,114 @@ routes:
     let (code, out) = run(&["GET", "https://api.test/live", "--token", &format!("{t}x")]);
     assert_eq!(code, 1, "{out}");
 }
+
+/// `explain` sequences the pipeline's functions itself: the same requests
+/// sent to it and to a live gateway must get the same decision (status and
+/// error code, and for a forwarded request the same path upstream), so the
+/// two cannot drift apart unnoticed.
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_and_the_gateway_decide_alike() {
+    let up = RecordingUpstream::start("app").await;
+    let routes = r#"  - name: health
+    match: { path_exact: /health }
+    upstream: app
+    public: true
+  - name: owner
+    match: { path_template: "/items/{id}/owner", methods: [GET] }
+    upstream: app
+    auth: { scopes: [items:admin] }
+  - name: orders
+    match: { path: /api/orders, methods: [GET, POST] }
+    upstream: app
+    strip_prefix: /api
+    auth: { scopes: [orders:read], token_sources: [header, "query:access_token", "cookie:session"] }
+  - name: admin-host
+    match: { path: /, host: admin.example.com }
+    upstream: app
+    auth: { any_scopes: [admin, ops] }
+  - name: monitored
+    match: { path: /monitored }
+    upstream: app
+    auth: { scopes: [never], mode: monitor }
+"#;
+    let gw = gateway(&up, routes).await;
+    let snap = gw.running.as_ref().unwrap().gateway.snapshot.load_full();
+    let (read, admin, other) = (token("orders:read"), token("items:admin admin"), token("unrelated"));
+    let bearer = |t: &str| format!("Bearer {t}");
+    type Case<'a> = (&'a str, String, Vec<(&'a str, String)>);
+    let cases: Vec<Case> = vec![
+        ("GET", "/health".into(), vec![]),
+        ("GET", "/health/".into(), vec![]),
+        ("GET", "/nope".into(), vec![]),
+        ("DELETE", "/api/orders/1".into(), vec![]),
+        ("GET", "/api/orders/1".into(), vec![]),
+        (
+            "GET",
+            "/api/orders/1?x=1".into(),
+            vec![("authorization", bearer(&read))],
+        ),
+        ("GET", "/api/orders/1".into(), vec![("authorization", bearer(&other))]),
+        (
+            "GET",
+            "/api/orders/1".into(),
+            vec![("authorization", "Bearer not.a.jwt".into())],
+        ),
+        (
+            "GET",
+            "/api/orders/1".into(),
+            vec![("authorization", "Basic dTpw".into())],
+        ),
+        ("GET", format!("/api/orders?access_token={read}&y=2"), vec![]),
+        ("GET", "/api/orders".into(), vec![("cookie", format!("session={read}"))]),
+        (
+            "POST",
+            "/api/orders".into(),
+            vec![
+                ("cookie", format!("session={read}")),
+                ("origin", "https://evil.example".into()),
+            ],
+        ),
+        ("GET", "/items/7/owner".into(), vec![("authorization", bearer(&admin))]),
+        ("GET", "/items/7/owner".into(), vec![("authorization", bearer(&read))]),
+        ("GET", "/items//owner".into(), vec![("authorization", bearer(&admin))]),
+        ("GET", "/a/../../etc".into(), vec![]),
+        ("GET", "/a/%2e%2e/health".into(), vec![]),
+        ("GET", "/x;y".into(), vec![]),
+        ("GET", "/monitored".into(), vec![]),
+        ("GET", "/monitored".into(), vec![("authorization", bearer(&read))]),
+        ("get", "/health".into(), vec![]),
+    ];
+    let mut c = gw.client(Proto::H1).await;
+    for (method, path, headers) in &cases {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in headers {
+            map.append(http::HeaderName::from_static(k), v.parse().unwrap());
+        }
+        let explained = portcullis::explain::explain(&snap, method, &format!("https://localhost{path}"), map)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let before = up.requests().len();
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let live = c.send(req(method, path, &h, "")).await;
+        let forwarded = up.requests().len() > before;
+        let what = format!(
+            "{method} {path} {headers:?}: explain {explained:?}\nlive {} {}",
+            live.status,
+            live.text()
+        );
+        assert_eq!(explained.forwards(), forwarded, "{what}");
+        if forwarded {
+            let seen = up.last();
+            let told = explained.forwarded_as.as_deref().unwrap_or_default();
+            assert_eq!(told, format!("{} {}", seen.method, seen.path_and_query), "{what}");
+        } else {
+            assert_eq!(explained.status, live.status.as_u16(), "{what}");
+            assert_eq!(explained.error, live.json()["error"].as_str(), "{what}");
+        }
+    }
+    // Another host's routes are another table.
+    let explained =
+        portcullis::explain::explain(&snap, "GET", "https://admin.example.com/x", http::HeaderMap::new()).unwrap();
+    let live = c.send(req("GET", "/x", &[("host", "admin.example.com")], "")).await;
+    assert_eq!(explained.status, live.status.as_u16());
+    assert_eq!(explained.error, live.json()["error"].as_str());
+}

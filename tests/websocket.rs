@@ -412,7 +412,7 @@ async fn tunnels_have_a_cap_of_their_own_per_target() {
         ws.url()
     );
     std::fs::write(d.path().join("gateway.yaml"), yaml).unwrap();
-    let e = portcullis::load(&d.path().join("gateway.yaml")).unwrap_err();
+    let e = portcullis::load_config(&d.path().join("gateway.yaml")).unwrap_err();
     assert!(
         e.to_string()
             .contains("upstreams.ws.max_tunnels: must be between 1 and max_connections (2)"),

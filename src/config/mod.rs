@@ -8,7 +8,7 @@ mod locate;
 mod provider;
 pub mod raw;
 mod route;
-mod shared;
+mod shared_state;
 mod validate;
 
 pub use provider::{is_loopback_host, ALGORITHMS};

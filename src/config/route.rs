@@ -141,7 +141,7 @@ pub(super) fn validate_route(
         (None, true) => Access::Public,
         (Some(auth), false) => Access::Protected(validate_auth(ctx, &at, auth, providers)?),
     };
-    let rate_limits = super::shared::route_limits(ctx, &at, raw.rate_limits, limits, raw.public)?;
+    let rate_limits = super::shared_state::route_limits(ctx, &at, raw.rate_limits, limits, raw.public)?;
     let websocket = super::browser::websocket(ctx, &at, raw.websocket)?;
     if websocket.is_some() && upstreams[upstream].protocol.is_http2() {
         return Err(ctx.err(format!("{at}.websocket"), format!(

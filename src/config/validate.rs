@@ -123,9 +123,9 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
     for (name, c) in raw.cors {
         cors.push(super::browser::validate_cors(&ctx, name, c)?);
     }
-    let store = super::shared::store(&mut ctx, raw.store)?;
-    let rate_limits = super::shared::rate_limits(&ctx, raw.rate_limits, store.as_ref())?;
-    let revocation = super::shared::revocation(&ctx, raw.revocation, store.as_ref())?;
+    let store = super::shared_state::store(&mut ctx, raw.store)?;
+    let rate_limits = super::shared_state::rate_limits(&ctx, raw.rate_limits, store.as_ref())?;
+    let revocation = super::shared_state::revocation(&ctx, raw.revocation, store.as_ref())?;
     let admin_token = admin_token(&ctx, raw.admin)?;
     let open_admin = listen.admin.filter(|a| !a.ip().is_loopback());
     if let (Some(addr), Some(_), None) = (open_admin, &revocation, &admin_token) {

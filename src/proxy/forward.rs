@@ -46,6 +46,9 @@ pub enum UpstreamFailure {
     Timeout,
     /// A `101` that does not complete the WebSocket handshake it answers.
     NotAWebSocket,
+    /// The request cannot be written for the upstream's protocol (an
+    /// HTTP/2 URI that does not build): nothing was sent.
+    Unsendable,
     Failed(hyper::Error),
 }
 
@@ -61,7 +64,7 @@ impl UpstreamFailure {
             UpstreamFailure::Busy | UpstreamFailure::TunnelsFull => "busy",
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::Failed(_) => "reset",
-            UpstreamFailure::NotAWebSocket => "protocol",
+            UpstreamFailure::NotAWebSocket | UpstreamFailure::Unsendable => "protocol",
         }
     }
 
@@ -72,6 +75,7 @@ impl UpstreamFailure {
             UpstreamFailure::TunnelsFull => GatewayError::TunnelsFull,
             UpstreamFailure::Timeout => GatewayError::UpstreamTimeout,
             UpstreamFailure::NotAWebSocket => GatewayError::NotAWebSocket,
+            UpstreamFailure::Unsendable => GatewayError::BadRequest("The request target cannot be forwarded."),
             UpstreamFailure::Failed(e) => GatewayError::UpstreamFailed(e),
         }
     }
@@ -144,7 +148,7 @@ impl UpstreamPool {
                 } else {
                     headers.clone().unwrap_or_default()
                 };
-                let req = self.request(target, &method, &path_and_query, h, body.again());
+                let req = self.request(target, &method, &path_and_query, h, body.again())?;
                 match send_to(target, req).await {
                     Err(UpstreamFailure::Connect) if !body.consumed() && !last => continue,
                     other => return other,
@@ -189,7 +193,7 @@ impl UpstreamPool {
         path_and_query: &PathAndQuery,
         mut headers: HeaderMap,
         body: ReplayableBody,
-    ) -> Request<ReplayableBody> {
+    ) -> Result<Request<ReplayableBody>, UpstreamFailure> {
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();
         if self.config.protocol.is_http2() {
@@ -203,7 +207,8 @@ impl UpstreamPool {
                 .authority(authority)
                 .path_and_query(path_and_query.clone())
                 .build();
-            *req.uri_mut() = uri.unwrap_or_default();
+            // Never a default URI: the upstream gets exactly what was authorised.
+            *req.uri_mut() = uri.map_err(|_| UpstreamFailure::Unsendable)?;
             *req.version_mut() = Version::HTTP_2;
         } else {
             if !headers.contains_key(header::HOST) {
@@ -215,7 +220,7 @@ impl UpstreamPool {
             *req.version_mut() = Version::HTTP_11;
         }
         *req.headers_mut() = headers;
-        req
+        Ok(req)
     }
 }
 

@@ -396,7 +396,7 @@ impl TestGateway {
         let config_path = dir.path().join("gateway.yaml");
         std::fs::write(&config_path, yaml).unwrap();
         let (snapshot, _warnings) =
-            portcullis::load(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+            portcullis::load_config(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let running = portcullis::server::start(snapshot).await.unwrap();
         let (addr, http_addr, admin_addr) = (running.https_addr, running.http_addr, running.admin_addr);
         TestGateway {
