@@ -41,11 +41,7 @@ impl Snapshot {
     /// Start what runs beside requests: remote key refresh for providers that
     /// do not have it running yet. Never called by `check`.
     pub fn start_background(&self) {
-        let labels = crate::metrics::SeriesLabels {
-            upstream_error_kinds: crate::proxy::forward::UpstreamFailure::KINDS,
-            websocket_close_reasons: crate::proxy::tunnel::CloseReason::ALL.map(|r| r.as_str()).to_vec(),
-        };
-        crate::metrics::register(&self.config, &labels);
+        crate::metrics::register(&self.config, crate::proxy::forward::UpstreamFailure::KINDS);
         for p in &self.providers {
             p.start_refresher();
         }

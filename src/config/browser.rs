@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use http::Method;
 
+use super::ctx::Ctx;
 use super::raw::{RawCors, RawWebSocket};
-use super::validate::Ctx;
 use super::{ConfigError, CorsPolicy, OriginPattern, TokenSource, WebSocketPolicy};
 
 pub(super) fn validate_cors(ctx: &Ctx, name: String, raw: RawCors) -> Result<CorsPolicy, ConfigError> {

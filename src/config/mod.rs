@@ -4,6 +4,7 @@
 //! and parsed when the config is compiled into a snapshot.
 
 mod browser;
+mod ctx;
 mod locate;
 mod provider;
 pub mod raw;

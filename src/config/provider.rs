@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use super::ctx::Ctx;
 use super::raw::RawProvider;
-use super::validate::Ctx;
 use super::{ConfigError, KeySource, Provider};
 
 /// JWS algorithms the gateway can verify.

@@ -4,8 +4,8 @@
 
 use http::Method;
 
+use super::ctx::Ctx;
 use super::raw::{RawAuth, RawRoute};
-use super::validate::Ctx;
 use super::*;
 use crate::routing::normalize::normalize;
 use crate::routing::normalize::segment_prefix;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use super::ctx::Ctx;
 use super::raw::{RawRateLimit, RawRevocation, RawStore};
-use super::validate::Ctx;
 use super::{ConfigError, LimitKey, RateLimitPolicy, RevocationConfig, StoreConfig};
 
 pub(super) fn store(ctx: &mut Ctx, raw: Option<RawStore>) -> Result<Option<StoreConfig>, ConfigError> {

@@ -2,11 +2,12 @@
 //! Each error names the field and says how to fix it.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
+use super::ctx::Ctx;
 use super::raw::{RawConfig, RawUpstream};
 use super::*;
 
@@ -31,45 +32,8 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-request-id",
 ];
 
-pub(super) struct Ctx<'a> {
-    file: &'a Path,
-    text: &'a str,
-    base: &'a Path,
-    pub(super) warnings: Vec<String>,
-}
-
-impl Ctx<'_> {
-    /// An error about `field`, placed where the field is written.
-    pub(super) fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError::new(field, message).at(self.file, self.text)
-    }
-
-    pub(super) fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base.join(p)
-        }
-    }
-
-    /// Resolve a path and make sure it names a readable file.
-    pub(super) fn existing_file(&self, field: &str, p: &Path) -> Result<PathBuf, ConfigError> {
-        let path = self.resolve(p);
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => Ok(path),
-            Ok(_) => Err(self.err(field, format!("{} is not a file", path.display()))),
-            Err(e) => Err(self.err(field, format!("cannot read {}: {e}", path.display()))),
-        }
-    }
-}
-
 pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> Result<Loaded, ConfigError> {
-    let mut ctx = Ctx {
-        file,
-        text,
-        base,
-        warnings: Vec::new(),
-    };
+    let mut ctx = Ctx::new(file, text, base);
 
     let listen = Listen {
         https: raw.listen.https.0,

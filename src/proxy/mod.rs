@@ -12,11 +12,10 @@ pub mod tunnel;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::auth::credential;
@@ -28,10 +27,8 @@ use crate::snapshot::Snapshot;
 use access_log::AccessLog;
 use body::{LimitedBody, ReplayableBody};
 use headers::X_REQUEST_ID;
-use pool::UpstreamBody;
 
-/// What every HTTPS response body is: the upstream's stream, or our own JSON.
-pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
+pub use pool::ResponseBody;
 
 /// What the gateway knows about the client connection a request came on.
 #[derive(Debug, Clone)]
@@ -397,7 +394,7 @@ async fn pipeline(
             path_and_query,
             parts.headers,
             tunnel,
-            conn,
+            (&conn.tunnels, conn.place.clone()),
         ))
         .await;
     }

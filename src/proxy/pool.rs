@@ -484,6 +484,9 @@ pub enum Lease {
     Dedicated(DedicatedPermit),
 }
 
+/// What every HTTPS response body is: the upstream's stream, or our own JSON.
+pub type ResponseBody = http_body_util::Either<UpstreamBody, http_body_util::Full<Bytes>>;
+
 /// An upstream response body: the stream as it arrives, which gives its
 /// connection back when it has been read to the end.
 pub struct UpstreamBody {

@@ -35,9 +35,9 @@ use crate::auth::Caller;
 use crate::clock::{self, sleep_until_some};
 use crate::config::WebSocketPolicy;
 use crate::error::GatewayError;
+use crate::metrics::CloseReason;
 use crate::proxy::forward::{UpstreamFailure, UpstreamPool};
-use crate::proxy::pool::{DedicatedPermit, Lease, UpstreamBody};
-use crate::proxy::ResponseBody;
+use crate::proxy::pool::{DedicatedPermit, Lease, ResponseBody, UpstreamBody};
 use crate::store::revocation::Revocations;
 
 /// A bound on tunnels open at once, for the drain at shutdown to wait on
@@ -117,47 +117,6 @@ fn is_websocket_answer(client_key: Option<&HeaderValue>, answer: &HeaderMap) -> 
     upgrade && accept
 }
 
-/// Why a tunnel closed: the `reason` of `portcullis_websocket_closed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client sent the first Close frame, or went away.
-    Client,
-    /// The upstream did.
-    Upstream,
-    /// No byte either way for `idle_timeout`.
-    Idle,
-    /// The token that opened it expired.
-    TokenExpired,
-    /// The token that opened it was revoked.
-    Revoked,
-    /// The end of `shutdown_grace`.
-    Shutdown,
-}
-
-impl CloseReason {
-    /// Every reason, for creating the metric's series at zero.
-    pub const ALL: [CloseReason; 6] = [
-        CloseReason::Client,
-        CloseReason::Upstream,
-        CloseReason::Idle,
-        CloseReason::TokenExpired,
-        CloseReason::Revoked,
-        CloseReason::Shutdown,
-    ];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::Client => "client",
-            CloseReason::Upstream => "upstream",
-            CloseReason::Idle => "idle",
-            CloseReason::TokenExpired => "token_expired",
-            CloseReason::Revoked => "revoked",
-            CloseReason::Shutdown => "shutdown",
-        }
-    }
-}
-
 /// How one tunnel is bounded.
 #[derive(Debug, Clone)]
 pub struct TunnelLimits {
@@ -208,7 +167,9 @@ async fn revocations_changed(watch: &mut Option<watch::Receiver<u64>>) {
     }
 }
 
-/// Send the upgrade upstream on a connection of its own. A `101` is relayed
+/// Send the upgrade upstream on a connection of its own. `place` is the
+/// client connection's place in `max_connections`, kept by the tunnel once the
+/// connection itself has handed its socket over. A `101` is relayed
 /// and the tunnel started; any other answer is relayed as a response.
 /// `headers` have been rewritten for the upstream already; the upgrade's own
 /// hop-by-hop headers are put back here.
@@ -218,17 +179,13 @@ pub async fn open(
     path_and_query: PathAndQuery,
     mut headers: HeaderMap,
     limits: TunnelLimits,
-    conn: &crate::proxy::ConnInfo,
+    (tunnels, place): (&Tunnels, Option<Arc<OwnedSemaphorePermit>>),
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let slot = conn
-        .tunnels
+    let slot = tunnels
         .open
         .clone()
         .try_acquire_owned()
         .map_err(|_| GatewayError::UpstreamBusy)?;
-    // The client connection's place in `max_connections`, kept by the tunnel
-    // once the connection itself has handed its socket over.
-    let place = conn.place.clone();
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let (target, mut sender, permit) = upstream.connect_dedicated().await.map_err(|f| failed(upstream, f))?;
@@ -273,7 +230,7 @@ pub async fn open(
     answer
         .headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let shutdown = conn.tunnels.shutdown.clone();
+    let shutdown = tunnels.shutdown.clone();
     tokio::spawn(async move {
         let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
             (Ok(c), Ok(u)) => (c, u),
@@ -370,7 +327,7 @@ async fn run(
         (other, _) => other,
     };
     tracing::debug!(route = %limits.route, reason = reason.as_str(), "WebSocket tunnel closed");
-    crate::metrics::websocket_closed(&limits.route, reason.as_str());
+    crate::metrics::websocket_closed(&limits.route, reason);
 }
 
 const NO_CLOSE: u8 = 0;

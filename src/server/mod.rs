@@ -5,9 +5,11 @@
 //!
 //! The parts: this file starts, reloads and drains; [`workers`] are the
 //! threads that serve HTTPS connections; [`accept`] takes connections on each
-//! listener and serves them (TLS, HTTP/1.1 or HTTP/2, the plain listeners).
+//! listener (and serves the plain ones); [`https`] serves an HTTPS connection
+//! (TLS, then HTTP/1.1 or HTTP/2).
 
 mod accept;
+mod https;
 mod workers;
 
 use accept::{accept_loop, Listener, Plain};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 
-use super::accept::serve_https;
+use super::https::serve_https;
 use super::Gateway;
 
 /// Threads that serve HTTPS connections, one per core, each on a
