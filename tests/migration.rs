@@ -532,28 +532,30 @@ routes:
 #[tokio::test(flavor = "multi_thread")]
 async fn explain_and_the_gateway_decide_alike() {
     let up = RecordingUpstream::start("app").await;
-    let routes = r#"  - name: health
+    let routes = r#"  - name: explain-health
     match: { path_exact: /health }
     upstream: app
     public: true
-  - name: owner
+  - name: explain-owner
     match: { path_template: "/items/{id}/owner", methods: [GET] }
     upstream: app
     auth: { scopes: [items:admin] }
-  - name: orders
+  - name: explain-orders
     match: { path: /api/orders, methods: [GET, POST] }
     upstream: app
     strip_prefix: /api
     auth: { scopes: [orders:read], token_sources: [header, "query:access_token", "cookie:session"] }
-  - name: admin-host
+  - name: explain-admin-host
     match: { path: /, host: admin.example.com }
     upstream: app
     auth: { any_scopes: [admin, ops] }
-  - name: monitored
+  - name: explain-monitored
     match: { path: /monitored }
     upstream: app
     auth: { scopes: [never], mode: monitor }
 "#;
+    // Route names are this test's own: metrics are process-wide, and another
+    // test counts its `monitored` route's denials.
     let gw = gateway(&up, routes).await;
     let snap = gw.running.as_ref().unwrap().gateway.snapshot.load_full();
     let (read, admin, other) = (token("orders:read"), token("items:admin admin"), token("unrelated"));
