@@ -24,6 +24,11 @@ pub enum GatewayError {
     InsufficientScope(String),
     #[error("the request's origin is not allowed by the route's CORS policy")]
     CorsRejected,
+    /// `auth.claims[N]` did not hold (the index is for the log, never the client).
+    #[error("the token does not meet the route's claims condition {0}")]
+    ClaimsDenied(usize),
+    #[error("the client address is not in the route's source_ips")]
+    SourceDenied,
     /// Over a rate limit; retry after this many whole seconds.
     #[error("over a rate limit")]
     RateLimited(u64),
@@ -61,7 +66,10 @@ impl GatewayError {
         match self {
             GatewayError::BadPath(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MissingToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::InsufficientScope(_) | GatewayError::CorsRejected => StatusCode::FORBIDDEN,
+            GatewayError::InsufficientScope(_)
+            | GatewayError::CorsRejected
+            | GatewayError::ClaimsDenied(_)
+            | GatewayError::SourceDenied => StatusCode::FORBIDDEN,
             GatewayError::KeysUnavailable
             | GatewayError::UpstreamBusy
             | GatewayError::TunnelsFull
@@ -89,6 +97,11 @@ impl GatewayError {
             GatewayError::InsufficientScope(_) => {
                 ("insufficient_scope", "The token lacks a scope this route requires.")
             }
+            GatewayError::ClaimsDenied(_) => ("access_denied", "The token does not meet this route's policy."),
+            GatewayError::SourceDenied => (
+                "access_denied",
+                "This route does not accept requests from the client's address.",
+            ),
             GatewayError::CorsRejected => (
                 "cors_rejected",
                 "The request's origin, method or headers are not allowed for this route.",
@@ -295,6 +308,8 @@ mod tests {
             (GatewayError::RevocationsNotLoaded, 503, "temporarily_unavailable"),
             (GatewayError::TunnelsFull, 503, "temporarily_unavailable"),
             (GatewayError::NotAWebSocket, 502, "bad_gateway"),
+            (GatewayError::ClaimsDenied(1), 403, "access_denied"),
+            (GatewayError::SourceDenied, 403, "access_denied"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status, "{err}");

@@ -225,7 +225,7 @@ fn is_query_source(snap: &Snapshot, name: &str) -> bool {
 
 /// `%XX` decoded, lossily as UTF-8.
 fn percent_decode(text: &str) -> String {
-    String::from_utf8_lossy(&credential::percent_decode(text)).into_owned()
+    String::from_utf8_lossy(&crate::routing::normalize::percent_decode(text)).into_owned()
 }
 
 fn explain_unredacted(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> Result<Explanation, String> {
@@ -331,6 +331,17 @@ fn explain_unredacted(snap: &Snapshot, method: &str, url: &str, headers: HeaderM
         format!("{}{at} -> upstream {}", route.name, upstream.config.name),
     );
 
+    if !route.source_ips.is_empty() {
+        let ranges: Vec<String> = route.source_ips.iter().map(ToString::to_string).collect();
+        b.add(
+            "source_ips",
+            "skipped",
+            format!(
+                "explain has no client address; the route accepts only {}",
+                ranges.join(", ")
+            ),
+        );
+    }
     let identity = match &route.access {
         Access::Public => {
             b.add("requires", "info", "nothing: the route is public");
@@ -338,7 +349,16 @@ fn explain_unredacted(snap: &Snapshot, method: &str, url: &str, headers: HeaderM
         }
         Access::Protected(rule) => {
             b.add("requires", "info", describe_rule(snap, rule));
-            match check_token(&mut b, snap, route, rule, &parts, host.as_ref().map(|(v, _)| v)) {
+            let path_params = match (&route.path, rule.claims_read_path) {
+                (crate::config::PathMatch::Template(t), true) => t.params(&path).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let facts = crate::policy::Facts {
+                host: host_name.as_deref(),
+                path_params: &path_params,
+            };
+            let host_value = host.as_ref().map(|(v, _)| v);
+            match check_token(&mut b, snap, route, rule, &parts, host_value, &facts) {
                 Ok(identity) => Some(identity),
                 Err(e) if rule.monitor => {
                     b.add(
@@ -423,6 +443,9 @@ fn describe_rule(snap: &Snapshot, rule: &AuthRule) -> String {
     if !rule.scopes.is_empty() {
         s.push_str(&format!("; scopes {}", rule.scopes.join(" ")));
     }
+    if !rule.claims.is_empty() {
+        s.push_str(&format!("; {} claims conditions", rule.claims.len()));
+    }
     if !rule.any_scopes.is_empty() {
         s.push_str(&format!("; one of {}", rule.any_scopes.join(" ")));
     }
@@ -441,6 +464,7 @@ fn check_token(
     rule: &AuthRule,
     parts: &http::request::Parts,
     host: Option<&http::HeaderValue>,
+    facts: &crate::policy::Facts<'_>,
 ) -> Result<Arc<Caller>, GatewayError> {
     let found = credential::find(&rule.token_sources, &parts.headers, parts.uri.query()).inspect_err(|e| {
         b.add("token", "fail", e.description());
@@ -554,6 +578,28 @@ fn check_token(
             );
             return Err(GatewayError::InsufficientScope(missing.join(" ")));
         }
+    }
+    // Every condition with its result and what the token holds there
+    // (operators run explain; the access log never shows these values).
+    let mut failed = None;
+    for (i, condition) in rule.claims.iter().enumerate() {
+        let holds = condition.holds(&identity.claims, facts);
+        let held = match condition {
+            crate::policy::Condition::Claim(pointer, _) => pointer.find(&identity.claims).map_or_else(
+                || "; the token has no such claim".to_string(),
+                |v| format!("; the token has {v}"),
+            ),
+            _ => String::new(),
+        };
+        b.add(
+            &format!("claims[{i}]"),
+            if holds { "pass" } else { "fail" },
+            format!("{condition}{held}"),
+        );
+        failed = failed.or((!holds).then_some(i));
+    }
+    if let Some(i) = failed {
+        return Err(GatewayError::ClaimsDenied(i));
     }
     Ok(Arc::new(identity))
 }

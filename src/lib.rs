@@ -19,6 +19,7 @@ pub mod log_format;
 pub mod metrics;
 pub mod mint;
 pub mod openapi;
+pub mod policy;
 pub mod proxy;
 pub mod redirect;
 pub mod routing;

@@ -1229,3 +1229,101 @@ fn an_open_revoke_endpoint_is_warned_about() {
     let e = load(d.path(), &on("0.0.0.0:9901", "admin:\n  token_file: missing.token\n")).unwrap_err();
     assert!(said(&e).starts_with("admin.token_file"), "{}", said(&e));
 }
+
+/// `auth.claims` and `source_ips` are checked at load, each error at the
+/// condition's own line: unknown operators, two operators in one condition,
+/// pointers that do not parse, `{path.NAME}` the template lacks, depth.
+#[test]
+fn claims_conditions_are_validated_where_they_are_written() {
+    let route = |claims: &str| {
+        with(
+            FILE_PROVIDER,
+            &format!(
+                r#"  - name: r
+    match: {{ path_template: "/orgs/{{org}}" }}
+    upstream: app
+    auth:
+      claims:
+{claims}"#
+            ),
+        )
+    };
+    let cases = [
+        ("        - { claim: /org, equal: acme }\n", "unknown field `equal`"),
+        (
+            "        - { claim: /org, equals: acme, prefix: a }\n",
+            "routes[0] (r).auth.claims[0]: one condition per entry",
+        ),
+        ("        - { equals: acme }\n", "routes[0] (r).auth.claims[0]: an operator needs `claim`"),
+        ("        - { claim: /org }\n", "routes[0] (r).auth.claims[0]: `claim` needs an operator"),
+        (
+            "        - { claim: /org, any_of: [{ claim: /x, exists: true }] }\n",
+            "a combinator takes no `claim`",
+        ),
+        ("        - { claim: /a~2b, exists: true }\n", "routes[0] (r).auth.claims[0].claim: \"/a~2b\" has a '~'"),
+        (
+            "        - { claim: /org, equals: \"{path.tenant}\" }\n",
+            "routes[0] (r).auth.claims[0].equals: {path.tenant}: the template /orgs/{org} has no {tenant} parameter",
+        ),
+        (
+            "        - any_of: [{ claim: /x, in: [\"{path.nope}\"] }]\n",
+            "routes[0] (r).auth.claims[0].any_of[0].in: {path.nope}",
+        ),
+        ("        - { claim: /org, equals: [acme] }\n", "not a list or a map"),
+        ("        - { claim: /org, contains_any: [] }\n", "routes[0] (r).auth.claims[0].contains_any: the list is empty"),
+        ("        - any_of: []\n", "routes[0] (r).auth.claims[0].any_of: the list is empty"),
+        (
+            "        - not: { not: { not: { not: { not: { not: { not: { not: { claim: /x, exists: true } } } } } } } }\n",
+            "nest more than 8 deep",
+        ),
+    ];
+    for (claims, want) in cases {
+        let yaml = route(claims);
+        let e = err(&yaml);
+        let text = format!("{}: {}", said(&e), e);
+        assert!(text.contains(want), "{claims}: {text}");
+        let line = yaml.lines().position(|l| l.contains("        - ")).unwrap() + 1;
+        assert_eq!(e.position.map(|p| p.0), Some(line), "{claims}: {e}");
+    }
+    // Eight deep is fine, and so are the documented shapes.
+    let d = dir();
+    let ok = route(
+        r#"        - { claim: org, equals: "{path.org}" }
+        - { claim: /realm_access/roles, contains: orders-reader }
+        - { claim: "https://example.com/org", in: [acme, "{host}"] }
+        - any_of:
+            - { claim: /email_verified, equals: true }
+            - { claim: /amr, contains_any: [mfa, hwk] }
+        - not: { claim: /act, exists: true }
+        - { claim: /n, equals: null }
+        - not: { not: { not: { not: { not: { not: { not: { claim: /x, exists: true } } } } } } }
+"#,
+    );
+    let loaded = load(d.path(), &ok).unwrap_or_else(|e| panic!("{e}"));
+    let portcullis::config::Access::Protected(rule) = &loaded.config.routes[0].access else {
+        panic!("protected");
+    };
+    assert_eq!(rule.claims.len(), 7);
+    assert!(rule.claims_read_path);
+    // `{path.NAME}` needs a template; source_ips take addresses and CIDRs.
+    let yaml = with(
+        FILE_PROVIDER,
+        "  - name: r\n    match: { path: /x }\n    upstream: app\n    auth: { claims: [{ claim: org, equals: \"{path.org}\" }] }\n",
+    );
+    assert!(said(&err(&yaml)).contains("{path.org} needs a route matched by `path_template`"));
+    for (ips, want) in [
+        ("[10.0.0.1/8]", "has host bits set"),
+        ("[nope]", "is not an IP address or CIDR range"),
+        ("[]", "the list is empty"),
+        ("[\"::1/129\"]", "the prefix length must be 0 to 128"),
+    ] {
+        let yaml = with(
+            FILE_PROVIDER,
+            &format!(
+                "  - name: r\n    match: {{ path: /x }}\n    upstream: app\n    public: true\n    source_ips: {ips}\n"
+            ),
+        );
+        let e = said(&err(&yaml));
+        assert!(e.contains("routes[0] (r).source_ips") && e.contains(want), "{ips}: {e}");
+    }
+}

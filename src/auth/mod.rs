@@ -198,6 +198,8 @@ pub fn failure_reason(e: &GatewayError) -> &'static str {
         GatewayError::InvalidToken(r) => r.reason(),
         GatewayError::InsufficientScope(_) => "insufficient_scope",
         GatewayError::KeysUnavailable => "keys_unavailable",
+        GatewayError::ClaimsDenied(_) => "claims",
+        GatewayError::SourceDenied => "source_ip",
         _ => "malformed_request",
     }
 }

@@ -82,6 +82,8 @@ mod tests {
             any_scopes: names(any),
             token_sources: vec![crate::config::TokenSource::Header],
             monitor: false,
+            claims: vec![],
+            claims_read_path: false,
         };
         let granted = names(&["admin", "orders:read"]);
         assert_eq!(authorize(&rule(&[], &[]), &granted), Ok(()));

@@ -4,6 +4,7 @@
 //! and parsed when the config is compiled into a snapshot.
 
 mod browser;
+mod claims;
 mod ctx;
 mod locate;
 mod provider;
@@ -300,6 +301,8 @@ pub struct Route {
     pub upstream: usize,
     pub strip_prefix: Option<String>,
     pub access: Access,
+    /// `source_ips`: the client address must be in one (empty: any address).
+    pub source_ips: Vec<crate::policy::Cidr>,
     pub websocket: Option<WebSocketPolicy>,
     /// Index into [`Config::cors`].
     pub cors: Option<usize>,
@@ -332,6 +335,11 @@ pub struct AuthRule {
     /// `mode: monitor`: a request that fails the checks is forwarded anyway
     /// (and logged and counted), for moving checks out of an app safely.
     pub monitor: bool,
+    /// `claims`: conditions on the verified claims, checked after the scopes.
+    pub claims: Vec<crate::policy::Condition>,
+    /// Whether a condition reads `{path.NAME}` (the template's parameters are
+    /// then extracted from the request path).
+    pub claims_read_path: bool,
 }
 
 /// A configuration error: the field it is about, where that field is written,
@@ -521,8 +529,17 @@ pub fn describe_routes(config: &Config) -> String {
                         .collect();
                     let _ = write!(s, " token_sources={}", sources.join(","));
                 }
+                if !a.claims.is_empty() {
+                    let _ = write!(s, " claims={}", a.claims.len());
+                }
                 s
             }
+        };
+        let access = if r.source_ips.is_empty() {
+            access
+        } else {
+            let ranges: Vec<String> = r.source_ips.iter().map(ToString::to_string).collect();
+            format!("{access} source_ips={}", ranges.join(","))
         };
         let mut browser = Vec::new();
         if let Some(ws) = &r.websocket {

@@ -268,6 +268,8 @@ pub struct RawRoute {
     pub websocket: Option<RawWebSocket>,
     pub cors: Option<String>,
     pub rate_limits: Option<Vec<String>>,
+    /// Client address ranges allowed on the route (the TCP peer).
+    pub source_ips: Option<Vec<String>>,
 }
 
 /// `websocket: true` or `websocket: { idle_timeout, close_at_token_expiry }`.
@@ -305,6 +307,34 @@ pub struct RawAuth {
     pub any_scopes: Vec<String>,
     pub token_sources: Option<Vec<String>>,
     pub mode: Option<String>,
+    /// Conditions on the verified claims; every one must hold.
+    pub claims: Option<Vec<RawCondition>>,
+}
+
+/// One `auth.claims` condition: `claim` and one operator, or one combinator.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCondition {
+    /// A JSON Pointer (`/realm_access/roles`) or a top-level claim name.
+    pub claim: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub equals: Option<serde_json::Value>,
+    #[serde(rename = "in")]
+    pub in_: Option<Vec<serde_json::Value>>,
+    #[serde(default, deserialize_with = "present")]
+    pub contains: Option<serde_json::Value>,
+    pub contains_any: Option<Vec<serde_json::Value>>,
+    pub contains_all: Option<Vec<serde_json::Value>>,
+    pub exists: Option<bool>,
+    pub prefix: Option<String>,
+    pub any_of: Option<Vec<RawCondition>>,
+    pub all_of: Option<Vec<RawCondition>>,
+    pub not: Option<Box<RawCondition>>,
+}
+
+/// A key that is present, even with the value `null` (which `equals: null` means).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// A string schema for the value types parsed by hand below.

@@ -139,8 +139,15 @@ pub(super) fn validate_route(
             ))
         }
         (None, true) => Access::Public,
-        (Some(auth), false) => Access::Protected(validate_auth(ctx, &at, auth, providers)?),
+        (Some(auth), false) => {
+            let template = match &path {
+                PathMatch::Template(t) => Some(t),
+                _ => None,
+            };
+            Access::Protected(validate_auth(ctx, &at, auth, providers, template)?)
+        }
     };
+    let source_ips = super::claims::source_ips(ctx, &at, raw.source_ips)?;
     let rate_limits = super::shared_state::route_limits(ctx, &at, raw.rate_limits, limits, raw.public)?;
     let websocket = super::browser::websocket(ctx, &at, raw.websocket)?;
     if websocket.is_some() && upstreams[upstream].protocol.is_http2() {
@@ -174,13 +181,20 @@ pub(super) fn validate_route(
         upstream,
         strip_prefix,
         access,
+        source_ips,
         websocket,
         cors,
         rate_limits,
     })
 }
 
-fn validate_auth(ctx: &mut Ctx, at: &str, raw: RawAuth, providers: &[Provider]) -> Result<AuthRule, ConfigError> {
+fn validate_auth(
+    ctx: &mut Ctx,
+    at: &str,
+    raw: RawAuth,
+    providers: &[Provider],
+    template: Option<&crate::routing::template::PathTemplate>,
+) -> Result<AuthRule, ConfigError> {
     if providers.is_empty() {
         return Err(ctx.err(
             format!("{at}.auth"),
@@ -221,6 +235,7 @@ fn validate_auth(ctx: &mut Ctx, at: &str, raw: RawAuth, providers: &[Provider]) 
         }
     }
     let token_sources = super::browser::token_sources(ctx, at, raw.token_sources)?;
+    let claims = super::claims::conditions(ctx, at, raw.claims.unwrap_or_default(), template)?;
     let monitor = match raw.mode.as_deref() {
         None | Some("enforce") => false,
         Some("monitor") => {
@@ -242,5 +257,7 @@ fn validate_auth(ctx: &mut Ctx, at: &str, raw: RawAuth, providers: &[Provider]) 
         any_scopes: raw.any_scopes,
         token_sources,
         monitor,
+        claims_read_path: claims.iter().any(|c| !c.path_params().is_empty()),
+        claims,
     })
 }

@@ -267,6 +267,8 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
     "revoked",
     "insufficient_scope",
     "keys_unavailable",
+    "claims",
+    "source_ip",
 ];
 
 /// A WebSocket tunnel opened on `route`.

@@ -28,6 +28,10 @@ pub struct AccessLog {
     pub subject: Option<String>,
     /// On a monitor-mode route: why enforcement would have refused.
     pub monitor_denied: Option<&'static str>,
+    /// Why the route's policy refused (or, in monitor mode, would have): the
+    /// failed claims condition or `source_ips`, as configured; never a value
+    /// the token holds.
+    pub denied_by: Option<String>,
     written: bool,
 }
 
@@ -43,6 +47,7 @@ impl AccessLog {
             upstream_status: None,
             subject: None,
             monitor_denied: None,
+            denied_by: None,
             written: false,
         }
     }
@@ -77,6 +82,7 @@ impl AccessLog {
             subject = self.subject.as_deref(),
             auth = self.monitor_denied.map(|_| "monitor_denied"),
             reason = self.monitor_denied,
+            denied_by = self.denied_by.as_deref(),
         );
     }
 }

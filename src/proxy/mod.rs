@@ -19,7 +19,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::auth::credential;
-use crate::config::{Access, HostPolicy, TokenSource};
+use crate::config::{Access, HostPolicy, PathMatch, TokenSource};
 use crate::error::GatewayError;
 use crate::routing::normalize::normalize;
 use crate::routing::table::{strip_prefix, Lookup};
@@ -283,6 +283,19 @@ async fn pipeline(
     log.route = Some(snap.route_metrics[route_index].clone());
     *cors_policy = route.cors;
 
+    // The client's address first: a route limited to some networks says
+    // nothing more to anyone else (monitor mode records it and goes on).
+    let monitor = matches!(&route.access, Access::Protected(rule) if rule.monitor);
+    if !route.source_ips.is_empty() && !route.source_ips.iter().any(|c| c.contains(conn.peer.ip())) {
+        log.denied_by = Some("source_ips".into());
+        let e = GatewayError::SourceDenied;
+        if !monitor {
+            crate::metrics::auth_failure(crate::auth::failure_reason(&e));
+            return Err(e);
+        }
+        note_monitor_denial(log, &e);
+    }
+
     // Authenticate and authorise before anything is sent on.
     let identity = match &route.access {
         Access::Public => None,
@@ -298,16 +311,25 @@ async fn pipeline(
                 )?;
             }
             let token = found.map(|f| f.map(|c| c.token));
-            match Box::pin(check_access(snap, rule, token)).await {
+            // `{path.NAME}` conditions read the template's parameters.
+            let path_params = match (&route.path, rule.claims_read_path) {
+                (PathMatch::Template(t), true) => t.params(&path).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let facts = crate::policy::Facts {
+                host: host_name,
+                path_params: &path_params,
+            };
+            let checked = Box::pin(check_access(snap, rule, token, &facts)).await;
+            if let Err((GatewayError::ClaimsDenied(i), _)) = &checked {
+                log.denied_by = Some(format!("claims[{i}] {}", rule.claims[*i]));
+            }
+            match checked {
                 Ok(identity) => Some(identity),
                 // Monitor mode: forward anyway, with identity headers only
                 // for a token that verified; the log and a metric say why.
                 Err((e, verified)) if rule.monitor => {
-                    let reason = crate::auth::failure_reason(&e);
-                    log.monitor_denied = Some(reason);
-                    if let Some(route_name) = log.route_name() {
-                        crate::metrics::monitor_denial(route_name, reason);
-                    }
+                    note_monitor_denial(log, &e);
                     verified
                 }
                 Err((e, _)) => return Err(e),
@@ -484,13 +506,24 @@ fn rewrite_for_upstream<'q>(
     query
 }
 
+/// Monitor mode: what enforcement would have refused goes to the log line
+/// and `portcullis_auth_monitor_denials_total`; the request goes on.
+fn note_monitor_denial(log: &mut AccessLog, e: &GatewayError) {
+    let reason = crate::auth::failure_reason(e);
+    log.monitor_denied = Some(reason);
+    if let Some(route_name) = log.route_name() {
+        crate::metrics::monitor_denial(route_name, reason);
+    }
+}
+
 /// The token's verdict for a protected route: verified, not revoked, scopes
-/// held. A failure comes with the identity when the token itself verified
-/// (monitor mode forwards that one).
-async fn check_access(
+/// held, claims conditions met. A failure comes with the identity when the
+/// token itself verified (monitor mode forwards that one).
+pub(crate) async fn check_access(
     snap: &Snapshot,
     rule: &crate::config::AuthRule,
     token: Result<Option<&str>, GatewayError>,
+    facts: &crate::policy::Facts<'_>,
 ) -> Result<Arc<crate::auth::Caller>, (GatewayError, Option<Arc<crate::auth::Caller>>)> {
     let token = token.map_err(|e| (e, None))?;
     let identity = crate::auth::verify_token(&snap.providers, &snap.tokens, rule, token)
@@ -508,10 +541,16 @@ async fn check_access(
         crate::metrics::auth_failure("revoked");
         return Err((GatewayError::InvalidToken(crate::auth::token::Rejection::Revoked), None));
     }
-    match crate::auth::authorize(rule, &identity) {
-        Ok(()) => Ok(identity),
-        Err(e) => Err((e, Some(identity))),
+    if let Err(e) = crate::auth::authorize(rule, &identity) {
+        return Err((e, Some(identity)));
     }
+    // Evaluated on every request, cache hits too: the cache holds claims,
+    // never a decision.
+    if let Some(i) = crate::policy::first_failure(&rule.claims, &identity.claims, facts) {
+        crate::metrics::auth_failure("claims");
+        return Err((GatewayError::ClaimsDenied(i), Some(identity)));
+    }
+    Ok(identity)
 }
 
 /// A cookie rides along on cross-site requests (forged form posts, cross-site

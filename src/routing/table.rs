@@ -230,6 +230,7 @@ pub(crate) mod tests {
             upstream: 0,
             strip_prefix: None,
             access: Access::Public,
+            source_ips: vec![],
             websocket: None,
             cors: None,
             rate_limits: vec![],

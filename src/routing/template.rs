@@ -88,6 +88,27 @@ impl PathTemplate {
         parts.next().is_none()
     }
 
+    /// The parameters of a matching normalised path, percent-decoded
+    /// (`None` when the path does not match, or a value is not UTF-8).
+    pub fn params(&self, path: &str) -> Option<Vec<(String, String)>> {
+        if !self.matches(path) {
+            return None;
+        }
+        let parts = path.strip_prefix('/')?.split('/');
+        self.segments
+            .iter()
+            .zip(parts)
+            .filter_map(|(seg, value)| match seg {
+                Segment::Param(name) => Some((name, value)),
+                Segment::Literal(_) => None,
+            })
+            .map(|(name, value)| {
+                let decoded = String::from_utf8(super::normalize::percent_decode(value)).ok()?;
+                Some((name.clone(), decoded))
+            })
+            .collect()
+    }
+
     /// The literal segments before the first parameter, as a path (`/items`).
     pub fn literal_prefix(&self) -> String {
         let mut out = String::new();

@@ -1,0 +1,284 @@
+//! Authorisation beyond scopes over real sockets with real signed tokens:
+//! claims conditions (Keycloak roles, Auth0's URL-named claims, tenants bound
+//! to the URL), `source_ips` on IPv4 and IPv6 listeners, monitor mode, and
+//! cache hits that meet a reloaded policy.
+
+mod support;
+
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+use support::tokens::*;
+use support::*;
+
+const SECRET: &str = "a-policy-test-secret-of-decent-length-0123";
+
+fn token(claims: Value) -> String {
+    let mut c = json!({"sub": "alice", "scope": "orders:read", "exp": now() + 600});
+    for (k, v) in claims.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    hs_sign(Algorithm::HS256, SECRET.as_bytes(), &c)
+}
+
+const ROUTES: &str = r#"  - name: keycloak
+    match: { path: /kc }
+    upstream: app
+    auth:
+      scopes: [orders:read]
+      claims:
+        - { claim: /realm_access/roles, contains: orders-reader }
+        - { claim: /resource_access/orders-api/roles, contains_any: [viewer, editor] }
+  - name: auth0
+    match: { path: /a0 }
+    upstream: app
+    auth:
+      claims:
+        - { claim: "https://example.com/org", equals: acme }
+        - { claim: "/https:~1~1example.com~1roles", contains: admin }
+  - name: tenant
+    match: { path_template: "/orgs/{org}/orders" }
+    upstream: app
+    auth:
+      claims:
+        - { claim: org, equals: "{path.org}" }
+  - name: combined
+    match: { path: /combined }
+    upstream: app
+    auth:
+      claims:
+        - any_of:
+            - { claim: /email_verified, equals: true }
+            - { claim: /amr, contains_any: [mfa, hwk] }
+        - not: { claim: /act, exists: true }
+  - name: office-only
+    match: { path: /office }
+    upstream: app
+    public: true
+    source_ips: [10.0.0.0/8, "2001:db8::/32"]
+  - name: loopback-only
+    match: { path: /loopback }
+    upstream: app
+    auth: {}
+    source_ips: [127.0.0.0/8, "::1"]
+  - name: policy-monitored
+    match: { path: /monitored }
+    upstream: app
+    auth:
+      mode: monitor
+      claims:
+        - { claim: /org, equals: nobody }
+"#;
+
+fn config(up: &RecordingUpstream, listen: &str, routes: &str) -> String {
+    format!(
+        r#"listen:
+  https: "{listen}"
+  admin: 127.0.0.1:0
+tls:
+  cert: cert.pem
+  key: key.pem
+providers:
+  app:
+    secret_file: app.secret
+    algorithms: [HS256]
+upstreams:
+  app:
+    targets: [{}]
+routes:
+{routes}"#,
+        up.url()
+    )
+}
+
+async fn start(up: &RecordingUpstream, listen: &str) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    TestGateway::start_in(dir, cert, &config(up, listen, ROUTES)).await
+}
+
+/// Send `path` with `claims` in the token; returns the status, and checks
+/// that a refusal is `access_denied`, reached nothing upstream and names
+/// neither the condition nor any value.
+async fn call(c: &mut Client, up: &RecordingUpstream, path: &str, claims: Option<Value>) -> u16 {
+    let before = up.requests().len();
+    let auth = claims.map(|c| format!("Bearer {}", token(c)));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    let r = c.send(req("GET", path, &headers, "")).await;
+    if r.status == 403 {
+        r.assert_error(403, "access_denied");
+        let body = r.text();
+        for secret in [
+            "acme",
+            "globex",
+            "orders-reader",
+            "viewer",
+            "realm",
+            "claim",
+            "mfa",
+            "10.0.0.0",
+        ] {
+            assert!(!body.contains(secret), "the refusal says too much: {body}");
+        }
+        assert_eq!(
+            up.requests().len(),
+            before,
+            "{path}: a refused request reached the upstream"
+        );
+    }
+    r.status.as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_conditions_decide_over_both_protocols() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = start(&up, "127.0.0.1:0").await;
+    let keycloak = json!({
+        "realm_access": {"roles": ["offline_access", "orders-reader"]},
+        "resource_access": {"orders-api": {"roles": ["viewer"]}, "account": {"roles": ["editor"]}}
+    });
+    let auth0 = json!({"https://example.com/org": "acme", "https://example.com/roles": ["admin"]});
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        let cases: Vec<(&str, Option<Value>, u16)> = vec![
+            ("/kc", Some(keycloak.clone()), 200),
+            // The role under another client does not count.
+            (
+                "/kc",
+                Some(json!({
+                    "realm_access": {"roles": ["orders-reader"]},
+                    "resource_access": {"account": {"roles": ["viewer"]}}
+                })),
+                403,
+            ),
+            ("/kc", Some(json!({"realm_access": {"roles": "orders-reader"}})), 403),
+            ("/kc", Some(json!({})), 403),
+            ("/kc", None, 401),
+            ("/a0", Some(auth0.clone()), 200),
+            (
+                "/a0",
+                Some(json!({"https://example.com/org": "acme", "https://example.com/roles": ["user"]})),
+                403,
+            ),
+            ("/a0", Some(json!({"org": "acme", "roles": ["admin"]})), 403),
+            // Tenants bound to the URL, percent-encoding decoded first.
+            ("/orgs/acme/orders", Some(json!({"org": "acme"})), 200),
+            ("/orgs/acme/orders", Some(json!({"org": "globex"})), 403),
+            ("/orgs/globex/orders", Some(json!({"org": "acme"})), 403),
+            ("/orgs/a%20b/orders", Some(json!({"org": "a b"})), 200),
+            ("/orgs/ac%6De/orders", Some(json!({"org": "acme"})), 200),
+            ("/orgs/acme/orders", Some(json!({"org": ["acme"]})), 403),
+            ("/combined", Some(json!({"email_verified": true})), 200),
+            (
+                "/combined",
+                Some(json!({"email_verified": "true", "amr": ["pwd", "hwk"]})),
+                200,
+            ),
+            ("/combined", Some(json!({"email_verified": false, "amr": ["pwd"]})), 403),
+            (
+                "/combined",
+                Some(json!({"email_verified": true, "act": {"sub": "bot"}})),
+                403,
+            ),
+            ("/office", None, 403),
+            ("/loopback", Some(json!({})), 200),
+            ("/loopback", None, 401),
+        ];
+        for (path, claims, want) in cases {
+            let got = call(&mut c, &up, path, claims.clone()).await;
+            assert_eq!(got, want, "{proto:?} {path} with {claims:?}");
+        }
+        // Scopes come first: a token without them is insufficient_scope.
+        let r = c
+            .send(req(
+                "GET",
+                "/kc",
+                &[("authorization", &format!("Bearer {}", token(json!({"scope": "x"}))))],
+                "",
+            ))
+            .await;
+        r.assert_error(403, "insufficient_scope");
+    }
+    // Counted under one reason each.
+    let (_, metrics) = gw.admin("/metrics").await;
+    for reason in ["claims", "source_ip"] {
+        let n: f64 = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("portcullis_auth_failures_total{{reason=\"{reason}\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{reason}: {metrics}"));
+        assert!(n >= 2.0, "{reason}: {n}");
+    }
+}
+
+/// `source_ips` compares the TCP peer, IPv6 included; forwarding headers
+/// never count.
+#[tokio::test(flavor = "multi_thread")]
+async fn source_ips_compare_the_peer_over_ipv6_too() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = start(&up, "[::1]:0").await;
+    assert!(gw.addr.is_ipv6());
+    let mut c = gw.client(Proto::H1).await;
+    assert_eq!(call(&mut c, &up, "/loopback", Some(json!({}))).await, 200);
+    let r = c
+        .send(req(
+            "GET",
+            "/office",
+            &[("x-forwarded-for", "10.1.2.3"), ("x-real-ip", "10.1.2.3")],
+            "",
+        ))
+        .await;
+    r.assert_error(403, "access_denied");
+}
+
+/// Monitor mode covers claims: forwarded with the verified identity, the
+/// decision in the log and the monitor metric.
+#[tokio::test(flavor = "multi_thread")]
+async fn monitor_mode_records_failed_conditions() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = start(&up, "127.0.0.1:0").await;
+    let mut c = gw.client(Proto::H1).await;
+    assert_eq!(call(&mut c, &up, "/monitored", Some(json!({"org": "acme"}))).await, 200);
+    assert_eq!(up.last().headers["x-auth-subject"], "alice");
+    let (_, metrics) = gw.admin("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_auth_monitor_denials_total{route="policy-monitored",reason="claims"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// The verified-token cache holds claims, never a decision: after a reload
+/// that tightens a route's conditions, a token served from the cache meets
+/// the new ones. One kept-alive connection, so the second request is a hit
+/// whatever the core count.
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_hits_meet_the_reloaded_policy() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = start(&up, "127.0.0.1:0").await;
+    let mut c = gw.client(Proto::H1).await;
+    let claims = json!({"org": "acme"});
+    assert_eq!(call(&mut c, &up, "/orgs/acme/orders", Some(claims.clone())).await, 200);
+    // The same token, now a cache hit, on another tenant's path.
+    assert_eq!(
+        call(&mut c, &up, "/orgs/globex/orders", Some(claims.clone())).await,
+        403
+    );
+    let stricter = ROUTES.replace(
+        "        - { claim: org, equals: \"{path.org}\" }\n",
+        "        - { claim: org, equals: \"{path.org}\" }\n        - { claim: /tier, equals: gold }\n",
+    );
+    assert_ne!(stricter, ROUTES);
+    std::fs::write(&gw.config_path, config(&up, "127.0.0.1:0", &stricter)).unwrap();
+    gw.reload().expect("reload");
+    assert_eq!(call(&mut c, &up, "/orgs/acme/orders", Some(claims)).await, 403);
+    assert_eq!(
+        call(
+            &mut c,
+            &up,
+            "/orgs/acme/orders",
+            Some(json!({"org": "acme", "tier": "gold"}))
+        )
+        .await,
+        200
+    );
+}
