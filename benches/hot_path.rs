@@ -237,7 +237,12 @@ fn bench_headers(c: &mut Criterion) {
     let identity = portcullis::config::IdentitySettings {
         subject_header: http::HeaderName::from_static("x-auth-subject"),
         scopes_header: http::HeaderName::from_static("x-auth-scopes"),
-        claims: vec![(http::HeaderName::from_static("x-auth-email"), "email".into())],
+        claims: vec![portcullis::config::ClaimHeader {
+            header: http::HeaderName::from_static("x-auth-email"),
+            claim: portcullis::policy::Pointer::parse("email").unwrap(),
+            join: ",".into(),
+            json: false,
+        }],
         strip_incoming: vec!["x-auth-*".into()],
         forward_authorization: false,
     };

@@ -98,7 +98,7 @@ impl Snapshot {
         }
         let identity = &config.identity;
         let mut identity_names = vec![&identity.subject_header, &identity.scopes_header];
-        identity_names.extend(identity.claims.iter().map(|(h, _)| h));
+        identity_names.extend(identity.claims.iter().map(|c| &c.header));
         let strip = Arc::new(StripRules::new(identity.strip_incoming.clone(), &identity_names));
         let identity = IdentityHeaders::new(identity);
         let routes = RouteTable::new(config.routes.clone());

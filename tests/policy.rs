@@ -282,3 +282,86 @@ async fn cache_hits_meet_the_reloaded_policy() {
         200
     );
 }
+
+/// Identity headers from any claim: pointers, arrays joined, JSON with
+/// non-ASCII escaped; a value with CR, LF or non-ASCII is left out and
+/// counted, and nothing a claim holds can add a header line.
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_headers_from_any_claim_are_header_safe() {
+    let up = RecordingUpstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let yaml = config(
+        &up,
+        "127.0.0.1:0",
+        "  - { name: who, match: { path: /who }, upstream: app, auth: {} }\n",
+    )
+    .replace(
+        "upstreams:",
+        r#"identity:
+  claims:
+    X-Auth-Email: email
+    X-Auth-Roles: { claim: /realm_access/roles, join: "," }
+    X-Auth-Groups: { claim: /groups, format: json }
+    X-Auth-Org: "https://example.com/org"
+upstreams:"#,
+    );
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = gw.client(proto).await;
+        let send = |claims: Value| {
+            let auth = format!("Bearer {}", token(claims));
+            req(
+                "GET",
+                "/who",
+                &[
+                    ("authorization", &auth),
+                    ("x-auth-roles", "spoofed"),
+                    ("x_auth_groups", "spoofed"),
+                ],
+                "",
+            )
+        };
+        let r = c
+            .send(send(json!({
+                "email": "alice@example.com",
+                "realm_access": {"roles": ["reader", "writer"]},
+                "groups": ["Zoë", {"id": 7}],
+                "https://example.com/org": "acme"
+            })))
+            .await;
+        assert_eq!(r.status, 200);
+        let seen = up.last();
+        assert_eq!(seen.headers["x-auth-email"], "alice@example.com");
+        assert_eq!(seen.headers["x-auth-roles"], "reader,writer");
+        assert_eq!(seen.headers["x-auth-groups"], r#"["Zo\u00eb",{"id":7}]"#);
+        assert_eq!(seen.headers["x-auth-org"], "acme");
+        // Unsafe values: left out, and the spoofed copies are gone too.
+        let r = c
+            .send(send(json!({
+                "email": "alice@example.com\r\nX-Auth-Subject: root",
+                "realm_access": {"roles": ["reader", "a,b"]},
+                "groups": "line\nbreak",
+                "https://example.com/org": "Zoë"
+            })))
+            .await;
+        assert_eq!(r.status, 200);
+        let seen = up.last();
+        for name in ["x-auth-email", "x-auth-roles", "x-auth-org"] {
+            assert!(
+                !seen.headers.contains_key(name),
+                "{proto:?}: {name} {:?}",
+                seen.headers.get(name)
+            );
+        }
+        assert_eq!(seen.headers["x-auth-groups"], r#""line\nbreak""#, "JSON is always safe");
+        assert_eq!(seen.headers.get_all("x-auth-subject").iter().count(), 1);
+        assert_eq!(seen.headers["x-auth-subject"], "alice");
+    }
+    let (_, metrics) = gw.admin("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_identity_headers_omitted_total{header="x-auth-email"} 2"#),
+        "{metrics}"
+    );
+}

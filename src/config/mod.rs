@@ -254,10 +254,21 @@ impl KeySource {
 pub struct IdentitySettings {
     pub subject_header: HeaderName,
     pub scopes_header: HeaderName,
-    pub claims: Vec<(HeaderName, String)>,
+    pub claims: Vec<ClaimHeader>,
     /// Glob patterns, lower-cased with `_` folded to `-`.
     pub strip_incoming: Vec<String>,
     pub forward_authorization: bool,
+}
+
+/// An identity header taken from a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    pub header: HeaderName,
+    pub claim: crate::policy::Pointer,
+    /// Separator for an array of strings.
+    pub join: String,
+    /// `format: json`: always compact JSON with non-ASCII escaped.
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -211,7 +211,7 @@ pub struct RawIdentity {
     pub subject_header: Option<HeaderNameStr>,
     pub scopes_header: Option<HeaderNameStr>,
     #[serde(default)]
-    pub claims: BTreeMap<HeaderNameStr, String>,
+    pub claims: BTreeMap<HeaderNameStr, RawClaimHeader>,
     pub strip_incoming: Option<Vec<String>>,
     #[serde(default)]
     pub forward_authorization: bool,
@@ -309,6 +309,26 @@ pub struct RawAuth {
     pub mode: Option<String>,
     /// Conditions on the verified claims; every one must hold.
     pub claims: Option<Vec<RawCondition>>,
+}
+
+/// An identity header from a claim: `X-Auth-Email: email`, or
+/// `{ claim: /realm_access/roles, join: ",", format: plain | json }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawClaimHeader {
+    Claim(String),
+    Settings(RawClaimHeaderSettings),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimHeaderSettings {
+    /// A JSON Pointer (`/realm_access/roles`) or a top-level claim name.
+    pub claim: String,
+    /// Separator for an array of strings (default `,`).
+    pub join: Option<String>,
+    /// `plain` (default) or `json` (compact JSON, non-ASCII escaped).
+    pub format: Option<String>,
 }
 
 /// One `auth.claims` condition: `claim` and one operator, or one combinator.

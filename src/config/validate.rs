@@ -212,12 +212,39 @@ fn validate_identity(ctx: &Ctx, raw: raw::RawIdentity) -> Result<IdentitySetting
     let scopes_header = raw
         .scopes_header
         .map_or(HeaderName::from_static("x-auth-scopes"), |h| h.0);
-    let claims: Vec<(HeaderName, String)> = raw.claims.into_iter().map(|(h, c)| (h.0, c)).collect();
+    let mut claims = Vec::new();
+    for (header, spec) in raw.claims {
+        let at = format!("identity.claims.{}", header.0);
+        let (claim, join, format) = match spec {
+            raw::RawClaimHeader::Claim(c) => (c, None, None),
+            raw::RawClaimHeader::Settings(s) => (s.claim, s.join, s.format),
+        };
+        let claim =
+            crate::policy::Pointer::parse(&claim).map_err(|why| ctx.err(at.clone(), format!("{claim:?} {why}")))?;
+        let join = join.unwrap_or_else(|| ",".into());
+        if join.is_empty() || !join.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(ctx.err(
+                format!("{at}.join"),
+                "must be one or more visible ASCII characters or spaces",
+            ));
+        }
+        let json = match format.as_deref() {
+            None | Some("plain") => false,
+            Some("json") => true,
+            Some(other) => return Err(ctx.err(format!("{at}.format"), format!("{other:?} is neither plain nor json"))),
+        };
+        claims.push(super::ClaimHeader {
+            header: header.0,
+            claim,
+            join,
+            json,
+        });
+    }
     let mut names = vec![
         ("identity.subject_header", &subject_header),
         ("identity.scopes_header", &scopes_header),
     ];
-    names.extend(claims.iter().map(|(h, _)| ("identity.claims", h)));
+    names.extend(claims.iter().map(|c| ("identity.claims", &c.header)));
     let mut seen = HashSet::new();
     for (field, h) in &names {
         if RESERVED_HEADERS.contains(&h.as_str()) {

@@ -39,6 +39,11 @@ struct RoutePolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeaderLabels {
+    header: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: &'static str,
 }
@@ -78,6 +83,7 @@ struct Metrics {
     rate_limited: Family<RoutePolicyLabels, Counter>,
     monitor_denials: Family<RouteReasonLabels, Counter>,
     store_errors: Family<OpLabels, Counter>,
+    identity_omitted: Family<HeaderLabels, Counter>,
     revocations: Gauge,
 }
 
@@ -137,6 +143,12 @@ fn metrics() -> &'static Metrics {
             "Store (Redis) commands that failed or timed out, by operation",
             store_errors.clone(),
         );
+        let identity_omitted = Family::default();
+        registry.register(
+            "identity_headers_omitted",
+            "Identity headers left out because the claim's value could not travel safely in a header",
+            identity_omitted.clone(),
+        );
         let revocations = Gauge::default();
         registry.register("revocations", "Revocation entries held locally", revocations.clone());
         let monitor_denials = Family::default();
@@ -149,6 +161,7 @@ fn metrics() -> &'static Metrics {
             monitor_denials,
             rate_limited,
             store_errors,
+            identity_omitted,
             revocations,
             websocket_open,
             websocket_closed,
@@ -270,6 +283,16 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
     "claims",
     "source_ip",
 ];
+
+/// An identity header left out because its claim could not travel safely.
+pub fn identity_header_omitted(header: &http::HeaderName) {
+    metrics()
+        .identity_omitted
+        .get_or_create(&HeaderLabels {
+            header: header.as_str().to_string(),
+        })
+        .inc();
+}
 
 /// A WebSocket tunnel opened on `route`.
 pub fn websocket_opened(route: &Arc<str>) {

@@ -61,7 +61,7 @@ impl StripRules {
 pub struct IdentityHeaders {
     subject: HeaderName,
     scopes: HeaderName,
-    claims: Vec<(HeaderName, String)>,
+    claims: Vec<crate::config::ClaimHeader>,
 }
 
 impl IdentityHeaders {
@@ -73,39 +73,95 @@ impl IdentityHeaders {
         }
     }
 
-    /// Set the identity headers from verified claims. A claim that is absent is
-    /// left out; a value that cannot travel safely in a header (control
-    /// characters, newlines) is left out rather than forwarded raw.
+    /// Set the identity headers from verified claims. A claim that is absent
+    /// is left out; one whose value cannot travel safely in a header (CR, LF,
+    /// other control characters, non-ASCII) is left out and counted, never
+    /// forwarded raw.
     pub fn apply(&self, headers: &mut HeaderMap, identity: &crate::auth::Caller) {
-        if let Some(v) = identity.subject.as_ref().and_then(claim_value) {
-            headers.insert(self.subject.clone(), v);
+        match identity.subject.as_ref().map(|s| claim_header(s, ",", false)) {
+            Some(Rendered::Value(v)) => {
+                headers.insert(self.subject.clone(), v);
+            }
+            Some(Rendered::Unsafe) => crate::metrics::identity_header_omitted(&self.subject),
+            _ => {}
         }
         // Scope tokens were filtered to printable ASCII when collected.
         if let Ok(v) = HeaderValue::from_str(&identity.scopes.join(" ")) {
             headers.insert(self.scopes.clone(), v);
         }
-        for (name, claim) in &self.claims {
-            match identity.claims.get(claim).and_then(claim_value) {
-                Some(v) => headers.insert(name.clone(), v),
-                None => headers.remove(name),
-            };
+        for c in &self.claims {
+            let rendered = c
+                .claim
+                .find(&identity.claims)
+                .map_or(Rendered::Absent, |v| claim_header(v, &c.join, c.json));
+            match rendered {
+                Rendered::Value(v) => {
+                    headers.insert(c.header.clone(), v);
+                }
+                Rendered::Absent => {
+                    headers.remove(&c.header);
+                }
+                Rendered::Unsafe => {
+                    headers.remove(&c.header);
+                    crate::metrics::identity_header_omitted(&c.header);
+                }
+            }
         }
     }
 }
 
-/// A claim as a header value: strings as they are, anything else as compact
-/// JSON (which escapes control characters itself).
-fn claim_value(v: &serde_json::Value) -> Option<HeaderValue> {
+/// A claim made into a header value, or why not.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rendered {
+    Value(HeaderValue),
+    /// No such claim (or `null`): no header.
+    Absent,
+    /// The value cannot travel in a header as it is: no header, counted.
+    Unsafe,
+}
+
+/// A claim as a header value. Strings as they are when every byte is visible
+/// ASCII or space; arrays of such strings joined with `join` (an element
+/// holding the separator makes the header ambiguous, so it is left out too);
+/// numbers and booleans as JSON text; objects, other arrays, and anything
+/// with `json`, as compact JSON with non-ASCII escaped, which is always safe.
+pub fn claim_header(v: &serde_json::Value, join: &str, json: bool) -> Rendered {
+    use serde_json::Value;
+    let safe = |s: &str| s.bytes().all(|b| (0x20..0x7f).contains(&b));
     let text = match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => return None,
-        other => other.to_string(),
+        Value::Null => return Rendered::Absent,
+        _ if json => ascii_json(v),
+        Value::String(s) if safe(s) => s.clone(),
+        Value::String(_) => return Rendered::Unsafe,
+        Value::Bool(_) | Value::Number(_) => v.to_string(),
+        Value::Array(items) if items.iter().all(Value::is_string) => {
+            let items: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            if items.iter().any(|s| !safe(s) || s.contains(join)) {
+                return Rendered::Unsafe;
+            }
+            items.join(join)
+        }
+        _ => ascii_json(v),
     };
-    if text.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        tracing::debug!("identity claim value has control characters; header left out");
-        return None;
+    HeaderValue::from_str(&text).map_or(Rendered::Unsafe, Rendered::Value)
+}
+
+/// Compact JSON with every non-ASCII character written `\uXXXX` (UTF-16,
+/// surrogate pairs above U+FFFF); serde_json escapes the control characters.
+fn ascii_json(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
     }
-    HeaderValue::from_str(&text).ok()
+    out
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway, and
@@ -316,6 +372,44 @@ mod tests {
     }
 
     #[test]
+    fn claims_as_headers() {
+        use serde_json::json;
+        let v = |r: Rendered| match r {
+            Rendered::Value(v) => v.to_str().unwrap().to_string(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(
+            v(claim_header(&json!("alice@example.com"), ",", false)),
+            "alice@example.com"
+        );
+        assert_eq!(v(claim_header(&json!("a b"), ",", false)), "a b");
+        assert_eq!(
+            claim_header(&json!("evil\r\nX-Auth-Subject: root"), ",", false),
+            Rendered::Unsafe
+        );
+        assert_eq!(claim_header(&json!("tab\there"), ",", false), Rendered::Unsafe);
+        assert_eq!(claim_header(&json!("Zoë"), ",", false), Rendered::Unsafe);
+        assert_eq!(claim_header(&json!(null), ",", false), Rendered::Absent);
+        assert_eq!(v(claim_header(&json!(42), ",", false)), "42");
+        assert_eq!(v(claim_header(&json!(true), ",", false)), "true");
+        assert_eq!(v(claim_header(&json!(["a", "b"]), ",", false)), "a,b");
+        assert_eq!(v(claim_header(&json!(["a", "b"]), " | ", false)), "a | b");
+        assert_eq!(claim_header(&json!(["a,b", "c"]), ",", false), Rendered::Unsafe);
+        assert_eq!(claim_header(&json!(["a", "b\n"]), ",", false), Rendered::Unsafe);
+        assert_eq!(v(claim_header(&json!([]), ",", false)), "");
+        assert_eq!(v(claim_header(&json!([1, "a"]), ",", false)), r#"[1,"a"]"#);
+        assert_eq!(
+            v(claim_header(&json!({"k": "Zoë\n"}), ",", false)),
+            r#"{"k":"Zo\u00eb\n"}"#
+        );
+        assert_eq!(
+            v(claim_header(&json!(["😀", "b"]), ",", true)),
+            r#"["\ud83d\ude00","b"]"#
+        );
+        assert_eq!(v(claim_header(&json!("plain"), ",", true)), r#""plain""#);
+    }
+
+    #[test]
     fn trailers_lose_what_headers_would() {
         let strip = StripRules::new(vec!["x-auth-*".into()], &[&HeaderName::from_static("x-user")]);
         let mut t = map(&[
@@ -464,15 +558,21 @@ mod tests {
     #[test]
     fn identity_values() {
         use serde_json::json;
-        assert_eq!(claim_value(&json!("alice")).unwrap(), "alice");
-        assert_eq!(claim_value(&json!(42)).unwrap(), "42");
-        assert_eq!(claim_value(&json!({"a": [1, "b"]})).unwrap(), r#"{"a":[1,"b"]}"#);
-        assert!(claim_value(&json!("line\nbreak")).is_none());
-        assert!(claim_value(&json!("evil\r\nX-Injected: 1")).is_none());
-        assert!(claim_value(&json!("nul\u{0}")).is_none());
-        assert!(claim_value(&json!(null)).is_none());
-        // Newlines inside non-string claims are escaped by JSON, so they are safe.
-        assert_eq!(claim_value(&json!(["a\nb"])).unwrap(), r#"["a\nb"]"#);
+        let value = |v: serde_json::Value| match claim_header(&v, ",", false) {
+            Rendered::Value(h) => Some(h),
+            _ => None,
+        };
+        assert_eq!(value(json!("alice")).unwrap(), "alice");
+        assert_eq!(value(json!(42)).unwrap(), "42");
+        assert_eq!(value(json!({"a": [1, "b"]})).unwrap(), r#"{"a":[1,"b"]}"#);
+        assert!(value(json!("line\nbreak")).is_none());
+        assert!(value(json!("evil\r\nX-Injected: 1")).is_none());
+        assert!(value(json!("nul\u{0}")).is_none());
+        assert!(value(json!(null)).is_none());
+        // An array of strings is joined, so a newline in one leaves the header out.
+        assert!(value(json!(["a\nb"])).is_none());
+        // Inside an object, JSON escapes it: safe.
+        assert_eq!(value(json!({"k": "a\nb"})).unwrap(), r#"{"k":"a\nb"}"#);
     }
 
     #[test]
