@@ -258,21 +258,21 @@ impl Rejection {
         }
     }
 
-    /// A short label for logs and metrics.
+    /// The reason code for logs, metrics and `explain` (docs/errors.md).
     pub fn reason(self) -> &'static str {
         match self {
-            Rejection::Malformed => "malformed",
-            Rejection::Algorithm => "algorithm",
+            Rejection::Malformed => "malformed_token",
+            Rejection::Algorithm => "algorithm_not_allowed",
             Rejection::UnknownKey => "unknown_key",
-            Rejection::Signature => "signature",
-            Rejection::Critical => "crit",
-            Rejection::Type => "typ",
-            Rejection::ClaimType => "claim_type",
+            Rejection::Signature => "bad_signature",
+            Rejection::Critical => "unsupported_crit",
+            Rejection::Type => "wrong_type",
+            Rejection::ClaimType => "bad_claim_type",
             Rejection::Expired => "expired",
             Rejection::MissingExp => "missing_exp",
             Rejection::NotYetValid => "not_yet_valid",
-            Rejection::Issuer => "issuer",
-            Rejection::Audience => "audience",
+            Rejection::Issuer => "wrong_issuer",
+            Rejection::Audience => "wrong_audience",
             Rejection::Revoked => "revoked",
         }
     }

@@ -38,6 +38,8 @@ pub struct Explanation {
     pub status: u16,
     /// The error code for a refusal.
     pub error: Option<&'static str>,
+    /// The refusal's reason code (as the access log and metrics name it).
+    pub reason: Option<&'static str>,
     pub upstream: Option<String>,
     /// `METHOD /path?query` as the upstream would receive it.
     pub forwarded_as: Option<String>,
@@ -63,7 +65,14 @@ impl Explanation {
                     out.push_str(&format!("           {k}: {v}\n"));
                 }
             }
-            _ => out.push_str(&format!("answer     {} {}\n", self.status, self.error.unwrap_or(""))),
+            _ => {
+                let reason = self.reason.map(|r| format!(" (reason {r})")).unwrap_or_default();
+                out.push_str(&format!(
+                    "answer     {} {}{reason}\n",
+                    self.status,
+                    self.error.unwrap_or("")
+                ));
+            }
         }
         out
     }
@@ -88,6 +97,7 @@ impl Builder {
             decision: "refuse",
             status: e.status().as_u16(),
             error: Some(e.kind()),
+            reason: crate::auth::denial_reason(&e),
             upstream: None,
             forwarded_as: None,
             identity_headers: Vec::new(),
@@ -408,6 +418,7 @@ fn explain_unredacted(snap: &Snapshot, method: &str, url: &str, headers: HeaderM
         decision: "forward",
         status: 200,
         error: None,
+        reason: None,
         upstream: Some(upstream.config.name.clone()),
         forwarded_as: Some(format!("{method} {upstream_path}{query}")),
         identity_headers: forwarded

@@ -316,7 +316,7 @@ async fn access_logs_are_structured_and_never_contain_the_token() {
 
     let (_, metrics) = gw.admin("/metrics").await;
     assert!(
-        metric(&metrics, r#"portcullis_auth_failures_total{reason="signature"}"#) >= 1.0,
+        metric(&metrics, r#"portcullis_auth_failures_total{reason="bad_signature"}"#) >= 1.0,
         "{metrics}"
     );
     for l in gw.logs() {
@@ -419,7 +419,7 @@ async fn monitor_decisions_are_in_the_access_log() {
     let line = gw.wait_log("\"request_id\":\"monitor-1\"").await;
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["auth"], "monitor_denied", "{line}");
-    assert_eq!(v["reason"], "insufficient_scope", "{line}");
+    assert_eq!(v["reason"], "missing_scope", "{line}");
     assert_eq!(v["subject"], "dave");
     assert_eq!(v["status"], 200);
     for l in gw.logs() {

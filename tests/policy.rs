@@ -365,3 +365,87 @@ upstreams:"#,
         "{metrics}"
     );
 }
+
+/// One vocabulary of reason codes: every refusal by a route's policy is
+/// counted in `portcullis_denials_total{route,reason}` under its code (and
+/// authentication failures in `portcullis_auth_failures_total{reason}`).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_refusal_has_its_reason_code() {
+    let up = RecordingUpstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let routes = r#"  - name: codes
+    match: { path: /codes }
+    upstream: app
+    auth:
+      scopes: [orders:read]
+      token_sources: [header, "cookie:session"]
+      claims: [{ claim: /org, equals: acme }]
+  - name: codes-limited
+    match: { path: /limited }
+    upstream: app
+    public: true
+    rate_limits: [once]
+  - name: codes-office
+    match: { path: /office }
+    upstream: app
+    public: true
+    source_ips: [10.0.0.0/8]
+"#;
+    let yaml = config(&up, "127.0.0.1:0", routes).replace(
+        "upstreams:",
+        "rate_limits:\n  once: { key: route, rate: 1/h, burst: 1 }\nupstreams:",
+    );
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let mut c = gw.client(Proto::H1).await;
+    let bearer = |claims: Value| format!("Bearer {}", token(claims));
+    let forged = {
+        let t = token(json!({"org": "acme"}));
+        format!("Bearer {}x", &t[..t.len() - 1])
+    };
+    let expired = bearer(json!({"org": "acme", "exp": now() - 3600}));
+    let foreign = bearer(json!({"org": "acme", "iss": "https://elsewhere.example/"}));
+    let no_scope = bearer(json!({"org": "acme", "scope": "other"}));
+    let wrong_org = bearer(json!({"org": "globex"}));
+    let cookie = format!("session={}", token(json!({"org": "acme"})));
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        ("/codes", vec![], "no_token"),
+        ("/codes", vec![("authorization", "Bearer not-a-jwt")], "malformed_token"),
+        ("/codes", vec![("authorization", &forged)], "bad_signature"),
+        ("/codes", vec![("authorization", &expired)], "expired"),
+        ("/codes", vec![("authorization", &foreign)], "wrong_issuer"),
+        ("/codes", vec![("authorization", &no_scope)], "missing_scope"),
+        ("/codes", vec![("authorization", &wrong_org)], "claims"),
+        (
+            "/codes",
+            vec![("cookie", &cookie), ("origin", "https://evil.example")],
+            "cors_rejected",
+        ),
+        ("/office", vec![], "source_ip"),
+    ];
+    for (path, headers, _) in &cases {
+        let r = c.send(req("GET", path, headers, "")).await;
+        assert!(r.status == 401 || r.status == 403, "{path} {headers:?}: {}", r.status);
+    }
+    assert_eq!(c.send(req("GET", "/limited", &[], "")).await.status, 200);
+    assert_eq!(c.send(req("GET", "/limited", &[], "")).await.status, 429);
+    let (_, metrics) = gw.admin("/metrics").await;
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    for (path, _, reason) in &cases {
+        let route = if *path == "/office" { "codes-office" } else { "codes" };
+        let name = format!(r#"portcullis_denials_total{{route="{route}",reason="{reason}"}}"#);
+        assert_eq!(sample(&name), 1.0, "{name}\n{metrics}");
+    }
+    assert_eq!(
+        sample(r#"portcullis_denials_total{route="codes-limited",reason="rate_limited"}"#),
+        1.0
+    );
+    assert!(sample(r#"portcullis_auth_failures_total{reason="bad_signature"}"#) >= 1.0);
+}

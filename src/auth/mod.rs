@@ -191,17 +191,28 @@ pub fn authorize(rule: &AuthRule, identity: &Caller) -> Result<(), GatewayError>
     result
 }
 
-/// The label an authentication or authorisation failure is counted and logged under.
+/// The reason code an authentication or authorisation failure is counted
+/// and logged under (one vocabulary: docs/errors.md).
 pub fn failure_reason(e: &GatewayError) -> &'static str {
-    match e {
-        GatewayError::MissingToken => "missing_token",
+    denial_reason(e).unwrap_or("malformed_token")
+}
+
+/// The reason code of a refusal by the route's policy (authentication,
+/// authorisation, source address, CORS, rate limits), or `None` for an
+/// error that is not a policy's decision (a bad path, an upstream failure).
+pub fn denial_reason(e: &GatewayError) -> Option<&'static str> {
+    Some(match e {
+        GatewayError::MissingToken => "no_token",
         GatewayError::InvalidToken(r) => r.reason(),
-        GatewayError::InsufficientScope(_) => "insufficient_scope",
+        GatewayError::InsufficientScope(_) => "missing_scope",
         GatewayError::KeysUnavailable => "keys_unavailable",
+        GatewayError::RevocationsNotLoaded => "revocations_not_loaded",
         GatewayError::ClaimsDenied(_) => "claims",
         GatewayError::SourceDenied => "source_ip",
-        _ => "malformed_request",
-    }
+        GatewayError::CorsRejected => "cors_rejected",
+        GatewayError::RateLimited(_) => "rate_limited",
+        _ => return None,
+    })
 }
 
 fn count_failure(e: &GatewayError) {

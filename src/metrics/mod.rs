@@ -84,6 +84,7 @@ struct Metrics {
     monitor_denials: Family<RouteReasonLabels, Counter>,
     store_errors: Family<OpLabels, Counter>,
     identity_omitted: Family<HeaderLabels, Counter>,
+    denials: Family<RouteReasonLabels, Counter>,
     revocations: Gauge,
 }
 
@@ -143,6 +144,12 @@ fn metrics() -> &'static Metrics {
             "Store (Redis) commands that failed or timed out, by operation",
             store_errors.clone(),
         );
+        let denials = Family::default();
+        registry.register(
+            "denials",
+            "Requests the route's policy refused, by route and reason code",
+            denials.clone(),
+        );
         let identity_omitted = Family::default();
         registry.register(
             "identity_headers_omitted",
@@ -162,6 +169,7 @@ fn metrics() -> &'static Metrics {
             rate_limited,
             store_errors,
             identity_omitted,
+            denials,
             revocations,
             websocket_open,
             websocket_closed,
@@ -263,26 +271,37 @@ pub fn register(config: &crate::config::Config, upstream_error_kinds: &[&'static
 
 /// Every `reason` label of `portcullis_auth_failures_total`.
 pub const AUTH_FAILURE_REASONS: &[&str] = &[
-    "missing_token",
-    "malformed_request",
-    "malformed",
-    "algorithm",
+    "no_token",
+    "malformed_token",
+    "algorithm_not_allowed",
+    "unsupported_crit",
     "unknown_key",
-    "signature",
-    "crit",
-    "typ",
-    "claim_type",
+    "bad_signature",
+    "wrong_type",
+    "bad_claim_type",
     "expired",
     "missing_exp",
     "not_yet_valid",
-    "issuer",
-    "audience",
+    "wrong_issuer",
+    "wrong_audience",
     "revoked",
-    "insufficient_scope",
+    "missing_scope",
     "keys_unavailable",
+    "revocations_not_loaded",
     "claims",
     "source_ip",
 ];
+
+/// A request the route's policy refused, and why (a reason code).
+pub fn denial(route: &Arc<str>, reason: &'static str) {
+    metrics()
+        .denials
+        .get_or_create(&RouteReasonLabels {
+            route: route.clone(),
+            reason,
+        })
+        .inc();
+}
 
 /// An identity header left out because its claim could not travel safely.
 pub fn identity_header_omitted(header: &http::HeaderName) {

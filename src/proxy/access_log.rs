@@ -28,6 +28,8 @@ pub struct AccessLog {
     pub subject: Option<String>,
     /// On a monitor-mode route: why enforcement would have refused.
     pub monitor_denied: Option<&'static str>,
+    /// Why the route's policy refused the request (a reason code).
+    pub refused: Option<&'static str>,
     /// Why the route's policy refused (or, in monitor mode, would have): the
     /// failed claims condition or `source_ips`, as configured; never a value
     /// the token holds.
@@ -47,6 +49,7 @@ impl AccessLog {
             upstream_status: None,
             subject: None,
             monitor_denied: None,
+            refused: None,
             denied_by: None,
             written: false,
         }
@@ -81,7 +84,7 @@ impl AccessLog {
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
             subject = self.subject.as_deref(),
             auth = self.monitor_denied.map(|_| "monitor_denied"),
-            reason = self.monitor_denied,
+            reason = self.monitor_denied.or(self.refused),
             denied_by = self.denied_by.as_deref(),
         );
     }

@@ -84,6 +84,12 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
             resp
         }
         Err(e) => {
+            if let Some(reason) = crate::auth::denial_reason(&e) {
+                log.refused = Some(reason);
+                if let Some(route) = log.route_name() {
+                    crate::metrics::denial(route, reason);
+                }
+            }
             // Client faults are routine (debug); upstream failures were logged at warn where they happened.
             tracing::debug!(error = %e, route = log.route_name().map(|n| &**n), "request answered by the gateway");
             let refused_body = matches!(e, GatewayError::PayloadTooLarge);
