@@ -48,6 +48,9 @@ openssl pkey -in "$W/rsa.key" -pubout -out "$W/rsa.pub"
 cat "$W/gateway.crt" "$W/gateway.key" > "$W/haproxy.pem"
 mint() { "$BIN" token --alg RS256 --key "$W/rsa.key" --iss https://bench.local/ --aud bench --sub bench-user --scope "read write" --ttl 2h "$@"; }
 TOKEN=$(mint)
+# The same token with the claims a five-condition policy reads (Keycloak-shaped).
+CLAIMS_TOKEN=$(mint --claim org=bench --claim 'realm_access={"roles":["offline_access","orders-reader"]}' \
+  --claim 'resource_access={"orders-api":{"roles":["viewer"]}}' --claim 'amr=["pwd","mfa"]')
 echo "minting $TOKENS tokens" >&2
 mint --count "$TOKENS" > "$W/tokens.txt"
 head -c 1048576 /dev/zero | tr '\0' x > "$W/big.bin"
@@ -129,6 +132,17 @@ rate_limits:
   shared: { key: client_ip, rate: 1000000/s, burst: 1000000, store: redis }
 routes:
   - { name: auth, match: { path: /auth }, upstream: nginx, auth: { scopes: [read] } }
+  - name: claims
+    match: { path_template: "/claims/{org}" }
+    upstream: nginx
+    auth:
+      scopes: [read]
+      claims:
+        - { claim: /org, equals: "{path.org}" }
+        - { claim: /realm_access/roles, contains: orders-reader }
+        - { claim: /resource_access/orders-api/roles, contains_any: [viewer, editor] }
+        - any_of: [{ claim: /email_verified, equals: true }, { claim: /amr, contains_any: [mfa, hwk] }]
+        - not: { claim: /act, exists: true }
   - { name: public, match: { path: /public }, upstream: nginx, public: true }
   - { name: limited-local, match: { path: /limited-local }, upstream: nginx, public: true, rate_limits: [local] }
   - { name: limited-redis, match: { path: /limited-redis }, upstream: nginx, public: true, rate_limits: [shared] }
@@ -191,10 +205,16 @@ for probe in "http://$UP/" "https://$PC/auth" "https://$HAJ/" "https://$NG/publi
   [[ $(check "$probe" -H "$AUTH") == 200 ]] || { echo "not answering 200: $probe" >&2; cat "$W"/*.log "$W"/nginx*/error.log >&2; exit 1; }
 done
 [[ $(check "https://$PC/auth") == 401 && $(check "https://$HAJ/") == 401 ]] || { echo "auth is not enforced" >&2; exit 1; }
+[[ $(check "https://$PC/claims/bench" -H "Authorization: Bearer $CLAIMS_TOKEN") == 200 \
+  && $(check "https://$PC/claims/other" -H "Authorization: Bearer $CLAIMS_TOKEN") == 403 ]] \
+  || { echo "the claims route does not decide as it should" >&2; exit 1; }
 
 # wrk Lua: one token, a different token per request, a 1 MiB upload.
 cat > "$W/one.lua" <<LUA
 wrk.headers["Authorization"] = "Bearer $TOKEN"
+LUA
+cat > "$W/claims.lua" <<LUA
+wrk.headers["Authorization"] = "Bearer $CLAIMS_TOKEN"
 LUA
 cat > "$W/many.lua" <<LUA
 local tokens, i = {}, 0
@@ -231,6 +251,7 @@ TARGETS=(
   "portcullis-limited-redis|h1|https://$PC/limited-redis||$PC_PID"
   "haproxy-jwt|h1|https://$HAJ/auth|one|$HA_PID"
   "portcullis-auth|h1|https://$PC/auth|one|$PC_PID"
+  "portcullis-claims|h1|https://$PC/claims/bench|claims|$PC_PID"
   "haproxy-jwt-distinct|h1|https://$HAJ/auth|many|$HA_PID"
   "portcullis-auth-distinct|h1|https://$PC/auth|many|$PC_PID"
   "haproxy-handshake|h1|https://$HA/public|close|$HA_PID"
@@ -255,7 +276,7 @@ run_one() {
   if [[ $proto == h1 ]]; then
     local extra=() conns=$CONNS
     case $mode in
-      one | many) extra=(-s "$W/$mode.lua") ;;
+      one | many | claims) extra=(-s "$W/$mode.lua") ;;
       up) extra=(-s "$W/upload.lua") ;;
       close) extra=(-H "Connection: close") ;;
     esac
@@ -302,6 +323,7 @@ for t in "${TARGETS[@]}"; do
   case $name in
     portcullis-public) ha=$(ratio "$key" "$proto haproxy-tls") ng=$(ratio "$key" "$proto nginx-tls") ;;
     portcullis-auth) ha=$(ratio "$key" "$proto haproxy-jwt") ;;
+    portcullis-claims) ha=$(ratio "$key" "$proto haproxy-jwt") ;;
     portcullis-auth-distinct) ha=$(ratio "$key" "$proto haproxy-jwt-distinct") ;;
     portcullis-handshake | portcullis-download | portcullis-upload)
       ha=$(ratio "$key" "$proto haproxy-${name#portcullis-}") ng=$(ratio "$key" "$proto nginx-${name#portcullis-}") ;;

@@ -602,10 +602,28 @@ fn check_token(
             ),
             _ => String::new(),
         };
+        // What the request's substitutions stood for.
+        let request: Vec<String> = condition
+            .path_params()
+            .into_iter()
+            .map(|name| {
+                let value = facts
+                    .path_params
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str());
+                format!("{{path.{name}}} = {}", value.unwrap_or("-"))
+            })
+            .collect();
+        let request = if request.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", request.join(", "))
+        };
         b.add(
             &format!("claims[{i}]"),
             if holds { "pass" } else { "fail" },
-            format!("{condition}{held}"),
+            format!("{condition}{request}{held}"),
         );
         failed = failed.or((!holds).then_some(i));
     }
