@@ -60,6 +60,9 @@ async fn post_admin(gw: &TestGateway, path: &str, body: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_share_one_budget_exactly() {
+    if !require("redis-server", "redis-server") {
+        return;
+    }
     let redis = RedisServer::start().await;
     let up = RecordingUpstream::start("app").await;
     let extra = format!(
@@ -119,6 +122,9 @@ rate_limits:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_outage_applies_on_store_error_and_heals() {
+    if !require("redis-server", "redis-server") {
+        return;
+    }
     let mut redis = RedisServer::start().await;
     let port = redis.port;
     let up = RecordingUpstream::start("app").await;
@@ -182,6 +188,9 @@ rate_limits:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revocation_is_in_force_on_every_instance() {
+    if !require("redis-server", "redis-server") {
+        return;
+    }
     let redis = RedisServer::start().await;
     let up = RecordingUpstream::start("app").await;
     let extra = format!(
@@ -255,6 +264,9 @@ revocation: {{ store: redis }}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gateway_starts_without_redis_and_readyz_names_the_store() {
+    if !require("redis-server", "redis-server") {
+        return;
+    }
     let port = closed_port().await.port();
     let up = RecordingUpstream::start("app").await;
     let extra = format!(
@@ -302,6 +314,9 @@ revocation: {{ store: redis }}
 /// revocation takes everywhere; other tunnels stay open.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_tokens_tunnels_close() {
+    if !require("redis-server", "redis-server") {
+        return;
+    }
     let redis = RedisServer::start().await;
     let ws_up = support::ws::WsUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -371,6 +386,9 @@ routes:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn revoke_refuses_bad_requests() {
+    if !require("redis-server", "redis-server") {
+        return;
+    }
     let redis = RedisServer::start().await;
     let up = RecordingUpstream::start("app").await;
     let extra = format!(
@@ -521,6 +539,9 @@ routes:
 /// why; neither password ever appears in a log line.
 #[tokio::test(flavor = "multi_thread")]
 async fn password_env_authenticates_and_never_reaches_the_logs() {
+    if !require("redis-server", "redis-server") {
+        return;
+    }
     const VAR: &str = "PORTCULLIS_TEST_REDIS_PASSWORD";
     const PASSWORD: &str = "redis-pw-7f3a9c21";
     const WRONG: &str = "not-the-redis-pw-5e1d";
@@ -569,6 +590,9 @@ async fn password_env_authenticates_and_never_reaches_the_logs() {
 /// never talks to it in the clear instead.
 #[tokio::test(flavor = "multi_thread")]
 async fn rediss_trusts_the_configured_ca_and_only_it() {
+    if !require("redis-server", "redis-server") {
+        return;
+    }
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = portcullis::tls::self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
     let (cert_path, key_path) = (certs.path().join("redis.crt"), certs.path().join("redis.key"));
@@ -621,6 +645,9 @@ fn revoke_request(extra_headers: &str, body: &str) -> String {
 /// that arrives in time; `/healthz` answers while every admin slot is held.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_listener_refuses_browsers_strangers_and_slow_bodies() {
+    if !require("redis-server", "redis-server") {
+        return;
+    }
     let redis = RedisServer::start().await;
     let up = RecordingUpstream::start("app").await;
     let dir = tempfile::tempdir().unwrap();
@@ -787,6 +814,9 @@ async fn a_store_outage_logs_one_warning_per_interval() {
 /// the follower's periodic reload, within a minute.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revocation_the_channel_missed_is_loaded_within_a_minute() {
+    if !require("redis-server", "redis-server") {
+        return;
+    }
     let redis = RedisServer::start().await;
     let up = RecordingUpstream::start("app").await;
     let extra = format!("store:\n  redis: {}\nrevocation: {{ store: redis }}\n", redis.url());
@@ -818,6 +848,9 @@ async fn a_revocation_the_channel_missed_is_loaded_within_a_minute() {
 /// hold it (a digest stands in), and two values still get two buckets.
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_key_names_never_hold_a_raw_header_value() {
+    if !require("redis-server", "redis-server") {
+        return;
+    }
     let redis = RedisServer::start().await;
     let up = RecordingUpstream::start("app").await;
     let extra = format!(

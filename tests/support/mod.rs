@@ -649,6 +649,38 @@ pub fn req(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Re
     b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
 }
 
+/// Whether a system program a test needs is installed. When it is not, the
+/// run says so once per test binary, loudly and outside libtest's capture,
+/// with the install line, and the test passes over without asserting —
+/// unless `PORTCULLIS_TEST_REQUIRE=all` (set by `.ci/run` after installing
+/// everything), which makes a missing program a failure.
+pub fn require(program: &str, package: &str) -> bool {
+    use std::io::Write;
+    use std::sync::{Mutex, OnceLock};
+    static TOLD: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    let found = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if found {
+        return true;
+    }
+    if std::env::var("PORTCULLIS_TEST_REQUIRE").as_deref() == Ok("all") {
+        panic!("{program} is required (PORTCULLIS_TEST_REQUIRE=all) but not installed: apt-get install {package}");
+    }
+    let mut told = TOLD.get_or_init(Default::default).lock().unwrap();
+    if !told.iter().any(|p| p == program) {
+        told.push(program.to_string());
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** {program} is not installed: the tests that need it are SKIPPED (they pass without asserting).\n*** Install it with `apt-get install {package}`, or set PORTCULLIS_TEST_REQUIRE=all to make this an error.\n"
+        );
+    }
+    false
+}
+
 /// Wait until `condition` holds, checking every 10 ms; fail the test when it
 /// still does not after `limit`. Use it wherever a test waits for an event.
 pub async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) {
