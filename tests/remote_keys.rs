@@ -87,13 +87,20 @@ impl Setup {
     }
 
     /// Poll until the gateway answers `status` (or give up after `limit`).
-    async fn wait_for(&self, token: &str, status: u16, limit: Duration) -> Reply {
+    /// Call until the answer is `status`; fail the test when it is not within `limit`.
+    async fn call_until(&self, token: &str, status: u16, limit: Duration) -> Reply {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let r = self.call(token).await;
-            if r.status.as_u16() == status || tokio::time::Instant::now() > deadline {
+            if r.status.as_u16() == status {
                 return r;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still {} (not {status}) after {limit:?}: {}",
+                r.status,
+                r.text()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -105,7 +112,7 @@ async fn discovery_happy_path_and_readiness() {
     let idp = Idp::start(vec![kp.jwk("k1")]).await;
     let s = setup(idp, "discovery", "10m").await;
     let t = token(&kp, "k1", &s.idp.issuer());
-    let r = s.wait_for(&t, 200, Duration::from_secs(5)).await;
+    let r = s.call_until(&t, 200, Duration::from_secs(5)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(s.up.last().headers["x-auth-subject"], "u1");
     assert!(s.idp.discovery_hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
@@ -150,7 +157,7 @@ async fn unknown_kid_triggers_one_shared_refetch() {
     let idp = Idp::start(vec![old.jwk("old")]).await;
     let s = setup(idp, "jwks_uri", "10m").await;
     assert_eq!(
-        s.wait_for(&token(&old, "old", &s.idp.issuer()), 200, Duration::from_secs(5))
+        s.call_until(&token(&old, "old", &s.idp.issuer()), 200, Duration::from_secs(5))
             .await
             .status,
         200
@@ -209,7 +216,7 @@ async fn provider_down_at_startup_then_up() {
     r.assert_error(503, "temporarily_unavailable");
     assert_eq!(s.gw.admin("/readyz").await.0, 503);
     s.idp.set(|st| st.up = true);
-    let r = s.wait_for(&t, 200, Duration::from_secs(10)).await;
+    let r = s.call_until(&t, 200, Duration::from_secs(10)).await;
     assert_eq!(r.status, 200, "keys arrive once the provider is back: {}", r.text());
     assert_eq!(s.gw.admin("/readyz").await.0, 200);
     let (_, metrics) = s.gw.admin("/metrics").await;
@@ -228,7 +235,7 @@ async fn stale_keys_keep_working_while_the_provider_is_down() {
     let idp = Idp::start(vec![kp.jwk("k1")]).await;
     let s = setup(idp, "jwks_uri", "1s").await;
     let t = token(&kp, "k1", &s.idp.issuer());
-    assert_eq!(s.wait_for(&t, 200, Duration::from_secs(5)).await.status, 200);
+    assert_eq!(s.call_until(&t, 200, Duration::from_secs(5)).await.status, 200);
     s.idp.set(|st| st.up = false);
     let before = s.idp.jwks_fetches();
     // The refresher keeps trying (twice more, with jwks_refresh 1s).
@@ -243,9 +250,9 @@ async fn removed_key_is_rejected_after_refresh() {
     let idp = Idp::start(vec![a.jwk("a"), b.jwk("b")]).await;
     let s = setup(idp, "jwks_uri", "1s").await;
     let ta = token(&a, "a", &s.idp.issuer());
-    assert_eq!(s.wait_for(&ta, 200, Duration::from_secs(5)).await.status, 200);
+    assert_eq!(s.call_until(&ta, 200, Duration::from_secs(5)).await.status, 200);
     s.idp.set(|st| st.keys = vec![b.jwk("b")]);
-    let r = s.wait_for(&ta, 401, Duration::from_secs(5)).await;
+    let r = s.call_until(&ta, 401, Duration::from_secs(5)).await;
     r.assert_error(401, "invalid_token");
     assert_eq!(s.call(&token(&b, "b", &s.idp.issuer())).await.status, 200);
 }
@@ -257,10 +264,10 @@ async fn cache_control_max_age_shortens_the_refresh() {
     idp.set(|st| st.cache_control = Some("public, max-age=1".into()));
     let s = setup(idp, "jwks_uri", "10m").await;
     let ta = token(&a, "a", &s.idp.issuer());
-    assert_eq!(s.wait_for(&ta, 200, Duration::from_secs(5)).await.status, 200);
+    assert_eq!(s.call_until(&ta, 200, Duration::from_secs(5)).await.status, 200);
     s.idp.set(|st| st.keys = vec![]);
     s.idp.set(|st| st.raw_jwks = Some(r#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"other"}]}"#.into()));
-    let r = s.wait_for(&ta, 401, Duration::from_secs(5)).await;
+    let r = s.call_until(&ta, 401, Duration::from_secs(5)).await;
     assert_eq!(
         r.status, 401,
         "max-age=1 means the removal is seen within seconds, not after 10m"
@@ -273,7 +280,7 @@ async fn malformed_or_oversize_jwks_keeps_the_old_keys() {
     let idp = Idp::start(vec![kp.jwk("k1")]).await;
     let s = setup(idp, "jwks_uri", "1s").await;
     let t = token(&kp, "k1", &s.idp.issuer());
-    assert_eq!(s.wait_for(&t, 200, Duration::from_secs(5)).await.status, 200);
+    assert_eq!(s.call_until(&t, 200, Duration::from_secs(5)).await.status, 200);
     for bad in [
         "{not json".to_string(),
         r#"{"keys": "nope"}"#.to_string(),
@@ -304,7 +311,7 @@ async fn reload_keeps_fetched_keys() {
     let idp = Idp::start(vec![kp.jwk("k1")]).await;
     let s = setup(idp, "jwks_uri", "10m").await;
     let t = token(&kp, "k1", &s.idp.issuer());
-    assert_eq!(s.wait_for(&t, 200, Duration::from_secs(5)).await.status, 200);
+    assert_eq!(s.call_until(&t, 200, Duration::from_secs(5)).await.status, 200);
     s.idp.set(|st| st.up = false);
     let fetches = s.idp.jwks_fetches();
     let yaml = std::fs::read_to_string(&s.gw.config_path).unwrap();
@@ -323,7 +330,7 @@ async fn reload_of_other_provider_settings_keeps_fetched_keys() {
     let idp = Idp::start(vec![kp.jwk("k1")]).await;
     let s = setup(idp, "jwks_uri", "10m").await;
     let t = token(&kp, "k1", &s.idp.issuer());
-    assert_eq!(s.wait_for(&t, 200, Duration::from_secs(5)).await.status, 200);
+    assert_eq!(s.call_until(&t, 200, Duration::from_secs(5)).await.status, 200);
     s.idp.set(|st| st.up = false);
     let yaml = std::fs::read_to_string(&s.gw.config_path).unwrap();
     let changed = yaml.replace("audiences: [api]", "audiences: [other]");
@@ -348,7 +355,7 @@ async fn reload_uses_a_changed_ca_file_and_keeps_the_keys() {
     let idp = Idp::start(vec![k1.jwk("k1")]).await;
     let s = setup(idp, "jwks_uri", "10m").await;
     let (t1, t2) = (token(&k1, "k1", &s.idp.issuer()), token(&k2, "k2", &s.idp.issuer()));
-    assert_eq!(s.wait_for(&t1, 200, Duration::from_secs(5)).await.status, 200);
+    assert_eq!(s.call_until(&t1, 200, Duration::from_secs(5)).await.status, 200);
     s.idp.set(|st| st.keys.push(k2.jwk("k2")));
 
     // A CA that does not sign the IdP's certificate: fetching fails from now on.
@@ -364,5 +371,5 @@ async fn reload_uses_a_changed_ca_file_and_keeps_the_keys() {
 
     std::fs::write(&ca_path, &s.idp.ca_pem).unwrap();
     s.gw.reload().expect("reload");
-    assert_eq!(s.wait_for(&t2, 200, Duration::from_secs(5)).await.status, 200);
+    assert_eq!(s.call_until(&t2, 200, Duration::from_secs(5)).await.status, 200);
 }

@@ -682,31 +682,41 @@ pub fn require(program: &str, package: &str) -> bool {
 }
 
 /// Wait until `condition` holds, checking every 10 ms; fail the test when it
-/// still does not after `limit`. Use it wherever a test waits for an event.
-pub async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// still does not after `limit`, naming the line that waited. Use it wherever
+/// a test waits for an event. (Not an `async fn`: `#[track_caller]` needs a
+/// plain one, which returns the waiting future.)
+#[track_caller]
+pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> impl std::future::Future<Output = ()> {
+    let at = std::panic::Location::caller();
+    async move {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !condition() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the condition waited for at {at} was not met within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
 /// [`wait_for`] with a condition that has to await (an admin scrape, a request).
-pub async fn wait_for_async<F, Fut>(limit: Duration, mut condition: F)
+#[track_caller]
+pub fn wait_for_async<F, Fut>(limit: Duration, mut condition: F) -> impl std::future::Future<Output = ()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let at = std::panic::Location::caller();
+    async move {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !condition().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the condition waited for at {at} was not met within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
