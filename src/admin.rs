@@ -85,7 +85,7 @@ pub async fn answer(req: Request<Incoming>, snap: Arc<Snapshot>) -> Response<Ful
 
 /// What an admin connection gets while every regular admin slot is taken
 /// (slow or stuck clients): health, readiness and metrics, never a change.
-pub async fn answer_when_busy(req: Request<Incoming>, snap: Arc<Snapshot>) -> Response<Full<Bytes>> {
+pub(crate) async fn answer_when_busy(req: Request<Incoming>, snap: Arc<Snapshot>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -17,7 +17,7 @@ use http_body_util::Full;
 use crate::config::{CorsPolicy, OriginPattern};
 
 /// Whether `origin` (an `Origin` header value) is one the policy allows.
-pub fn allows_origin(policy: &CorsPolicy, origin: &HeaderValue) -> bool {
+pub(crate) fn allows_origin(policy: &CorsPolicy, origin: &HeaderValue) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
@@ -28,7 +28,7 @@ pub fn allows_origin(policy: &CorsPolicy, origin: &HeaderValue) -> bool {
 /// wildcard): `"*"` does not count, and `Origin: null` (sandboxed frames,
 /// `file:` pages, some redirects) is never listed. This is what a cookie token
 /// needs, since a cookie rides along on requests from any site.
-pub fn lists_origin(policy: &CorsPolicy, origin: &HeaderValue) -> bool {
+pub(crate) fn lists_origin(policy: &CorsPolicy, origin: &HeaderValue) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
@@ -69,7 +69,7 @@ fn origin_matches(pattern: &OriginPattern, origin: &str) -> bool {
 }
 
 /// Whether `origin` is the gateway's own: `https://` and the request's host.
-pub fn same_origin(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+pub(crate) fn same_origin(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
     let (Ok(origin), Some(Ok(host))) = (origin.to_str(), host.map(|h| h.to_str())) else {
         return false;
     };
@@ -80,7 +80,7 @@ pub fn same_origin(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
 
 /// A preflight: an `OPTIONS` request with `Origin` and
 /// `Access-Control-Request-Method`. Returns the requested method.
-pub fn preflight_method(method: &Method, headers: &HeaderMap) -> Option<Method> {
+pub(crate) fn preflight_method(method: &Method, headers: &HeaderMap) -> Option<Method> {
     if method != Method::OPTIONS || !headers.contains_key(header::ORIGIN) {
         return None;
     }
@@ -90,7 +90,7 @@ pub fn preflight_method(method: &Method, headers: &HeaderMap) -> Option<Method> 
 
 /// The gateway's answer to a preflight the route's policy allows, or `None`
 /// when it does not (origin, method or a requested header).
-pub fn answer_preflight(
+pub(crate) fn answer_preflight(
     policy: &CorsPolicy,
     route_methods: Option<&[Method]>,
     headers: &HeaderMap,

@@ -157,7 +157,7 @@ impl GatewayError {
     }
 
     /// The one-sentence description the client is given.
-    pub fn description(&self) -> &'static str {
+    pub(crate) fn description(&self) -> &'static str {
         self.code_and_description().1
     }
 
@@ -166,7 +166,7 @@ impl GatewayError {
         self.code_and_description().0
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
         let (code, description) = self.code_and_description();
         let mut resp = json_response(self.status(), code, description);
         let challenge = match &self {
@@ -210,7 +210,7 @@ fn path_description(e: PathError) -> &'static str {
 }
 
 /// `{"error": code, "error_description": description}` as `application/json`.
-pub fn json_response(status: StatusCode, code: &str, description: &str) -> Response<Full<Bytes>> {
+pub(crate) fn json_response(status: StatusCode, code: &str, description: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "error": code, "error_description": description }).to_string();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
@@ -240,7 +240,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             Rejection::Malformed => "The token is not a well-formed JWT.",
             Rejection::Algorithm => "The token's signing algorithm is not accepted.",

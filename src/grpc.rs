@@ -12,7 +12,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 
 /// Whether the request is a gRPC call.
-pub fn is_grpc(headers: &HeaderMap) -> bool {
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers.get(CONTENT_TYPE).is_some_and(|v| {
         let v = v.as_bytes();
         v.len() >= 16
@@ -22,7 +22,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// The gRPC status code for a status the gateway answers with.
-pub fn status_code(status: StatusCode) -> u8 {
+pub(crate) fn status_code(status: StatusCode) -> u8 {
     match status.as_u16() {
         400 => 3,             // INVALID_ARGUMENT
         401 => 16,            // UNAUTHENTICATED
@@ -37,7 +37,7 @@ pub fn status_code(status: StatusCode) -> u8 {
 
 /// `grpc-message` text: printable ASCII except `%` as it is, every other byte
 /// of the UTF-8 as `%XX`.
-pub fn percent_encode(message: &str) -> String {
+pub(crate) fn percent_encode(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     for b in message.bytes() {
         if (0x20..=0x7e).contains(&b) && b != b'%' {
@@ -51,7 +51,7 @@ pub fn percent_encode(message: &str) -> String {
 
 /// Turn a gateway-made JSON error into its Trailers-Only form, keeping the
 /// headers the error carries (`www-authenticate`, `allow`, ...).
-pub fn trailers_only(error: Response<Full<Bytes>>, description: &str) -> Response<Full<Bytes>> {
+pub(crate) fn trailers_only(error: Response<Full<Bytes>>, description: &str) -> Response<Full<Bytes>> {
     let (mut parts, _) = error.into_parts();
     let code = status_code(parts.status);
     parts.status = StatusCode::OK;

@@ -25,7 +25,7 @@ const SWEEP_ABOVE: usize = 10_000;
 /// a timestamp (~60 bytes with the map's own), so this bounds a policy near
 /// 12 MB whatever clients send; past it, a key not seen yet is treated as a
 /// store error (the policy's `on_store_error`).
-pub const MAX_LOCAL_BUCKETS: usize = 200_000;
+pub(crate) const MAX_LOCAL_BUCKETS: usize = 200_000;
 
 /// A bucket's key: a fixed-size digest of the key value, so a long header
 /// value costs the map no more than a short one.

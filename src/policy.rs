@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use serde_json::{Map, Number, Value};
 
 /// How deep combinators may nest.
-pub const MAX_DEPTH: usize = 8;
+pub(crate) const MAX_DEPTH: usize = 8;
 
 /// A JSON Pointer into the claims, parsed once.
 #[derive(Debug, Clone, PartialEq, Eq)]

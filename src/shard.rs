@@ -9,7 +9,7 @@ thread_local! {
 
 /// The worker thread this code runs on (`usize::MAX` on any other thread):
 /// the upstream pool prefers the connections a worker drives itself.
-pub fn worker_index() -> usize {
+pub(crate) fn worker_index() -> usize {
     WORKER_INDEX.with(|i| i.get())
 }
 
@@ -17,7 +17,7 @@ pub fn worker_index() -> usize {
 /// process may use (affinity and cgroup quotas count). Decided once: the
 /// per-worker shards made at every reload must match the workers started,
 /// and asking reads cgroup files (once per route, per load, before).
-pub fn worker_count() -> usize {
+pub(crate) fn worker_count() -> usize {
     static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
@@ -25,18 +25,18 @@ pub fn worker_count() -> usize {
 /// State that every request touches is split into shards, one per worker
 /// (index 1..) plus shard 0 for every other thread, so that workers do not
 /// pass the same cache lines between cores on each request.
-pub fn shard_count() -> usize {
+pub(crate) fn shard_count() -> usize {
     worker_count() + 1
 }
 
 /// The shard of worker `worker` (see [`shard_count`]); threads other than
 /// the workers have index `usize::MAX`, which wraps to shard 0.
-pub fn shard_of(worker: usize) -> usize {
+pub(crate) fn shard_of(worker: usize) -> usize {
     worker.wrapping_add(1)
 }
 
 /// The calling thread's shard.
-pub fn current_shard() -> usize {
+pub(crate) fn current_shard() -> usize {
     shard_of(worker_index())
 }
 

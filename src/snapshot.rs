@@ -40,7 +40,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Start what runs beside requests: remote key refresh for providers that
     /// do not have it running yet. Never called by `check`.
-    pub fn start_background(&self) {
+    pub(crate) fn start_background(&self) {
         crate::metrics::register(&self.config, crate::proxy::forward::UpstreamFailure::KINDS);
         for p in &self.providers {
             p.start_refresher();

@@ -98,14 +98,14 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// A digest of a `ca_file`'s content, so that a reload can tell whether the
 /// file changed under an unchanged configuration. `None` when there is none.
-pub fn ca_digest(path: Option<&Path>) -> Option<[u8; 32]> {
+pub(crate) fn ca_digest(path: Option<&Path>) -> Option<[u8; 32]> {
     let bytes = std::fs::read(path?).ok()?;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
     digest.as_ref().try_into().ok()
 }
 
 /// Trust anchors from a PEM file (for `ca_file`).
-pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+pub(crate) fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in load_certs(path)? {
         roots

@@ -23,9 +23,9 @@ use super::{Caller, ProviderState};
 
 /// Entries each worker keeps at most; past it, expired entries and then about
 /// half of the rest are evicted.
-pub const DEFAULT_CAPACITY: usize = 4096;
+pub(crate) const DEFAULT_CAPACITY: usize = 4096;
 
-pub type CacheKey = [u8; 32];
+pub(crate) type CacheKey = [u8; 32];
 
 #[derive(Debug)]
 pub struct CachedToken {
@@ -61,7 +61,7 @@ impl Default for TokenCache {
 
 impl TokenCache {
     /// `capacity` entries in each worker's cache.
-    pub fn with_capacity(capacity: usize) -> Self {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
         TokenCache {
             shards: (0..crate::shard::shard_count()).map(|_| Shard::default()).collect(),
             capacity: capacity.max(1),

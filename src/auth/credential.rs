@@ -91,7 +91,7 @@ fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Ite
 }
 
 /// The query string without the parameter `name`; `None` when nothing is left.
-pub fn strip_query(query: &str, name: &str) -> Option<String> {
+pub(crate) fn strip_query(query: &str, name: &str) -> Option<String> {
     let kept: Vec<&str> = query
         .split('&')
         .filter(|pair| !is_param(param_name(pair), name))
@@ -101,7 +101,7 @@ pub fn strip_query(query: &str, name: &str) -> Option<String> {
 }
 
 /// Remove the cookie `name` from the `Cookie` header(s), keeping the others.
-pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+pub(crate) fn strip_cookie(headers: &mut HeaderMap, name: &str) {
     let kept: Vec<String> = headers
         .get_all(COOKIE)
         .iter()

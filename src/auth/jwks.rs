@@ -23,7 +23,7 @@ use super::ProviderState;
 use crate::config::{ConfigError, KeySource, Provider};
 
 /// A token with an unknown `kid` triggers at most one refetch per this period.
-pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a request waits for that refetch.
 const UNKNOWN_KID_WAIT: Duration = Duration::from_secs(5);
 /// Per HTTP request to the identity provider.
@@ -227,7 +227,7 @@ impl ProviderState {
 
     /// Start the background refresh loop once per provider state. It ends when
     /// the state is dropped (its provider removed or changed by a reload).
-    pub fn start_refresher(self: &Arc<Self>) {
+    pub(crate) fn start_refresher(self: &Arc<Self>) {
         let Some(remote) = &self.remote else { return };
         if remote.refresher_started.swap(true, Ordering::AcqRel) {
             return;
@@ -239,7 +239,7 @@ impl ProviderState {
     /// A token named a `kid` we do not have: refetch once, shared by every
     /// request that arrives meanwhile, at most once per
     /// [`UNKNOWN_KID_REFETCH_INTERVAL`]. Returns whether the keys changed.
-    pub async fn refetch_for_unknown_kid(&self) -> bool {
+    pub(crate) async fn refetch_for_unknown_kid(&self) -> bool {
         let Some(remote) = &self.remote else { return false };
         let seen = self.generation();
         let attempt = async {

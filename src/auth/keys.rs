@@ -26,7 +26,7 @@ enum Verifier {
 
 impl VerifyKey {
     /// Whether this key may verify `alg` at all.
-    pub fn supports(&self, alg: Algorithm) -> bool {
+    pub(crate) fn supports(&self, alg: Algorithm) -> bool {
         self.verifiers.iter().any(|(a, _)| *a == alg)
     }
 
@@ -72,12 +72,16 @@ impl KeySet {
     /// `kid` fits the token's. A key without a `kid` (a PEM file, a secret, a
     /// JWKS entry without one) fits any token, as in Envoy's jwt_authn: IdPs put
     /// a `kid` in every token, and the signature decides.
-    pub fn candidates<'a>(&'a self, kid: Option<&'a str>, alg: Algorithm) -> impl Iterator<Item = &'a VerifyKey> {
+    pub(crate) fn candidates<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+    ) -> impl Iterator<Item = &'a VerifyKey> {
         self.keys.iter().filter(move |k| k.supports(alg) && k.fits_kid(kid))
     }
 
     /// Whether some key, whatever its algorithms, could be the one `kid` names.
-    pub fn knows_kid(&self, kid: Option<&str>) -> bool {
+    pub(crate) fn knows_kid(&self, kid: Option<&str>) -> bool {
         self.keys.iter().any(|k| k.fits_kid(kid))
     }
 }
@@ -110,7 +114,7 @@ fn pin(family: &[Algorithm], allow: &Option<Vec<Algorithm>>) -> Vec<Algorithm> {
 
 /// Load the keys of a local key source (secret, secret file, PEM, JWKS file).
 /// Remote sources return `Ok(None)`: they are filled by fetching.
-pub fn load_local(provider: &Provider) -> Result<Option<KeySet>, ConfigError> {
+pub(crate) fn load_local(provider: &Provider) -> Result<Option<KeySet>, ConfigError> {
     let allow = allowlist(provider);
     let field = |f: &str| format!("providers.{}.{f}", provider.name);
     let unreadable = |f: &str, path: &Path, e: std::io::Error| {
@@ -289,12 +293,12 @@ fn pem_key(pem: &[u8], allow: &Option<Vec<Algorithm>>) -> Result<VerifyKey, Stri
 }
 
 /// Largest JWKS document accepted, local or fetched.
-pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_JWKS_BYTES: usize = 256 * 1024;
 
 /// Parse a JWKS document. Keys that are not for signatures, symmetric (`oct`:
 /// a published secret is no secret), or of an unsupported type are skipped.
 /// A document with no usable key is an error.
-pub fn parse_jwks(json: &[u8], allow: &Option<Vec<Algorithm>>) -> Result<KeySet, String> {
+pub(crate) fn parse_jwks(json: &[u8], allow: &Option<Vec<Algorithm>>) -> Result<KeySet, String> {
     if json.len() > MAX_JWKS_BYTES {
         return Err(format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes"));
     }

@@ -81,7 +81,7 @@ pub struct Caller {
 
 impl Caller {
     /// The caller as a provider's settings read a verified token's claims.
-    pub fn from_claims(claims: Map<String, Value>, provider: &Provider) -> Self {
+    pub(crate) fn from_claims(claims: Map<String, Value>, provider: &Provider) -> Self {
         let valid_until = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0) + provider.leeway.as_secs_f64();
         Caller {
             subject: claims.get(&provider.subject_claim).cloned(),
@@ -95,7 +95,7 @@ impl Caller {
 /// The provider that must verify a token: the one whose issuer is the
 /// token's unverified `iss` (none: the provider without an issuer), among
 /// those the route allows. The unverified `iss` only chooses; it proves nothing.
-pub fn select_provider<'p>(
+pub(crate) fn select_provider<'p>(
     providers: &'p [Arc<ProviderState>],
     rule: &AuthRule,
     unverified: &token::Unverified<'_>,
@@ -111,7 +111,7 @@ pub fn select_provider<'p>(
 /// The bearer token of a request: `Ok(None)` when there is none.
 /// Two `Authorization` headers, or a `Bearer` credential that is not a
 /// well-formed `b64token` (RFC 6750 §2.1), is a bad request.
-pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else { return Ok(None) };
     if values.next().is_some() {
@@ -169,7 +169,7 @@ pub async fn authenticate(
 }
 
 /// Verify the token alone: signature, claims, issuer allowed by the route.
-pub async fn verify_token(
+pub(crate) async fn verify_token(
     providers: &[Arc<ProviderState>],
     cache: &TokenCache,
     rule: &AuthRule,
@@ -183,7 +183,7 @@ pub async fn verify_token(
 }
 
 /// The route's scope requirement against a verified token's scopes.
-pub fn authorize(rule: &AuthRule, identity: &Caller) -> Result<(), GatewayError> {
+pub(crate) fn authorize(rule: &AuthRule, identity: &Caller) -> Result<(), GatewayError> {
     let result = scopes::authorize(rule, &identity.scopes).map_err(GatewayError::InsufficientScope);
     if let Err(e) = &result {
         count_failure(e);
@@ -193,14 +193,14 @@ pub fn authorize(rule: &AuthRule, identity: &Caller) -> Result<(), GatewayError>
 
 /// The reason code an authentication or authorisation failure is counted
 /// and logged under (one vocabulary: docs/errors.md).
-pub fn failure_reason(e: &GatewayError) -> &'static str {
+pub(crate) fn failure_reason(e: &GatewayError) -> &'static str {
     denial_reason(e).unwrap_or("malformed_token")
 }
 
 /// The reason code of a refusal by the route's policy (authentication,
 /// authorisation, source address, CORS, rate limits), or `None` for an
 /// error that is not a policy's decision (a bad path, an upstream failure).
-pub fn denial_reason(e: &GatewayError) -> Option<&'static str> {
+pub(crate) fn denial_reason(e: &GatewayError) -> Option<&'static str> {
     Some(match e {
         GatewayError::MissingToken => "no_token",
         GatewayError::InvalidToken(r) => r.reason(),

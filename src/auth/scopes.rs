@@ -36,7 +36,7 @@ pub fn collect(claims: &Map<String, Value>, claim_names: &[String]) -> Vec<Strin
 
 /// `Err(scope)` with the value for `WWW-Authenticate: ... scope="..."`: the
 /// route's `scopes` when one of them is missing, else its `any_scopes`.
-pub fn authorize(rule: &AuthRule, granted: &[String]) -> Result<(), String> {
+pub(crate) fn authorize(rule: &AuthRule, granted: &[String]) -> Result<(), String> {
     let has = |s: &String| granted.binary_search(s).is_ok();
     if !rule.scopes.iter().all(has) {
         return Err(rule.scopes.join(" "));

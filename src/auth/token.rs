@@ -52,7 +52,7 @@ struct JoseHeader {
 
 /// The checks a token goes through, in order; a token is refused at the
 /// first that fails ([`Rejection::step`] says which).
-pub const VERIFY_STEPS: &[&str] = &[
+pub(crate) const VERIFY_STEPS: &[&str] = &[
     "well-formed JWT",
     "algorithm allowed for the provider's keys",
     "no `crit` extension",
@@ -117,12 +117,12 @@ impl Unverified<'_> {
     }
 
     /// The header's `alg` and `typ` as written (for `explain`; never trusted).
-    pub fn alg_and_typ(&self) -> (&str, Option<&str>) {
+    pub(crate) fn alg_and_typ(&self) -> (&str, Option<&str>) {
         (&self.header.alg, self.header.typ.as_deref())
     }
 
     /// The claims as written, before verification (for `explain`).
-    pub fn unverified_claims(&self) -> &Map<String, Value> {
+    pub(crate) fn unverified_claims(&self) -> &Map<String, Value> {
         &self.claims
     }
 

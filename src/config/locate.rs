@@ -19,7 +19,7 @@ const FOUND: &str = "portcullis-located";
 /// The steps of a field as errors name it: `routes[2] (orders).match.path`
 /// gives `routes`, `2`, `match`, `path` (a route's name in parentheses is
 /// there for the reader and dropped here).
-pub fn field_path(field: &str) -> Vec<Step> {
+pub(crate) fn field_path(field: &str) -> Vec<Step> {
     let mut plain = String::with_capacity(field.len());
     let mut in_name = false;
     for c in field.chars() {
@@ -49,7 +49,7 @@ pub fn field_path(field: &str) -> Vec<Step> {
 
 /// 1-based line and column of the node at `path`, or of its deepest ancestor
 /// that the text has (a key left out to take its default is not in the text).
-pub fn locate(text: &str, path: &[Step]) -> Option<(usize, usize)> {
+pub(crate) fn locate(text: &str, path: &[Step]) -> Option<(usize, usize)> {
     (1..=path.len()).rev().find_map(|n| {
         let err = Seek(&path[..n])
             .deserialize(serde_yaml::Deserializer::from_str(text))

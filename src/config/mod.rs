@@ -13,7 +13,8 @@ mod route;
 mod shared_state;
 mod validate;
 
-pub use provider::{is_loopback_host, ALGORITHMS};
+pub(crate) use provider::is_loopback_host;
+pub use provider::ALGORITHMS;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -62,7 +63,7 @@ impl AdminToken {
     }
 
     /// Whether an `Authorization` header value is `Bearer <the secret>`.
-    pub fn admits(&self, authorization: &[u8]) -> bool {
+    pub(crate) fn admits(&self, authorization: &[u8]) -> bool {
         let Some(given) = authorization
             .get(..7)
             .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
@@ -240,12 +241,12 @@ pub enum KeySource {
 
 impl KeySource {
     /// Shared-secret sources carry HMAC keys; all others asymmetric ones.
-    pub fn is_hmac(&self) -> bool {
+    pub(crate) fn is_hmac(&self) -> bool {
         matches!(self, KeySource::SecretEnv(_) | KeySource::SecretFile(_))
     }
 
     /// Keys fetched over the network, rather than read from disk or the environment.
-    pub fn is_remote(&self) -> bool {
+    pub(crate) fn is_remote(&self) -> bool {
         matches!(self, KeySource::Discovery | KeySource::JwksUri(_))
     }
 }
@@ -386,7 +387,7 @@ impl ConfigError {
     }
 
     /// The same error, caused by `cause`.
-    pub fn because(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub(crate) fn because(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.cause = Some(Arc::new(cause));
         self
     }
@@ -401,7 +402,7 @@ impl ConfigError {
     }
 
     /// As [`ConfigError::at`], reading the text from `file`.
-    pub fn in_file(self, file: &Path) -> Self {
+    pub(crate) fn in_file(self, file: &Path) -> Self {
         match std::fs::read_to_string(file) {
             Ok(text) => self.at(file, &text),
             Err(_) => ConfigError {
@@ -477,14 +478,14 @@ fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
 
 /// Lower-case a header name and fold `_` into `-`: WSGI/ASGI servers read
 /// `X_Auth_Subject` as `X-Auth-Subject`, so both spellings must be stripped.
-pub fn fold_header_name(name: &str) -> String {
+pub(crate) fn fold_header_name(name: &str) -> String {
     name.bytes()
         .map(|b| if b == b'_' { '-' } else { b.to_ascii_lowercase() as char })
         .collect()
 }
 
 /// A secret file's contents, less one trailing newline (`echo secret > file`).
-pub fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut bytes = std::fs::read(path)?;
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
@@ -496,7 +497,7 @@ pub fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// Where a field (`routes[2]`) is written in a configuration file: line and column.
-pub fn position_of(file: &Path, field: &str) -> Option<(usize, usize)> {
+pub(crate) fn position_of(file: &Path, field: &str) -> Option<(usize, usize)> {
     let text = std::fs::read_to_string(file).ok()?;
     locate::locate(&text, &locate::field_path(field))
 }

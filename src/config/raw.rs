@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     pub listen: RawListen,
     pub tls: RawTls,
     #[serde(default)]
@@ -41,7 +41,7 @@ pub struct RawConfig {
 /// The admin listener's settings (its address is `listen.admin`).
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
+pub(crate) struct RawAdmin {
     /// A file holding a secret every admin `POST` must carry as
     /// `Authorization: Bearer <secret>`.
     pub token_file: Option<PathBuf>,
@@ -50,7 +50,7 @@ pub struct RawAdmin {
 /// The shared store several instances use (Redis).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawStore {
+pub(crate) struct RawStore {
     pub redis: String,
     pub password_env: Option<String>,
     pub timeout: Option<Dur>,
@@ -61,7 +61,7 @@ pub struct RawStore {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawRateLimit {
+pub(crate) struct RawRateLimit {
     pub key: String,
     pub rate: String,
     pub burst: Option<u32>,
@@ -71,7 +71,7 @@ pub struct RawRateLimit {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawRevocation {
+pub(crate) struct RawRevocation {
     pub store: String,
     pub max_token_lifetime: Option<Dur>,
     /// `refuse` (default): protected routes answer 503 until the revocation
@@ -82,7 +82,7 @@ pub struct RawRevocation {
 /// A named CORS policy, referenced by routes.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawCors {
+pub(crate) struct RawCors {
     pub allow_origins: Vec<String>,
     pub allow_methods: Option<Vec<String>>,
     #[serde(default)]
@@ -97,7 +97,7 @@ pub struct RawCors {
 /// How request paths are treated before routing.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawPaths {
+pub(crate) struct RawPaths {
     /// Accept `;` in paths. Off by default: Tomcat, Spring and Jetty read
     /// `;...` as path parameters (`/public/..;/admin`), the route table does not.
     #[serde(default)]
@@ -106,7 +106,7 @@ pub struct RawPaths {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawListen {
+pub(crate) struct RawListen {
     pub https: Addr,
     pub http: Option<Addr>,
     pub admin: Option<Addr>,
@@ -114,7 +114,7 @@ pub struct RawListen {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawTls {
+pub(crate) struct RawTls {
     pub cert: PathBuf,
     pub key: PathBuf,
     #[serde(default)]
@@ -156,7 +156,7 @@ impl<'de> Deserialize<'de> for TlsVersion {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawLimits {
+pub(crate) struct RawLimits {
     pub header_read_timeout: Dur,
     pub idle_timeout: Dur,
     pub max_header_bytes: usize,
@@ -186,7 +186,7 @@ impl Default for RawLimits {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawProvider {
+pub(crate) struct RawProvider {
     pub issuer: Option<String>,
     pub audiences: Option<Vec<String>>,
     #[serde(default)]
@@ -207,7 +207,7 @@ pub struct RawProvider {
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawIdentity {
+pub(crate) struct RawIdentity {
     pub subject_header: Option<HeaderNameStr>,
     pub scopes_header: Option<HeaderNameStr>,
     #[serde(default)]
@@ -219,7 +219,7 @@ pub struct RawIdentity {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstream {
+pub(crate) struct RawUpstream {
     pub targets: Vec<String>,
     pub connect_timeout: Option<Dur>,
     pub request_timeout: Option<Dur>,
@@ -249,7 +249,7 @@ pub enum UpstreamProtocol {
 }
 
 impl UpstreamProtocol {
-    pub fn is_http2(self) -> bool {
+    pub(crate) fn is_http2(self) -> bool {
         self != UpstreamProtocol::Http1
     }
 }
@@ -315,14 +315,14 @@ pub struct RawAuth {
 /// `{ claim: /realm_access/roles, join: ",", format: plain | json }`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
-pub enum RawClaimHeader {
+pub(crate) enum RawClaimHeader {
     Claim(String),
     Settings(RawClaimHeaderSettings),
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawClaimHeaderSettings {
+pub(crate) struct RawClaimHeaderSettings {
     /// A JSON Pointer (`/realm_access/roles`) or a top-level claim name.
     pub claim: String,
     /// Separator for an array of strings (default `,`).
@@ -446,7 +446,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// A listener address, `IP:port`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Addr(pub SocketAddr);
+pub(crate) struct Addr(pub SocketAddr);
 
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -461,7 +461,7 @@ impl<'de> Deserialize<'de> for Addr {
 
 /// An HTTP header name, checked for syntax where it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderNameStr(pub http::HeaderName);
+pub(crate) struct HeaderNameStr(pub http::HeaderName);
 
 impl Ord for HeaderNameStr {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {

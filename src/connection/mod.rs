@@ -31,7 +31,7 @@ use http_body::Body;
 
 pub use io::Tracked;
 pub use state::{ConnState, Exchange, TrackedBody};
-pub use watchdog::drive;
+pub(crate) use watchdog::drive;
 
 /// A connection as [`drive`] runs it. Boxed, so that each connection's task
 /// holds exactly its own protocol's state (an idle keep-alive connection costs

@@ -168,7 +168,7 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn begin(state: &Arc<ConnState>) -> Self {
+    pub(crate) fn begin(state: &Arc<ConnState>) -> Self {
         state.in_flight.fetch_add(1, Ordering::AcqRel);
         if state.http1 {
             state.head_deadline.store(0, Ordering::Release);
@@ -184,7 +184,7 @@ impl Exchange {
     }
 
     /// The response body, tracked until it has been sent or dropped.
-    pub fn respond<B>(mut self, body: B) -> TrackedBody<B> {
+    pub(crate) fn respond<B>(mut self, body: B) -> TrackedBody<B> {
         self.answered = true;
         let state = self.state.clone();
         // Not polled yet: the client's side decides when it will be.

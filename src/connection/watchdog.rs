@@ -30,7 +30,12 @@ const CLOSE_STALL: Duration = Duration::from_secs(5);
 /// `header_read_timeout` (slowloris) or the client takes no response data for
 /// `send_timeout`. Once asked to close, it is dropped [`CLOSE_FLUSH`] after
 /// its last exchange ends, or after [`CLOSE_STALL`] stuck on the client.
-pub async fn drive(mut conn: Connection, limits: &Limits, state: &ConnState, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn drive(
+    mut conn: Connection,
+    limits: &Limits,
+    state: &ConnState,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut closing: Option<Instant> = None;
     let watchers = Arc::new(Watchers::default());
     let watcher_waker = Waker::from(watchers.clone());

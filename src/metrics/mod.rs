@@ -188,7 +188,7 @@ fn metrics() -> &'static Metrics {
 /// is visible from the first scrape on (dashboards and alerts need no traffic).
 /// Why a tunnel closed: the `reason` of `portcullis_websocket_closed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// The client sent the first Close frame, or went away.
     Client,
     /// The upstream did.
@@ -205,7 +205,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for creating the metric's series at zero.
-    pub const ALL: [CloseReason; 6] = [
+    pub(crate) const ALL: [CloseReason; 6] = [
         CloseReason::Client,
         CloseReason::Upstream,
         CloseReason::Idle,
@@ -229,7 +229,7 @@ impl CloseReason {
 
 /// Create the series at zero. `upstream_error_kinds`: every `kind` of
 /// `portcullis_upstream_errors_total` (the pool's list).
-pub fn register(config: &crate::config::Config, upstream_error_kinds: &[&'static str]) {
+pub(crate) fn register(config: &crate::config::Config, upstream_error_kinds: &[&'static str]) {
     let m = metrics();
     for result in ["success", "failure"] {
         let _ = m.reloads.get_or_create(&ResultLabels { result });
@@ -270,7 +270,7 @@ pub fn register(config: &crate::config::Config, upstream_error_kinds: &[&'static
 }
 
 /// Every `reason` label of `portcullis_auth_failures_total`.
-pub const AUTH_FAILURE_REASONS: &[&str] = &[
+pub(crate) const AUTH_FAILURE_REASONS: &[&str] = &[
     "no_token",
     "malformed_token",
     "algorithm_not_allowed",
@@ -293,7 +293,7 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
 ];
 
 /// A request the route's policy refused, and why (a reason code).
-pub fn denial(route: &Arc<str>, reason: &'static str) {
+pub(crate) fn denial(route: &Arc<str>, reason: &'static str) {
     metrics()
         .denials
         .get_or_create(&RouteReasonLabels {
@@ -304,7 +304,7 @@ pub fn denial(route: &Arc<str>, reason: &'static str) {
 }
 
 /// An identity header left out because its claim could not travel safely.
-pub fn identity_header_omitted(header: &http::HeaderName) {
+pub(crate) fn identity_header_omitted(header: &http::HeaderName) {
     metrics()
         .identity_omitted
         .get_or_create(&HeaderLabels {
@@ -314,7 +314,7 @@ pub fn identity_header_omitted(header: &http::HeaderName) {
 }
 
 /// A WebSocket tunnel opened on `route`.
-pub fn websocket_opened(route: &Arc<str>) {
+pub(crate) fn websocket_opened(route: &Arc<str>) {
     metrics()
         .websocket_open
         .get_or_create(&RouteLabels { route: route.clone() })
@@ -322,7 +322,7 @@ pub fn websocket_opened(route: &Arc<str>) {
 }
 
 /// A WebSocket tunnel on `route` closed, and why.
-pub fn websocket_closed(route: &Arc<str>, reason: CloseReason) {
+pub(crate) fn websocket_closed(route: &Arc<str>, reason: CloseReason) {
     let m = metrics();
     m.websocket_open
         .get_or_create(&RouteLabels { route: route.clone() })
@@ -336,7 +336,7 @@ pub fn websocket_closed(route: &Arc<str>, reason: CloseReason) {
 }
 
 /// A request on a monitor-mode route that enforcement would have refused.
-pub fn monitor_denial(route: &Arc<str>, reason: &'static str) {
+pub(crate) fn monitor_denial(route: &Arc<str>, reason: &'static str) {
     metrics()
         .monitor_denials
         .get_or_create(&RouteReasonLabels {
@@ -358,7 +358,7 @@ pub fn rate_limited(route: &Arc<str>, policy: &str) {
 }
 
 /// A store command that failed or timed out.
-pub fn store_error(op: &'static str) {
+pub(crate) fn store_error(op: &'static str) {
     metrics().store_errors.get_or_create(&OpLabels { op }).inc();
 }
 
@@ -367,11 +367,11 @@ pub fn revocations(n: usize) {
     metrics().revocations.set(i64::try_from(n).unwrap_or(i64::MAX));
 }
 
-pub fn auth_failure(reason: &'static str) {
+pub(crate) fn auth_failure(reason: &'static str) {
     metrics().auth_failures.get_or_create(&ReasonLabels { reason }).inc();
 }
 
-pub fn upstream_error(upstream: &str, kind: &'static str) {
+pub(crate) fn upstream_error(upstream: &str, kind: &'static str) {
     metrics()
         .upstream_errors
         .get_or_create(&UpstreamLabels {
@@ -381,7 +381,7 @@ pub fn upstream_error(upstream: &str, kind: &'static str) {
         .inc();
 }
 
-pub fn config_reload(ok: bool) {
+pub(crate) fn config_reload(ok: bool) {
     metrics()
         .reloads
         .get_or_create(&ResultLabels {
@@ -402,7 +402,7 @@ pub fn jwks_refresh(provider: &str, ok: bool) {
 }
 
 /// Counts an open client connection until dropped.
-pub struct OpenConnection(());
+pub(crate) struct OpenConnection(());
 
 impl OpenConnection {
     pub fn open() -> Self {
@@ -418,9 +418,9 @@ impl Drop for OpenConnection {
 }
 
 /// The Content-Type of the OpenMetrics exposition.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The Content-Type of the classic Prometheus text exposition.
-pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every metric in OpenMetrics text, or (`openmetrics: false`) in the classic
 /// Prometheus text format 0.0.4 that every scraper and `curl | grep` reads.

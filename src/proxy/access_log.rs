@@ -12,11 +12,11 @@ use http::{HeaderValue, Method};
 use crate::metrics::RouteMetrics;
 
 /// The status logged for a request whose client went away before the answer.
-pub const CLIENT_CLOSED: u16 = 499;
+pub(crate) const CLIENT_CLOSED: u16 = 499;
 
 /// Facts gathered along the pipeline, written out once.
 #[derive(Debug)]
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     started: Instant,
     request_id: HeaderValue,
     client: Arc<str>,
@@ -59,7 +59,7 @@ impl AccessLog {
         &self.request_id
     }
 
-    pub fn route_name(&self) -> Option<&Arc<str>> {
+    pub(crate) fn route_name(&self) -> Option<&Arc<str>> {
         self.route.as_ref().map(|r| r.name())
     }
 

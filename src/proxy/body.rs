@@ -11,11 +11,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds limits.max_body_bytes")]
-pub struct BodyTooLarge;
+pub(crate) struct BodyTooLarge;
 
 /// The client's body with a byte budget. Exceeding it fails the stream and
 /// sets `exceeded`, which the forwarder turns into 413. Trailers go through
@@ -130,7 +130,7 @@ impl ReplayableBody {
     }
 
     /// Whether some attempt has started reading the body (so it cannot be resent).
-    pub fn consumed(&self) -> bool {
+    pub(crate) fn consumed(&self) -> bool {
         match &self.shared {
             Some(shared) => shared.body.lock().map(|b| b.is_none()).unwrap_or(true),
             None => false,
@@ -138,7 +138,7 @@ impl ReplayableBody {
     }
 
     /// Whether the body went over `limits.max_body_bytes` in some attempt.
-    pub fn exceeded(&self) -> bool {
+    pub(crate) fn exceeded(&self) -> bool {
         self.shared.as_ref().is_some_and(|s| s.exceeded.load(Ordering::Acquire))
     }
 }

@@ -55,7 +55,7 @@ pub enum UpstreamFailure {
 impl UpstreamFailure {
     /// Every `kind` label of `portcullis_upstream_errors_total`, for creating
     /// the series at zero.
-    pub const KINDS: &'static [&'static str] = &["connect", "busy", "timeout", "reset", "protocol"];
+    pub(crate) const KINDS: &'static [&'static str] = &["connect", "busy", "timeout", "reset", "protocol"];
 
     /// The metric label (one of [`UpstreamFailure::KINDS`]).
     pub fn kind(&self) -> &'static str {
@@ -68,7 +68,7 @@ impl UpstreamFailure {
         }
     }
 
-    pub fn into_gateway_error(self) -> GatewayError {
+    pub(crate) fn into_gateway_error(self) -> GatewayError {
         match self {
             UpstreamFailure::Connect => GatewayError::UpstreamConnect,
             UpstreamFailure::Busy => GatewayError::UpstreamBusy,
@@ -164,7 +164,7 @@ impl UpstreamPool {
 
     /// A connection of its own to the next target that accepts one, for a
     /// request that may switch protocols (WebSocket).
-    pub async fn connect_dedicated(
+    pub(crate) async fn connect_dedicated(
         &self,
     ) -> Result<(http::uri::Authority, pool::UpgradeSender, pool::DedicatedPermit), UpstreamFailure> {
         let n = self.targets.len();
@@ -250,4 +250,4 @@ async fn send_to(
     Err(UpstreamFailure::Connect)
 }
 
-pub type SharedPool = Arc<UpstreamPool>;
+pub(crate) type SharedPool = Arc<UpstreamPool>;

@@ -112,7 +112,7 @@ impl IdentityHeaders {
 
 /// A claim made into a header value, or why not.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Rendered {
+pub(crate) enum Rendered {
     Value(HeaderValue),
     /// No such claim (or `null`): no header.
     Absent,
@@ -125,7 +125,7 @@ pub enum Rendered {
 /// holding the separator makes the header ambiguous, so it is left out too);
 /// numbers and booleans as JSON text; objects, other arrays, and anything
 /// with `json`, as compact JSON with non-ASCII escaped, which is always safe.
-pub fn claim_header(v: &serde_json::Value, join: &str, json: bool) -> Rendered {
+pub(crate) fn claim_header(v: &serde_json::Value, join: &str, json: bool) -> Rendered {
     use serde_json::Value;
     let safe = |s: &str| s.bytes().all(|b| (0x20..0x7f).contains(&b));
     let text = match v {
@@ -200,7 +200,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Whether the client's `TE` header lists `trailers` (RFC 9110 §10.1.4).
-pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+pub(crate) fn accepts_trailers(headers: &HeaderMap) -> bool {
     headers.get_all(header::TE).iter().any(|v| {
         v.to_str().unwrap_or("").split(',').any(|t| {
             t.split(';')
@@ -213,7 +213,7 @@ pub fn accepts_trailers(headers: &HeaderMap) -> bool {
 }
 
 /// An `X-Request-Id` worth keeping: `[A-Za-z0-9._-]{1,128}`.
-pub fn valid_request_id(v: &HeaderValue) -> bool {
+pub(crate) fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     (1..=128).contains(&b.len())
         && b.iter()
@@ -221,7 +221,7 @@ pub fn valid_request_id(v: &HeaderValue) -> bool {
 }
 
 /// The client's `X-Request-Id` when exactly one well-formed value was sent.
-pub fn incoming_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn incoming_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
     let mut values = headers.get_all(X_REQUEST_ID).iter();
     match (values.next(), values.next()) {
         (Some(v), None) if valid_request_id(v) => Some(v.clone()),
@@ -231,7 +231,7 @@ pub fn incoming_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// A fresh request id: 32 hex digits from a per-process random key and a
 /// counter, so ids are unique without a syscall per request.
-pub fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     use std::hash::BuildHasher;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
@@ -267,10 +267,10 @@ fn hex_into(out: &mut [u8], v: u64) {
     }
 }
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The client address as an `X-Forwarded-For` element; computed once per connection.
 pub fn client_address(client: std::net::IpAddr) -> HeaderValue {
@@ -312,7 +312,7 @@ const NOT_IN_TRAILERS: [HeaderName; 10] = [
 /// A client's request trailers made fit for the upstream, by the rules its
 /// headers go through: hop-by-hop fields out, every `strip_incoming` and
 /// identity name out, and nothing the gateway writes or a head must carry.
-pub fn filter_trailers(strip: &StripRules, trailers: &mut HeaderMap) {
+pub(crate) fn filter_trailers(strip: &StripRules, trailers: &mut HeaderMap) {
     remove_hop_by_hop(trailers);
     strip.strip(trailers);
     for name in NOT_IN_TRAILERS.iter().chain(&NEVER_FORWARDED) {

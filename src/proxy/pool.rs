@@ -46,11 +46,11 @@ const STREAMS_PER_H2_CONNECTION: usize = 100;
 type H1Sender = http1::SendRequest<ReplayableBody>;
 type H2Sender = http2::SendRequest<ReplayableBody>;
 /// A connection of its own for an upgrade request, which has no body.
-pub type UpgradeSender = http1::SendRequest<http_body_util::Empty<Bytes>>;
+pub(crate) type UpgradeSender = http1::SendRequest<http_body_util::Empty<Bytes>>;
 
 /// Why no connection could be had.
 #[derive(Debug)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// The target refused, timed out, or failed the TLS handshake: nothing was sent.
     Refused(Refusal),
     /// Every connection the cap allows stayed busy for the whole wait.
@@ -61,7 +61,7 @@ pub enum ConnectError {
 
 /// Why a connection to a target could not be made.
 #[derive(Debug, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("connect failed: {0}")]
     Connect(#[source] std::io::Error),
     #[error("connect timed out")]
@@ -176,14 +176,14 @@ impl TargetPool {
         })
     }
 
-    pub fn is_https(&self) -> bool {
+    pub(crate) fn is_https(&self) -> bool {
         self.https
     }
 
     /// A connection for one request: an idle or shared one when there is one,
     /// else a new one while the cap allows, else wait up to `connect_timeout`
     /// for one to free up.
-    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, ConnectError> {
+    pub(crate) async fn checkout(self: &Arc<Self>) -> Result<Checkout, ConnectError> {
         let deadline = Instant::now() + self.connect_timeout;
         if self.protocol.is_http2() {
             return self.checkout_h2(deadline).await;
@@ -230,7 +230,7 @@ impl TargetPool {
     /// held for as long as the tunnel lives. Over `max_tunnels` it is refused
     /// at once rather than waiting: tunnels free their places only when a
     /// user leaves.
-    pub async fn connect_dedicated(self: &Arc<Self>) -> Result<(UpgradeSender, DedicatedPermit), ConnectError> {
+    pub(crate) async fn connect_dedicated(self: &Arc<Self>) -> Result<(UpgradeSender, DedicatedPermit), ConnectError> {
         let tunnel = self
             .tunnels
             .clone()

@@ -42,7 +42,7 @@ use crate::store::revocation::Revocations;
 
 /// A bound on tunnels open at once, for the drain at shutdown to wait on
 /// (the real bound is `limits.max_connections`, whose places tunnels keep).
-pub const MAX_TUNNELS: usize = 1 << 20;
+pub(crate) const MAX_TUNNELS: usize = 1 << 20;
 
 /// What a tunnel needs from the gateway around it.
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ impl Tunnels {
 /// Whether the request asks for a WebSocket: HTTP/1.1 `GET` with
 /// `Connection: upgrade` and `Upgrade: websocket` (other upgrades are never
 /// performed; their headers are dropped as hop-by-hop).
-pub fn is_websocket_upgrade(parts: &Parts) -> bool {
+pub(crate) fn is_websocket_upgrade(parts: &Parts) -> bool {
     let has_token = |name: header::HeaderName, token: &str| {
         parts.headers.get_all(name).iter().any(|v| {
             v.to_str()
@@ -82,7 +82,7 @@ pub fn is_websocket_upgrade(parts: &Parts) -> bool {
 /// Whether an upgrade request carries a body (`Content-Length` above zero or
 /// any `Transfer-Encoding`): the bytes after its head would be read by the
 /// upstream as the first WebSocket frames, or as a request of their own.
-pub fn has_body(headers: &HeaderMap) -> bool {
+pub(crate) fn has_body(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers
             .get_all(header::CONTENT_LENGTH)
@@ -92,7 +92,7 @@ pub fn has_body(headers: &HeaderMap) -> bool {
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2):
 /// base64 of SHA-1 over the key and the protocol's GUID.
-pub fn accept_value(key: &[u8]) -> String {
+pub(crate) fn accept_value(key: &[u8]) -> String {
     use base64::Engine;
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(key);

@@ -10,7 +10,7 @@
 use std::fmt;
 
 /// `%XX` escapes decoded; a `%` not followed by two hex digits is kept as written.
-pub fn percent_decode(text: &str) -> Vec<u8> {
+pub(crate) fn percent_decode(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -31,7 +31,7 @@ pub fn percent_decode(text: &str) -> Vec<u8> {
 }
 
 /// Whether `prefix` is `path` or a leading run of its segments.
-pub fn segment_prefix(prefix: &str, path: &str) -> bool {
+pub(crate) fn segment_prefix(prefix: &str, path: &str) -> bool {
     prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
 }
 

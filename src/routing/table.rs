@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use http::{HeaderValue, Method};
 
 use crate::config::{PathMatch, Route};
-pub use crate::routing::normalize::segment_prefix;
+pub(crate) use crate::routing::normalize::segment_prefix;
 use crate::routing::template::Segment;
 
 /// The outcome of a lookup.
@@ -36,7 +36,7 @@ pub struct RouteTable {
 /// configuration is checked, to find shadowed routes without comparing
 /// every pair.
 #[derive(Debug, Clone, Default)]
-pub struct PathIndex {
+pub(crate) struct PathIndex {
     root: Node,
     /// Path templates, in a tree of their own where `{param}` is a branch.
     templates: TemplateNode,
@@ -110,7 +110,7 @@ impl PathIndex {
 
     /// Call `f` with every route whose path matches `path` (not in file
     /// order). `routes` are the ones the index was built from.
-    pub fn for_each_path_match(&self, routes: &[Route], path: &str, mut f: impl FnMut(usize)) {
+    pub(crate) fn for_each_path_match(&self, routes: &[Route], path: &str, mut f: impl FnMut(usize)) {
         let mut node = &self.root;
         node.prefix.iter().for_each(|&i| f(i));
         // A normalised path has no empty segment but a trailing one (`/a/`), which no child has.

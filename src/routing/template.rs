@@ -110,7 +110,7 @@ impl PathTemplate {
     }
 
     /// The literal segments before the first parameter, as a path (`/items`).
-    pub fn literal_prefix(&self) -> String {
+    pub(crate) fn literal_prefix(&self) -> String {
         let mut out = String::new();
         for seg in &self.segments {
             match seg {

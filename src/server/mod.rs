@@ -203,7 +203,7 @@ impl Running {
 
     /// Close the listeners (new clients are refused from here on) and ask every
     /// open connection to finish what it is doing and close.
-    pub async fn stop_accepting(&mut self) {
+    pub(crate) async fn stop_accepting(&mut self) {
         let _ = self.shutdown.send(true);
         for task in self.accept_loops.drain(..) {
             let _ = task.await;

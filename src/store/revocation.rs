@@ -56,7 +56,7 @@ impl Revocation {
     /// whose `before` is more than 5 minutes ahead (every token issued until
     /// then, including ones not yet issued), or a token's `exp` beyond the
     /// longest a token lives.
-    pub fn within_bounds(self, now: f64, max_token_lifetime: Duration) -> Result<Self, &'static str> {
+    pub(crate) fn within_bounds(self, now: f64, max_token_lifetime: Duration) -> Result<Self, &'static str> {
         match &self {
             Revocation::Subject { before, .. } if *before > now + MAX_BEFORE_AHEAD => {
                 Err("`before` may be at most 5 minutes in the future; revoke again later if needed.")
@@ -98,7 +98,7 @@ impl Revocations {
     }
 
     /// A receiver that wakes whenever the list changes.
-    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
@@ -115,7 +115,7 @@ impl Revocations {
     }
 
     /// Whether a verified token has been revoked.
-    pub fn is_revoked(&self, identity: &Caller) -> bool {
+    pub(crate) fn is_revoked(&self, identity: &Caller) -> bool {
         if self.is_empty() {
             return false;
         }
@@ -232,7 +232,7 @@ struct Ping {
 /// Follow the revocation channel for as long as the store lives: subscribe,
 /// load the whole list, then apply each message; on any disconnect, or when
 /// the channel stops delivering, again.
-pub async fn follow(store: Weak<Store>) {
+pub(crate) async fn follow(store: Weak<Store>) {
     let mut backoff = Duration::from_millis(100);
     let mut prune = tokio::time::interval(Duration::from_secs(60));
     let nonce = {
