@@ -295,7 +295,7 @@ routes:
         wait_for_async(Duration::from_secs(5), || {
             let gw = &gw;
             let line = line.clone();
-            async move { gw.admin("/metrics").await.1.contains(&line) }
+            async move { gw.admin("/metrics").await.1.lines().any(|l| l == line) }
         })
         .await;
     }

@@ -125,7 +125,7 @@ async fn monitor_mode_forwards_and_records_what_enforce_would_refuse() {
     let (_, metrics) = gw.admin("/metrics").await;
     for (reason, n) in [("no_token", 1), ("malformed_token", 1), ("missing_scope", 1)] {
         let line = format!(r#"portcullis_auth_monitor_denials_total{{route="monitored",reason="{reason}"}} {n}"#);
-        assert!(metrics.contains(&line), "{line}\n{metrics}");
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
     }
     assert_eq!(up.requests().len(), 4);
 }

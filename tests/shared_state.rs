@@ -379,7 +379,8 @@ routes:
         gw.admin("/metrics")
             .await
             .1
-            .contains(r#"portcullis_websocket_closed_total{route="chat",reason="revoked"} 1"#)
+            .lines()
+            .any(|l| l == r#"portcullis_websocket_closed_total{route="chat",reason="revoked"} 1"#)
     })
     .await;
 }

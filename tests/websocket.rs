@@ -135,13 +135,19 @@ async fn messages_flow_both_ways_with_identity_and_subprotocol() {
     assert!(seen.headers.contains_key("sec-websocket-key"));
     assert_eq!(seen.headers["sec-websocket-version"], "13");
     let m = metrics(&s).await;
-    assert!(m.contains(r#"portcullis_websocket_open{route="ws-echo"} 1"#), "{m}");
+    assert!(
+        m.lines()
+            .any(|l| l == r#"portcullis_websocket_open{route="ws-echo"} 1"#),
+        "{m}"
+    );
     // The client closes: the tunnel ends and says so.
     client.close(None).await.unwrap();
     wait_for_async(Duration::from_secs(5), || async {
         let m = metrics(&s).await;
-        m.contains(r#"portcullis_websocket_open{route="ws-echo"} 0"#)
-            && m.contains(r#"portcullis_websocket_closed_total{route="ws-echo",reason="client"} 1"#)
+        m.lines()
+            .any(|l| l == r#"portcullis_websocket_open{route="ws-echo"} 0"#)
+            && m.lines()
+                .any(|l| l == r#"portcullis_websocket_closed_total{route="ws-echo",reason="client"} 1"#)
     })
     .await;
 }
@@ -239,7 +245,8 @@ async fn a_tunnel_closes_when_its_token_expires() {
     wait_for_async(Duration::from_secs(5), || async {
         metrics(&s)
             .await
-            .contains(r#"portcullis_websocket_closed_total{route="ws-chat",reason="token_expired"} 1"#)
+            .lines()
+            .any(|l| l == r#"portcullis_websocket_closed_total{route="ws-chat",reason="token_expired"} 1"#)
     })
     .await;
 }
@@ -263,7 +270,8 @@ async fn an_idle_tunnel_is_closed() {
     wait_for_async(Duration::from_secs(5), || async {
         metrics(&s)
             .await
-            .contains(r#"portcullis_websocket_closed_total{route="ws-short",reason="idle"} 1"#)
+            .lines()
+            .any(|l| l == r#"portcullis_websocket_closed_total{route="ws-short",reason="idle"} 1"#)
     })
     .await;
 }
@@ -304,7 +312,8 @@ async fn a_reload_leaves_tunnels_open_and_shutdown_closes_them_after_the_grace()
         .unwrap()
         .unwrap();
     assert!(portcullis::metrics::render(false)
-        .contains(r#"portcullis_websocket_closed_total{route="ws-chat",reason="shutdown"} 1"#));
+        .lines()
+        .any(|l| l == r#"portcullis_websocket_closed_total{route="ws-chat",reason="shutdown"} 1"#));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -333,6 +342,8 @@ async fn upgrades_happen_only_for_websocket_on_websocket_routes() {
 
 /// A gateway with its own limits and upstreams for the bounds tests: `ws`
 /// (the WebSocket upstream) with `upstream_limits`, and a plain route to it.
+/// Route names of its own: metrics are process-wide and the other tests
+/// count their routes' tunnels exactly.
 async fn bounded(ws: &WsUpstream, limits: &str, upstream_limits: &str) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
@@ -348,12 +359,12 @@ upstreams:
   ws:
     targets: [{ws}]
 {upstream_limits}routes:
-  - name: ws-echo
+  - name: bounded-echo
     match: {{ path: /ws/echo }}
     upstream: ws
     public: true
     websocket: true
-  - name: ws-plain
+  - name: bounded-plain
     match: {{ path: /ws/plain }}
     upstream: ws
     public: true

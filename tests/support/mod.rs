@@ -38,7 +38,10 @@ pub struct Seen {
     pub path_and_query: String,
     pub version: http::Version,
     pub headers: HeaderMap,
+    /// Body bytes received, also when the body ended in an error.
     pub body_len: usize,
+    /// Whether the body ended in an error (cut off) rather than at its end.
+    pub body_cut: bool,
     pub trailers: Option<HeaderMap>,
     pub conn_id: usize,
 }
@@ -198,20 +201,29 @@ async fn upstream_answer(
     let path_and_query = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let version = req.version();
     let headers = req.headers().clone();
-    let (body, trailers) = match req.into_body().collect().await {
-        Ok(collected) => {
-            let trailers = collected.trailers().cloned();
-            (collected.to_bytes(), trailers)
+    // Frame by frame, so a body cut off midway still says how much arrived.
+    let mut incoming = req.into_body();
+    let (mut body_len, mut trailers, mut body_cut) = (0, None, false);
+    while let Some(frame) = incoming.frame().await {
+        match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => body_len += data.len(),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+            Err(_) => {
+                body_cut = true;
+                break;
+            }
         }
-        Err(_) => (Bytes::new(), None),
-    };
+    }
     seen.lock().unwrap().push(Seen {
         method,
         authority,
         path_and_query,
         version,
         headers,
-        body_len: body.len(),
+        body_len,
+        body_cut,
         trailers,
         conn_id,
     });
