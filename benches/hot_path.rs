@@ -12,7 +12,7 @@ use portcullis::auth::{token, ProviderState};
 use portcullis::config::{Access, AuthRule, KeySource, PathMatch, Provider, Route};
 use portcullis::proxy::headers::{self, IdentityHeaders, StripRules};
 use portcullis::routing::normalize::normalize;
-use portcullis::routing::table::RouteTable;
+use portcullis::routing::table::{Lookup, RouteTable};
 
 fn bench_normalize(c: &mut Criterion) {
     let mut g = c.benchmark_group("normalize");
@@ -54,7 +54,15 @@ fn bench_routes(c: &mut Criterion) {
     for n in [10usize, 100, 1000] {
         let table = RouteTable::new((0..n).map(route).collect());
         // The last route: the worst case for a scan in file order.
-        let path = format!("/svc{}/items/7", if (n - 1) % 2 == 0 { n - 1 } else { n - 2 });
+        let last = if (n - 1) % 2 == 0 { n - 1 } else { n - 2 };
+        let path = format!("/svc{last}/items/7");
+        // Each case is checked to find what it says, so a broken table cannot
+        // bench fast by finding nothing.
+        assert_eq!(
+            table.find(Some("api.example.com"), &Method::GET, &path),
+            Lookup::Found(last)
+        );
+        assert_eq!(table.find(None, &Method::GET, "/nothing/here"), Lookup::NotFound);
         g.bench_with_input(BenchmarkId::new("last_route", n), &path, |b, p| {
             b.iter(|| table.find(black_box(Some("api.example.com")), &Method::GET, black_box(p)))
         });
@@ -74,6 +82,7 @@ fn bench_routes(c: &mut Criterion) {
                 .collect(),
         );
         let path = format!("/api/v1{path}");
+        assert_eq!(shared.find(None, &Method::GET, &path), Lookup::Found(last));
         g.bench_with_input(BenchmarkId::new("shared_prefix_last_route", n), &path, |b, p| {
             b.iter(|| shared.find(black_box(None), &Method::GET, black_box(p)))
         });
@@ -89,6 +98,7 @@ fn bench_routes(c: &mut Criterion) {
                 .collect(),
         );
         let path = format!("/api/v1/svc{}/items/42/owner", n - 1);
+        assert_eq!(templated.find(None, &Method::GET, &path), Lookup::Found(n - 1));
         g.bench_with_input(BenchmarkId::new("template_last_route", n), &path, |b, p| {
             b.iter(|| templated.find(black_box(None), &Method::GET, black_box(p)))
         });

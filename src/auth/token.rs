@@ -376,19 +376,73 @@ mod tests {
     #[test]
     fn arbitrary_bytes_never_panic() {
         let mut state: u64 = 42;
-        for _ in 0..20_000 {
+        let mut next = |n: u64| {
             state = state
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let len = (state >> 58) as usize;
-            let token: String = (0..len)
-                .map(|i| b"eyJ.AaZz09-_%="[((state >> (i % 50)) % 14) as usize] as char)
-                .collect();
+            (state >> 33) % n
+        };
+        // Pieces a header or claims document is made of: well-formed and
+        // not, odd types, huge and fractional numbers, invalid UTF-8.
+        let pieces: [&[u8]; 16] = [
+            br#""alg":"HS256""#,
+            br#""alg":"none""#,
+            br#""alg":7"#,
+            br#""kid":"k1""#,
+            br#""crit":["exp"]"#,
+            br#""typ":"at+jwt""#,
+            br#""exp":1e308"#,
+            br#""exp":-1"#,
+            br#""nbf":"0""#,
+            br#""iat":18446744073709551616"#,
+            br#""iss":"https://id.example.com/""#,
+            br#""aud":["api",{}]"#,
+            br#""x":[[[[[]]]]]"#,
+            b"\"\xff\xfe\":1",
+            br#""sub":null"#,
+            b"",
+        ];
+        let document = |next: &mut dyn FnMut(u64) -> u64| {
+            let mut doc = b"{".to_vec();
+            for i in 0..next(5) {
+                if i > 0 {
+                    doc.push(b',');
+                }
+                doc.extend_from_slice(pieces[next(16) as usize]);
+            }
+            if next(8) != 0 {
+                doc.push(b'}');
+            }
+            doc
+        };
+        let mut decoded = 0;
+        for _ in 0..20_000 {
+            let header = document(&mut next);
+            let claims = document(&mut next);
+            let signature: Vec<u8> = (0..next(70)).map(|_| next(256) as u8).collect();
+            let mut token = format!(
+                "{}.{}.{}",
+                URL_SAFE_NO_PAD.encode(header),
+                URL_SAFE_NO_PAD.encode(claims),
+                URL_SAFE_NO_PAD.encode(signature)
+            );
+            // Now and then, damage the text itself.
+            match next(10) {
+                0 => token.push('.'),
+                1 => token.insert(next(token.len() as u64) as usize, '%'),
+                2 => token.truncate(next(token.len() as u64 + 1) as usize),
+                _ => {}
+            }
             if let Ok(u) = decode(&token) {
+                decoded += 1;
                 let _ = u.issuer();
-                let _ = u.verify(&provider(), &KeySet::default(), 0.0);
+                let _ = u.kid();
+                let _ = u.alg_and_typ();
+                let _ = u.verify(&provider(), &KeySet::default(), 1.7e9);
             }
         }
+        // The generator reaches verification, not only the decoder's first check.
+        assert!(decoded > 500, "only {decoded} of 20,000 generated tokens decoded");
     }
 
     /// Structurally valid tokens with random headers and claims, half of them
