@@ -401,13 +401,62 @@ async fn bodies_stream_both_ways() {
         let r = c.send(req("POST", "/public/upload", &[], &big)).await;
         assert_eq!(r.status, 200);
         assert_eq!(up.last().body_len, big.len());
-        // 20 MiB down: larger than any limit, so it can only have been streamed.
         let r = c
             .send(req("GET", "/public/download", &[("x-test", "stream:20971520")], ""))
             .await;
         assert_eq!(r.status, 200);
         assert_eq!(r.body.len(), 20 * 1024 * 1024);
+        // Streamed, not buffered: the upstream sends its first chunk, then
+        // pauses 1 s; the client has those bytes long before the upstream
+        // has sent the last.
+        let (first, total, len) = first_bytes_then_all(&gw, proto, "drip:1048576").await;
+        assert!(
+            first < Duration::from_millis(700),
+            "{proto:?}: first bytes after {first:?}"
+        );
+        assert!(total >= Duration::from_secs(1), "{proto:?}: whole body after {total:?}");
+        assert_eq!(len, 1024 * 1024);
     }
+}
+
+/// GET a download over a fresh connection; how long until the first body
+/// bytes, how long until the end, and how many bytes.
+async fn first_bytes_then_all(gw: &TestGateway, proto: Proto, behaviour: &str) -> (Duration, Duration, usize) {
+    use http_body_util::BodyExt;
+    let alpn: &[&[u8]] = if proto == Proto::H1 { &[b"http/1.1"] } else { &[b"h2"] };
+    let io = hyper_util::rt::TokioIo::new(raw_tls(gw.addr, &gw.cert, alpn).await);
+    let request = http::Request::get("https://localhost/public/download")
+        .header("x-test", behaviour)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let started = std::time::Instant::now();
+    let resp = if proto == Proto::H1 {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        sender.send_request(request).await.unwrap()
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut request = request;
+        request.headers_mut().remove("host");
+        sender.send_request(request).await.unwrap()
+    };
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut first = None;
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            if !data.is_empty() && first.is_none() {
+                first = Some(started.elapsed());
+            }
+            len += data.len();
+        }
+    }
+    (first.expect("some body bytes"), started.elapsed(), len)
 }
 
 #[tokio::test(flavor = "multi_thread")]

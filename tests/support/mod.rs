@@ -49,7 +49,8 @@ pub struct Seen {
 /// A plain-HTTP/1.1 upstream on loopback that records every request and answers
 /// `200` with `upstream: <name>`. The request header `x-test` selects other
 /// behaviour: `slow` (sleep 3 s), `reset` (close without answering),
-/// `stream:N` (a chunked body of N bytes), `status:NNN`.
+/// `stream:N` (a chunked body of N bytes), `drip:N` (the same with a 1 s pause
+/// after the first chunk), `status:NNN`.
 pub struct RecordingUpstream {
     pub addr: SocketAddr,
     pub name: String,
@@ -242,6 +243,15 @@ async fn upstream_answer(
             left: n,
             trailers: None,
             cut: None,
+            pause: None,
+        })));
+    }
+    if let Some(n) = behaviour.strip_prefix("drip:") {
+        return Ok(Response::new(http_body_util::Either::Right(Chunks {
+            left: n.parse().unwrap(),
+            trailers: None,
+            cut: None,
+            pause: Some((Duration::from_secs(1), None)),
         })));
     }
     if let Some(n) = behaviour.strip_prefix("cut:") {
@@ -250,6 +260,7 @@ async fn upstream_answer(
             left: n.parse().unwrap(),
             trailers: None,
             cut: Some(Box::pin(tokio::time::sleep(Duration::from_millis(100)))),
+            pause: None,
         })));
     }
     if behaviour == "trailers" {
@@ -259,6 +270,7 @@ async fn upstream_answer(
             left: 5,
             trailers: Some(trailers),
             cut: None,
+            pause: None,
         })));
     }
     let mut resp = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(format!(
@@ -305,6 +317,8 @@ pub struct Chunks {
     pub left: usize,
     pub trailers: Option<HeaderMap>,
     pub cut: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Waited for after the first chunk (armed when that chunk is sent).
+    pub pause: Option<(Duration, Option<std::pin::Pin<Box<tokio::time::Sleep>>>)>,
 }
 
 impl http_body::Body for Chunks {
@@ -315,6 +329,14 @@ impl http_body::Body for Chunks {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if let Some((_, Some(timer))) = &mut self.pause {
+            std::task::ready!(std::future::Future::poll(timer.as_mut(), cx));
+            self.pause = None;
+        }
+        if let Some((wait, armed @ None)) = &mut self.pause {
+            // Armed now: the first chunk goes out before the pause.
+            *armed = Some(Box::pin(tokio::time::sleep(*wait)));
+        }
         if self.left == 0 {
             if let Some(timer) = &mut self.cut {
                 std::task::ready!(std::future::Future::poll(timer.as_mut(), cx));
