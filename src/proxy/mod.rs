@@ -2,11 +2,13 @@
 //! Each step returns a value or a [`GatewayError`]; none reaches back into an
 //! earlier one.
 
+mod access;
 pub mod access_log;
 pub mod body;
 pub mod forward;
 pub mod headers;
 pub mod pool;
+mod shape;
 pub mod tunnel;
 
 use std::net::SocketAddr;
@@ -28,7 +30,11 @@ use access_log::AccessLog;
 use body::{LimitedBody, ReplayableBody};
 use headers::X_REQUEST_ID;
 
+use access::note_monitor_denial;
+pub(crate) use access::{check_access, check_cookie_origin};
 pub use pool::ResponseBody;
+use shape::header_bytes;
+pub(crate) use shape::{check_request_shape, request_host};
 
 /// What the gateway knows about the client connection a request came on.
 #[derive(Debug, Clone)]
@@ -127,109 +133,6 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     }
     log.write(status);
     resp
-}
-
-/// Size of the request head as the client sent it, near enough for the limit.
-fn header_bytes<B>(req: &Request<B>) -> usize {
-    let uri = req.uri();
-    let target =
-        uri.path_and_query().map_or(1, |pq| pq.as_str().len()) + uri.authority().map_or(0, |a| a.as_str().len());
-    let line = req.method().as_str().len() + target + 12;
-    line + req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-}
-
-/// The host the client asked for: the URI authority (HTTP/2, absolute-form)
-/// or the single `Host` header. Returns the header value to forward and the
-/// lower-case host without port, for routing. One trailing dot is removed
-/// (`admin.example.com.` names the same host as `admin.example.com`, and a
-/// host-scoped route must not be skipped by it).
-pub(crate) fn request_host(
-    uri: &http::Uri,
-    headers: &http::HeaderMap,
-) -> Result<Option<(HeaderValue, String)>, GatewayError> {
-    let bad = || GatewayError::BadRequest("The Host header is repeated or malformed.");
-    // The Host header as received, when that is what names the host: forwarded
-    // as it is (no copy) unless it has to change.
-    let mut received = None;
-    let authority = match uri.authority() {
-        Some(a) => a.clone(),
-        None => {
-            let mut hosts = headers.get_all(header::HOST).iter();
-            match (hosts.next(), hosts.next()) {
-                (None, _) => return Ok(None),
-                (Some(h), None) => {
-                    received = Some(h);
-                    h.to_str()
-                        .ok()
-                        .and_then(|s| s.parse::<http::uri::Authority>().ok())
-                        .ok_or_else(bad)?
-                }
-                (Some(_), Some(_)) => return Err(bad()),
-            }
-        }
-    };
-    let host = authority.host();
-    if authority.as_str().contains('@') || host.is_empty() {
-        return Err(bad());
-    }
-    let Some(undotted) = host.strip_suffix('.') else {
-        let value = match received {
-            Some(h) => h.clone(),
-            None => HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?,
-        };
-        return Ok(Some((value, host.to_ascii_lowercase())));
-    };
-    if undotted.is_empty() {
-        return Err(bad());
-    }
-    let value = match authority.port() {
-        Some(port) => HeaderValue::from_str(&format!("{undotted}:{port}")),
-        None => HeaderValue::from_str(undotted),
-    }
-    .map_err(|_| bad())?;
-    Ok(Some((value, undotted.to_ascii_lowercase())))
-}
-
-/// Refusals that come before anything reads the path or the host: request
-/// shapes that common upstreams read differently from the route table.
-pub(crate) fn check_request_shape(snap: &Snapshot, parts: &http::request::Parts) -> Result<(), GatewayError> {
-    // Routing compares methods exactly, but Werkzeug, Django and ASP.NET Core
-    // upper-case them: `post` must not slip past a POST-only route.
-    if parts.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-        return Err(GatewayError::BadRequest(
-            "The request method must be written in upper case.",
-        ));
-    }
-    // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400; an
-    // HTTP/1.0 one too, since routing by host needs one.
-    if (parts.version == http::Version::HTTP_11 || parts.version == http::Version::HTTP_10)
-        && parts.uri.authority().is_none()
-        && !parts.headers.contains_key(header::HOST)
-    {
-        return Err(GatewayError::BadRequest("An HTTP/1.x request needs a Host header."));
-    }
-    // Tomcat, Spring and Jetty read `;...` as path parameters: `/public/..;/admin`,
-    // and some decode `%3B` to `;` before they do.
-    if !snap.config.allow_semicolons && has_semicolon(parts.uri.path()) {
-        return Err(GatewayError::BadRequest(
-            "The request path contains ';', which this gateway does not accept.",
-        ));
-    }
-    Ok(())
-}
-
-/// Whether a path holds `;`, raw or percent-encoded.
-fn has_semicolon(path: &str) -> bool {
-    path.contains(';')
-        || (path.contains('%')
-            && path
-                .as_bytes()
-                .windows(3)
-                .any(|w| w[0] == b'%' && w[1] == b'3' && w[2].eq_ignore_ascii_case(&b'b')))
 }
 
 async fn pipeline(
@@ -510,87 +413,4 @@ fn rewrite_for_upstream<'q>(
         HostPolicy::Literal(v) => h.insert(header::HOST, v.clone()),
     };
     query
-}
-
-/// Monitor mode: what enforcement would have refused goes to the log line
-/// and `portcullis_auth_monitor_denials_total`; the request goes on.
-fn note_monitor_denial(log: &mut AccessLog, e: &GatewayError) {
-    let reason = crate::auth::failure_reason(e);
-    log.monitor_denied = Some(reason);
-    if let Some(route_name) = log.route_name() {
-        crate::metrics::monitor_denial(route_name, reason);
-    }
-}
-
-/// The token's verdict for a protected route: verified, not revoked, scopes
-/// held, claims conditions met. A failure comes with the identity when the
-/// token itself verified (monitor mode forwards that one).
-pub(crate) async fn check_access(
-    snap: &Snapshot,
-    rule: &crate::config::AuthRule,
-    token: Result<Option<&str>, GatewayError>,
-    facts: &crate::policy::Facts<'_>,
-) -> Result<Arc<crate::auth::Caller>, (GatewayError, Option<Arc<crate::auth::Caller>>)> {
-    let token = token.map_err(|e| (e, None))?;
-    let identity = crate::auth::verify_token(&snap.providers, &snap.tokens, rule, token)
-        .await
-        .map_err(|e| (e, None))?;
-    // Checked on every request, cache hits included, against the local copy.
-    let revocations = snap.store.as_ref().and_then(|s| s.revocations.as_ref());
-    // A fresh instance whose Redis is down would serve tokens revoked before
-    // it started: refuse until the list is in, unless told not to.
-    let unloaded = revocations.is_some_and(|r| !r.loaded());
-    if unloaded && snap.config.revocation.as_ref().is_some_and(|c| c.refuse_until_loaded) {
-        return Err((GatewayError::RevocationsNotLoaded, None));
-    }
-    if revocations.is_some_and(|r| r.is_revoked(&identity)) {
-        crate::metrics::auth_failure("revoked");
-        return Err((GatewayError::InvalidToken(crate::auth::token::Rejection::Revoked), None));
-    }
-    if let Err(e) = crate::auth::authorize(rule, &identity) {
-        return Err((e, Some(identity)));
-    }
-    // Evaluated on every request, cache hits too: the cache holds claims,
-    // never a decision.
-    if let Some(i) = crate::policy::first_failure(&rule.claims, &identity.claims, facts) {
-        crate::metrics::auth_failure("claims");
-        return Err((GatewayError::ClaimsDenied(i), Some(identity)));
-    }
-    Ok(identity)
-}
-
-/// A cookie rides along on cross-site requests (forged form posts, cross-site
-/// WebSocket hijacking), so a cookie token counts only without `Origin`, from
-/// the gateway's own origin, or from an origin the route's CORS policy lists
-/// by name (never through `"*"`, never `null`). Without `Origin`, a browser's
-/// `Sec-Fetch-Site: cross-site` on a request that is not GET or HEAD says the
-/// same as a foreign origin would.
-pub(crate) fn check_cookie_origin(
-    snap: &Snapshot,
-    route: &crate::config::Route,
-    method: &http::Method,
-    headers: &http::HeaderMap,
-    host: Option<&HeaderValue>,
-) -> Result<(), GatewayError> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        let safe_method = *method == http::Method::GET || *method == http::Method::HEAD;
-        let cross_site = headers
-            .get_all("sec-fetch-site")
-            .iter()
-            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
-        return if cross_site && !safe_method {
-            Err(GatewayError::CorsRejected)
-        } else {
-            Ok(())
-        };
-    };
-    let allowed = crate::cors::same_origin(origin, host)
-        || route
-            .cors
-            .is_some_and(|p| crate::cors::lists_origin(&snap.config.cors[p], origin));
-    if allowed {
-        Ok(())
-    } else {
-        Err(GatewayError::CorsRejected)
-    }
 }
