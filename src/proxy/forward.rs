@@ -68,6 +68,13 @@ impl UpstreamFailure {
         }
     }
 
+    /// Counted under `upstream` in `portcullis_upstream_errors_total`, and
+    /// made into the client's answer.
+    pub(crate) fn counted(self, upstream: &str) -> GatewayError {
+        crate::metrics::upstream_error(upstream, self.kind());
+        self.into_gateway_error()
+    }
+
     pub(crate) fn into_gateway_error(self) -> GatewayError {
         match self {
             UpstreamFailure::Connect => GatewayError::UpstreamConnect,

@@ -342,16 +342,13 @@ async fn pipeline(
         // 101 would hand the client a raw connection to the upstream.
         Ok(resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
             tracing::warn!(upstream = %upstream.config.name, "upstream answered 101 to a request that asked for no WebSocket");
-            let failure = forward::UpstreamFailure::NotAWebSocket;
-            crate::metrics::upstream_error(&upstream.config.name, failure.kind());
-            Err(failure.into_gateway_error())
+            Err(forward::UpstreamFailure::NotAWebSocket.counted(&upstream.config.name))
         }
         Ok(resp) => Ok(resp.map(Either::Left)),
         Err(_) if budget.exceeded() => Err(GatewayError::PayloadTooLarge),
         Err(failure) => {
             tracing::warn!(upstream = %upstream.config.name, kind = failure.kind(), "upstream request failed");
-            crate::metrics::upstream_error(&upstream.config.name, failure.kind());
-            Err(failure.into_gateway_error())
+            Err(failure.counted(&upstream.config.name))
         }
     }
 }

@@ -149,12 +149,6 @@ fn expiry_instant(close_at: f64, now_unix: f64, now: Instant) -> Option<Instant>
     now.checked_add(left)
 }
 
-/// Count an upstream failure and turn it into the client's answer.
-fn failed(upstream: &UpstreamPool, failure: UpstreamFailure) -> GatewayError {
-    crate::metrics::upstream_error(&upstream.config.name, failure.kind());
-    failure.into_gateway_error()
-}
-
 /// Wait for the revocation list to change; forever when there is none.
 async fn revocations_changed(watch: &mut Option<watch::Receiver<u64>>) {
     match watch {
@@ -188,7 +182,10 @@ pub async fn open(
         .map_err(|_| GatewayError::UpstreamBusy)?;
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let (target, mut sender, permit) = upstream.connect_dedicated().await.map_err(|f| failed(upstream, f))?;
+    let (target, mut sender, permit) = upstream
+        .connect_dedicated()
+        .await
+        .map_err(|f| f.counted(&upstream.config.name))?;
     if !headers.contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(target.as_str()) {
             headers.insert(header::HOST, v);
@@ -201,8 +198,8 @@ pub async fn open(
     let sent = tokio::time::timeout(upstream.config.request_timeout, sender.send_request(req)).await;
     let mut resp = match sent {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Err(failed(upstream, UpstreamFailure::Failed(e))),
-        Err(_) => return Err(failed(upstream, UpstreamFailure::Timeout)),
+        Ok(Err(e)) => return Err(UpstreamFailure::Failed(e).counted(&upstream.config.name)),
+        Err(_) => return Err(UpstreamFailure::Timeout.counted(&upstream.config.name)),
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Declined: relay the answer; the connection closes with its body.
@@ -210,7 +207,7 @@ pub async fn open(
     }
     if !is_websocket_answer(client_key.as_ref(), resp.headers()) {
         tracing::warn!(upstream = %upstream.config.name, "upstream answered a WebSocket upgrade with a 101 that does not complete the handshake");
-        return Err(failed(upstream, UpstreamFailure::NotAWebSocket));
+        return Err(UpstreamFailure::NotAWebSocket.counted(&upstream.config.name));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let mut answer = Response::new(Either::Right(Full::new(Bytes::new())));
