@@ -235,10 +235,7 @@ fn explain_unredacted(snap: &Snapshot, method: &str, url: &str, headers: HeaderM
         }
         Access::Protected(rule) => {
             b.add("requires", "info", describe_rule(snap, rule));
-            let path_params = match (&route.path, rule.claims_read_path) {
-                (crate::config::PathMatch::Template(t), true) => t.params(&path).unwrap_or_default(),
-                _ => Vec::new(),
-            };
+            let path_params = crate::proxy::claims_path_params(route, rule, &path);
             let facts = crate::policy::Facts {
                 host: host_name.as_deref(),
                 path_params: &path_params,

@@ -20,6 +20,19 @@ pub(super) fn note_monitor_denial(log: &mut AccessLog, e: &GatewayError) {
     }
 }
 
+/// The route template's parameters in `path`, when a claims condition reads
+/// `{path.NAME}` (none otherwise: most routes never pay for them).
+pub(crate) fn claims_path_params(
+    route: &crate::config::Route,
+    rule: &crate::config::AuthRule,
+    path: &str,
+) -> Vec<(String, String)> {
+    match (&route.path, rule.claims_read_path) {
+        (crate::config::PathMatch::Template(t), true) => t.params(path).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 /// The token's verdict for a protected route: verified, not revoked, scopes
 /// held, claims conditions met. A failure comes with the identity when the
 /// token itself verified (monitor mode forwards that one).

@@ -21,7 +21,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::auth::credential;
-use crate::config::{Access, HostPolicy, PathMatch, TokenSource};
+use crate::config::{Access, HostPolicy, TokenSource};
 use crate::error::GatewayError;
 use crate::routing::normalize::normalize;
 use crate::routing::table::{strip_prefix, Lookup};
@@ -31,7 +31,7 @@ use body::{LimitedBody, ReplayableBody};
 use headers::X_REQUEST_ID;
 
 use access::note_monitor_denial;
-pub(crate) use access::{check_access, check_cookie_origin};
+pub(crate) use access::{check_access, check_cookie_origin, claims_path_params};
 pub use pool::ResponseBody;
 use shape::header_bytes;
 pub(crate) use shape::{check_request_shape, request_host};
@@ -220,11 +220,7 @@ async fn pipeline(
                 )?;
             }
             let token = found.map(|f| f.map(|c| c.token));
-            // `{path.NAME}` conditions read the template's parameters.
-            let path_params = match (&route.path, rule.claims_read_path) {
-                (PathMatch::Template(t), true) => t.params(&path).unwrap_or_default(),
-                _ => Vec::new(),
-            };
+            let path_params = claims_path_params(route, rule, &path);
             let facts = crate::policy::Facts {
                 host: host_name,
                 path_params: &path_params,
