@@ -81,8 +81,10 @@ impl LocalBuckets {
                     Ok(new) => new,
                     Err(wait) => return Verdict::Wait(Duration::from_nanos(wait)),
                 };
+                // Swept now and then, never per request: a full map of live
+                // buckets must not make every new key pay for a scan of it.
                 let sweep = self.inserts.fetch_add(1, Ordering::Relaxed) % 1024 == 0;
-                if (sweep && self.tat.len() > SWEEP_ABOVE) || self.tat.len() >= MAX_LOCAL_BUCKETS {
+                if sweep && self.tat.len() > SWEEP_ABOVE {
                     self.tat.retain(|_, tat| *tat > now);
                 }
                 if self.tat.len() >= MAX_LOCAL_BUCKETS {
