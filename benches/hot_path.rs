@@ -141,6 +141,7 @@ fn provider(dir: &std::path::Path, name: &str, keys: KeySource) -> Arc<ProviderS
         scope_claims: vec!["scope".into(), "scp".into(), "scopes".into()],
         subject_claim: "sub".into(),
         typ: None,
+        introspection: None,
     };
     Arc::new(ProviderState::new(config).unwrap())
 }
@@ -169,6 +170,7 @@ fn bench_tokens(c: &mut Criterion) {
         monitor: false,
         claims: vec![],
         claims_read_path: false,
+        resource_metadata: false,
     };
     let mut g = c.benchmark_group("token");
     std::fs::write(dir.join("hs.secret"), "bench-secret-0123456789abcdef0123456789").unwrap();

@@ -39,6 +39,8 @@ pub enum GatewayError {
     RevocationsNotLoaded,
     #[error("the provider's keys are not available yet")]
     KeysUnavailable,
+    #[error("the token introspection endpoint gave no usable answer")]
+    IntrospectionUnavailable,
     #[error("no route matches the request path")]
     NotFound,
     #[error("the route does not allow this method")]
@@ -71,6 +73,7 @@ impl GatewayError {
             | GatewayError::ClaimsDenied(_)
             | GatewayError::SourceDenied => StatusCode::FORBIDDEN,
             GatewayError::KeysUnavailable
+            | GatewayError::IntrospectionUnavailable
             | GatewayError::UpstreamBusy
             | GatewayError::TunnelsFull
             | GatewayError::StoreUnavailable
@@ -121,6 +124,10 @@ impl GatewayError {
             GatewayError::KeysUnavailable => (
                 "temporarily_unavailable",
                 "The token issuer's keys are not available yet; retry shortly.",
+            ),
+            GatewayError::IntrospectionUnavailable => (
+                "temporarily_unavailable",
+                "The token issuer could not be asked about the token; retry shortly.",
             ),
             GatewayError::NotFound => ("not_found", "No route matches the request path."),
             GatewayError::MethodNotAllowed(_) => (
@@ -237,6 +244,8 @@ pub enum Rejection {
     Issuer,
     Audience,
     Revoked,
+    /// The provider answered introspection with `"active": false`.
+    Inactive,
 }
 
 impl Rejection {
@@ -255,6 +264,7 @@ impl Rejection {
             Rejection::Issuer => "The token issuer is not accepted here.",
             Rejection::Audience => "The token audience is not accepted here.",
             Rejection::Revoked => "The token has been revoked.",
+            Rejection::Inactive => "The token is not active.",
         }
     }
 
@@ -274,6 +284,7 @@ impl Rejection {
             Rejection::Issuer => "wrong_issuer",
             Rejection::Audience => "wrong_audience",
             Rejection::Revoked => "revoked",
+            Rejection::Inactive => "inactive",
         }
     }
 }
@@ -294,6 +305,7 @@ mod tests {
             (GatewayError::RateLimited(3), 429, "rate_limited"),
             (GatewayError::StoreUnavailable, 503, "temporarily_unavailable"),
             (GatewayError::KeysUnavailable, 503, "temporarily_unavailable"),
+            (GatewayError::IntrospectionUnavailable, 503, "temporarily_unavailable"),
             (GatewayError::NotFound, 404, "not_found"),
             (
                 GatewayError::MethodNotAllowed(HeaderValue::from_static("GET")),

@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;
+pub mod resource_metadata;
 pub mod routing;
 pub mod server;
 pub mod shard;

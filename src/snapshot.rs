@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub store: Option<Arc<Store>>,
     /// Local rate-limit buckets, indexed like `config.rate_limits`.
     pub buckets: Vec<Arc<LocalBuckets>>,
+    /// The routes that serve protected-resource metadata (RFC 9728).
+    pub resource_metadata: Vec<usize>,
 }
 
 impl Snapshot {
@@ -92,7 +94,19 @@ impl Snapshot {
                     state.keys.store(old.keys.load_full());
                     Arc::new(state)
                 }
-                None => Arc::new(ProviderState::new(p.clone()).map_err(fail)?),
+                None => {
+                    let mut state = ProviderState::new(p.clone()).map_err(fail)?;
+                    // An unchanged introspecting provider keeps its cache of
+                    // answers (never decisions: routes are checked on every request).
+                    let unchanged = previous
+                        .and_then(|prev| prev.providers.iter().find(|old| old.config == *p))
+                        .and_then(|old| old.introspection.clone())
+                        .filter(|i| i.ca_digest == ca_digest);
+                    if unchanged.is_some() {
+                        state.introspection = unchanged;
+                    }
+                    Arc::new(state)
+                }
             };
             providers.push(state);
         }
@@ -130,6 +144,13 @@ impl Snapshot {
                     .unwrap_or_default()
             })
             .collect();
+        let resource_metadata = config
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.resource_metadata_path().is_some())
+            .map(|(i, _)| i)
+            .collect();
         Ok(Snapshot {
             config,
             tls,
@@ -140,6 +161,7 @@ impl Snapshot {
             strip,
             identity,
             tokens: TokenCache::default(),
+            resource_metadata,
             store,
             buckets,
         })

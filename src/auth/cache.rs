@@ -160,6 +160,7 @@ mod tests {
             scope_claims: vec!["scope".into()],
             subject_claim: "sub".into(),
             typ: None,
+            introspection: None,
         };
         Arc::new(ProviderState::new(config).unwrap())
     }

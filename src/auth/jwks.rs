@@ -65,34 +65,14 @@ pub enum FetchError {
 pub struct Fetched {
     pub keys: KeySet,
     pub max_age: Option<Duration>,
+    /// The discovery document's `introspection_endpoint`, when it has one.
+    pub introspection_endpoint: Option<String>,
 }
 
 impl RemoteKeys {
     pub fn new(provider: &Provider) -> Result<Self, ConfigError> {
-        let roots = match &provider.ca_file {
-            Some(path) => crate::tls::load_roots(path)
-                .map_err(|e| ConfigError::new(format!("providers.{}.ca_file", provider.name), e))?,
-            None => rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            },
-        };
-        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| {
-                ConfigError::new(format!("providers.{}", provider.name), "TLS client setup failed").because(e)
-            })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(FETCH_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         Ok(RemoteKeys {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: https_client(provider, FETCH_TIMEOUT)?,
             ca_digest: crate::tls::ca_digest(provider.ca_file.as_deref()),
             refetch: tokio::sync::Mutex::new(None),
             refresher_started: AtomicBool::new(false),
@@ -136,8 +116,8 @@ impl RemoteKeys {
 
     /// Fetch the provider's current keys (through discovery when configured).
     pub async fn fetch(&self, provider: &Provider) -> Result<Fetched, FetchError> {
-        let jwks_uri = match &provider.keys {
-            KeySource::JwksUri(uri) => uri.clone(),
+        let (jwks_uri, introspection_endpoint) = match &provider.keys {
+            KeySource::JwksUri(uri) => (uri.clone(), None),
             KeySource::Discovery => self.discover(provider).await?,
             _ => {
                 let reason = "not a remote key source".to_string();
@@ -155,13 +135,15 @@ impl RemoteKeys {
         Ok(Fetched {
             keys,
             max_age: max_age(&headers),
+            introspection_endpoint,
         })
     }
 
     /// OpenID Connect discovery: the document's `issuer` must equal ours
-    /// exactly (OpenID Connect Discovery §4.3), and its `jwks_uri` must be https
-    /// (or http on loopback, as for a configured `jwks_uri`).
-    async fn discover(&self, provider: &Provider) -> Result<String, FetchError> {
+    /// exactly (OpenID Connect Discovery §4.3); its `jwks_uri` and
+    /// `introspection_endpoint` must be https (or http on loopback, as for
+    /// configured URLs).
+    async fn discover(&self, provider: &Provider) -> Result<(String, Option<String>), FetchError> {
         let issuer = provider.issuer.as_deref().unwrap_or_default();
         let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
         let fail = |reason: String| FetchError::Discovery {
@@ -179,20 +161,56 @@ impl RemoteKeys {
                 "its issuer {found:?} is not the configured issuer {issuer:?}"
             )));
         }
-        let jwks_uri = doc
-            .get("jwks_uri")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| fail("no `jwks_uri`".into()))?;
-        let uri: Uri = jwks_uri
-            .parse()
-            .map_err(|_| fail(format!("jwks_uri {jwks_uri:?} is not a URL")))?;
-        let loopback = uri.host().is_some_and(crate::config::is_loopback_host);
-        match uri.scheme_str() {
-            Some("https") => Ok(jwks_uri.to_string()),
-            Some("http") if loopback => Ok(jwks_uri.to_string()),
-            _ => Err(fail(format!("jwks_uri {jwks_uri:?} must be https"))),
-        }
+        let fetchable = |name: &str| -> Result<Option<String>, FetchError> {
+            let Some(value) = doc.get(name) else { return Ok(None) };
+            let url = value
+                .as_str()
+                .ok_or_else(|| fail(format!("`{name}` is not a string")))?;
+            let uri: Uri = url.parse().map_err(|_| fail(format!("{name} {url:?} is not a URL")))?;
+            let loopback = uri.host().is_some_and(crate::config::is_loopback_host);
+            match uri.scheme_str() {
+                Some("https") => Ok(Some(url.to_string())),
+                Some("http") if loopback => Ok(Some(url.to_string())),
+                _ => Err(fail(format!("{name} {url:?} must be https"))),
+            }
+        };
+        let jwks_uri = fetchable("jwks_uri")?.ok_or_else(|| fail("no `jwks_uri`".into()))?;
+        Ok((jwks_uri, fetchable("introspection_endpoint")?))
     }
+}
+
+/// A client for calls to the provider (keys, discovery, introspection):
+/// https with the provider's `ca_file` or the web PKI roots, plain http only
+/// where the configuration allowed it (loopback).
+pub(crate) fn https_client<B>(
+    provider: &Provider,
+    connect_timeout: Duration,
+) -> Result<Client<HttpsConnector<HttpConnector>, B>, ConfigError>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let roots = match &provider.ca_file {
+        Some(path) => crate::tls::load_roots(path)
+            .map_err(|e| ConfigError::new(format!("providers.{}.ca_file", provider.name), e))?,
+        None => rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+    };
+    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new(format!("providers.{}", provider.name), "TLS client setup failed").because(e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 /// `Cache-Control: max-age=N` of a JWKS response.
@@ -213,6 +231,9 @@ impl ProviderState {
         match remote.fetch(&self.config).await {
             Ok(fetched) => {
                 tracing::info!(provider = %self.config.name, keys = fetched.keys.keys.len(), "provider keys refreshed");
+                if let Some(introspector) = &self.introspection {
+                    introspector.discovered(&self.config, fetched.introspection_endpoint);
+                }
                 self.install(fetched.keys);
                 crate::metrics::jwks_refresh(&self.config.name, true);
                 Ok(fetched.max_age)

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod credential;
+pub mod introspection;
 pub mod jwks;
 pub mod keys;
 pub mod scopes;
@@ -34,6 +35,9 @@ pub struct ProviderState {
     generation: AtomicU64,
     /// How remote keys are fetched; `None` for keys on disk or in the environment.
     pub remote: Option<jwks::RemoteKeys>,
+    /// How opaque tokens are introspected, with the cache of answers; kept
+    /// across reloads that leave the provider unchanged.
+    pub introspection: Option<Arc<introspection::Introspector>>,
 }
 
 impl ProviderState {
@@ -46,11 +50,13 @@ impl ProviderState {
         } else {
             None
         };
+        let introspection = introspection::Introspector::new(&config)?.map(Arc::new);
         Ok(ProviderState {
             config,
             keys: ArcSwapOption::from(keys.map(Arc::new)),
             generation: AtomicU64::new(0),
             remote,
+            introspection,
         })
     }
 
@@ -206,6 +212,7 @@ pub(crate) fn denial_reason(e: &GatewayError) -> Option<&'static str> {
         GatewayError::InvalidToken(r) => r.reason(),
         GatewayError::InsufficientScope(_) => "missing_scope",
         GatewayError::KeysUnavailable => "keys_unavailable",
+        GatewayError::IntrospectionUnavailable => "introspection_unavailable",
         GatewayError::RevocationsNotLoaded => "revocations_not_loaded",
         GatewayError::ClaimsDenied(_) => "claims",
         GatewayError::SourceDenied => "source_ip",
@@ -237,7 +244,11 @@ async fn verify(
     }
 
     let invalid = GatewayError::InvalidToken;
-    let unverified = token::decode(token).map_err(invalid)?;
+    let unverified = match token::decode(token) {
+        Ok(unverified) => unverified,
+        Err(_) if !token::is_jws(token) => return introspect(providers, rule, token, key, now).await,
+        Err(rejection) => return Err(invalid(rejection)),
+    };
     let (index, provider) = select_provider(providers, rule, &unverified)?;
     let mut generation = provider.generation();
     let keys = provider.keys.load_full().ok_or(GatewayError::KeysUnavailable)?;
@@ -264,6 +275,30 @@ async fn verify(
         now,
     );
     Ok(identity)
+}
+
+/// An opaque token: asked of the one introspecting provider the route
+/// allows (none: refused without a call, as a token no provider can read).
+async fn introspect(
+    providers: &[Arc<ProviderState>],
+    rule: &AuthRule,
+    token: &str,
+    key: cache::CacheKey,
+    now: f64,
+) -> Result<Arc<Caller>, GatewayError> {
+    let introspecting = rule
+        .providers
+        .iter()
+        .map(|&i| &providers[i])
+        .find_map(|p| Some((p, p.introspection.as_ref()?)));
+    let Some((provider, introspector)) = introspecting else {
+        return Err(GatewayError::InvalidToken(Rejection::Malformed));
+    };
+    let answer = introspector
+        .answer(&provider.config, token, key, now)
+        .await
+        .map_err(|_| GatewayError::IntrospectionUnavailable)?;
+    answer.at(now).map_err(GatewayError::InvalidToken)
 }
 
 #[cfg(test)]

@@ -84,6 +84,7 @@ mod tests {
             monitor: false,
             claims: vec![],
             claims_read_path: false,
+            resource_metadata: false,
         };
         let granted = names(&["admin", "orders:read"]);
         assert_eq!(authorize(&rule(&[], &[]), &granted), Ok(()));

@@ -32,6 +32,8 @@ impl Rejection {
             Rejection::Issuer => 9,
             Rejection::Audience => 10,
             Rejection::Revoked => 11,
+            // Introspected tokens are not walked through these steps.
+            Rejection::Inactive => 0,
         }
     }
 }
@@ -100,6 +102,16 @@ pub fn decode(token: &str) -> Result<Unverified<'_>, Rejection> {
         message: &token[..h.len() + 1 + p.len()],
         signature,
     })
+}
+
+/// Whether a bearer string is a compact JWS (three base64url segments whose
+/// header parses), to be verified locally, rather than an opaque token.
+pub fn is_jws(token: &str) -> bool {
+    let mut parts = token.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(h), Some(_), Some(_), None) => b64_json::<JoseHeader>(h).is_ok(),
+        _ => false,
+    }
 }
 
 impl Unverified<'_> {
@@ -227,12 +239,12 @@ fn check_claims(claims: &Map<String, Value>, provider: &Provider, now: f64) -> R
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
     use std::time::Duration;
 
-    fn provider() -> Provider {
+    pub(crate) fn provider() -> Provider {
         Provider {
             name: "p".into(),
             issuer: Some("https://id.example.com/".into()),
@@ -245,6 +257,7 @@ mod tests {
             scope_claims: vec!["scope".into()],
             subject_claim: "sub".into(),
             typ: None,
+            introspection: None,
         }
     }
 

@@ -6,6 +6,7 @@
 mod browser;
 mod claims;
 mod ctx;
+mod introspection;
 mod locate;
 mod provider;
 pub mod raw;
@@ -13,8 +14,10 @@ mod route;
 mod shared_state;
 mod validate;
 
+pub use introspection::{ClientAuth, Introspection, Secret};
 pub(crate) use provider::is_loopback_host;
 pub use provider::ALGORITHMS;
+pub use route::RESOURCE_METADATA_PREFIX;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -227,10 +230,14 @@ pub struct Provider {
     pub scope_claims: Vec<String>,
     pub subject_claim: String,
     pub typ: Option<String>,
+    /// Opaque tokens are introspected (RFC 7662) when this is set.
+    pub introspection: Option<Introspection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
+    /// No keys: the provider only introspects opaque tokens.
+    IntrospectionOnly,
     Discovery,
     JwksUri(String),
     JwksFile(PathBuf),
@@ -352,6 +359,9 @@ pub struct AuthRule {
     /// Whether a condition reads `{path.NAME}` (the template's parameters are
     /// then extracted from the request path).
     pub claims_read_path: bool,
+    /// `resource_metadata: true`: RFC 9728 metadata is served for the route
+    /// and its 401 challenges point at it.
+    pub resource_metadata: bool,
 }
 
 /// A configuration error: the field it is about, where that field is written,

@@ -18,7 +18,7 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
 }
 
 /// Check a URL the gateway will fetch keys from: https, or http on loopback only.
-fn check_fetch_url(ctx: &mut Ctx, field: &str, url: &str) -> Result<(), ConfigError> {
+pub(super) fn check_fetch_url(ctx: &mut Ctx, field: &str, url: &str) -> Result<(), ConfigError> {
     let uri: http::Uri = url
         .parse()
         .map_err(|_| ctx.err(field, format!("{url:?} is not a valid URL")))?;
@@ -94,7 +94,9 @@ fn key_source(ctx: &mut Ctx, name: &str, raw: &RawProvider) -> Result<KeySource,
     }
     let keys = match sources.len() {
         1 => sources.remove(0),
-        0 => return Err(ctx.err(format!("providers.{name}"), "no key source; set exactly one of discovery, jwks_uri, jwks_file, public_key_file, secret_env, secret_file")),
+        // Opaque tokens only: the provider answers through introspection.
+        0 if raw.introspection.is_some() => KeySource::IntrospectionOnly,
+        0 => return Err(ctx.err(format!("providers.{name}"), "no key source; set exactly one of discovery, jwks_uri, jwks_file, public_key_file, secret_env, secret_file (or an `introspection` block for opaque tokens)")),
         _ => return Err(ctx.err(format!("providers.{name}"), "more than one key source; set exactly one of discovery, jwks_uri, jwks_file, public_key_file, secret_env, secret_file")),
     };
     Ok(keys)
@@ -202,6 +204,10 @@ fn rest_of_provider(
             "the list is empty; leave it out for the default [scope, scp, scopes]",
         ));
     }
+    let introspection = match raw.introspection {
+        Some(block) => Some(super::introspection::validate(ctx, &name, raw.discovery, block)?),
+        None => None,
+    };
     let jwks_refresh = raw.jwks_refresh.map_or(Duration::from_secs(600), |d| d.0);
     if jwks_refresh < Duration::from_secs(1) {
         return Err(ctx.err(field("jwks_refresh"), "must be at least 1s"));
@@ -217,6 +223,7 @@ fn rest_of_provider(
         scope_claims,
         subject_claim: raw.subject_claim.unwrap_or_else(|| "sub".into()),
         typ: raw.typ,
+        introspection,
         name,
     })
 }

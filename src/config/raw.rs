@@ -203,6 +203,8 @@ pub(crate) struct RawProvider {
     pub scope_claims: Option<Vec<String>>,
     pub subject_claim: Option<String>,
     pub typ: Option<String>,
+    /// Opaque tokens: ask the provider (RFC 7662).
+    pub introspection: Option<super::introspection::RawIntrospection>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -309,6 +311,9 @@ pub struct RawAuth {
     pub mode: Option<String>,
     /// Conditions on the verified claims; every one must hold.
     pub claims: Option<Vec<RawCondition>>,
+    /// Serve RFC 9728 protected-resource metadata for the route.
+    #[serde(default)]
+    pub resource_metadata: bool,
 }
 
 /// An identity header from a claim: `X-Auth-Email: email`, or

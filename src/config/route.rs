@@ -226,6 +226,27 @@ fn validate_auth(
             idx
         }
     };
+    let introspecting: Vec<&str> = indexes
+        .iter()
+        .map(|&i| &providers[i])
+        .filter(|p| p.introspection.is_some())
+        .map(|p| p.name.as_str())
+        .collect();
+    if introspecting.len() > 1 {
+        return Err(ctx.err(
+            format!("{at}.auth.providers"),
+            format!(
+                "allows more than one provider with `introspection` ({}); an opaque token names no issuer, so a route may send it to one provider only: list the providers explicitly",
+                introspecting.join(", ")
+            ),
+        ));
+    }
+    if raw.resource_metadata && template.is_some() {
+        return Err(ctx.err(
+            format!("{at}.auth.resource_metadata"),
+            "a path_template route has no single resource URL to describe; give the metadata to a `path` route",
+        ));
+    }
     for s in raw.scopes.iter().chain(&raw.any_scopes) {
         if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\') {
             return Err(ctx.err(
@@ -259,5 +280,28 @@ fn validate_auth(
         monitor,
         claims_read_path: claims.iter().any(|c| !c.path_params().is_empty()),
         claims,
+        resource_metadata: raw.resource_metadata,
     })
+}
+
+/// Where RFC 9728 protected-resource metadata is served (§3).
+pub const RESOURCE_METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
+
+impl Route {
+    /// Where the route's protected-resource metadata is served: the
+    /// well-known prefix and the route's path (RFC 9728 §3.1: no terminating
+    /// slash). `None` for a route without metadata.
+    pub fn resource_metadata_path(&self) -> Option<String> {
+        let Access::Protected(rule) = &self.access else {
+            return None;
+        };
+        if !rule.resource_metadata {
+            return None;
+        }
+        let path = match &self.path {
+            PathMatch::Prefix(p) | PathMatch::Exact(p) => p.trim_end_matches('/'),
+            PathMatch::Template(_) => return None,
+        };
+        Some(format!("{RESOURCE_METADATA_PREFIX}{path}"))
+    }
 }

@@ -114,6 +114,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         routes.push(route);
     }
     super::browser::warn_cookie_with_any_origin(&mut ctx, &routes, &cors);
+    check_metadata_urls(&ctx, &routes)?;
 
     let config = Config {
         source: file.to_path_buf(),
@@ -397,4 +398,29 @@ fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Up
         max_connections,
         max_tunnels,
     })
+}
+
+/// Two routes must not serve protected-resource metadata at the same URL:
+/// the same path, and hosts that can coincide (either without `host`, or equal).
+fn check_metadata_urls(ctx: &Ctx, routes: &[Route]) -> Result<(), ConfigError> {
+    let with_metadata: Vec<(usize, &Route, String)> = routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((i, r, r.resource_metadata_path()?)))
+        .collect();
+    for (n, (i, a, path)) in with_metadata.iter().enumerate() {
+        for (j, b, other) in &with_metadata[..n] {
+            let hosts_meet = a.host.is_none() || b.host.is_none() || a.host == b.host;
+            if path == other && hosts_meet {
+                return Err(ctx.err(
+                    format!("routes[{i}] ({}).auth.resource_metadata", a.name),
+                    format!(
+                        "its metadata URL {path} is also routes[{j}] ({})'s; give one of them another path or host, or drop resource_metadata from one",
+                        b.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -10,7 +10,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+mod introspection;
 mod route;
+
+pub(crate) use introspection::IntrospectionMetrics;
 
 pub use route::{request, route, RouteMetrics};
 use route::{RouteCollector, RouteList};
@@ -86,6 +89,7 @@ struct Metrics {
     identity_omitted: Family<HeaderLabels, Counter>,
     denials: Family<RouteReasonLabels, Counter>,
     revocations: Gauge,
+    introspection: introspection::Families,
 }
 
 fn metrics() -> &'static Metrics {
@@ -164,7 +168,9 @@ fn metrics() -> &'static Metrics {
             "Requests on monitor-mode routes that enforcement would have refused, by route and reason",
             monitor_denials.clone(),
         );
+        let introspection = introspection::register(&mut registry);
         Metrics {
+            introspection,
             monitor_denials,
             rate_limited,
             store_errors,
@@ -287,6 +293,8 @@ pub(crate) const AUTH_FAILURE_REASONS: &[&str] = &[
     "revoked",
     "missing_scope",
     "keys_unavailable",
+    "inactive",
+    "introspection_unavailable",
     "revocations_not_loaded",
     "claims",
     "source_ip",

@@ -76,10 +76,10 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     let mut log = AccessLog::start(request_id, conn.client.clone(), req.method().clone());
 
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let mut cors_policy = None;
+    let mut answering = Answering::default();
 
     let status;
-    let mut resp = match pipeline(&snap, conn, req, &mut log, &mut cors_policy).await {
+    let mut resp = match pipeline(&snap, conn, req, &mut log, &mut answering).await {
         Ok(mut resp) => {
             status = resp.status().as_u16();
             log.upstream_status = Some(status);
@@ -101,7 +101,10 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
             let refused_body = matches!(e, GatewayError::PayloadTooLarge);
             status = e.status().as_u16();
             let description = e.description();
-            let resp = e.into_response();
+            let mut resp = e.into_response();
+            if let (401, Some(url)) = (status, &answering.metadata_url) {
+                crate::resource_metadata::add_to_challenge(resp.headers_mut(), url);
+            }
             // A gRPC client reads the outcome from grpc-status; the log keeps ours.
             let resp = if grpc {
                 crate::grpc::trailers_only(resp, description)
@@ -128,11 +131,20 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     let mut id = log.request_id().clone();
     id.set_sensitive(true);
     h.insert(X_REQUEST_ID, id);
-    if let Some(p) = cors_policy {
+    if let Some(p) = answering.cors_policy {
         crate::cors::apply(&snap.config.cors[p], origin.as_ref(), h);
     }
     log.write(status);
     resp
+}
+
+/// What the pipeline learns that shapes the answer, whichever it is.
+#[derive(Default)]
+struct Answering {
+    /// The route's CORS policy (index into `config.cors`).
+    cors_policy: Option<usize>,
+    /// The route's protected-resource metadata URL, for its 401 challenges.
+    metadata_url: Option<String>,
 }
 
 async fn pipeline(
@@ -140,7 +152,7 @@ async fn pipeline(
     conn: &ConnInfo,
     req: Request<Incoming>,
     log: &mut AccessLog,
-    cors_policy: &mut Option<usize>,
+    answering: &mut Answering,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let limits = &snap.config.limits;
     if header_bytes(&req) > limits.max_header_bytes {
@@ -168,6 +180,17 @@ async fn pipeline(
     log.path = Some(path.clone());
     snap.strip.strip(&mut parts.headers);
 
+    // RFC 9728 metadata, answered before routing: public, for any client.
+    if !snap.resource_metadata.is_empty()
+        && path.starts_with(crate::config::RESOURCE_METADATA_PREFIX)
+        && (parts.method == http::Method::GET || parts.method == http::Method::HEAD)
+    {
+        let host = host.as_ref().map(|(v, n)| (v, n.as_str()));
+        if let Some(resp) = crate::resource_metadata::answer(&snap.config, &snap.resource_metadata, host, &path) {
+            return Ok(resp.map(Either::Right));
+        }
+    }
+
     // A CORS preflight is routed by the method it asks about, and answered
     // here on a route with a policy: no token, nothing sent upstream.
     if let Some(requested) = crate::cors::preflight_method(&parts.method, &parts.headers) {
@@ -190,7 +213,12 @@ async fn pipeline(
     };
     let route = snap.routes.get(route_index);
     log.route = Some(snap.route_metrics[route_index].clone());
-    *cors_policy = route.cors;
+    answering.cors_policy = route.cors;
+    if let Access::Protected(rule) = &route.access {
+        if rule.resource_metadata {
+            answering.metadata_url = crate::resource_metadata::url_for(route, host.as_ref().map(|(v, _)| v));
+        }
+    }
 
     // The client's address first: a route limited to some networks says
     // nothing more to anyone else (monitor mode records it and goes on).
