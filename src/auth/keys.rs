@@ -123,7 +123,7 @@ pub(crate) fn load_local(provider: &Provider) -> Result<Option<KeySet>, ConfigEr
     let keys = match &provider.keys {
         KeySource::Discovery | KeySource::JwksUri(_) => return Ok(None),
         // Nothing to wait for: a JWT naming this issuer finds no key.
-        KeySource::IntrospectionOnly => Vec::new(),
+        KeySource::IntrospectionOnly => return Ok(Some(KeySet { keys: Vec::new() })),
         KeySource::SecretEnv(var) => {
             let secret = std::env::var(var).ok().filter(|s| !s.is_empty()).ok_or_else(|| {
                 ConfigError::new(
