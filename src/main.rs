@@ -306,15 +306,16 @@ fn explain(path: &std::path::Path, args: ExplainArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(_) => return ExitCode::from(2),
     };
-    // Remote keys are fetched as the gateway would fetch them.
-    runtime.block_on(async {
+    // Remote keys are fetched, and an opaque token introspected, as the gateway would.
+    let explained = runtime.block_on(async {
         for p in snapshot.providers.iter().filter(|p| p.remote.is_some()) {
             if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_secs(10), p.refresh()).await {
                 eprintln!("warning: providers.{}: cannot fetch keys: {e}", p.config.name);
             }
         }
+        portcullis::explain::explain(&snapshot, &args.method, &args.url, headers).await
     });
-    let explanation = match portcullis::explain::explain(&snapshot, &args.method, &args.url, headers) {
+    let explanation = match explained {
         Ok(x) => x,
         Err(e) => return usage(e),
     };

@@ -513,3 +513,112 @@ routes:
     .await;
     assert_eq!(up.last().headers["x-auth-subject"], "max");
 }
+
+/// The binary itself: `check` validates without calling the endpoint,
+/// `explain` shows the answer, and neither they nor the running gateway's
+/// log lines (at debug) ever hold the token or the client secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_never_shows_a_token_or_the_client_secret() {
+    const SECRET: &str = "the-client-secret-never-shown";
+    let ep = Endpoint::start("gateway", SECRET).await;
+    let up = RecordingUpstream::start("app").await;
+    let files = tempfile::tempdir().unwrap();
+    let ca = files.path().join("idp-ca.pem");
+    std::fs::write(&ca, &ep.ca_pem).unwrap();
+    let yaml = format!(
+        r#"listen:
+  https: 127.0.0.1:0
+  admin: 127.0.0.1:0
+tls:
+  cert: cert.pem
+  key: key.pem
+providers:
+  hydra:
+    issuer: {issuer}
+    ca_file: {ca}
+    introspection:
+      endpoint: {url}
+      client_id: gateway
+      client_secret_env: PORTCULLIS_TEST_INTROSPECTION_SECRET
+upstreams:
+  app:
+    targets: [{upstream}]
+routes:
+  - name: orders
+    match: {{ path: /orders }}
+    upstream: app
+    auth: {{ scopes: [orders:read], resource_metadata: true }}
+"#,
+        issuer = ep.issuer(),
+        ca = ca.display(),
+        url = ep.url(),
+        upstream = up.url(),
+    );
+    let env = [("PORTCULLIS_TEST_INTROSPECTION_SECRET", SECRET), ("RUST_LOG", "debug")];
+    let gw = child::Gateway::start_with_env(&yaml, None, &env);
+    let good = "opaque-good-Zm9vYmFy";
+    let bad = "opaque-unknown-YmF6cXV4";
+    ep.answer(good, active("nia", "orders:read", &ep.issuer()));
+    let send = |token: &'static str| {
+        let gw = &gw;
+        async move {
+            let mut c = gw.client(Proto::H1).await;
+            c.send(req(
+                "GET",
+                "/orders",
+                &[("authorization", &format!("Bearer {token}"))],
+                "",
+            ))
+            .await
+        }
+    };
+    assert_eq!(send(good).await.status, 200);
+    send(bad).await.assert_error(401, "invalid_token");
+    ep.set(|s| s.trouble = Trouble::Status(500));
+    send("opaque-during-error-cXV1eA")
+        .await
+        .assert_error(503, "temporarily_unavailable");
+    gw.wait_log("token introspection failed").await;
+
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(args)
+            .current_dir(gw.dir.path())
+            .env("PORTCULLIS_TEST_INTROSPECTION_SECRET", SECRET)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let calls = ep.calls();
+    let (code, text) = run(&["check", "-c", "gateway.yaml"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("introspect=hydra"), "{text}");
+    assert!(
+        text.contains("metadata=/.well-known/oauth-protected-resource/orders"),
+        "{text}"
+    );
+    assert_eq!(ep.calls(), calls, "check never calls the endpoint");
+
+    ep.set(|s| s.trouble = Trouble::None);
+    let url = "https://localhost/orders";
+    let (code, explained) = run(&["explain", "-c", "gateway.yaml", "GET", url, "--token", good]);
+    assert_eq!(code, Some(0), "{explained}");
+    assert!(explained.contains("opaque (not a JWT)"), "{explained}");
+    assert!(explained.contains("introspect pass     active: iss="), "{explained}");
+    assert!(explained.contains(" sub=nia "), "{explained}");
+    let (code, refused) = run(&["explain", "-c", "gateway.yaml", "GET", url, "--token", bad, "--json"]);
+    assert_eq!(code, Some(1), "{refused}");
+    assert!(refused.contains("\"reason\": \"inactive\""), "{refused}");
+
+    let logs = gw.logs().join("\n");
+    for output in [&logs, &text, &explained, &refused] {
+        for secret in [good, bad, "opaque-during-error-cXV1eA", SECRET] {
+            assert!(!output.contains(secret), "{secret:?} shown in:\n{output}");
+        }
+    }
+}

@@ -610,6 +610,7 @@ async fn explain_and_the_gateway_decide_alike() {
             map.append(http::HeaderName::from_static(k), v.parse().unwrap());
         }
         let explained = portcullis::explain::explain(&snap, method, &format!("https://localhost{path}"), map)
+            .await
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let before = up.requests().len();
         let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -631,8 +632,9 @@ async fn explain_and_the_gateway_decide_alike() {
         }
     }
     // Another host's routes are another table.
-    let explained =
-        portcullis::explain::explain(&snap, "GET", "https://admin.example.com/x", http::HeaderMap::new()).unwrap();
+    let explained = portcullis::explain::explain(&snap, "GET", "https://admin.example.com/x", http::HeaderMap::new())
+        .await
+        .unwrap();
     let live = c.send(req("GET", "/x", &[("host", "admin.example.com")], "")).await;
     assert_eq!(explained.status, live.status.as_u16());
     assert_eq!(explained.error, live.json()["error"].as_str());

@@ -277,6 +277,17 @@ async fn verify(
     Ok(identity)
 }
 
+/// The one provider the route allows that introspects opaque tokens.
+pub(crate) fn introspecting_provider<'p>(
+    providers: &'p [Arc<ProviderState>],
+    rule: &AuthRule,
+) -> Option<(&'p Arc<ProviderState>, &'p introspection::Introspector)> {
+    rule.providers
+        .iter()
+        .map(|&i| &providers[i])
+        .find_map(|p| Some((p, p.introspection.as_deref()?)))
+}
+
 /// An opaque token: asked of the one introspecting provider the route
 /// allows (none: refused without a call, as a token no provider can read).
 async fn introspect(
@@ -286,12 +297,7 @@ async fn introspect(
     key: cache::CacheKey,
     now: f64,
 ) -> Result<Arc<Caller>, GatewayError> {
-    let introspecting = rule
-        .providers
-        .iter()
-        .map(|&i| &providers[i])
-        .find_map(|p| Some((p, p.introspection.as_ref()?)));
-    let Some((provider, introspector)) = introspecting else {
+    let Some((provider, introspector)) = introspecting_provider(providers, rule) else {
         return Err(GatewayError::InvalidToken(Rejection::Malformed));
     };
     let answer = introspector

@@ -554,6 +554,16 @@ pub fn describe_routes(config: &Config) -> String {
                 if !a.claims.is_empty() {
                     let _ = write!(s, " claims={}", a.claims.len());
                 }
+                if let Some(p) = a
+                    .providers
+                    .iter()
+                    .find(|&&i| config.providers[i].introspection.is_some())
+                {
+                    let _ = write!(s, " introspect={}", config.providers[*p].name);
+                }
+                if let Some(path) = r.resource_metadata_path() {
+                    let _ = write!(s, " metadata={path}");
+                }
                 s
             }
         };

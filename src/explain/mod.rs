@@ -109,12 +109,17 @@ impl Builder {
 /// What the gateway would do with `method url` and these headers. No field
 /// of the answer holds a credential the request carried, whatever printed it:
 /// every one is replaced by `<token>` on the way out.
-pub fn explain(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> Result<Explanation, String> {
+pub async fn explain(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> Result<Explanation, String> {
     let secrets = redact::credentials_in(snap, url, &headers);
-    redact::redact(&secrets, explain_unredacted(snap, method, url, headers))
+    redact::redact(&secrets, explain_unredacted(snap, method, url, headers).await)
 }
 
-fn explain_unredacted(snap: &Snapshot, method: &str, url: &str, headers: HeaderMap) -> Result<Explanation, String> {
+async fn explain_unredacted(
+    snap: &Snapshot,
+    method: &str,
+    url: &str,
+    headers: HeaderMap,
+) -> Result<Explanation, String> {
     let mut b = Builder { steps: Vec::new() };
     let uri: http::Uri = url
         .parse()
@@ -241,7 +246,7 @@ fn explain_unredacted(snap: &Snapshot, method: &str, url: &str, headers: HeaderM
                 path_params: &path_params,
             };
             let host_value = host.as_ref().map(|(v, _)| v);
-            match verdict::check_token(&mut b, snap, route, rule, &parts, host_value, &facts) {
+            match verdict::check_token(&mut b, snap, route, rule, &parts, host_value, &facts).await {
                 Ok(identity) => Some(identity),
                 Err(e) if rule.monitor => {
                     b.add(

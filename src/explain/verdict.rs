@@ -16,7 +16,7 @@ use crate::snapshot::Snapshot;
 
 /// The token's part, step by step: where it was found, its header and
 /// claims, each verification check, scopes held against required.
-pub(super) fn check_token(
+pub(super) async fn check_token(
     b: &mut Builder,
     snap: &Snapshot,
     route: &crate::config::Route,
@@ -46,7 +46,80 @@ pub(super) fn check_token(
             );
         })?;
     }
-    let unverified = token::decode(found.token).map_err(|r| {
+    let identity = if token::is_jws(found.token) {
+        verify_jwt(b, snap, rule, found.token, &source)?
+    } else {
+        introspect(b, snap, rule, &source, found.token).await?
+    };
+    let held = identity.scopes.join(" ");
+    match crate::auth::scopes::authorize(rule, &identity.scopes) {
+        Ok(()) => b.add("scopes", "pass", format!("held [{held}]")),
+        Err(missing) => {
+            let missing: Vec<&str> = missing
+                .split(' ')
+                .filter(|s| !identity.scopes.iter().any(|h| h == s))
+                .collect();
+            b.add(
+                "scopes",
+                "fail",
+                format!("held [{held}]; missing {}", missing.join(" ")),
+            );
+            return Err(GatewayError::InsufficientScope(missing.join(" ")));
+        }
+    }
+    // Every condition with its result and what the token holds there
+    // (operators run explain; the access log never shows these values).
+    let mut failed = None;
+    for (i, condition) in rule.claims.iter().enumerate() {
+        let holds = condition.holds(&identity.claims, facts);
+        let held = match condition {
+            crate::policy::Condition::Claim(pointer, _) => pointer.find(&identity.claims).map_or_else(
+                || "; the token has no such claim".to_string(),
+                |v| format!("; the token has {v}"),
+            ),
+            _ => String::new(),
+        };
+        // What the request's substitutions stood for.
+        let request: Vec<String> = condition
+            .path_params()
+            .into_iter()
+            .map(|name| {
+                let value = facts
+                    .path_params
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str());
+                format!("{{path.{name}}} = {}", value.unwrap_or("-"))
+            })
+            .collect();
+        let request = if request.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", request.join(", "))
+        };
+        b.add(
+            &format!("claims[{i}]"),
+            if holds { "pass" } else { "fail" },
+            format!("{condition}{request}{held}"),
+        );
+        failed = failed.or((!holds).then_some(i));
+    }
+    if let Some(i) = failed {
+        return Err(GatewayError::ClaimsDenied(i));
+    }
+    Ok(Arc::new(identity))
+}
+
+/// A JWT's checks, each as a step: header, claims as written, the provider
+/// its issuer selects, then every verification step in order.
+fn verify_jwt(
+    b: &mut Builder,
+    snap: &Snapshot,
+    rule: &AuthRule,
+    token: &str,
+    source: &str,
+) -> Result<Caller, GatewayError> {
+    let unverified = token::decode(token).map_err(|r| {
         b.add("token", "fail", format!("from {source}: {}", r.description()));
         GatewayError::InvalidToken(r)
     })?;
@@ -121,64 +194,71 @@ pub(super) fn check_token(
         "skipped",
         "revocations live in the shared store; explain does not read it",
     );
-    let identity = Caller::from_claims(unverified.unverified_claims().clone(), &provider.config);
-    let held = identity.scopes.join(" ");
-    match crate::auth::scopes::authorize(rule, &identity.scopes) {
-        Ok(()) => b.add("scopes", "pass", format!("held [{held}]")),
-        Err(missing) => {
-            let missing: Vec<&str> = missing
-                .split(' ')
-                .filter(|s| !identity.scopes.iter().any(|h| h == s))
-                .collect();
+    Ok(Caller::from_claims(
+        unverified.unverified_claims().clone(),
+        &provider.config,
+    ))
+}
+
+/// An opaque token: the route's introspecting provider is asked (as the
+/// gateway would ask it, through its cache), and the answer's members that
+/// decide are shown.
+async fn introspect(
+    b: &mut Builder,
+    snap: &Snapshot,
+    rule: &AuthRule,
+    source: &str,
+    token: &str,
+) -> Result<Caller, GatewayError> {
+    let Some((provider, introspector)) = crate::auth::introspecting_provider(&snap.providers, rule) else {
+        b.add(
+            "token",
+            "fail",
+            format!("from {source}: not a JWT, and no provider allowed on this route introspects opaque tokens"),
+        );
+        return Err(GatewayError::InvalidToken(token::Rejection::Malformed));
+    };
+    b.add("token", "info", format!("from {source}: opaque (not a JWT)"));
+    b.add("provider", "pass", provider.config.name.clone());
+    let now = crate::clock::unix_now();
+    let key = crate::auth::cache::TokenCache::key(token);
+    let answer = introspector
+        .answer(&provider.config, token, key, now)
+        .await
+        .map_err(|e| {
+            b.add("introspect", "fail", e.to_string());
+            GatewayError::IntrospectionUnavailable
+        })?;
+    match answer.at(now) {
+        Ok(caller) => {
+            let m = &caller.claims;
+            let time = |name: &str| m.get(name).and_then(Value::as_f64).map_or("-".into(), date);
             b.add(
-                "scopes",
-                "fail",
-                format!("held [{held}]; missing {}", missing.join(" ")),
+                "introspect",
+                "pass",
+                format!(
+                    "active: iss={} sub={} aud={} client_id={} token_type={} exp={} nbf={}",
+                    claim_text(m.get("iss")),
+                    claim_text(m.get("sub")),
+                    claim_text(m.get("aud")),
+                    claim_text(m.get("client_id")),
+                    claim_text(m.get("token_type")),
+                    time("exp"),
+                    time("nbf")
+                ),
             );
-            return Err(GatewayError::InsufficientScope(missing.join(" ")));
+            b.add(
+                "revoked",
+                "skipped",
+                "revocations live in the shared store; explain does not read it",
+            );
+            Ok((*caller).clone())
+        }
+        Err(r) => {
+            b.add("introspect", "fail", r.description());
+            Err(GatewayError::InvalidToken(r))
         }
     }
-    // Every condition with its result and what the token holds there
-    // (operators run explain; the access log never shows these values).
-    let mut failed = None;
-    for (i, condition) in rule.claims.iter().enumerate() {
-        let holds = condition.holds(&identity.claims, facts);
-        let held = match condition {
-            crate::policy::Condition::Claim(pointer, _) => pointer.find(&identity.claims).map_or_else(
-                || "; the token has no such claim".to_string(),
-                |v| format!("; the token has {v}"),
-            ),
-            _ => String::new(),
-        };
-        // What the request's substitutions stood for.
-        let request: Vec<String> = condition
-            .path_params()
-            .into_iter()
-            .map(|name| {
-                let value = facts
-                    .path_params
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, v)| v.as_str());
-                format!("{{path.{name}}} = {}", value.unwrap_or("-"))
-            })
-            .collect();
-        let request = if request.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", request.join(", "))
-        };
-        b.add(
-            &format!("claims[{i}]"),
-            if holds { "pass" } else { "fail" },
-            format!("{condition}{request}{held}"),
-        );
-        failed = failed.or((!holds).then_some(i));
-    }
-    if let Some(i) = failed {
-        return Err(GatewayError::ClaimsDenied(i));
-    }
-    Ok(Arc::new(identity))
 }
 
 /// A Unix time as a readable UTC date, with how far from now.
