@@ -622,3 +622,113 @@ routes:
         }
     }
 }
+
+async fn post_admin(gw: &TestGateway, path: &str, body: &str) -> (u16, String) {
+    let mut tcp = tokio::net::TcpStream::connect(gw.admin_addr.unwrap()).await.unwrap();
+    let raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    status_and_body(&exchange(&mut tcp, raw.as_bytes()).await)
+}
+
+/// The gateway's own revocation list and a tunnel's expiry hold for
+/// introspected tokens as for JWTs: by `jti`, and at the answer's `exp`.
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_and_tunnel_expiry_apply_to_introspected_tokens() {
+    if !require("redis-server", "redis-server") {
+        return;
+    }
+    let redis = support::redis::RedisServer::start().await;
+    let ws_up = support::ws::WsUpstream::start().await;
+    let ep = Endpoint::start("gateway", "ws-secret").await;
+    let up = RecordingUpstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("idp-ca.pem"), &ep.ca_pem).unwrap();
+    std::fs::write(dir.path().join("client-secret"), "ws-secret").unwrap();
+    let provider = unique("revocable");
+    let yaml = format!(
+        r#"{}providers:
+  {provider}:
+    issuer: {}
+    ca_file: idp-ca.pem
+    leeway: 1s
+    introspection:
+      endpoint: {}
+      client_id: gateway
+      client_secret_file: client-secret
+store:
+  redis: {}
+revocation: {{ store: redis }}
+upstreams:
+  app:
+    targets: [{}]
+  ws:
+    targets: [{}]
+routes:
+  - name: revocable-api
+    match: {{ path: /api }}
+    upstream: app
+    auth: {{}}
+  - name: revocable-chat
+    match: {{ path: /chat }}
+    upstream: ws
+    auth: {{}}
+    websocket: {{ close_at_token_expiry: true }}
+"#,
+        header_with_admin(),
+        ep.issuer(),
+        ep.url(),
+        redis.url(),
+        up.url(),
+        ws_up.url()
+    );
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    wait_for_async(Duration::from_secs(10), || async { gw.admin("/readyz").await.0 == 200 }).await;
+
+    let mut leaked = active("olga", "", &ep.issuer());
+    leaked["jti"] = json!("opaque-jti-1");
+    ep.answer("opaque-leaked", leaked);
+    assert_eq!(call(&gw, "/api", "opaque-leaked").await.status, 200);
+    let (status, body) = post_admin(
+        &gw,
+        "/revoke",
+        &format!(r#"{{"jti":"opaque-jti-1","exp":{}}}"#, now() + 600),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_async(Duration::from_secs(5), || async {
+        call(&gw, "/api", "opaque-leaked").await.status == 401
+    })
+    .await;
+    assert_eq!(
+        call(&gw, "/api", "opaque-leaked").await.json()["error_description"],
+        "The token has been revoked."
+    );
+    assert_eq!(
+        ep.calls(),
+        1,
+        "refused from the cached answer: the revocation is the gateway's"
+    );
+
+    // A tunnel opened with an introspected token closes at the answer's exp (plus leeway).
+    let mut short = active("pat", "", &ep.issuer());
+    short["exp"] = json!(now() + 2);
+    ep.answer("opaque-short", short);
+    let (mut tunnel, _) = support::ws::connect(gw.addr, &gw.cert, "/chat", &[("authorization", "Bearer opaque-short")])
+        .await
+        .expect("upgraded");
+    assert!(support::ws::round_trip(&mut tunnel, "hello").await.is_some());
+    tokio::time::timeout(Duration::from_secs(8), support::ws::closed(&mut tunnel))
+        .await
+        .expect("the tunnel outlived the introspected token");
+    wait_for_async(Duration::from_secs(5), || async {
+        gw.admin("/metrics")
+            .await
+            .1
+            .lines()
+            .any(|l| l == r#"portcullis_websocket_closed_total{route="revocable-chat",reason="token_expired"} 1"#)
+    })
+    .await;
+}
