@@ -53,6 +53,10 @@ CLAIMS_TOKEN=$(mint --claim org=bench --claim 'realm_access={"roles":["offline_a
   --claim 'resource_access={"orders-api":{"roles":["viewer"]}}' --claim 'amr=["pwd","mfa"]')
 echo "minting $TOKENS tokens" >&2
 mint --count "$TOKENS" > "$W/tokens.txt"
+# Opaque tokens (introspected): one for the cache-hit row, many for the miss row.
+OPAQUE=opaque-bench-token-0123456789abcdef
+for i in $(seq "$TOKENS"); do echo "opaque-bench-$i-$RANDOM$RANDOM"; done > "$W/opaque-tokens.txt"
+OPAQUE_EXP=$(($(date +%s) + 7200))
 head -c 1048576 /dev/zero | tr '\0' x > "$W/big.bin"
 chmod 644 "$W/big.bin"
 
@@ -73,6 +77,8 @@ http {
     location / { default_type text/plain; return 200 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n"; }
     location = /public/big { default_type application/octet-stream; alias $W/big.bin; }
     location = /public/upload { client_max_body_size 2m; client_body_buffer_size 2m; default_type text/plain; return 200 "ok\n"; }
+    # The introspection endpoint (RFC 7662) of the opaque-token rows: every token is active.
+    location = /introspect { default_type application/json; return 200 '{"active":true,"iss":"https://opaque.bench/","aud":"bench","sub":"bench-user","scope":"read write","exp":$OPAQUE_EXP}'; }
   }
 }
 CONF
@@ -124,6 +130,13 @@ providers:
     audiences: [bench]
     public_key_file: rsa.pub
     algorithms: [RS256]
+  opaque:
+    issuer: https://opaque.bench/
+    audiences: [bench]
+    introspection: { endpoint: "http://$UP/introspect", client_id: bench, client_secret_file: introspection.secret }
+  opaque-uncached:              # no issuer: the shared answer's iss is not checked
+    audiences: [bench]
+    introspection: { endpoint: "http://$UP/introspect", client_id: bench, client_secret_file: introspection.secret, cache_ttl: 0s }
 upstreams:
   nginx: { targets: ["http://$UP"] }
 store: { redis: "redis://127.0.0.1:$REDIS_PORT/0", timeout: 100ms }
@@ -131,11 +144,12 @@ rate_limits:
   local: { key: client_ip, rate: 1000000/s, burst: 1000000, store: local }
   shared: { key: client_ip, rate: 1000000/s, burst: 1000000, store: redis }
 routes:
-  - { name: auth, match: { path: /auth }, upstream: nginx, auth: { scopes: [read] } }
+  - { name: auth, match: { path: /auth }, upstream: nginx, auth: { providers: [bench], scopes: [read] } }
   - name: claims
     match: { path_template: "/claims/{org}" }
     upstream: nginx
     auth:
+      providers: [bench]
       scopes: [read]
       claims:
         - { claim: /org, equals: "{path.org}" }
@@ -143,10 +157,13 @@ routes:
         - { claim: /resource_access/orders-api/roles, contains_any: [viewer, editor] }
         - any_of: [{ claim: /email_verified, equals: true }, { claim: /amr, contains_any: [mfa, hwk] }]
         - not: { claim: /act, exists: true }
+  - { name: introspected, match: { path: /introspected }, upstream: nginx, auth: { providers: [opaque], scopes: [read] } }
+  - { name: introspect-miss, match: { path: /introspect-miss }, upstream: nginx, auth: { providers: [opaque-uncached], scopes: [read] } }
   - { name: public, match: { path: /public }, upstream: nginx, public: true }
   - { name: limited-local, match: { path: /limited-local }, upstream: nginx, public: true, rate_limits: [local] }
   - { name: limited-redis, match: { path: /limited-redis }, upstream: nginx, public: true, rate_limits: [shared] }
 CONF
+echo bench-introspection-secret > "$W/introspection.secret"
 RUST_LOG=warn "$BIN" run -c "$W/gateway.yaml" 2>"$W/portcullis.log" & PC_PID=$!; PIDS+=($PC_PID)
 # The same gateway with its access log on, in JSON as the systemd unit writes it,
 # read from a pipe as journald would (every other row runs without it, as the
@@ -208,6 +225,10 @@ done
 [[ $(check "https://$PC/claims/bench" -H "Authorization: Bearer $CLAIMS_TOKEN") == 200 \
   && $(check "https://$PC/claims/other" -H "Authorization: Bearer $CLAIMS_TOKEN") == 403 ]] \
   || { echo "the claims route does not decide as it should" >&2; exit 1; }
+[[ $(check "https://$PC/introspected" -H "Authorization: Bearer $OPAQUE") == 200 \
+  && $(check "https://$PC/introspect-miss" -H "Authorization: Bearer $OPAQUE") == 200 \
+  && $(check "https://$PC/introspected") == 401 ]] \
+  || { echo "the introspected routes do not decide as they should" >&2; cat "$W/portcullis.log" "$W"/nginx/error.log >&2; exit 1; }
 
 # wrk Lua: one token, a different token per request, a 1 MiB upload.
 cat > "$W/one.lua" <<LUA
@@ -215,6 +236,17 @@ wrk.headers["Authorization"] = "Bearer $TOKEN"
 LUA
 cat > "$W/claims.lua" <<LUA
 wrk.headers["Authorization"] = "Bearer $CLAIMS_TOKEN"
+LUA
+cat > "$W/opaque.lua" <<LUA
+wrk.headers["Authorization"] = "Bearer $OPAQUE"
+LUA
+cat > "$W/opaque-many.lua" <<LUA
+local tokens, i = {}, 0
+for line in io.lines("$W/opaque-tokens.txt") do tokens[#tokens + 1] = line end
+request = function()
+  i = i % #tokens + 1
+  return wrk.format("GET", nil, { ["Authorization"] = "Bearer " .. tokens[i] })
+end
 LUA
 cat > "$W/many.lua" <<LUA
 local tokens, i = {}, 0
@@ -252,6 +284,8 @@ TARGETS=(
   "haproxy-jwt|h1|https://$HAJ/auth|one|$HA_PID"
   "portcullis-auth|h1|https://$PC/auth|one|$PC_PID"
   "portcullis-claims|h1|https://$PC/claims/bench|claims|$PC_PID"
+  "portcullis-introspected|h1|https://$PC/introspected|opaque|$PC_PID"
+  "portcullis-introspect-miss|h1|https://$PC/introspect-miss|opaque-many|$PC_PID"
   "haproxy-jwt-distinct|h1|https://$HAJ/auth|many|$HA_PID"
   "portcullis-auth-distinct|h1|https://$PC/auth|many|$PC_PID"
   "haproxy-handshake|h1|https://$HA/public|close|$HA_PID"
@@ -276,7 +310,7 @@ run_one() {
   if [[ $proto == h1 ]]; then
     local extra=() conns=$CONNS
     case $mode in
-      one | many | claims) extra=(-s "$W/$mode.lua") ;;
+      one | many | claims | opaque | opaque-many) extra=(-s "$W/$mode.lua") ;;
       up) extra=(-s "$W/upload.lua") ;;
       close) extra=(-H "Connection: close") ;;
     esac
@@ -323,7 +357,7 @@ for t in "${TARGETS[@]}"; do
   case $name in
     portcullis-public) ha=$(ratio "$key" "$proto haproxy-tls") ng=$(ratio "$key" "$proto nginx-tls") ;;
     portcullis-auth) ha=$(ratio "$key" "$proto haproxy-jwt") ;;
-    portcullis-claims) ha=$(ratio "$key" "$proto haproxy-jwt") ;;
+    portcullis-claims | portcullis-introspected | portcullis-introspect-miss) ha=$(ratio "$key" "$proto haproxy-jwt") ;;
     portcullis-auth-distinct) ha=$(ratio "$key" "$proto haproxy-jwt-distinct") ;;
     portcullis-handshake | portcullis-download | portcullis-upload)
       ha=$(ratio "$key" "$proto haproxy-${name#portcullis-}") ng=$(ratio "$key" "$proto nginx-${name#portcullis-}") ;;
@@ -336,6 +370,7 @@ done
 echo "(download and upload rows move 1 MiB per request: req/s is MiB/s)"
 cpu() { median "${CPU[$1]:-}"; }
 echo "rate-limit check, CPU per request over the same public route: local $(awk -v a="$(cpu 'h1 portcullis-limited-local')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us, redis $(awk -v a="$(cpu 'h1 portcullis-limited-redis')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us (plus one round trip: p50 $(median "${P50[h1 portcullis-limited-redis]}") against $(median "${P50[h1 portcullis-public]}"))"
+echo "introspected token from the cache against the cached RS256 JWT: $(ratio 'h1 portcullis-introspected' 'h1 portcullis-auth')x req/s, CPU $(awk -v a="$(cpu 'h1 portcullis-introspected')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us/request; a miss (one call to a loopback endpoint per request) $(awk -v a="$(cpu 'h1 portcullis-introspect-miss')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us, p50 $(median "${P50[h1 portcullis-introspect-miss]}")"
 echo "access log on (JSON, to a pipe), CPU per request over the same public route: $(awk -v a="$(cpu 'h1 portcullis-access-log')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us"
 rss() { local t=0 p; for p in $1 $(pgrep -P "$1" || true); do t=$((t + $(awk '/VmHWM/ {print $2}' "/proc/$p/status"))); done; echo "$((t / 1024)) MB"; }
 echo "peak RSS: portcullis $(rss "$PC_PID"), haproxy $(rss "$HA_PID"), nginx proxy $(rss "$NG_PID") (master + workers)"
