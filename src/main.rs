@@ -71,8 +71,21 @@ enum Command {
         #[arg(long)]
         public_when_unsecured: bool,
     },
+    /// Run request → expected-decision cases offline through the gateway's decision code
+    Test {
+        /// Case files (YAML)
+        #[arg(value_name = "CASES.yaml", required = true)]
+        files: Vec<PathBuf>,
+        /// Print the results as one JSON object
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the JSON Schema of gateway.yaml (for editors and CI linters)
-    Schema,
+    Schema {
+        /// The schema of `portcullis test` case files instead
+        #[arg(long)]
+        cases: bool,
+    },
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -234,10 +247,15 @@ fn main() -> ExitCode {
         },
         Command::Demo { port } => demo(port),
         Command::Explain(args) => explain(&path, *args),
-        Command::Schema => {
-            print!("{}", portcullis::config::raw::schema());
+        Command::Schema { cases } => {
+            if cases {
+                print!("{}", portcullis::cases::file::schema());
+            } else {
+                print!("{}", portcullis::config::raw::schema());
+            }
             ExitCode::SUCCESS
         }
+        Command::Test { files, json } => test(&path, &files, json),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "portcullis", &mut std::io::stdout());
@@ -325,6 +343,39 @@ fn explain(path: &std::path::Path, args: ExplainArgs) -> ExitCode {
         print!("{}", explanation.to_text());
     }
     if explanation.forwards() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `portcullis test`: exit 0 when every case passes, 1 when one fails, 2 when
+/// the configuration or a case file is wrong.
+fn test(path: &std::path::Path, files: &[PathBuf], json: bool) -> ExitCode {
+    let (snapshot, _warnings) = match portcullis::load_config(path) {
+        Ok(ok) => ok,
+        Err(e) => {
+            eprintln!("{}", portcullis::one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(_) => return ExitCode::from(2),
+    };
+    let report = match runtime.block_on(portcullis::cases::run(&snapshot, files)) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("{}", portcullis::one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

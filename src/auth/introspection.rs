@@ -101,6 +101,8 @@ pub struct Introspector {
     metrics: crate::metrics::IntrospectionMetrics,
     /// What the provider's `ca_file` held when the client was built.
     pub ca_digest: Option<[u8; 32]>,
+    /// Set by `portcullis test`: never call the endpoint; answers come from the cases.
+    offline: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Introspector {
@@ -133,6 +135,7 @@ impl Introspector {
             basic,
             metrics: crate::metrics::IntrospectionMetrics::new(&provider.name),
             ca_digest: crate::tls::ca_digest(provider.ca_file.as_deref()),
+            offline: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -147,6 +150,24 @@ impl Introspector {
     /// Answers held now (for tests and `explain`).
     pub fn cached(&self) -> usize {
         self.entries.len()
+    }
+
+    /// `portcullis test`: no call is ever made; only [`Introspector::prime`]d
+    /// answers exist, and a token without one gets the endpoint-failure answer.
+    pub(crate) fn go_offline(&self) {
+        self.offline.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.entries.clear();
+    }
+
+    /// Hold `json` as the provider's answer about the token with this key
+    /// (a test case's `introspection:`), in place of any other.
+    pub(crate) fn prime(&self, provider: &Provider, key: CacheKey, json: &[u8]) -> Result<(), String> {
+        let mut answer = parse(json, provider, crate::clock::unix_now())?;
+        answer.fresh_until = f64::INFINITY;
+        self.entries.clear();
+        self.entries
+            .insert(key, Arc::new(Flight(OnceCell::new_with(Some(Some(answer))))));
+        Ok(())
     }
 
     /// The provider's answer about `token`: from the cache while fresh, else
@@ -253,6 +274,11 @@ impl Introspector {
                 .map_or_else(|| "(not discovered yet)".into(), |e| e.to_string()),
             reason,
         };
+        if self.offline.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(fail(
+                "not called: `portcullis test` runs offline; give the case an `introspection:` answer".into(),
+            ));
+        }
         let Some(url) = endpoint.as_deref() else {
             return Err(fail(
                 "the discovery document has not been fetched, or names no introspection_endpoint".into(),

@@ -351,6 +351,46 @@ fn jwk_key(jwk: &Jwk, allow: &Option<Vec<Algorithm>>) -> Option<VerifyKey> {
     (!key.verifiers.is_empty()).then_some(key)
 }
 
+/// A throwaway key that stands in for a provider's keys while `portcullis
+/// test` runs (the policy is under test, not the identity provider): the
+/// algorithm it signs with (the first the provider allows, in the family of
+/// its key source), the signing key, and the key set that verifies it.
+pub(crate) fn stand_in(provider: &Provider) -> Result<(Algorithm, jsonwebtoken::EncodingKey, KeySet), String> {
+    let allow = allowlist(provider);
+    let hmac = provider.keys.is_hmac();
+    let alg = match &allow {
+        Some(list) => list.iter().copied().find(|a| HMAC.contains(a) == hmac),
+        None if hmac => Some(Algorithm::HS256),
+        None => Some(Algorithm::ES256),
+    }
+    .ok_or_else(|| {
+        format!(
+            "provider {} allows no algorithm its keys could sign with",
+            provider.name
+        )
+    })?;
+    if hmac {
+        let mut secret = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut secret).map_err(|_| "no random bytes for a stand-in key".to_string())?;
+        let key = hmac_key(&secret, &allow);
+        return Ok((
+            alg,
+            jsonwebtoken::EncodingKey::from_secret(&secret),
+            KeySet { keys: vec![key] },
+        ));
+    }
+    let kind = match alg {
+        Algorithm::ES256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        Algorithm::ES384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        Algorithm::EdDSA => &rcgen::PKCS_ED25519,
+        _ => &rcgen::PKCS_RSA_SHA256,
+    };
+    let pair = rcgen::KeyPair::generate_for(kind).map_err(|e| format!("cannot make a stand-in key: {e}"))?;
+    let signing = crate::mint::pem_signing_key(alg, pair.serialize_pem().as_bytes())?;
+    let key = pem_key(pair.public_key_pem().as_bytes(), &allow)?;
+    Ok((alg, signing, KeySet { keys: vec![key] }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

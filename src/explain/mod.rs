@@ -36,10 +36,13 @@ pub struct Explanation {
     pub steps: Vec<Step>,
     /// `forward` or `refuse`.
     pub decision: &'static str,
+    /// The route that matched, if one did.
+    pub route: Option<String>,
     pub status: u16,
     /// The error code for a refusal.
     pub error: Option<&'static str>,
-    /// The refusal's reason code (as the access log and metrics name it).
+    /// The refusal's reason code (as the access log and metrics name it);
+    /// on a monitor-mode route, what enforcement would have refused for.
     pub reason: Option<&'static str>,
     pub upstream: Option<String>,
     /// `METHOD /path?query` as the upstream would receive it.
@@ -81,6 +84,7 @@ impl Explanation {
 
 struct Builder {
     steps: Vec<Step>,
+    route: Option<String>,
 }
 
 impl Builder {
@@ -96,6 +100,7 @@ impl Builder {
         Explanation {
             steps: self.steps,
             decision: "refuse",
+            route: self.route,
             status: e.status().as_u16(),
             error: Some(e.kind()),
             reason: crate::auth::denial_reason(&e),
@@ -120,7 +125,10 @@ async fn explain_unredacted(
     url: &str,
     headers: HeaderMap,
 ) -> Result<Explanation, String> {
-    let mut b = Builder { steps: Vec::new() };
+    let mut b = Builder {
+        steps: Vec::new(),
+        route: None,
+    };
     let uri: http::Uri = url
         .parse()
         .map_err(|_| format!("{:?} is not a URL", redact::redact_query_tokens(snap, url)))?;
@@ -212,6 +220,7 @@ async fn explain_unredacted(
         }
     };
     let route = snap.routes.get(route_index);
+    b.route = Some(route.name.clone());
     let at = crate::config::position_of(&snap.config.source, &format!("routes[{route_index}]"))
         .map(|(line, _)| format!(" ({}:{line})", snap.config.source.display()))
         .unwrap_or_default();
@@ -233,6 +242,7 @@ async fn explain_unredacted(
             ),
         );
     }
+    let mut monitor_denied = None;
     let identity = match &route.access {
         Access::Public => {
             b.add("requires", "info", "nothing: the route is public");
@@ -249,6 +259,7 @@ async fn explain_unredacted(
             match verdict::check_token(&mut b, snap, route, rule, &parts, host_value, &facts).await {
                 Ok(identity) => Some(identity),
                 Err(e) if rule.monitor => {
+                    monitor_denied = Some(crate::auth::failure_reason(&e));
                     b.add(
                         "monitor",
                         "info",
@@ -294,9 +305,10 @@ async fn explain_unredacted(
     Ok(Explanation {
         steps: b.steps,
         decision: "forward",
+        route: b.route,
         status: 200,
         error: None,
-        reason: None,
+        reason: monitor_denied,
         upstream: Some(upstream.config.name.clone()),
         forwarded_as: Some(format!("{method} {upstream_path}{query}")),
         identity_headers: forwarded
