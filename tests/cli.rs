@@ -209,6 +209,46 @@ fn the_committed_schema_is_current() {
     );
 }
 
+/// `gateway.test.schema.json` is what `portcullis schema --cases` prints, and
+/// the reference configuration's own cases pass (as `.ci/run` also checks).
+#[test]
+fn the_case_schema_is_current_and_the_reference_cases_pass() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = portcullis().args(["schema", "--cases"]).output().unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let committed = std::fs::read_to_string(root.join("gateway.test.schema.json")).unwrap();
+    assert!(
+        printed == committed,
+        "gateway.test.schema.json is stale: run `cargo run -- schema --cases > gateway.test.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(schema["$defs"]["Expect"]["additionalProperties"], false);
+    assert_eq!(schema["$defs"]["Expect"]["required"], serde_json::json!(["status"]));
+
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["gateway.yaml", "gateway.test.yaml"] {
+        std::fs::copy(root.join(f), dir.path().join(f)).unwrap();
+    }
+    let out = portcullis()
+        .args(["test", "-c", "gateway.yaml", "gateway.test.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.lines().any(|l| l.ends_with(" passed, 0 failed")), "{text}");
+    assert!(
+        !text.contains("routes no case reached"),
+        "every route of the reference has a case:\n{text}"
+    );
+}
+
 #[test]
 fn version_and_completions() {
     let out = portcullis().arg("--version").output().unwrap();

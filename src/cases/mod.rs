@@ -30,6 +30,9 @@ pub struct Got {
     pub route: Option<String>,
     pub upstream: Option<String>,
     pub path: Option<String>,
+    /// The identity headers the upstream would get.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub identity_headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,8 +108,8 @@ pub async fn run(snap: &Snapshot, files: &[PathBuf]) -> Result<Report, ConfigErr
         for (n, case) in cases.cases.iter().enumerate() {
             let place =
                 |field: &str, message: String| ConfigError::new(format!("cases[{n}]{field}"), message).at(path, &text);
-            let headers = request_headers(snap, case, &mut stand_ins).map_err(|(field, m)| place(field, m))?;
-            let explained = crate::explain::explain(snap, &case.request.method, &case.request.url, headers.clone())
+            let (url, headers) = request_headers(snap, case, &mut stand_ins).map_err(|(field, m)| place(field, m))?;
+            let explained = crate::explain::explain(snap, &case.request.method, &url, headers.clone())
                 .await
                 .map_err(|m| place(".request", m))?;
             if let Some(route) = &explained.route {
@@ -147,7 +150,7 @@ fn request_headers(
     snap: &Snapshot,
     case: &Case,
     stand_ins: &mut BTreeMap<usize, StandIn>,
-) -> Result<HeaderMap, (&'static str, String)> {
+) -> Result<(String, HeaderMap), (&'static str, String)> {
     let mut headers = HeaderMap::new();
     for (name, value) in &case.request.headers {
         let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {
@@ -160,7 +163,25 @@ fn request_headers(
         Some(CaseToken::Raw { raw }) => Some(raw.clone()),
         Some(CaseToken::Minted { provider, claims }) => Some(mint(snap, provider, claims, stand_ins)?),
     };
-    if let Some(token) = &token {
+    // `{token}` in the URL or a header value places the token there (a query
+    // or cookie token source); else it goes in `Authorization: Bearer`.
+    let mut url = case.request.url.clone();
+    let placed = token.as_ref().is_some_and(|t| {
+        let mut placed = url.contains("{token}");
+        url = url.replace("{token}", t);
+        for value in headers.values_mut() {
+            if let Ok(text) = value.to_str() {
+                if text.contains("{token}") {
+                    if let Ok(v) = HeaderValue::from_str(&text.replace("{token}", t)) {
+                        *value = v;
+                        placed = true;
+                    }
+                }
+            }
+        }
+        placed
+    });
+    if let (Some(token), false) = (&token, placed) {
         if headers.contains_key(http::header::AUTHORIZATION) {
             return Err((
                 ".token",
@@ -175,7 +196,7 @@ fn request_headers(
     for p in &snap.providers {
         let Some(introspector) = &p.introspection else { continue };
         introspector.go_offline();
-        if let (Some(answer), Some(token)) = (&case.introspection, bearer(&headers)) {
+        if let (Some(answer), Some(token)) = (&case.introspection, token.clone().or_else(|| bearer(&headers))) {
             let json = serde_json::to_vec(answer).unwrap_or_default();
             let key = crate::auth::cache::TokenCache::key(&token);
             introspector
@@ -183,9 +204,11 @@ fn request_headers(
                 .map_err(|m| (".introspection", m))?;
         }
     }
-    Ok(headers)
+    Ok((url, headers))
 }
 
+/// The opaque token a case sends: in `Authorization`, or the minted/raw one
+/// placed elsewhere.
 fn bearer(headers: &HeaderMap) -> Option<String> {
     crate::auth::bearer_token(headers).ok().flatten().map(str::to_string)
 }
@@ -217,7 +240,13 @@ fn mint(
     let stand_in = match stand_ins.entry(index) {
         std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::btree_map::Entry::Vacant(e) => {
-            let (alg, key, keys) = crate::auth::keys::stand_in(&state.config).map_err(|m| (".token.provider", m))?;
+            let (alg, key, mut keys) =
+                crate::auth::keys::stand_in(&state.config).map_err(|m| (".token.provider", m))?;
+            // Beside the provider's own local keys, so that `raw` tokens
+            // signed with them keep verifying (remote keys are never fetched).
+            if let Ok(Some(local)) = crate::auth::keys::load_local(&state.config) {
+                keys.keys.extend(local.keys);
+            }
             state.install(keys);
             e.insert(StandIn { alg, key })
         }
@@ -248,6 +277,7 @@ fn judge(snap: &Snapshot, case: &Case, x: &Explanation, request: HeaderMap, at: 
         route: x.route.clone(),
         upstream: x.upstream.clone(),
         path,
+        identity_headers: x.identity_headers.clone(),
     };
     let e = &case.expect;
     let mut failures = Vec::new();
@@ -307,6 +337,14 @@ fn forwarded_headers(snap: &Snapshot, mut h: HeaderMap, x: &Explanation) -> Head
     crate::proxy::headers::remove_hop_by_hop(&mut h);
     if !snap.config.identity.forward_authorization {
         h.remove(http::header::AUTHORIZATION);
+        let route = snap.config.routes.iter().find(|r| Some(&r.name) == x.route.as_ref());
+        if let Some(crate::config::Access::Protected(rule)) = route.map(|r| &r.access) {
+            for source in &rule.token_sources {
+                if let crate::config::TokenSource::Cookie(name) = source {
+                    crate::auth::credential::strip_cookie(&mut h, name);
+                }
+            }
+        }
     }
     for (name, value) in &x.identity_headers {
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {

@@ -258,7 +258,9 @@ async fn explain_unredacted(
             let host_value = host.as_ref().map(|(v, _)| v);
             match verdict::check_token(&mut b, snap, route, rule, &parts, host_value, &facts).await {
                 Ok(identity) => Some(identity),
-                Err(e) if rule.monitor => {
+                // As the gateway does: forwarded, with identity headers only
+                // for a token that verified.
+                Err((e, verified)) if rule.monitor => {
                     monitor_denied = Some(crate::auth::failure_reason(&e));
                     b.add(
                         "monitor",
@@ -268,9 +270,9 @@ async fn explain_unredacted(
                             crate::auth::failure_reason(&e)
                         ),
                     );
-                    None
+                    verified
                 }
-                Err(e) => return Ok(b.refuse(e)),
+                Err((e, _)) => return Ok(b.refuse(e)),
             }
         }
     };

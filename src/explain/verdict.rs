@@ -24,7 +24,24 @@ pub(super) async fn check_token(
     parts: &http::request::Parts,
     host: Option<&http::HeaderValue>,
     facts: &crate::policy::Facts<'_>,
-) -> Result<Arc<Caller>, GatewayError> {
+) -> Result<Arc<Caller>, (GatewayError, Option<Arc<Caller>>)> {
+    let identity = verified(b, snap, route, rule, parts, host)
+        .await
+        .map_err(|e| (e, None))?;
+    let identity = Arc::new(identity);
+    policy(b, rule, &identity, facts).map_err(|e| (e, Some(identity.clone())))?;
+    Ok(identity)
+}
+
+/// The token found, verified (or introspected) and not refused by its origin.
+async fn verified(
+    b: &mut Builder,
+    snap: &Snapshot,
+    route: &crate::config::Route,
+    rule: &AuthRule,
+    parts: &http::request::Parts,
+    host: Option<&http::HeaderValue>,
+) -> Result<Caller, GatewayError> {
     let found = credential::find(&rule.token_sources, &parts.headers, parts.uri.query()).inspect_err(|e| {
         b.add("token", "fail", e.description());
     })?;
@@ -51,6 +68,17 @@ pub(super) async fn check_token(
     } else {
         introspect(b, snap, rule, &source, found.token).await?
     };
+    Ok(identity)
+}
+
+/// The route's scopes and claims conditions against a verified identity,
+/// each condition with what the token holds there.
+fn policy(
+    b: &mut Builder,
+    rule: &AuthRule,
+    identity: &Caller,
+    facts: &crate::policy::Facts<'_>,
+) -> Result<(), GatewayError> {
     let held = identity.scopes.join(" ");
     match crate::auth::scopes::authorize(rule, &identity.scopes) {
         Ok(()) => b.add("scopes", "pass", format!("held [{held}]")),
@@ -107,7 +135,7 @@ pub(super) async fn check_token(
     if let Some(i) = failed {
         return Err(GatewayError::ClaimsDenied(i));
     }
-    Ok(Arc::new(identity))
+    Ok(())
 }
 
 /// A JWT's checks, each as a step: header, claims as written, the provider
