@@ -639,3 +639,95 @@ async fn explain_and_the_gateway_decide_alike() {
     assert_eq!(explained.status, live.status.as_u16());
     assert_eq!(explained.error, live.json()["error"].as_str());
 }
+
+/// Decision drift (docs/migration.md): where the gateway and the app behind
+/// it disagree, counted by route and kind and written on the access-log line.
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_between_the_gateway_and_the_upstream_is_counted_and_logged() {
+    use support::child::{Gateway, SECRET};
+    let up = RecordingUpstream::start("app").await;
+    let yaml = format!(
+        r#"listen: {{ https: 127.0.0.1:0, admin: 127.0.0.1:0 }}
+tls: {{ cert: cert.pem, key: key.pem }}
+providers:
+  app: {{ secret_file: secret }}
+upstreams:
+  app: {{ targets: ["{}"] }}
+routes:
+  - {{ name: drift-enforced, match: {{ path: /enforced }}, upstream: app, auth: {{ scopes: [read] }} }}
+  - {{ name: drift-monitored, match: {{ path: /monitored }}, upstream: app, auth: {{ scopes: [read], mode: monitor }} }}
+  - {{ name: drift-public, match: {{ path: /public }}, upstream: app, public: true }}
+"#,
+        up.url()
+    );
+    let gw = Gateway::start(&yaml, None);
+    let token = |scope: &str| {
+        support::tokens::hs_sign(
+            jsonwebtoken::Algorithm::HS256,
+            SECRET.as_bytes(),
+            &serde_json::json!({"sub": "u", "scope": scope, "exp": support::tokens::now() + 600}),
+        )
+    };
+    let (reader, other) = (token("read"), token("other"));
+    // (path, token, what the upstream answers, the drift expected)
+    let cases = [
+        ("/enforced", &reader, "status:401", Some("upstream_denied")),
+        ("/enforced", &reader, "status:403", Some("upstream_denied")),
+        ("/enforced", &reader, "status:200", None),
+        ("/monitored", &other, "status:200", Some("gateway_denied")),
+        ("/monitored", &other, "status:302", Some("gateway_denied")),
+        ("/monitored", &other, "status:403", None),
+        ("/monitored", &reader, "status:401", Some("upstream_denied")),
+        ("/public", &reader, "status:401", None),
+    ];
+    for (i, (path, token, answer, _)) in cases.iter().enumerate() {
+        let auth = format!("Bearer {token}");
+        let id = format!("drift-{i}");
+        let r = gw
+            .client(Proto::H1)
+            .await
+            .send(req(
+                "GET",
+                path,
+                &[("authorization", &auth), ("x-test", answer), ("x-request-id", &id)],
+                "",
+            ))
+            .await;
+        assert_eq!(
+            format!("status:{}", r.status.as_u16()),
+            *answer,
+            "the upstream's answer is relayed"
+        );
+    }
+    for (i, (path, _, answer, drift)) in cases.iter().enumerate() {
+        let line = gw.wait_log(&format!("\"request_id\":\"drift-{i}\"")).await;
+        let logged: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(logged["drift"].as_str(), *drift, "{path} {answer}: {line}");
+    }
+    let (_, metrics) = gw.admin("/metrics").await;
+    let sample = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    assert_eq!(
+        sample(r#"portcullis_auth_drift_total{route="drift-enforced",kind="upstream_denied"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(r#"portcullis_auth_drift_total{route="drift-enforced",kind="gateway_denied"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(r#"portcullis_auth_drift_total{route="drift-monitored",kind="gateway_denied"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(r#"portcullis_auth_drift_total{route="drift-monitored",kind="upstream_denied"}"#),
+        Some(1.0)
+    );
+    assert!(
+        !metrics.contains(r#"route="drift-public",kind"#),
+        "public routes have no drift series"
+    );
+}

@@ -10,8 +10,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+mod close_reason;
 mod introspection;
 mod route;
+
+pub(crate) use close_reason::CloseReason;
 
 pub(crate) use introspection::IntrospectionMetrics;
 
@@ -33,6 +36,12 @@ struct RouteLabels {
 struct RouteReasonLabels {
     route: Arc<str>,
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteKindLabels {
+    route: Arc<str>,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +99,7 @@ struct Metrics {
     denials: Family<RouteReasonLabels, Counter>,
     revocations: Gauge,
     introspection: introspection::Families,
+    drift: Family<RouteKindLabels, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -169,7 +179,14 @@ fn metrics() -> &'static Metrics {
             monitor_denials.clone(),
         );
         let introspection = introspection::register(&mut registry);
+        let drift = Family::default();
+        registry.register(
+            "auth_drift",
+            "Protected requests where the gateway and the upstream disagreed, by route and kind (upstream_denied, gateway_denied)",
+            drift.clone(),
+        );
         Metrics {
+            drift,
             introspection,
             monitor_denials,
             rate_limited,
@@ -192,49 +209,8 @@ fn metrics() -> &'static Metrics {
 
 /// Create the series a configuration will use, at zero, so every metric name
 /// is visible from the first scrape on (dashboards and alerts need no traffic).
-/// Why a tunnel closed: the `reason` of `portcullis_websocket_closed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseReason {
-    /// The client sent the first Close frame, or went away.
-    Client,
-    /// The upstream did.
-    Upstream,
-    /// No byte either way for `idle_timeout`.
-    Idle,
-    /// The token that opened it expired.
-    TokenExpired,
-    /// The token that opened it was revoked.
-    Revoked,
-    /// The end of `shutdown_grace`.
-    Shutdown,
-}
-
-impl CloseReason {
-    /// Every reason, for creating the metric's series at zero.
-    pub(crate) const ALL: [CloseReason; 6] = [
-        CloseReason::Client,
-        CloseReason::Upstream,
-        CloseReason::Idle,
-        CloseReason::TokenExpired,
-        CloseReason::Revoked,
-        CloseReason::Shutdown,
-    ];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::Client => "client",
-            CloseReason::Upstream => "upstream",
-            CloseReason::Idle => "idle",
-            CloseReason::TokenExpired => "token_expired",
-            CloseReason::Revoked => "revoked",
-            CloseReason::Shutdown => "shutdown",
-        }
-    }
-}
-
-/// Create the series at zero. `upstream_error_kinds`: every `kind` of
-/// `portcullis_upstream_errors_total` (the pool's list).
+/// `upstream_error_kinds`: every `kind` of `portcullis_upstream_errors_total`
+/// (the pool's list).
 pub(crate) fn register(config: &crate::config::Config, upstream_error_kinds: &[&'static str]) {
     let m = metrics();
     for result in ["success", "failure"] {
@@ -261,6 +237,14 @@ pub(crate) fn register(config: &crate::config::Config, upstream_error_kinds: &[&
     }
     for r in &config.routes {
         let metrics = route(&r.name);
+        if matches!(r.access, crate::config::Access::Protected(_)) {
+            for kind in DRIFT_KINDS {
+                let _ = m.drift.get_or_create(&RouteKindLabels {
+                    route: metrics.name().clone(),
+                    kind,
+                });
+            }
+        }
         if r.websocket.is_some() {
             let _ = m.websocket_open.get_or_create(&RouteLabels {
                 route: metrics.name().clone(),
@@ -299,6 +283,20 @@ pub(crate) const AUTH_FAILURE_REASONS: &[&str] = &[
     "claims",
     "source_ip",
 ];
+
+/// The `kind`s of `portcullis_auth_drift_total`.
+const DRIFT_KINDS: [&str; 2] = ["upstream_denied", "gateway_denied"];
+
+/// The gateway and the upstream disagreed about a request on `route`.
+pub(crate) fn drift(route: &Arc<str>, kind: &'static str) {
+    metrics()
+        .drift
+        .get_or_create(&RouteKindLabels {
+            route: route.clone(),
+            kind,
+        })
+        .inc();
+}
 
 /// A request the route's policy refused, and why (a reason code).
 pub(crate) fn denial(route: &Arc<str>, reason: &'static str) {

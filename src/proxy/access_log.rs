@@ -34,6 +34,10 @@ pub(crate) struct AccessLog {
     /// failed claims condition or `source_ips`, as configured; never a value
     /// the token holds.
     pub denied_by: Option<String>,
+    /// The route checks tokens: its upstream's 401/403 can disagree with the gateway.
+    pub protected: bool,
+    /// Where the gateway and the upstream disagreed (`upstream_denied`, `gateway_denied`).
+    pub drift: Option<&'static str>,
     written: bool,
 }
 
@@ -51,6 +55,8 @@ impl AccessLog {
             monitor_denied: None,
             refused: None,
             denied_by: None,
+            protected: false,
+            drift: None,
             written: false,
         }
     }
@@ -61,6 +67,24 @@ impl AccessLog {
 
     pub(crate) fn route_name(&self) -> Option<&Arc<str>> {
         self.route.as_ref().map(|r| r.name())
+    }
+
+    /// Decision drift, for teams moving checks out of an app: the gateway let
+    /// the request through but the upstream answered 401 or 403, or (monitor
+    /// mode) the gateway would have refused but the upstream answered 2xx/3xx.
+    pub fn note_upstream_answer(&mut self, status: u16) {
+        if !self.protected {
+            return;
+        }
+        let drift = match (self.monitor_denied, status) {
+            (None, 401 | 403) => "upstream_denied",
+            (Some(_), 200..=399) => "gateway_denied",
+            _ => return,
+        };
+        self.drift = Some(drift);
+        if let Some(route) = self.route_name() {
+            crate::metrics::drift(route, drift);
+        }
     }
 
     /// Write the line and the metrics with the gateway's own view of the
@@ -86,6 +110,7 @@ impl AccessLog {
             auth = self.monitor_denied.map(|_| "monitor_denied"),
             reason = self.monitor_denied.or(self.refused),
             denied_by = self.denied_by.as_deref(),
+            drift = self.drift,
         );
     }
 }

@@ -83,6 +83,7 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
         Ok(mut resp) => {
             status = resp.status().as_u16();
             log.upstream_status = Some(status);
+            log.note_upstream_answer(status);
             // A 101 carries the upgrade's own Connection / Upgrade headers.
             if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 headers::remove_hop_by_hop(resp.headers_mut());
@@ -237,6 +238,7 @@ async fn pipeline(
     let identity = match &route.access {
         Access::Public => None,
         Access::Protected(rule) => {
+            log.protected = true;
             let found = credential::find(&rule.token_sources, &parts.headers, parts.uri.query());
             if let Ok(Some(TokenSource::Cookie(_))) = found.as_ref().map(|f| f.map(|c| c.source)) {
                 check_cookie_origin(
