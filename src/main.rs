@@ -70,6 +70,9 @@ enum Command {
         /// protected: apps often check those in their own code)
         #[arg(long)]
         public_when_unsecured: bool,
+        /// Also write a starting `portcullis test` case file here (tokens are minted for --provider)
+        #[arg(long, value_name = "FILE", requires = "provider")]
+        cases: Option<PathBuf>,
     },
     /// Run request → expected-decision cases offline through the gateway's decision code
     Test {
@@ -266,12 +269,15 @@ fn main() -> ExitCode {
             upstream,
             provider,
             public_when_unsecured,
+            cases,
         } => import_openapi(
             &file,
+            cases.as_deref(),
             portcullis::openapi::ImportOptions {
                 upstream,
                 provider,
                 public_when_unsecured,
+                cases: cases.is_some(),
             },
         ),
     }
@@ -382,7 +388,11 @@ fn test(path: &std::path::Path, files: &[PathBuf], json: bool) -> ExitCode {
     }
 }
 
-fn import_openapi(file: &std::path::Path, options: portcullis::openapi::ImportOptions) -> ExitCode {
+fn import_openapi(
+    file: &std::path::Path,
+    cases_file: Option<&std::path::Path>,
+    options: portcullis::openapi::ImportOptions,
+) -> ExitCode {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
@@ -396,6 +406,13 @@ fn import_openapi(file: &std::path::Path, options: portcullis::openapi::ImportOp
                 eprintln!("note: {note}");
             }
             print!("{}", out.yaml);
+            if let (Some(path), Some(cases)) = (cases_file, &out.cases) {
+                if let Err(e) = std::fs::write(path, cases) {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+                eprintln!("cases for `portcullis test` written to {}", path.display());
+            }
             eprintln!(
                 "{} routes from {}; review them with `portcullis check` before use",
                 out.routes,

@@ -211,6 +211,40 @@ upstreams:
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("/users/{user_id} (template)"), "{out}");
 
+    // --cases: a starting suite for `portcullis test`, which passes as written
+    // and reaches every imported route.
+    let (code, _, err) = portcullis(
+        &[
+            "import-openapi",
+            doc.to_str().unwrap(),
+            "--upstream",
+            "app",
+            "--provider",
+            "app",
+            "--cases",
+            "cases.yaml",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let cases = std::fs::read_to_string(dir.path().join("cases.yaml")).unwrap();
+    assert!(
+        cases.contains("name: \"delete_user_users__user_id__delete with its scopes\""),
+        "{cases}"
+    );
+    assert!(cases.contains("url: \"https://localhost/users/1\""), "{cases}");
+    assert!(cases.contains("expect: { status: 401, reason: no_token"), "{cases}");
+    let (code, out, err) = portcullis(&["test", "-c", "gateway.yaml", "cases.yaml"], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("routes no case reached"), "{out}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+    // Without --provider there is nothing to mint tokens for.
+    let (code, _, err) = portcullis(
+        &["import-openapi", doc.to_str().unwrap(), "--cases", "x.yaml"],
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{err}");
+
     let gw = TestGateway::start_in(dir, cert, &yaml).await;
     let mut c = gw.client(Proto::H1).await;
     let call = |method: &'static str, path: &'static str, scope: Option<&str>| {

@@ -82,11 +82,15 @@ enum Need {
     Unsecured,
 }
 
+mod cases;
+
 /// What the import produced.
 #[derive(Debug)]
 pub struct Imported {
     /// `routes:` entries as YAML.
     pub yaml: String,
+    /// With `--cases`: a starting `portcullis test` case file.
+    pub cases: Option<String>,
     /// What could not be expressed exactly, one line each.
     pub notes: Vec<String>,
     pub routes: usize,
@@ -99,6 +103,8 @@ pub struct ImportOptions {
     pub provider: Option<String>,
     /// `--public-when-unsecured`: an operation without any `security` is public.
     pub public_when_unsecured: bool,
+    /// `--cases`: also write a case file (tokens minted for `provider`).
+    pub cases: bool,
 }
 
 /// How a route's path is matched.
@@ -233,6 +239,7 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, String> {
 
     let mut yaml = String::from("routes:\n");
     let mut used: BTreeSet<String> = BTreeSet::new();
+    let mut named: Vec<(String, &Route)> = Vec::new();
     for r in &routes {
         let mut name = r.names.join("+");
         let base = name.clone();
@@ -246,6 +253,7 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, String> {
             notes.push(note.clone());
         }
         let _ = writeln!(yaml, "  - name: {}", quote(&name));
+        named.push((name.clone(), r));
         let _ = writeln!(
             yaml,
             "    match: {{ {}: {}, methods: [{}] }}",
@@ -275,8 +283,13 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, String> {
             }
         }
     }
+    let cases = match (&options.provider, options.cases) {
+        (Some(provider), true) => Some(cases::write(&named, provider)),
+        _ => None,
+    };
     Ok(Imported {
         yaml,
+        cases,
         notes,
         routes: routes.len(),
     })
