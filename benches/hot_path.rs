@@ -257,6 +257,7 @@ fn bench_headers(c: &mut Criterion) {
         }],
         strip_incoming: vec!["x-auth-*".into()],
         forward_authorization: false,
+        assertion: None,
     };
     let strip = StripRules::new(
         identity.strip_incoming.clone(),

@@ -172,6 +172,9 @@ fn read<B>(req: &Request<B>, snap: &Snapshot) -> Response<Full<Bytes>> {
             .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
+    if let (crate::assertion::ADMIN_JWKS_PATH, Some(signer)) = (req.uri().path(), &snap.assertion) {
+        return crate::assertion::jwks_response(signer);
+    }
     match req.uri().path() {
         "/healthz" => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
         "/readyz" => {
@@ -206,7 +209,7 @@ fn read<B>(req: &Request<B>, snap: &Snapshot) -> Response<Full<Bytes>> {
         _ => json_response(
             StatusCode::NOT_FOUND,
             "not_found",
-            "The admin listener serves /healthz, /readyz, /metrics and POST /revoke.",
+            "The admin listener serves /healthz, /readyz, /metrics, POST /revoke and, with identity.assertion, /.well-known/jwks.json.",
         ),
     }
 }

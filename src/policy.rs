@@ -27,6 +27,11 @@ pub struct Pointer {
 }
 
 impl Pointer {
+    /// The last segment: the name a copied claim takes (`/realm_access/roles` is `roles`).
+    pub fn name(&self) -> &str {
+        self.tokens.last().map_or("", String::as_str)
+    }
+
     /// `/a/b~1c` (RFC 6901), or a bare name for a top-level claim (taken as
     /// it is: `https://example.com/org` is one claim).
     pub fn parse(text: &str) -> Result<Pointer, String> {

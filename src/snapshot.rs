@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub buckets: Vec<Arc<LocalBuckets>>,
     /// The routes that serve protected-resource metadata (RFC 9728).
     pub resource_metadata: Vec<usize>,
+    /// `identity.assertion`'s signer (keys re-read on every reload).
+    pub assertion: Option<Arc<crate::assertion::Signer>>,
 }
 
 impl Snapshot {
@@ -113,6 +115,7 @@ impl Snapshot {
         let identity = &config.identity;
         let mut identity_names = vec![&identity.subject_header, &identity.scopes_header];
         identity_names.extend(identity.claims.iter().map(|c| &c.header));
+        identity_names.extend(identity.assertion.iter().map(|a| &a.header));
         let strip = Arc::new(StripRules::new(identity.strip_incoming.clone(), &identity_names));
         let identity = IdentityHeaders::new(identity);
         let routes = RouteTable::new(config.routes.clone());
@@ -151,7 +154,9 @@ impl Snapshot {
             .filter(|(_, r)| r.resource_metadata_path().is_some())
             .map(|(i, _)| i)
             .collect();
+        let assertion = crate::assertion::signer(&config).map_err(fail)?;
         Ok(Snapshot {
+            assertion,
             config,
             tls,
             routes,

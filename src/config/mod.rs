@@ -3,6 +3,7 @@
 //! Loading never touches the network; key material and certificates are read
 //! and parsed when the config is compiled into a snapshot.
 
+mod assertion;
 mod browser;
 mod claims;
 mod ctx;
@@ -14,6 +15,7 @@ mod route;
 mod shared_state;
 mod validate;
 
+pub use assertion::Assertion;
 pub use introspection::{ClientAuth, Introspection, Secret};
 pub(crate) use provider::is_loopback_host;
 pub use provider::ALGORITHMS;
@@ -266,6 +268,8 @@ pub struct IdentitySettings {
     /// Glob patterns, lower-cased with `_` folded to `-`.
     pub strip_incoming: Vec<String>,
     pub forward_authorization: bool,
+    /// `assertion`: the gateway signs a JWT for the upstream.
+    pub assertion: Option<Assertion>,
 }
 
 /// An identity header taken from a claim.

@@ -217,6 +217,8 @@ pub(crate) struct RawIdentity {
     pub strip_incoming: Option<Vec<String>>,
     #[serde(default)]
     pub forward_authorization: bool,
+    /// A JWT signed by the gateway on each forwarded request with a verified identity.
+    pub assertion: Option<super::assertion::RawAssertion>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

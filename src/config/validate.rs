@@ -246,6 +246,13 @@ fn validate_identity(ctx: &Ctx, raw: raw::RawIdentity) -> Result<IdentitySetting
         ("identity.scopes_header", &scopes_header),
     ];
     names.extend(claims.iter().map(|c| ("identity.claims", &c.header)));
+    let assertion = match raw.assertion {
+        Some(a) => Some(super::assertion::validate(ctx, a)?),
+        None => None,
+    };
+    if let Some(a) = &assertion {
+        names.push(("identity.assertion.header", &a.header));
+    }
     let mut seen = HashSet::new();
     for (field, h) in &names {
         if RESERVED_HEADERS.contains(&h.as_str()) {
@@ -282,6 +289,7 @@ fn validate_identity(ctx: &Ctx, raw: raw::RawIdentity) -> Result<IdentitySetting
         claims,
         strip_incoming,
         forward_authorization: raw.forward_authorization,
+        assertion,
     })
 }
 

@@ -192,6 +192,15 @@ async fn pipeline(
         }
     }
 
+    // The assertion's public keys, for upstreams that verify it.
+    if let Some(signer) = &snap.assertion {
+        if path == crate::assertion::HTTPS_JWKS_PATH
+            && (parts.method == http::Method::GET || parts.method == http::Method::HEAD)
+        {
+            return Ok(crate::assertion::jwks_response(signer).map(Either::Right));
+        }
+    }
+
     // A CORS preflight is routed by the method it asks about, and answered
     // here on a route with a policy: no token, nothing sent upstream.
     if let Some(requested) = crate::cors::preflight_method(&parts.method, &parts.headers) {
@@ -235,6 +244,8 @@ async fn pipeline(
     }
 
     // Authenticate and authorise before anything is sent on.
+    let mut token_key = None;
+    let mut monitor_denied = false;
     let identity = match &route.access {
         Access::Public => None,
         Access::Protected(rule) => {
@@ -250,6 +261,15 @@ async fn pipeline(
                 )?;
             }
             let token = found.map(|f| f.map(|c| c.token));
+            // The assertion is reused per token (and upstream): keyed by its digest.
+            if snap.assertion.as_ref().is_some_and(|s| !s.bind_request) {
+                token_key = token
+                    .as_ref()
+                    .ok()
+                    .copied()
+                    .flatten()
+                    .map(crate::auth::cache::TokenCache::key);
+            }
             let path_params = claims_path_params(route, rule, &path);
             let facts = crate::policy::Facts {
                 host: host_name,
@@ -265,6 +285,7 @@ async fn pipeline(
                 // for a token that verified; the log and a metric say why.
                 Err((e, verified)) if rule.monitor => {
                     note_monitor_denial(log, &e);
+                    monitor_denied = true;
                     verified
                 }
                 Err((e, _)) => return Err(e),
@@ -313,10 +334,17 @@ async fn pipeline(
         ));
     }
     let upstream = &snap.upstreams[route.upstream];
+    let upstream_path = strip_prefix(route.strip_prefix.as_deref(), &path);
     let outgoing = Outgoing {
         upstream: &upstream.config,
+        upstream_index: route.upstream,
         host: host.as_ref().map(|(v, _)| v),
         caller: identity.as_deref(),
+        // Only for what the gateway allowed: a monitor-mode denial carries none.
+        asserted: identity.as_deref().filter(|_| !monitor_denied),
+        token_key,
+        method: &parts.method,
+        upstream_path: &upstream_path,
         token_sources: match &route.access {
             Access::Protected(rule) => &rule.token_sources,
             Access::Public => &[],
@@ -324,7 +352,6 @@ async fn pipeline(
         request_id: log.request_id(),
     };
     let query = rewrite_for_upstream(snap, conn, &outgoing, &mut parts.headers, parts.uri.query());
-    let upstream_path = strip_prefix(route.strip_prefix.as_deref(), &path);
     let path_and_query = match query {
         Some(q) => PathAndQuery::try_from(format!("{upstream_path}?{q}")),
         None => PathAndQuery::try_from(upstream_path.as_ref()),
@@ -382,8 +409,16 @@ async fn pipeline(
 /// What the upstream request is built from, besides the client's headers.
 struct Outgoing<'a> {
     upstream: &'a crate::config::Upstream,
+    upstream_index: usize,
     host: Option<&'a HeaderValue>,
     caller: Option<&'a crate::auth::Caller>,
+    /// The identity the assertion vouches for (the gateway allowed the request).
+    asserted: Option<&'a crate::auth::Caller>,
+    /// SHA-256 of the token, when assertions are reused per token.
+    token_key: Option<[u8; 32]>,
+    method: &'a http::Method,
+    /// The path as forwarded (after `strip_prefix`).
+    upstream_path: &'a str,
     /// Every place the route reads a token from: all are emptied.
     token_sources: &'a [TokenSource],
     request_id: &'a HeaderValue,
@@ -425,6 +460,20 @@ fn rewrite_for_upstream<'q>(
     }
     if let Some(caller) = out.caller {
         snap.identity.apply(h, caller);
+    }
+    if let (Some(signer), Some(caller)) = (&snap.assertion, out.asserted) {
+        let url = signer.bind_request.then(|| {
+            let host = out.host.and_then(|v| v.to_str().ok()).unwrap_or_default();
+            format!("https://{}{}", host.to_ascii_lowercase(), out.upstream_path)
+        });
+        let bound = url.as_deref().map(|url| crate::assertion::Bound {
+            method: out.method,
+            url,
+        });
+        let upstream = (out.upstream_index, out.upstream.name.as_str());
+        if let Some(v) = signer.assertion(caller, upstream, out.token_key, bound) {
+            h.insert(signer.header.clone(), v);
+        }
     }
     headers::set_forwarded(h, &conn.forwarded_for, out.host);
     h.insert(X_REQUEST_ID, out.request_id.clone());
