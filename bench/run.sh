@@ -39,6 +39,7 @@ trap cleanup EXIT
 
 UP=127.0.0.1:18080 PC=127.0.0.1:18443 PC_ADMIN=127.0.0.1:19901 HA=127.0.0.1:18444 HAJ=127.0.0.1:18445
 PCL=127.0.0.1:18447 PCL_ADMIN=127.0.0.1:19902
+PCA=127.0.0.1:18448 PCA_ADMIN=127.0.0.1:19903 PCB=127.0.0.1:18449 PCB_ADMIN=127.0.0.1:19904
 NG=127.0.0.1:18446 REDIS_PORT=16379
 
 # Keys, certificate (ECDSA P-256, the cheapest safe handshake), tokens, a 1 MiB body.
@@ -170,6 +171,17 @@ RUST_LOG=warn "$BIN" run -c "$W/gateway.yaml" 2>"$W/portcullis.log" & PC_PID=$!;
 # peers log nothing).
 sed -e "s/$PC,/$PCL,/" -e "s/$PC_ADMIN/$PCL_ADMIN/" "$W/gateway.yaml" >"$W/gateway-logged.yaml"
 PORTCULLIS_LOG_FORMAT=json RUST_LOG=info "$BIN" run -c "$W/gateway-logged.yaml" 2> >(cat >/dev/null) & PCL_PID=$!; PIDS+=($PCL_PID)
+# The same gateway signing an identity assertion for the upstream (docs/assertion.md):
+# reused per token (PCA), and bound to each request (PCB, signed every time).
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$W/assert.pem" 2>/dev/null
+for v in "$PCA $PCA_ADMIN false assertion" "$PCB $PCB_ADMIN true assertion-bound"; do
+  read -r addr admin bind name <<<"$v"
+  sed -e "s/$PC,/$addr,/" -e "s/$PC_ADMIN/$admin/" \
+    -e "s|^upstreams:|identity: { assertion: { key_files: [assert.pem], issuer: https://bench.local/gw, bind_request: $bind } }\nupstreams:|" \
+    "$W/gateway.yaml" >"$W/gateway-$name.yaml"
+  RUST_LOG=warn "$BIN" run -c "$W/gateway-$name.yaml" 2>"$W/portcullis-$name.log" & PIDS+=($!)
+  [[ $name == assertion ]] && PCA_PID=$! || PCB_PID=$!
+done
 
 # HAProxy: TLS termination (frontend tls) and TLS + JWT checks (frontend jwt).
 cat > "$W/haproxy.cfg" <<CONF
@@ -212,7 +224,8 @@ CONF
 
 for _ in $(seq 100); do
   curl -sf -o /dev/null "http://$UP/" && curl -skf -o /dev/null "https://$PC/public" && curl -skf -o /dev/null "https://$HA/" \
-    && curl -skf -o /dev/null "https://$PCL/public" \
+    && curl -skf -o /dev/null "https://$PCL/public" && curl -skf -o /dev/null "https://$PCA/public" \
+    && curl -skf -o /dev/null "https://$PCB/public" \
     && curl -skf -o /dev/null "https://$NG/" && curl -skf -o /dev/null "https://$PC/limited-redis" && break
   sleep 0.1
 done
@@ -284,6 +297,8 @@ TARGETS=(
   "haproxy-jwt|h1|https://$HAJ/auth|one|$HA_PID"
   "portcullis-auth|h1|https://$PC/auth|one|$PC_PID"
   "portcullis-claims|h1|https://$PC/claims/bench|claims|$PC_PID"
+  "portcullis-assertion|h1|https://$PCA/auth|one|$PCA_PID"
+  "portcullis-assertion-bound|h1|https://$PCB/auth|one|$PCB_PID"
   "portcullis-introspected|h1|https://$PC/introspected|opaque|$PC_PID"
   "portcullis-introspect-miss|h1|https://$PC/introspect-miss|opaque-many|$PC_PID"
   "haproxy-jwt-distinct|h1|https://$HAJ/auth|many|$HA_PID"
@@ -357,7 +372,7 @@ for t in "${TARGETS[@]}"; do
   case $name in
     portcullis-public) ha=$(ratio "$key" "$proto haproxy-tls") ng=$(ratio "$key" "$proto nginx-tls") ;;
     portcullis-auth) ha=$(ratio "$key" "$proto haproxy-jwt") ;;
-    portcullis-claims | portcullis-introspected | portcullis-introspect-miss) ha=$(ratio "$key" "$proto haproxy-jwt") ;;
+    portcullis-claims | portcullis-introspected | portcullis-introspect-miss | portcullis-assertion*) ha=$(ratio "$key" "$proto haproxy-jwt") ;;
     portcullis-auth-distinct) ha=$(ratio "$key" "$proto haproxy-jwt-distinct") ;;
     portcullis-handshake | portcullis-download | portcullis-upload)
       ha=$(ratio "$key" "$proto haproxy-${name#portcullis-}") ng=$(ratio "$key" "$proto nginx-${name#portcullis-}") ;;
@@ -371,6 +386,7 @@ echo "(download and upload rows move 1 MiB per request: req/s is MiB/s)"
 cpu() { median "${CPU[$1]:-}"; }
 echo "rate-limit check, CPU per request over the same public route: local $(awk -v a="$(cpu 'h1 portcullis-limited-local')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us, redis $(awk -v a="$(cpu 'h1 portcullis-limited-redis')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us (plus one round trip: p50 $(median "${P50[h1 portcullis-limited-redis]}") against $(median "${P50[h1 portcullis-public]}"))"
 echo "introspected token from the cache against the cached RS256 JWT: $(ratio 'h1 portcullis-introspected' 'h1 portcullis-auth')x req/s, CPU $(awk -v a="$(cpu 'h1 portcullis-introspected')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us/request; a miss (one call to a loopback endpoint per request) $(awk -v a="$(cpu 'h1 portcullis-introspect-miss')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us, p50 $(median "${P50[h1 portcullis-introspect-miss]}")"
+echo "identity assertion, CPU per request over the same RS256 route: reused $(awk -v a="$(cpu 'h1 portcullis-assertion')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us, signed per request (bind_request) $(awk -v a="$(cpu 'h1 portcullis-assertion-bound')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us"
 echo "access log on (JSON, to a pipe), CPU per request over the same public route: $(awk -v a="$(cpu 'h1 portcullis-access-log')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us"
 rss() { local t=0 p; for p in $1 $(pgrep -P "$1" || true); do t=$((t + $(awk '/VmHWM/ {print $2}' "/proc/$p/status"))); done; echo "$((t / 1024)) MB"; }
 echo "peak RSS: portcullis $(rss "$PC_PID"), haproxy $(rss "$HA_PID"), nginx proxy $(rss "$NG_PID") (master + workers)"
