@@ -345,7 +345,7 @@ fn bench_metrics(c: &mut Criterion) {
     let route = portcullis::metrics::route("orders");
     let mut g = c.benchmark_group("metrics_request");
     g.bench_function("one_thread", |b| {
-        b.iter(|| portcullis::metrics::request(Some(black_box(&*route)), 200, black_box(0.0012)))
+        b.iter(|| portcullis::metrics::request(Some(black_box(&*route)), "https", 200, black_box(0.0012)))
     });
     // Each iteration is one request on each of two threads.
     g.bench_function("two_threads", |b| {
@@ -357,7 +357,7 @@ fn bench_metrics(c: &mut Criterion) {
                     s.spawn(move || {
                         portcullis::shard::become_worker(worker);
                         for _ in 0..iters {
-                            portcullis::metrics::request(Some(black_box(&**route)), 200, black_box(0.0012));
+                            portcullis::metrics::request(Some(black_box(&**route)), "https", 200, black_box(0.0012));
                         }
                     });
                 }

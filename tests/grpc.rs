@@ -179,10 +179,10 @@ async fn refusals_are_counted_with_the_gateway_status() {
     assert!(
         metrics
             .lines()
-            .any(|l| l == r#"portcullis_requests_total{route="grpc-logged",status="401"} 1"#),
+            .any(|l| l == r#"portcullis_requests_total{route="grpc-logged",listener="https",status="401"} 1"#),
         "{metrics}"
     );
-    assert!(!metrics.contains(r#"portcullis_requests_total{route="grpc-logged",status="200"}"#));
+    assert!(!metrics.contains(r#"portcullis_requests_total{route="grpc-logged",listener="https",status="200"}"#));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -289,7 +289,7 @@ routes:
         // Dropping the client resets the HTTP/2 stream / closes the HTTP/1.1 connection.
         call.abort();
         let line = format!(
-            r#"portcullis_requests_total{{route="abandoned-{}",status="499"}} 1"#,
+            r#"portcullis_requests_total{{route="abandoned-{}",listener="https",status="499"}} 1"#,
             &path[1..]
         );
         wait_for_async(Duration::from_secs(5), || {

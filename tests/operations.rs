@@ -114,7 +114,10 @@ async fn sighup_applies_a_good_config_and_keeps_serving_through_a_bad_one() {
         "{body}"
     );
     assert!(
-        metric(&body, r#"portcullis_requests_total{route="b",status="200"}"#) >= 2.0,
+        metric(
+            &body,
+            r#"portcullis_requests_total{route="b",listener="https",status="200"}"#
+        ) >= 2.0,
         "{body}"
     );
     assert!(body.contains("portcullis_request_duration_seconds_bucket{"), "{body}");
@@ -379,7 +382,7 @@ async fn admin_endpoints() {
     assert!(!body.contains("# EOF"), "{body}");
     assert!(
         body.lines()
-            .any(|l| l == r#"portcullis_requests_total{route="a",status="200"} 1"#),
+            .any(|l| l == r#"portcullis_requests_total{route="a",listener="https",status="200"} 1"#),
         "{body}"
     );
     let plain = gw.admin_raw("/metrics", "").await;

@@ -18,13 +18,20 @@ pub(crate) use close_reason::CloseReason;
 
 pub(crate) use introspection::IntrospectionMetrics;
 
-pub use route::{request, route, RouteMetrics};
+pub use route::{request, route, route_on, RouteMetrics};
 use route::{RouteCollector, RouteList};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: Arc<str>,
+    listener: &'static str,
     status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteListenerLabels {
+    route: Arc<str>,
+    listener: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -1,5 +1,5 @@
-//! Per-route request metrics: `portcullis_requests_total{route,status}` and
-//! `portcullis_request_duration_seconds{route}`, counted on the request path
+//! Per-route request metrics: `portcullis_requests_total{route,listener,status}` and
+//! `portcullis_request_duration_seconds{route,listener}`, counted on the request path
 //! in per-worker shards (no lock, no shared cache line) and summed at scrape
 //! time by a collector of our own.
 
@@ -11,28 +11,41 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-use super::{metrics, RequestLabels, RouteLabels};
+use super::{metrics, RequestLabels, RouteListenerLabels};
 
 /// One answered request. `route` is `None` (label `-`) when no route matched.
-pub fn request(route: Option<&RouteMetrics>, status: u16, seconds: f64) {
-    static NO_ROUTE: OnceLock<Arc<RouteMetrics>> = OnceLock::new();
-    route
-        .unwrap_or_else(|| NO_ROUTE.get_or_init(|| route_entry("-", false)))
-        .record(status, seconds);
+pub fn request(route: Option<&RouteMetrics>, listener: &'static str, status: u16, seconds: f64) {
+    static NO_ROUTE: OnceLock<[Arc<RouteMetrics>; 2]> = OnceLock::new();
+    let unmatched = || {
+        NO_ROUTE.get_or_init(|| [route_entry("-", "https", false), route_entry("-", "decision", false)])
+            [usize::from(listener == "decision")]
+        .as_ref()
+    };
+    route.unwrap_or_else(unmatched).record(status, seconds);
 }
 
-/// The request metrics of the route named `name`, created at zero on first
-/// use and kept across reloads.
+/// The request metrics of the route named `name` on the HTTPS listener,
+/// created at zero on first use and kept across reloads.
 pub fn route(name: &str) -> Arc<RouteMetrics> {
-    route_entry(name, true)
+    route_entry(name, "https", true)
 }
 
-fn route_entry(name: &str, configured: bool) -> Arc<RouteMetrics> {
+/// The same for another listener (`decision`).
+pub fn route_on(name: &str, listener: &'static str) -> Arc<RouteMetrics> {
+    route_entry(name, listener, true)
+}
+
+fn route_entry(name: &str, listener: &'static str, configured: bool) -> Arc<RouteMetrics> {
     let mut routes = metrics().routes.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(r) = routes.by_name.get(name) {
+    if let Some(r) = routes.by_name.get(&(Arc::from(name), listener)) {
         return r.clone();
     }
-    let r = Arc::new(RouteMetrics::new(name, configured, crate::shard::shard_count()));
+    let r = Arc::new(RouteMetrics::new(
+        name,
+        listener,
+        configured,
+        crate::shard::shard_count(),
+    ));
     routes.push(r.clone());
     r
 }
@@ -43,12 +56,12 @@ fn route_entry(name: &str, configured: bool) -> Arc<RouteMetrics> {
 #[derive(Debug, Default)]
 pub(super) struct RouteList {
     in_order: Vec<Arc<RouteMetrics>>,
-    by_name: HashMap<Arc<str>, Arc<RouteMetrics>>,
+    by_name: HashMap<(Arc<str>, &'static str), Arc<RouteMetrics>>,
 }
 
 impl RouteList {
     fn push(&mut self, r: Arc<RouteMetrics>) {
-        self.by_name.insert(r.name.clone(), r.clone());
+        self.by_name.insert((r.name.clone(), r.listener), r.clone());
         self.in_order.push(r);
     }
 }
@@ -80,6 +93,8 @@ const COMMON_STATUSES: [u16; 40] = [
 #[derive(Debug)]
 pub struct RouteMetrics {
     name: Arc<str>,
+    /// `https` or `decision`.
+    listener: &'static str,
     /// Listed at zero before its first request (a configured route), or only
     /// once counted (`-`, no route matched).
     configured: bool,
@@ -109,9 +124,10 @@ impl Default for Shard {
 }
 
 impl RouteMetrics {
-    fn new(name: &str, configured: bool, shards: usize) -> Self {
+    fn new(name: &str, listener: &'static str, configured: bool, shards: usize) -> Self {
         RouteMetrics {
             name: Arc::from(name),
+            listener,
             configured,
             shards: (0..shards).map(|_| Shard::default()).collect(),
             other_statuses: Mutex::default(),
@@ -184,7 +200,7 @@ impl Collector for RouteCollector {
         let mut requests = encoder.encode_descriptor(
             "requests",
             // `register` ends help texts with a full stop; a collector must itself.
-            "Requests answered, by route and status.",
+            "Requests answered, by route, listener and status.",
             None,
             MetricType::Counter,
         )?;
@@ -192,6 +208,7 @@ impl Collector for RouteCollector {
             for (status, n) in r.statuses() {
                 let labels = RequestLabels {
                     route: r.name.clone(),
+                    listener: r.listener,
                     status,
                 };
                 requests
@@ -201,7 +218,7 @@ impl Collector for RouteCollector {
         }
         let mut durations = encoder.encode_descriptor(
             "request_duration_seconds",
-            "Time to the response headers, by route.",
+            "Time to the response headers, by route and listener.",
             None,
             MetricType::Histogram,
         )?;
@@ -210,7 +227,10 @@ impl Collector for RouteCollector {
             if count == 0 && !r.configured {
                 continue;
             }
-            let labels = RouteLabels { route: r.name.clone() };
+            let labels = RouteListenerLabels {
+                route: r.name.clone(),
+                listener: r.listener,
+            };
             durations
                 .encode_family(&labels)?
                 .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
@@ -232,12 +252,12 @@ mod tests {
     fn route_metrics_render_as_prometheus_client_families_do() {
         use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
         let requests: Family<RequestLabels, Counter> = Family::default();
-        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+        let duration = Family::<RouteListenerLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
-        let orders = Arc::new(RouteMetrics::new("orders", true, 3));
-        let idle = Arc::new(RouteMetrics::new("idle", true, 3));
-        let unmatched = Arc::new(RouteMetrics::new("-", false, 3));
+        let orders = Arc::new(RouteMetrics::new("orders", "https", true, 3));
+        let idle = Arc::new(RouteMetrics::new("idle", "decision", true, 3));
+        let unmatched = Arc::new(RouteMetrics::new("-", "https", false, 3));
         let seen = [
             (200, 0.0001),
             (200, 0.0005),
@@ -252,13 +272,26 @@ mod tests {
             crate::shard::become_worker(i % 2);
             orders.record(status, seconds);
             let route: Arc<str> = "orders".into();
+            let listener = "https";
             duration
-                .get_or_create(&RouteLabels { route: route.clone() })
+                .get_or_create(&RouteListenerLabels {
+                    route: route.clone(),
+                    listener,
+                })
                 .observe(seconds);
-            requests.get_or_create(&RequestLabels { route, status }).inc();
+            requests
+                .get_or_create(&RequestLabels {
+                    route,
+                    listener,
+                    status,
+                })
+                .inc();
         }
         crate::shard::become_worker(usize::MAX);
-        let _ = duration.get_or_create(&RouteLabels { route: "idle".into() });
+        let _ = duration.get_or_create(&RouteListenerLabels {
+            route: "idle".into(),
+            listener: "decision",
+        });
 
         let render = |register: &dyn Fn(&mut Registry)| {
             let mut r = Registry::default();
@@ -276,24 +309,28 @@ mod tests {
         let routes = Arc::new(Mutex::new(routes));
         let (ours, text) = render(&|r| r.register_collector(Box::new(RouteCollector(routes.clone()))));
         let (theirs, _) = render(&|r| {
-            r.register("requests", "Requests answered, by route and status", requests.clone());
+            r.register(
+                "requests",
+                "Requests answered, by route, listener and status",
+                requests.clone(),
+            );
             r.register(
                 "request_duration_seconds",
-                "Time to the response headers, by route",
+                "Time to the response headers, by route and listener",
                 duration.clone(),
             );
         });
         assert_eq!(ours, theirs);
         assert!(
-            text.contains("requests_total{route=\"orders\",status=\"599\"} 1\n"),
+            text.contains("requests_total{route=\"orders\",listener=\"https\",status=\"599\"} 1\n"),
             "{text}"
         );
         assert!(
-            text.contains("request_duration_seconds_sum{route=\"orders\"} 40.2543\n"),
+            text.contains("request_duration_seconds_sum{route=\"orders\",listener=\"https\"} 40.2543\n"),
             "{text}"
         );
         assert!(
-            text.contains("request_duration_seconds_count{route=\"idle\"} 0\n"),
+            text.contains("request_duration_seconds_count{route=\"idle\",listener=\"decision\"} 0\n"),
             "{text}"
         );
         assert!(!text.contains("route=\"-\""), "{text}");

@@ -21,6 +21,8 @@ pub(crate) struct AccessLog {
     request_id: HeaderValue,
     client: Arc<str>,
     method: Method,
+    /// `https`, or `decision` for the decision API.
+    pub listener: &'static str,
     pub path: Option<String>,
     /// The matched route, whose metrics count this request.
     pub route: Option<Arc<RouteMetrics>>,
@@ -48,6 +50,7 @@ impl AccessLog {
             request_id,
             client,
             method,
+            listener: "https",
             path: None,
             route: None,
             upstream_status: None,
@@ -95,11 +98,12 @@ impl AccessLog {
         }
         self.written = true;
         let elapsed = self.started.elapsed();
-        crate::metrics::request(self.route.as_deref(), status, elapsed.as_secs_f64());
+        crate::metrics::request(self.route.as_deref(), self.listener, status, elapsed.as_secs_f64());
         tracing::info!(
             target: "portcullis::access",
             request_id = self.request_id.to_str().unwrap_or(""),
             client = &*self.client,
+            listener = self.listener,
             method = self.method.as_str(),
             path = self.path.as_deref().unwrap_or("-"),
             route = self.route_name().map_or("-", |n| &**n),
