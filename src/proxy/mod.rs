@@ -5,6 +5,7 @@
 mod access;
 pub mod access_log;
 pub mod body;
+mod decide;
 pub mod forward;
 pub mod headers;
 pub mod pool;
@@ -30,8 +31,8 @@ use access_log::AccessLog;
 use body::{LimitedBody, ReplayableBody};
 use headers::X_REQUEST_ID;
 
-use access::note_monitor_denial;
-pub(crate) use access::{check_access, check_cookie_origin, claims_path_params};
+pub(crate) use access::{check_cookie_origin, claims_path_params};
+pub(crate) use decide::{decide, Allowed};
 pub use pool::ResponseBody;
 use shape::header_bytes;
 pub(crate) use shape::{check_request_shape, request_host};
@@ -141,11 +142,11 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
 
 /// What the pipeline learns that shapes the answer, whichever it is.
 #[derive(Default)]
-struct Answering {
+pub(crate) struct Answering {
     /// The route's CORS policy (index into `config.cors`).
-    cors_policy: Option<usize>,
+    pub cors_policy: Option<usize>,
     /// The route's protected-resource metadata URL, for its 401 challenges.
-    metadata_url: Option<String>,
+    pub metadata_url: Option<String>,
 }
 
 async fn pipeline(
@@ -216,109 +217,23 @@ async fn pipeline(
         }
     }
 
-    let route_index = match snap.routes.find(host_name, &parts.method, &path) {
-        Lookup::Found(i) => i,
-        Lookup::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed(allow)),
-        Lookup::NotFound => return Err(GatewayError::NotFound),
-    };
+    let Allowed {
+        route_index,
+        identity,
+        monitor_denied,
+        token_key,
+    } = decide(
+        snap,
+        &snap.route_metrics,
+        conn.peer.ip(),
+        &parts,
+        host.as_ref(),
+        &path,
+        log,
+        answering,
+    )
+    .await?;
     let route = snap.routes.get(route_index);
-    log.route = Some(snap.route_metrics[route_index].clone());
-    answering.cors_policy = route.cors;
-    if let Access::Protected(rule) = &route.access {
-        if rule.resource_metadata {
-            answering.metadata_url = crate::resource_metadata::url_for(route, host.as_ref().map(|(v, _)| v));
-        }
-    }
-
-    // The client's address first: a route limited to some networks says
-    // nothing more to anyone else (monitor mode records it and goes on).
-    let monitor = matches!(&route.access, Access::Protected(rule) if rule.monitor);
-    if !route.source_ips.is_empty() && !route.source_ips.iter().any(|c| c.contains(conn.peer.ip())) {
-        log.denied_by = Some("source_ips".into());
-        let e = GatewayError::SourceDenied;
-        if !monitor {
-            crate::metrics::auth_failure(crate::auth::failure_reason(&e));
-            return Err(e);
-        }
-        note_monitor_denial(log, &e);
-    }
-
-    // Authenticate and authorise before anything is sent on.
-    let mut token_key = None;
-    let mut monitor_denied = false;
-    let identity = match &route.access {
-        Access::Public => None,
-        Access::Protected(rule) => {
-            log.protected = true;
-            let found = credential::find(&rule.token_sources, &parts.headers, parts.uri.query());
-            if let Ok(Some(TokenSource::Cookie(_))) = found.as_ref().map(|f| f.map(|c| c.source)) {
-                check_cookie_origin(
-                    snap,
-                    route,
-                    &parts.method,
-                    &parts.headers,
-                    host.as_ref().map(|(v, _)| v),
-                )?;
-            }
-            let token = found.map(|f| f.map(|c| c.token));
-            // The assertion is reused per token (and upstream): keyed by its digest.
-            if snap.assertion.as_ref().is_some_and(|s| !s.bind_request) {
-                token_key = token
-                    .as_ref()
-                    .ok()
-                    .copied()
-                    .flatten()
-                    .map(crate::auth::cache::TokenCache::key);
-            }
-            let path_params = claims_path_params(route, rule, &path);
-            let facts = crate::policy::Facts {
-                host: host_name,
-                path_params: &path_params,
-            };
-            let checked = Box::pin(check_access(snap, rule, token, &facts)).await;
-            if let Err((GatewayError::ClaimsDenied(i), _)) = &checked {
-                log.denied_by = Some(format!("claims[{i}] {}", rule.claims[*i]));
-            }
-            match checked {
-                Ok(identity) => Some(identity),
-                // Monitor mode: forward anyway, with identity headers only
-                // for a token that verified; the log and a metric say why.
-                Err((e, verified)) if rule.monitor => {
-                    note_monitor_denial(log, &e);
-                    monitor_denied = true;
-                    verified
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
-    };
-    if let Some(identity) = &identity {
-        log.subject = identity
-            .subject
-            .as_ref()
-            .map(|s| s.as_str().map_or_else(|| s.to_string(), str::to_string));
-    }
-
-    if !route.rate_limits.is_empty() {
-        let facts = crate::limits::RequestFacts {
-            route: &route.name,
-            client: conn.peer.ip(),
-            headers: &parts.headers,
-            identity: identity.as_deref(),
-        };
-        let route_name = log.route_name().cloned().unwrap_or_else(|| route.name.as_str().into());
-        // Boxed, like the other large awaits: most routes have no limits, and
-        // an inline await would make every request's future carry its state.
-        Box::pin(crate::limits::check(
-            &snap.config.rate_limits,
-            &snap.buckets,
-            snap.store.as_deref(),
-            &route.rate_limits,
-            &facts,
-            &route_name,
-        ))
-        .await?;
-    }
 
     if content_length.is_some_and(|n| n > limits.max_body_bytes) {
         return Err(GatewayError::PayloadTooLarge);
