@@ -39,7 +39,7 @@ fn route(i: usize) -> Route {
         },
         methods: Some(vec![Method::GET, Method::POST]),
         host: None,
-        upstream: 0,
+        upstream: Some(0),
         strip_prefix: None,
         access: Access::Public,
         source_ips: vec![],

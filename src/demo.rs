@@ -149,8 +149,12 @@ Press Ctrl-C to stop.
     let result = crate::run(&dir.join("gateway.yaml"), |running| {
         // A closed stdout (piped into `head`) must not take the gateway down.
         use std::io::Write;
-        let _ =
-            writeln!(std::io::stdout(), "{}", tour(running.https_addr.port())).and_then(|()| std::io::stdout().flush());
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            tour(running.https_addr.map_or(0, |a| a.port()))
+        )
+        .and_then(|()| std::io::stdout().flush());
     })
     .await
     .map_err(|e| crate::one_line(&e));

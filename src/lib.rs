@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod cors;
+pub mod decision;
 pub mod demo;
 pub mod error;
 pub mod explain;

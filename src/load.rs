@@ -30,7 +30,9 @@ pub fn load(
         .warnings
         .extend(crate::routing::overlap::lint(&loaded.config.routes));
     if purpose == Purpose::Serve {
-        crate::tls::ensure_self_signed(&loaded.config.tls).map_err(|e| e.in_file(path))?;
+        if let Some(tls) = &loaded.config.tls {
+            crate::tls::ensure_self_signed(tls).map_err(|e| e.in_file(path))?;
+        }
     }
     let snapshot = Snapshot::build(loaded.config, previous)?;
     Ok((snapshot, loaded.warnings))

@@ -17,11 +17,14 @@ use crate::store::Store;
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Config,
-    pub tls: Arc<ServerConfig>,
+    /// `None` without `listen.https`.
+    pub tls: Option<Arc<ServerConfig>>,
     pub routes: RouteTable,
     /// Each route's metrics (and its name, shared with the log), indexed like
     /// `config.routes`, so that a request counts itself without a lookup.
     pub route_metrics: Vec<Arc<crate::metrics::RouteMetrics>>,
+    /// The same for the decision API (empty without `listen.decision`).
+    pub decision_route_metrics: Vec<Arc<crate::metrics::RouteMetrics>>,
     /// Indexed like `config.upstreams`.
     pub upstreams: Vec<SharedPool>,
     /// Indexed like `config.providers`.
@@ -59,7 +62,10 @@ impl Snapshot {
     /// unchanged from `previous` are carried over.
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
         let fail = |e: ConfigError| e.in_file(&config.source);
-        let tls = crate::tls::server_config(&config.tls).map_err(fail)?;
+        let tls = match &config.tls {
+            Some(t) => Some(crate::tls::server_config(t).map_err(fail)?),
+            None => None,
+        };
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
             let ca_digest = crate::tls::ca_digest(u.ca_file.as_deref());
@@ -120,6 +126,14 @@ impl Snapshot {
         let identity = IdentityHeaders::new(identity);
         let routes = RouteTable::new(config.routes.clone());
         let route_metrics = config.routes.iter().map(|r| crate::metrics::route(&r.name)).collect();
+        let decision_route_metrics = match config.listen.decision {
+            Some(_) => config
+                .routes
+                .iter()
+                .map(|r| crate::metrics::route_on(&r.name, "decision"))
+                .collect(),
+            None => Vec::new(),
+        };
         let store = match &config.store {
             None => None,
             Some(sc) => {
@@ -161,6 +175,7 @@ impl Snapshot {
             tls,
             routes,
             route_metrics,
+            decision_route_metrics,
             upstreams,
             providers,
             strip,

@@ -98,7 +98,7 @@ fn a_full_config_loads() {
     assert_eq!(c.routes[0].path, portcullis::config::PathMatch::Prefix("/api".into()));
     assert_eq!(c.limits.max_body_bytes, 10 * 1024 * 1024, "defaults apply");
     // Relative paths resolve against the config file's directory.
-    assert_eq!(c.tls.cert, d.path().join("cert.pem"));
+    assert_eq!(c.tls.as_ref().unwrap().cert, d.path().join("cert.pem"));
     assert_eq!(
         c.providers[0].keys,
         portcullis::config::KeySource::JwksFile(d.path().join("jwks.json"))

@@ -104,7 +104,7 @@ routes:
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, &yaml).unwrap();
     let loaded = portcullis::config::Config::load(&path).unwrap();
-    assert!(portcullis::tls::ensure_self_signed(&loaded.config.tls).unwrap());
+    assert!(portcullis::tls::ensure_self_signed(loaded.config.tls.as_ref().unwrap()).unwrap());
     let cert_pem = std::fs::read(dir.path().join("made/gw.crt")).unwrap();
     let key_meta = std::fs::metadata(dir.path().join("made/gw.key")).unwrap();
     assert_eq!(
@@ -113,7 +113,7 @@ routes:
         "key is private"
     );
     // A second run keeps what is there.
-    assert!(!portcullis::tls::ensure_self_signed(&loaded.config.tls).unwrap());
+    assert!(!portcullis::tls::ensure_self_signed(loaded.config.tls.as_ref().unwrap()).unwrap());
     use rustls_pki_types::pem::PemObject;
     let cert = rustls_pki_types::CertificateDer::from_pem_slice(&cert_pem).unwrap();
     let gw = TestGateway::start_in(dir, cert, &yaml).await;

@@ -37,7 +37,8 @@ pub use raw::{TlsVersion, UpstreamProtocol};
 pub struct Config {
     pub source: PathBuf,
     pub listen: Listen,
-    pub tls: Tls,
+    /// `None` only without `listen.https`.
+    pub tls: Option<Tls>,
     pub limits: Limits,
     pub providers: Vec<Provider>,
     pub identity: IdentitySettings,
@@ -186,9 +187,12 @@ pub enum TokenSource {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
-    pub https: SocketAddr,
+    /// `None` only for a decision-only gateway.
+    pub https: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// The decision API (plain HTTP, for a proxy in front).
+    pub decision: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -320,8 +324,9 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// Lower-case host without port; `None`: any host.
     pub host: Option<String>,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
+    /// Index into [`Config::upstreams`]; `None`: decided on only (the
+    /// decision API), answered 404 on the HTTPS listener.
+    pub upstream: Option<usize>,
     pub strip_prefix: Option<String>,
     pub access: Access,
     /// `source_ips`: the client address must be in one (empty: any address).
@@ -594,7 +599,7 @@ pub fn describe_routes(config: &Config) -> String {
             "{}\t{methods}\t{}\t{path}\t{}\t{access}\t{browser}",
             r.name,
             r.host.as_deref().unwrap_or("*"),
-            config.upstreams[r.upstream].name
+            r.upstream.map_or("-", |u| config.upstreams[u].name.as_str())
         );
     }
     out

@@ -17,13 +17,15 @@ use serde::{Deserialize, Deserializer};
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
     pub listen: RawListen,
-    pub tls: RawTls,
+    /// Required with `listen.https`.
+    pub tls: Option<RawTls>,
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub identity: RawIdentity,
+    #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
     pub routes: Vec<RawRoute>,
     #[serde(default)]
@@ -107,9 +109,12 @@ pub(crate) struct RawPaths {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawListen {
-    pub https: Addr,
+    /// Required unless `decision` is set.
+    pub https: Option<Addr>,
     pub http: Option<Addr>,
     pub admin: Option<Addr>,
+    /// The decision API (forward auth) for a proxy in front: plain HTTP.
+    pub decision: Option<Addr>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -264,7 +269,8 @@ pub struct RawRoute {
     pub name: Option<String>,
     #[serde(rename = "match")]
     pub matcher: RawMatch,
-    pub upstream: String,
+    /// Required unless `listen.decision` is set (a route only decided on).
+    pub upstream: Option<String>,
     pub strip_prefix: Option<String>,
     pub auth: Option<RawAuth>,
     #[serde(default)]

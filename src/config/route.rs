@@ -97,17 +97,16 @@ pub(super) fn validate_route(
             Some(authority.host().to_ascii_lowercase())
         }
     };
-    let upstream = upstreams.iter().position(|u| u.name == raw.upstream).ok_or_else(|| {
-        let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-        ctx.err(
-            format!("{at}.upstream"),
-            format!(
-                "no upstream named {:?}; defined upstreams: {}",
-                raw.upstream,
-                known.join(", ")
-            ),
-        )
-    })?;
+    let upstream = match &raw.upstream {
+        None => None,
+        Some(name) => Some(upstreams.iter().position(|u| u.name == *name).ok_or_else(|| {
+            let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+            ctx.err(
+                format!("{at}.upstream"),
+                format!("no upstream named {name:?}; defined upstreams: {}", known.join(", ")),
+            )
+        })?),
+    };
     let strip_prefix = match raw.strip_prefix {
         None => None,
         Some(s) => {
@@ -150,11 +149,13 @@ pub(super) fn validate_route(
     let source_ips = super::claims::source_ips(ctx, &at, raw.source_ips)?;
     let rate_limits = super::shared_state::route_limits(ctx, &at, raw.rate_limits, limits, raw.public)?;
     let websocket = super::browser::websocket(ctx, &at, raw.websocket)?;
-    if websocket.is_some() && upstreams[upstream].protocol.is_http2() {
-        return Err(ctx.err(format!("{at}.websocket"), format!(
-            "WebSockets go upstream as HTTP/1.1 upgrades, but upstream {:?} speaks HTTP/2; give the route an http1 upstream",
-            upstreams[upstream].name
-        )));
+    if let (Some(_), Some(u)) = (&websocket, upstream.map(|u| &upstreams[u])) {
+        if u.protocol.is_http2() {
+            return Err(ctx.err(format!("{at}.websocket"), format!(
+                "WebSockets go upstream as HTTP/1.1 upgrades, but upstream {:?} speaks HTTP/2; give the route an http1 upstream",
+                u.name
+            )));
+        }
     }
     let cors = match raw.cors {
         None => None,

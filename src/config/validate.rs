@@ -36,12 +36,27 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
     let mut ctx = Ctx::new(file, text, base);
 
     let listen = Listen {
-        https: raw.listen.https.0,
+        https: raw.listen.https.map(|a| a.0),
         http: raw.listen.http.map(|a| a.0),
         admin: raw.listen.admin.map(|a| a.0),
+        decision: raw.listen.decision.map(|a| a.0),
     };
-    let mut seen = vec![("https", listen.https)];
-    for (name, addr) in [("http", listen.http), ("admin", listen.admin)] {
+    if listen.https.is_none() && listen.decision.is_none() {
+        return Err(ctx.err(
+            "listen.https",
+            "missing; the gateway needs an HTTPS listener (or, for a decision service only, listen.decision)",
+        ));
+    }
+    if listen.http.is_some() && listen.https.is_none() {
+        return Err(ctx.err("listen.http", "redirects to listen.https, which is not set"));
+    }
+    let mut seen = Vec::new();
+    for (name, addr) in [
+        ("https", listen.https),
+        ("http", listen.http),
+        ("admin", listen.admin),
+        ("decision", listen.decision),
+    ] {
         if let Some(addr) = addr {
             if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr && addr.port() != 0) {
                 return Err(ctx.err(
@@ -53,7 +68,11 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         }
     }
 
-    let tls = validate_tls(&ctx, raw.tls)?;
+    let tls = match (raw.tls, listen.https) {
+        (Some(t), _) => Some(validate_tls(&ctx, t)?),
+        (None, Some(_)) => return Err(ctx.err("tls", "missing; listen.https needs a certificate and key")),
+        (None, None) => None,
+    };
     let limits = validate_limits(&ctx, raw.limits)?;
 
     let mut providers = Vec::new();
@@ -105,6 +124,12 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
     let mut names = std::collections::HashSet::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let route = super::route::validate_route(&mut ctx, i, r, &upstreams, &providers, &cors, &rate_limits)?;
+        if route.upstream.is_none() && listen.decision.is_none() {
+            return Err(ctx.err(
+                format!("routes[{i}] ({}).upstream", route.name),
+                "missing; only a gateway with listen.decision has routes it decides on without forwarding",
+            ));
+        }
         if !names.insert(route.name.clone()) {
             return Err(ctx.err(
                 format!("routes[{i}]"),

@@ -69,6 +69,12 @@ impl Explanation {
                     out.push_str(&format!("           {k}: {v}\n"));
                 }
             }
+            (None, _) if self.forwards() => {
+                out.push_str("answer     allow: 200 from the decision API (the route has no upstream)\n");
+                for (k, v) in &self.identity_headers {
+                    out.push_str(&format!("           {k}: {v}\n"));
+                }
+            }
             _ => {
                 let reason = self.reason.map(|r| format!(" (reason {r})")).unwrap_or_default();
                 out.push_str(&format!(
@@ -224,12 +230,12 @@ async fn explain_unredacted(
     let at = crate::config::position_of(&snap.config.source, &format!("routes[{route_index}]"))
         .map(|(line, _)| format!(" ({}:{line})", snap.config.source.display()))
         .unwrap_or_default();
-    let upstream = &snap.upstreams[route.upstream];
-    b.add(
-        "route",
-        "pass",
-        format!("{}{at} -> upstream {}", route.name, upstream.config.name),
+    let upstream = route.upstream.map(|u| &snap.upstreams[u]);
+    let to = upstream.map_or_else(
+        || "no upstream: decided on by the decision API only (the HTTPS listener answers 404)".to_string(),
+        |u| format!("upstream {}", u.config.name),
     );
+    b.add("route", "pass", format!("{}{at} -> {to}", route.name));
 
     if !route.source_ips.is_empty() {
         let ranges: Vec<String> = route.source_ips.iter().map(ToString::to_string).collect();
@@ -311,8 +317,9 @@ async fn explain_unredacted(
         status: 200,
         error: None,
         reason: monitor_denied,
-        upstream: Some(upstream.config.name.clone()),
-        forwarded_as: Some(format!("{method} {upstream_path}{query}")),
+        upstream: upstream.map(|u| u.config.name.clone()),
+        // A decision-only route: allowed, nothing forwarded.
+        forwarded_as: upstream.map(|_| format!("{method} {upstream_path}{query}")),
         identity_headers: forwarded
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))

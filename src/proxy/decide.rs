@@ -14,7 +14,6 @@ use super::Answering;
 use crate::auth::credential;
 use crate::config::{Access, TokenSource};
 use crate::error::GatewayError;
-use crate::metrics::RouteMetrics;
 use crate::routing::table::Lookup;
 use crate::snapshot::Snapshot;
 
@@ -29,12 +28,19 @@ pub(crate) struct Allowed {
     pub token_key: Option<[u8; 32]>,
 }
 
-/// Route the request and apply the route's policy. `route_metrics`: the
-/// listener's per-route counters; `client`: the client's address.
+/// Which listener asks: the HTTPS listener forwards what is allowed (a route
+/// without an upstream does not exist for it), the decision API only decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listener {
+    Https,
+    Decision,
+}
+
+/// Route the request and apply the route's policy. `client`: the client's address.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn decide(
     snap: &Snapshot,
-    route_metrics: &[Arc<RouteMetrics>],
+    listener: Listener,
     client: IpAddr,
     parts: &http::request::Parts,
     host: Option<&(HeaderValue, String)>,
@@ -49,7 +55,12 @@ pub(crate) async fn decide(
         Lookup::NotFound => return Err(GatewayError::NotFound),
     };
     let route = snap.routes.get(route_index);
-    log.route = Some(route_metrics[route_index].clone());
+    let route_metrics = match listener {
+        Listener::Https if route.upstream.is_none() => return Err(GatewayError::NotFound),
+        Listener::Https => &snap.route_metrics,
+        Listener::Decision => &snap.decision_route_metrics,
+    };
+    log.route = route_metrics.get(route_index).cloned();
     answering.cors_policy = route.cors;
     if let Access::Protected(rule) = &route.access {
         if rule.resource_metadata {

@@ -32,7 +32,7 @@ use body::{LimitedBody, ReplayableBody};
 use headers::X_REQUEST_ID;
 
 pub(crate) use access::{check_cookie_origin, claims_path_params};
-pub(crate) use decide::{decide, Allowed};
+pub(crate) use decide::{decide, Allowed, Listener};
 pub use pool::ResponseBody;
 use shape::header_bytes;
 pub(crate) use shape::{check_request_shape, request_host};
@@ -124,7 +124,7 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
         }
     };
     let h = resp.headers_mut();
-    match &snap.config.tls.hsts {
+    match snap.config.tls.as_ref().and_then(|t| t.hsts.as_ref()) {
         Some(v) => h.insert(header::STRICT_TRANSPORT_SECURITY, v.clone()),
         None => h.remove(header::STRICT_TRANSPORT_SECURITY),
     };
@@ -224,7 +224,7 @@ async fn pipeline(
         token_key,
     } = decide(
         snap,
-        &snap.route_metrics,
+        Listener::Https,
         conn.peer.ip(),
         &parts,
         host.as_ref(),
@@ -248,11 +248,15 @@ async fn pipeline(
             "A WebSocket upgrade request cannot carry a body.",
         ));
     }
-    let upstream = &snap.upstreams[route.upstream];
+    // `decide` answered 404 for a route without an upstream.
+    let Some(upstream_index) = route.upstream else {
+        return Err(GatewayError::NotFound);
+    };
+    let upstream = &snap.upstreams[upstream_index];
     let upstream_path = strip_prefix(route.strip_prefix.as_deref(), &path);
     let outgoing = Outgoing {
         upstream: &upstream.config,
-        upstream_index: route.upstream,
+        upstream_index,
         host: host.as_ref().map(|(v, _)| v),
         caller: identity.as_deref(),
         // Only for what the gateway allowed: a monitor-mode denial carries none.

@@ -227,7 +227,7 @@ pub(crate) mod tests {
             path,
             methods: methods.map(|ms| ms.iter().map(|m| Method::from_bytes(m.as_bytes()).unwrap()).collect()),
             host: host.map(str::to_string),
-            upstream: 0,
+            upstream: Some(0),
             strip_prefix: None,
             access: Access::Public,
             source_ips: vec![],

@@ -39,6 +39,8 @@ pub(super) enum Plain {
     Redirect {
         https_port: u16,
     },
+    /// The decision API (forward auth) for a proxy in front.
+    Decision,
 }
 
 /// A place in `lane`, or never when there is no such lane.
@@ -101,6 +103,11 @@ pub(super) async fn accept_loop(
                 }
                 Plain::Admin { .. } => {
                     serve_plain(gateway, stream, shutdown, Lane::Regular, crate::admin::answer).await
+                }
+                Plain::Decision => {
+                    let answer =
+                        move |req: Request<Incoming>, snap: Arc<Snapshot>| crate::decision::answer(req, snap, peer);
+                    serve_plain(gateway, stream, shutdown, Lane::Regular, answer).await
                 }
                 Plain::Redirect { https_port } => {
                     let answer = move |req: Request<Incoming>, _: Arc<Snapshot>| {

@@ -41,7 +41,10 @@ pub(super) async fn serve_https(
     let snap = gateway.snapshot.load_full();
     let limits = snap.config.limits.clone();
     // New handshakes use the certificate of the snapshot current at accept time.
-    let acceptor = tokio_rustls::TlsAcceptor::from(snap.tls.clone());
+    // (A reload cannot remove the HTTPS listener, only warn; without a
+    // certificate there is nothing to hand this client.)
+    let Some(tls) = snap.tls.clone() else { return };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     drop(snap);
     // Scoped and boxed: the handshake's state (a whole rustls connection)
     // would otherwise stay part of the connection's task for its whole life,

@@ -44,9 +44,11 @@ pub struct Gateway {
 
 /// A started gateway: its bound addresses and what stops or reloads it.
 pub struct Running {
-    pub https_addr: SocketAddr,
+    /// `None` for a decision-only gateway.
+    pub https_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
+    pub decision_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
     connections: Arc<Semaphore>,
@@ -75,17 +77,21 @@ async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, Bind
 pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
     let listen = snapshot.config.listen.clone();
     let max = snapshot.config.limits.max_connections.min(Semaphore::MAX_PERMITS) as u32;
-    let https = bind("listen.https", listen.https).await?;
+    let https = match listen.https {
+        Some(addr) => Some(bind("listen.https", addr).await?),
+        None => None,
+    };
     let http = match listen.http {
         Some(addr) => Some(bind("listen.http", addr).await?),
         None => None,
     };
-    let https_addr = https.local_addr().map_err(|source| BindError {
-        field: "listen.https",
-        addr: listen.https,
-        source,
-    })?;
+    let decision = match listen.decision {
+        Some(addr) => Some(bind("listen.decision", addr).await?),
+        None => None,
+    };
+    let https_addr = https.as_ref().and_then(|l| l.local_addr().ok());
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let decision_addr = decision.as_ref().and_then(|l| l.local_addr().ok());
     let admin = match listen.admin {
         Some(addr) => Some(bind("listen.admin", addr).await?),
         None => None,
@@ -99,18 +105,34 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
         tunnels: crate::proxy::tunnel::Tunnels::new(shutdown.subscribe()),
     });
     let connections = Arc::new(Semaphore::new(max as usize));
-    let (workers, stop_workers) = Workers::start(&gateway, &shutdown).map_err(|source| BindError {
-        field: "listen.https",
-        addr: https_addr,
-        source,
-    })?;
-    let mut accept_loops = vec![tokio::spawn(accept_loop(
-        https,
-        Listener::Https(workers),
-        gateway.clone(),
-        connections.clone(),
-        shutdown.subscribe(),
-    ))];
+    let mut accept_loops = Vec::new();
+    let mut stop_workers = Vec::new();
+    if let (Some(https), Some(addr)) = (https, https_addr) {
+        let (workers, stop) = Workers::start(&gateway, &shutdown).map_err(|source| BindError {
+            field: "listen.https",
+            addr,
+            source,
+        })?;
+        stop_workers = stop;
+        accept_loops.push(tokio::spawn(accept_loop(
+            https,
+            Listener::Https(workers),
+            gateway.clone(),
+            connections.clone(),
+            shutdown.subscribe(),
+        )));
+    }
+    if let Some(decision) = decision {
+        // Its own budget: the proxy in front holds keep-alive connections here.
+        let decision_connections = Arc::new(Semaphore::new(max as usize));
+        accept_loops.push(tokio::spawn(accept_loop(
+            decision,
+            Listener::Plain(Plain::Decision),
+            gateway.clone(),
+            decision_connections,
+            shutdown.subscribe(),
+        )));
+    }
     if let Some(admin) = admin {
         // The admin listener has its own small budget, so a gateway saturated
         // with clients still answers its health checks and scrapes.
@@ -124,7 +146,7 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
             shutdown.subscribe(),
         )));
     }
-    if let Some(http) = http {
+    if let (Some(http), Some(https_addr)) = (http, https_addr) {
         let redirect = Listener::Plain(Plain::Redirect {
             https_port: https_addr.port(),
         });
@@ -139,15 +161,17 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
         )));
     }
     tracing::info!(
-        https = %https_addr,
+        https = https_addr.map(|a| a.to_string()),
         http = http_addr.map(|a| a.to_string()),
         admin = admin_addr.map(|a| a.to_string()),
+        decision = decision_addr.map(|a| a.to_string()),
         "listening"
     );
     Ok(Running {
         https_addr,
         http_addr,
         admin_addr,
+        decision_addr,
         gateway,
         shutdown,
         connections,

@@ -382,6 +382,7 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
+    pub decision_addr: Option<SocketAddr>,
     pub cert: CertificateDer<'static>,
     pub config_path: PathBuf,
 }
@@ -433,13 +434,16 @@ impl TestGateway {
         let (snapshot, _warnings) =
             portcullis::load_config(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let running = portcullis::server::start(snapshot).await.unwrap();
-        let (addr, http_addr, admin_addr) = (running.https_addr, running.http_addr, running.admin_addr);
+        let (http_addr, admin_addr, decision_addr) = (running.http_addr, running.admin_addr, running.decision_addr);
+        // A decision-only gateway has no HTTPS listener: `addr` is then the decision one.
+        let addr = running.https_addr.or(decision_addr).expect("a listener");
         TestGateway {
             dir,
             running: Some(running),
             addr,
             http_addr,
             admin_addr,
+            decision_addr,
             cert,
             config_path,
         }
