@@ -32,7 +32,7 @@ fn bench_normalize(c: &mut Criterion) {
 fn route(i: usize) -> Route {
     Route {
         name: format!("r{i}"),
-        path: if i % 2 == 0 {
+        path: if i.is_multiple_of(2) {
             PathMatch::Prefix(format!("/svc{i}/items"))
         } else {
             PathMatch::Exact(format!("/svc{i}/health"))

@@ -32,6 +32,7 @@ pub mod shard;
 pub mod snapshot;
 pub mod store;
 pub mod tls;
+pub mod watch;
 
 use std::path::Path;
 
@@ -73,6 +74,21 @@ fn notify(state: &[sd_notify::NotifyState]) {
     }
 }
 
+/// With `reload.watch`, watch the running configuration's files.
+fn watch_files(running: &server::Running, changed: &tokio::sync::mpsc::Sender<()>) -> Option<watch::Watch> {
+    let snap = running.gateway.snapshot.load();
+    if !snap.config.watch {
+        return None;
+    }
+    match watch::start(&snap.config.named_files(), changed.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the configuration's files; SIGHUP still reloads");
+            None
+        }
+    }
+}
+
 /// Run the gateway until SIGTERM or SIGINT. SIGHUP reloads the configuration.
 /// `on_ready` runs once every listener is bound.
 pub async fn run(path: &Path, on_ready: impl FnOnce(&server::Running)) -> Result<(), StartError> {
@@ -88,30 +104,39 @@ pub async fn run(path: &Path, on_ready: impl FnOnce(&server::Running)) -> Result
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
     let mut running = server::start(snapshot).await?;
+    let (changed, mut changes) = tokio::sync::mpsc::channel(1);
+    let mut watching = watch_files(&running, &changed);
     notify(&[NotifyState::Ready]);
     on_ready(&running);
 
     loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                let mut reloading = vec![NotifyState::Reloading];
-                reloading.extend(NotifyState::monotonic_usec_now().ok());
-                notify(&reloading);
-                match running.reload(path) {
-                    Ok(warnings) => {
-                        for w in warnings {
-                            tracing::warn!("{w}");
-                        }
-                        tracing::info!(config = %path.display(), "configuration reloaded");
-                    }
-                    Err(e) => tracing::error!("reload failed, keeping the previous configuration: {}", one_line(&e)),
-                }
-                notify(&[NotifyState::Ready]);
-            }
+        let why = tokio::select! {
+            _ = hup.recv() => "SIGHUP",
+            Some(()) = changes.recv() => "a watched file changed",
             _ = term.recv() => break,
             _ = int.recv() => break,
+        };
+        let mut reloading = vec![NotifyState::Reloading];
+        reloading.extend(NotifyState::monotonic_usec_now().ok());
+        notify(&reloading);
+        match running.reload(path) {
+            Ok(warnings) => {
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+                tracing::info!(config = %path.display(), trigger = why, "configuration reloaded");
+                // The new configuration may name other files, or stop watching.
+                watching = watch_files(&running, &changed);
+            }
+            Err(e) => tracing::error!(
+                trigger = why,
+                "reload failed, keeping the previous configuration: {}",
+                one_line(&e)
+            ),
         }
+        notify(&[NotifyState::Ready]);
     }
+    drop(watching);
     notify(&[NotifyState::Stopping]);
     running.stop_accepting().await;
     let grace = running.gateway.snapshot.load().config.limits.shutdown_grace;

@@ -83,7 +83,7 @@ impl LocalBuckets {
                 };
                 // Swept now and then, never per request: a full map of live
                 // buckets must not make every new key pay for a scan of it.
-                let sweep = self.inserts.fetch_add(1, Ordering::Relaxed) % 1024 == 0;
+                let sweep = self.inserts.fetch_add(1, Ordering::Relaxed).is_multiple_of(1024);
                 if sweep && self.tat.len() > SWEEP_ABOVE {
                     self.tat.retain(|_, tat| *tat > now);
                 }

@@ -431,6 +431,7 @@ mod tests {
             endpoint: Some("http://127.0.0.1:1/introspect".into()),
             client_id: "gw".into(),
             client_secret: crate::config::Secret::for_tests("s3cret"),
+            secret_file: None,
             auth_method: ClientAuth::Basic,
             timeout: Duration::from_secs(1),
             cache_ttl: Duration::from_secs(300),

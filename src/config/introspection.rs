@@ -67,6 +67,8 @@ pub struct Introspection {
     pub endpoint: Option<String>,
     pub client_id: String,
     pub client_secret: Secret,
+    /// Where the secret was read from (`client_secret_file`), for `reload.watch`.
+    pub secret_file: Option<PathBuf>,
     pub auth_method: ClientAuth,
     pub timeout: Duration,
     /// Upper bound on how long an active answer is reused (never past its `exp`).
@@ -98,9 +100,11 @@ pub(super) fn validate(
             "must be a non-empty string without control characters",
         ));
     }
+    let mut secret_file = None;
     let secret = match (&raw.client_secret_file, &raw.client_secret_env) {
         (Some(path), None) => {
             let path = ctx.existing_file(&field("client_secret_file"), path)?;
+            secret_file = Some(path.clone());
             let bytes = super::read_secret_file(&path).map_err(|e| {
                 ctx.err(
                     field("client_secret_file"),
@@ -149,6 +153,7 @@ pub(super) fn validate(
         endpoint: raw.endpoint,
         client_id: raw.client_id,
         client_secret: Secret(secret),
+        secret_file,
         auth_method: raw.auth_method,
         timeout,
         cache_ttl,

@@ -7,6 +7,7 @@ mod assertion;
 mod browser;
 mod claims;
 mod ctx;
+mod files;
 mod introspection;
 mod locate;
 mod provider;
@@ -54,6 +55,8 @@ pub struct Config {
     pub revocation: Option<RevocationConfig>,
     /// `admin.token_file`'s secret: what every admin `POST` must carry.
     pub admin_token: Option<AdminToken>,
+    /// `reload.watch`: reload when this file or one it names changes.
+    pub watch: bool,
 }
 
 /// The admin listener's bearer secret. Never printed, compared in constant time.

@@ -38,6 +38,18 @@ pub(crate) struct RawConfig {
     pub revocation: Option<RawRevocation>,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub reload: RawReload,
+}
+
+/// How the configuration is reloaded besides SIGHUP.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawReload {
+    /// Reload when gateway.yaml or a file it names changes (a Kubernetes
+    /// ConfigMap's symlink swap included), debounced by 1 s.
+    #[serde(default)]
+    pub watch: bool,
 }
 
 /// The admin listener's settings (its address is `listen.admin`).

@@ -142,6 +142,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
     check_metadata_urls(&ctx, &routes)?;
 
     let config = Config {
+        watch: raw.reload.watch,
         source: file.to_path_buf(),
         listen,
         tls,
