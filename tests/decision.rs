@@ -236,7 +236,20 @@ async fn nginx_gets_401_or_403_only_with_the_real_status_beside() {
     assert_eq!(status, 200);
     assert_eq!(headers["x-auth-subject"], "alice");
     let wrong = format!("Bearer {}", token("x"));
+    let unfetchable = format!(
+        "Bearer {}",
+        hs_sign(
+            Algorithm::HS256,
+            b"whatever-secret-whatever-secret!",
+            &json!({"iss": "https://down.example.com/", "exp": now() + 60})
+        )
+    );
     for (headers, want, real) in [
+        (
+            [nginx("GET", "/down"), vec![("authorization", unfetchable.as_str())]].concat(),
+            403,
+            503,
+        ),
         (nginx("GET", "/orders/7"), 401, 401),
         (
             [nginx("GET", "/orders/7"), vec![("authorization", wrong.as_str())]].concat(),
