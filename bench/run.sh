@@ -41,6 +41,7 @@ UP=127.0.0.1:18080 PC=127.0.0.1:18443 PC_ADMIN=127.0.0.1:19901 HA=127.0.0.1:1844
 PCL=127.0.0.1:18447 PCL_ADMIN=127.0.0.1:19902
 PCA=127.0.0.1:18448 PCA_ADMIN=127.0.0.1:19903 PCB=127.0.0.1:18449 PCB_ADMIN=127.0.0.1:19904
 NG=127.0.0.1:18446 REDIS_PORT=16379
+PCD=127.0.0.1:19910 NGA=127.0.0.1:18450 NGP=127.0.0.1:18451
 
 # Keys, certificate (ECDSA P-256, the cheapest safe handshake), tokens, a 1 MiB body.
 "$BIN" certs --out "$W" --host localhost --host 127.0.0.1 >/dev/null
@@ -122,7 +123,7 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/d
 # Portcullis: the same RS256 checks HAProxy does below, plus identity headers; two
 # routes rate-limited by client address (never reached: the cost of the check).
 cat > "$W/gateway.yaml" <<CONF
-listen: { https: $PC, admin: $PC_ADMIN }
+listen: { https: $PC, admin: $PC_ADMIN, decision: $PCD }
 tls: { cert: gateway.crt, key: gateway.key }
 limits: { max_connections: 20000, max_body_bytes: 2097152 }
 providers:
@@ -169,19 +170,80 @@ RUST_LOG=warn "$BIN" run -c "$W/gateway.yaml" 2>"$W/portcullis.log" & PC_PID=$!;
 # The same gateway with its access log on, in JSON as the systemd unit writes it,
 # read from a pipe as journald would (every other row runs without it, as the
 # peers log nothing).
-sed -e "s/$PC,/$PCL,/" -e "s/$PC_ADMIN/$PCL_ADMIN/" "$W/gateway.yaml" >"$W/gateway-logged.yaml"
+sed -e "s/$PC,/$PCL,/" -e "s/$PC_ADMIN, decision: $PCD/$PCL_ADMIN/" "$W/gateway.yaml" >"$W/gateway-logged.yaml"
 PORTCULLIS_LOG_FORMAT=json RUST_LOG=info "$BIN" run -c "$W/gateway-logged.yaml" 2> >(cat >/dev/null) & PCL_PID=$!; PIDS+=($PCL_PID)
 # The same gateway signing an identity assertion for the upstream (docs/assertion.md):
 # reused per token (PCA), and bound to each request (PCB, signed every time).
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$W/assert.pem" 2>/dev/null
 for v in "$PCA $PCA_ADMIN false assertion" "$PCB $PCB_ADMIN true assertion-bound"; do
   read -r addr admin bind name <<<"$v"
-  sed -e "s/$PC,/$addr,/" -e "s/$PC_ADMIN/$admin/" \
+  sed -e "s/$PC,/$addr,/" -e "s/$PC_ADMIN, decision: $PCD/$admin/" \
     -e "s|^upstreams:|identity: { assertion: { key_files: [assert.pem], issuer: https://bench.local/gw, bind_request: $bind } }\nupstreams:|" \
     "$W/gateway.yaml" >"$W/gateway-$name.yaml"
   RUST_LOG=warn "$BIN" run -c "$W/gateway-$name.yaml" 2>"$W/portcullis-$name.log" & PIDS+=($!)
   [[ $name == assertion ]] && PCA_PID=$! || PCB_PID=$!
 done
+
+# nginx in front of the app asking Portcullis's decision API (auth_request, the
+# block of docs/behind-a-proxy.md), against nginx in front of Portcullis proxying.
+mkdir -p "$W/nginx-auth"
+cat > "$W/nginx-auth.conf" <<CONF
+worker_processes 2;
+worker_rlimit_nofile 19000;
+pid $W/nginx-auth/nginx.pid;
+error_log $W/nginx-auth/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $W/nginx-auth; proxy_temp_path $W/nginx-auth; fastcgi_temp_path $W/nginx-auth;
+  uwsgi_temp_path $W/nginx-auth; scgi_temp_path $W/nginx-auth;
+  upstream app { server $UP; keepalive 128; }
+  upstream decision { server $PCD; keepalive 128; }
+  upstream portcullis { server $PC; keepalive 128; }
+  server {
+    listen $NGA ssl http2;
+    ssl_certificate $W/gateway.crt;
+    ssl_certificate_key $W/gateway.key;
+    location / {
+      auth_request /_portcullis;
+      auth_request_set \$auth_subject \$upstream_http_x_auth_subject;
+      auth_request_set \$auth_scopes \$upstream_http_x_auth_scopes;
+      proxy_set_header X-Auth-Subject \$auth_subject;
+      proxy_set_header X-Auth-Scopes \$auth_scopes;
+      proxy_set_header Authorization "";
+      proxy_set_header Connection "";
+      proxy_http_version 1.1;
+      proxy_pass http://app;
+    }
+    location = /_portcullis {
+      internal;
+      proxy_pass http://decision;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI \$request_uri;
+      proxy_set_header X-Original-Method \$request_method;
+      proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+    }
+  }
+  server {
+    listen $NGP ssl http2;
+    ssl_certificate $W/gateway.crt;
+    ssl_certificate_key $W/gateway.key;
+    location / {
+      proxy_pass https://portcullis;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+CONF
+"$NGINX" -c "$W/nginx-auth.conf" -g 'daemon off;' & NGA_PID=$!; PIDS+=($NGA_PID)
 
 # HAProxy: TLS termination (frontend tls) and TLS + JWT checks (frontend jwt).
 cat > "$W/haproxy.cfg" <<CONF
@@ -235,6 +297,9 @@ for probe in "http://$UP/" "https://$PC/auth" "https://$HAJ/" "https://$NG/publi
   [[ $(check "$probe" -H "$AUTH") == 200 ]] || { echo "not answering 200: $probe" >&2; cat "$W"/*.log "$W"/nginx*/error.log >&2; exit 1; }
 done
 [[ $(check "https://$PC/auth") == 401 && $(check "https://$HAJ/") == 401 ]] || { echo "auth is not enforced" >&2; exit 1; }
+[[ $(check "https://$NGA/auth" -H "$AUTH") == 200 && $(check "https://$NGA/auth") == 401 \
+  && $(check "https://$NGP/auth" -H "$AUTH") == 200 && $(check "https://$NGP/auth") == 401 ]] \
+  || { echo "nginx in front does not decide as it should" >&2; cat "$W"/nginx-auth/error.log >&2; exit 1; }
 [[ $(check "https://$PC/claims/bench" -H "Authorization: Bearer $CLAIMS_TOKEN") == 200 \
   && $(check "https://$PC/claims/other" -H "Authorization: Bearer $CLAIMS_TOKEN") == 403 ]] \
   || { echo "the claims route does not decide as it should" >&2; exit 1; }
@@ -301,6 +366,8 @@ TARGETS=(
   "portcullis-assertion-bound|h1|https://$PCB/auth|one|$PCB_PID"
   "portcullis-introspected|h1|https://$PC/introspected|opaque|$PC_PID"
   "portcullis-introspect-miss|h1|https://$PC/introspect-miss|opaque-many|$PC_PID"
+  "nginx-auth-request|h1|https://$NGA/auth|one|"
+  "nginx-to-portcullis|h1|https://$NGP/auth|one|"
   "haproxy-jwt-distinct|h1|https://$HAJ/auth|many|$HA_PID"
   "portcullis-auth-distinct|h1|https://$PC/auth|many|$PC_PID"
   "haproxy-handshake|h1|https://$HA/public|close|$HA_PID"
@@ -387,6 +454,7 @@ cpu() { median "${CPU[$1]:-}"; }
 echo "rate-limit check, CPU per request over the same public route: local $(awk -v a="$(cpu 'h1 portcullis-limited-local')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us, redis $(awk -v a="$(cpu 'h1 portcullis-limited-redis')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us (plus one round trip: p50 $(median "${P50[h1 portcullis-limited-redis]}") against $(median "${P50[h1 portcullis-public]}"))"
 echo "introspected token from the cache against the cached RS256 JWT: $(ratio 'h1 portcullis-introspected' 'h1 portcullis-auth')x req/s, CPU $(awk -v a="$(cpu 'h1 portcullis-introspected')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us/request; a miss (one call to a loopback endpoint per request) $(awk -v a="$(cpu 'h1 portcullis-introspect-miss')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us, p50 $(median "${P50[h1 portcullis-introspect-miss]}")"
 echo "identity assertion, CPU per request over the same RS256 route: reused $(awk -v a="$(cpu 'h1 portcullis-assertion')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us, signed per request (bind_request) $(awk -v a="$(cpu 'h1 portcullis-assertion-bound')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us"
+echo "behind nginx: nginx auth_request + the decision API $(rps 'h1 nginx-auth-request') req/s (p50 $(median "${P50[h1 nginx-auth-request]}")), nginx proxying to Portcullis $(rps 'h1 nginx-to-portcullis') req/s (p50 $(median "${P50[h1 nginx-to-portcullis]}")): $(ratio 'h1 nginx-auth-request' 'h1 nginx-to-portcullis')x"
 echo "access log on (JSON, to a pipe), CPU per request over the same public route: $(awk -v a="$(cpu 'h1 portcullis-access-log')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us"
 rss() { local t=0 p; for p in $1 $(pgrep -P "$1" || true); do t=$((t + $(awk '/VmHWM/ {print $2}' "/proc/$p/status"))); done; echo "$((t / 1024)) MB"; }
 echo "peak RSS: portcullis $(rss "$PC_PID"), haproxy $(rss "$HA_PID"), nginx proxy $(rss "$NG_PID") (master + workers)"
