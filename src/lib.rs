@@ -15,6 +15,8 @@ pub mod decision;
 pub mod demo;
 pub mod error;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod limits;
 pub mod load;
