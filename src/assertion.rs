@@ -41,11 +41,21 @@ struct SigningKey {
     header: String,
 }
 
-/// What the request is, for `bind_request`.
+/// The request an assertion is for (`htm` / `htu` with `bind_request`).
 pub struct Bound<'a> {
     pub method: &'a http::Method,
-    /// The URL as forwarded, without its query.
-    pub url: &'a str,
+    /// The request's host (`Host` or `:authority`).
+    pub host: Option<&'a HeaderValue>,
+    /// The path as forwarded, without its query.
+    pub path: &'a str,
+}
+
+impl Bound<'_> {
+    /// `https://<host><path>`, the `htu` claim.
+    fn url(&self) -> String {
+        let host = self.host.and_then(|v| v.to_str().ok()).unwrap_or_default();
+        format!("https://{}{}", host.to_ascii_lowercase(), self.path)
+    }
 }
 
 /// One configuration's assertion signer.
@@ -107,13 +117,13 @@ impl Signer {
 
     /// The assertion for a request forwarded to `upstream` with `caller`'s
     /// identity. `token`: SHA-256 of the bearer token (reuse is keyed by it);
-    /// `bound`: the request, with `bind_request`.
+    /// `request`: read only with `bind_request`.
     pub fn assertion(
         &self,
         caller: &Caller,
         upstream: (usize, &str),
         token: Option<[u8; 32]>,
-        bound: Option<Bound<'_>>,
+        request: Bound<'_>,
     ) -> Option<HeaderValue> {
         let now = crate::clock::unix_now();
         let reuse_key = token.filter(|_| !self.bind_request).map(|t| (t, upstream.0));
@@ -124,6 +134,7 @@ impl Signer {
                 }
             }
         }
+        let bound = self.bind_request.then(|| (request.method, request.url()));
         let (value, exp) = self.sign(caller, upstream.1, bound, now)?;
         if let Some(key) = reuse_key {
             if self.reused.len() >= MAX_REUSED {
@@ -134,7 +145,13 @@ impl Signer {
         Some(value)
     }
 
-    fn sign(&self, caller: &Caller, audience: &str, bound: Option<Bound<'_>>, now: f64) -> Option<(HeaderValue, f64)> {
+    fn sign(
+        &self,
+        caller: &Caller,
+        audience: &str,
+        bound: Option<(&http::Method, String)>,
+        now: f64,
+    ) -> Option<(HeaderValue, f64)> {
         let now_secs = now.floor();
         let mut exp = now_secs + self.ttl;
         // Never past the token's own `exp`.
@@ -158,9 +175,9 @@ impl Signer {
                 claims.insert(name.clone(), v.clone());
             }
         }
-        if let Some(b) = bound {
-            claims.insert("htm".into(), b.method.as_str().into());
-            claims.insert("htu".into(), b.url.into());
+        if let Some((method, url)) = bound {
+            claims.insert("htm".into(), method.as_str().into());
+            claims.insert("htu".into(), url.into());
         }
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).ok()?);
         let message = format!("{}.{payload}", self.signing.header);

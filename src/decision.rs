@@ -160,14 +160,11 @@ async fn decide_original(
         let audience = route
             .upstream
             .map_or(route.name.as_str(), |u| snap.config.upstreams[u].name.as_str());
-        let url = signer.bind_request.then(|| {
-            let host = host.as_ref().and_then(|(v, _)| v.to_str().ok()).unwrap_or_default();
-            format!("https://{}{path}", host.to_ascii_lowercase())
-        });
-        let bound = url.as_deref().map(|url| crate::assertion::Bound {
+        let bound = crate::assertion::Bound {
             method: &parts.method,
-            url,
-        });
+            host: host.as_ref().map(|(v, _)| v),
+            path: &path,
+        };
         // Reuse is keyed by upstream index; decision-only routes share one
         // slot per token past the last upstream, and their audience is the route.
         let slot = route.upstream.unwrap_or(snap.upstreams.len() + route_index);

@@ -381,14 +381,11 @@ fn rewrite_for_upstream<'q>(
         snap.identity.apply(h, caller);
     }
     if let (Some(signer), Some(caller)) = (&snap.assertion, out.asserted) {
-        let url = signer.bind_request.then(|| {
-            let host = out.host.and_then(|v| v.to_str().ok()).unwrap_or_default();
-            format!("https://{}{}", host.to_ascii_lowercase(), out.upstream_path)
-        });
-        let bound = url.as_deref().map(|url| crate::assertion::Bound {
+        let bound = crate::assertion::Bound {
             method: out.method,
-            url,
-        });
+            host: out.host,
+            path: out.upstream_path,
+        };
         let upstream = (out.upstream_index, out.upstream.name.as_str());
         if let Some(v) = signer.assertion(caller, upstream, out.token_key, bound) {
             h.insert(signer.header.clone(), v);
