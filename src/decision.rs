@@ -47,12 +47,26 @@ pub async fn answer<B>(req: Request<B>, snap: Arc<Snapshot>, peer: SocketAddr) -
     let (parts, client) = original;
     let mut log = AccessLog::start(request_id.clone(), client.to_string().into(), parts.method.clone());
     log.listener = "decision";
+    if let Some(t) = &snap.telemetry {
+        log.trace = Some(t.start_request(&parts.headers, &parts.method, parts.version, client, &request_id));
+    }
+    let traced = log.trace.as_ref().and_then(|t| t.context());
     let mut answering = Answering::default();
-    match decide_original(&snap, parts, client, &mut log, &mut answering).await {
+    let decided = decide_original(&snap, parts, client, &mut log, &mut answering);
+    let decided = match traced {
+        Some(cx) => opentelemetry::context::FutureExt::with_context(decided, cx).await,
+        None => decided.await,
+    };
+    match decided {
         Ok(resp) => {
             let mut resp = resp;
             resp.headers_mut()
                 .insert(crate::proxy::headers::X_REQUEST_ID, request_id);
+            // The proxy in front can pass the gateway's trace context on
+            // (nginx: `auth_request_set $traceparent $upstream_http_traceparent`).
+            if let Some(t) = &log.trace {
+                t.propagate(None, resp.headers_mut());
+            }
             log.write(200);
             resp
         }

@@ -33,6 +33,7 @@ pub mod server;
 pub mod shard;
 pub mod snapshot;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod watch;
 

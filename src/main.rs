@@ -544,6 +544,17 @@ fn check(path: &std::path::Path) -> ExitCode {
         eprintln!("warning: {w}");
     }
     print!("{}", portcullis::config::describe_routes(&snapshot.config));
+    if let Some(t) = &snapshot.config.telemetry {
+        let incoming = if t.trust_incoming_traceparent {
+            "continued"
+        } else {
+            "replaced"
+        };
+        println!(
+            "traces: {} (sample_ratio {}, incoming traceparent {incoming})",
+            t.traces_url, t.sample_ratio
+        );
+    }
     println!("{}: OK", path.display());
     ExitCode::SUCCESS
 }

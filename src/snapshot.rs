@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub resource_metadata: Vec<usize>,
     /// `identity.assertion`'s signer (keys re-read on every reload).
     pub assertion: Option<Arc<crate::assertion::Signer>>,
+    /// `telemetry`'s tracer, kept across reloads that leave it unchanged.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Snapshot {
@@ -54,6 +56,9 @@ impl Snapshot {
         }
         if let Some(store) = &self.store {
             store.start();
+        }
+        if let Some(t) = &self.telemetry {
+            t.start();
         }
     }
 
@@ -169,7 +174,20 @@ impl Snapshot {
             .map(|(i, _)| i)
             .collect();
         let assertion = crate::assertion::signer(&config).map_err(fail)?;
+        let telemetry = match &config.telemetry {
+            None => None,
+            Some(tc) => {
+                let reused = previous
+                    .and_then(|p| p.telemetry.as_ref())
+                    .filter(|old| old.config == *tc && old.ca_digest == crate::tls::ca_digest(tc.ca_file.as_deref()));
+                match reused {
+                    Some(old) => Some(old.clone()),
+                    None => Some(Arc::new(crate::telemetry::Telemetry::new(tc).map_err(fail)?)),
+                }
+            }
+        };
         Ok(Snapshot {
+            telemetry,
             assertion,
             config,
             tls,

@@ -244,6 +244,7 @@ impl Introspector {
 
     /// One call to the endpoint, counted and timed.
     async fn call(&self, provider: &Provider, token: &str) -> Result<Answer, CallError> {
+        let span = crate::telemetry::child("introspect token", crate::telemetry::Kind::Client);
         let started = Instant::now();
         let result = self.ask(provider, token).await;
         let elapsed = started.elapsed();
@@ -262,6 +263,13 @@ impl Introspector {
             }
         };
         self.metrics.call(outcome, elapsed);
+        if let Some(span) = &span {
+            span.set("portcullis.provider", provider.name.clone());
+            span.set("portcullis.result", outcome);
+            if outcome == "error" {
+                span.fail("introspection_unavailable");
+            }
+        }
         answer
     }
 

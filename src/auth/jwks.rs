@@ -190,16 +190,30 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    let roots = match &provider.ca_file {
-        Some(path) => crate::tls::load_roots(path)
-            .map_err(|e| ConfigError::new(format!("providers.{}.ca_file", provider.name), e))?,
+    let field = format!("providers.{}.ca_file", provider.name);
+    client_with_roots(&field, provider.ca_file.as_deref(), connect_timeout)
+}
+
+/// An http/https client trusting `ca_file` (`field` names it in errors) or,
+/// without one, the web PKI roots.
+pub(crate) fn client_with_roots<B>(
+    field: &str,
+    ca_file: Option<&std::path::Path>,
+    connect_timeout: Duration,
+) -> Result<Client<HttpsConnector<HttpConnector>, B>, ConfigError>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let roots = match ca_file {
+        Some(path) => crate::tls::load_roots(path).map_err(|e| ConfigError::new(field, e))?,
         None => rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         },
     };
     let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::new(format!("providers.{}", provider.name), "TLS client setup failed").because(e))?
+        .map_err(|e| ConfigError::new(field, "TLS client setup failed").because(e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     let mut http = HttpConnector::new();
@@ -228,7 +242,16 @@ impl ProviderState {
     /// Fetch and install the keys; on failure the keys already held stay.
     pub async fn refresh(&self) -> Result<Option<Duration>, FetchError> {
         let Some(remote) = &self.remote else { return Ok(None) };
-        match remote.fetch(&self.config).await {
+        // Only a refetch a request waits for (an unknown `kid`) has a trace.
+        let span = crate::telemetry::child("fetch keys", crate::telemetry::Kind::Client);
+        if let Some(span) = &span {
+            span.set("portcullis.provider", self.config.name.clone());
+        }
+        let fetched = remote.fetch(&self.config).await;
+        if let (Some(span), Err(e)) = (&span, &fetched) {
+            span.fail(e.to_string());
+        }
+        match fetched {
             Ok(fetched) => {
                 tracing::info!(provider = %self.config.name, keys = fetched.keys.keys.len(), "provider keys refreshed");
                 if let Some(introspector) = &self.introspection {

@@ -242,7 +242,28 @@ async fn verify(
         }
         return Ok(hit.identity.clone());
     }
+    let span = crate::telemetry::child("verify token", crate::telemetry::Kind::Internal);
+    // Run in the span's context: a key refetch inside is its child.
+    let work = verify_uncached(providers, cache, rule, token, key, now);
+    let result = match &span {
+        Some(span) => opentelemetry::context::FutureExt::with_context(work, span.context()).await,
+        None => work.await,
+    };
+    if let (Some(span), Err(e)) = (&span, &result) {
+        span.fail(failure_reason(e));
+    }
+    result
+}
 
+/// A token the cache does not hold: verified (or introspected) and cached.
+async fn verify_uncached(
+    providers: &[Arc<ProviderState>],
+    cache: &TokenCache,
+    rule: &AuthRule,
+    token: &str,
+    key: cache::CacheKey,
+    now: f64,
+) -> Result<Arc<Caller>, GatewayError> {
     let invalid = GatewayError::InvalidToken;
     let unverified = match token::decode(token) {
         Ok(unverified) => unverified,

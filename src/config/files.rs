@@ -28,6 +28,7 @@ impl Config {
         if let Some(a) = &self.identity.assertion {
             files.extend(a.key_files.iter().cloned());
         }
+        files.extend(self.telemetry.as_ref().and_then(|t| t.ca_file.clone()));
         files
     }
 }

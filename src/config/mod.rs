@@ -14,6 +14,7 @@ mod provider;
 pub mod raw;
 mod route;
 mod shared_state;
+mod telemetry;
 mod validate;
 
 pub use assertion::Assertion;
@@ -21,6 +22,7 @@ pub use introspection::{ClientAuth, Introspection, Secret};
 pub(crate) use provider::is_loopback_host;
 pub use provider::ALGORITHMS;
 pub use route::RESOURCE_METADATA_PREFIX;
+pub use telemetry::Telemetry;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -57,6 +59,8 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// `reload.watch`: reload when this file or one it names changes.
     pub watch: bool,
+    /// `telemetry`: OpenTelemetry traces.
+    pub telemetry: Option<Telemetry>,
 }
 
 /// The admin listener's bearer secret. Never printed, compared in constant time.

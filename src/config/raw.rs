@@ -40,6 +40,8 @@ pub(crate) struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub reload: RawReload,
+    /// OpenTelemetry traces; left out, none are made.
+    pub telemetry: Option<super::telemetry::RawTelemetry>,
 }
 
 /// How the configuration is reloaded besides SIGHUP.

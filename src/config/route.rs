@@ -305,4 +305,13 @@ impl Route {
         };
         Some(format!("{RESOURCE_METADATA_PREFIX}{path}"))
     }
+
+    /// The route's path as a trace's `http.route`: a prefix as `PREFIX/*`.
+    pub fn path_pattern(&self) -> String {
+        match &self.path {
+            PathMatch::Prefix(p) => format!("{}/*", p.trim_end_matches('/')),
+            PathMatch::Exact(p) => p.clone(),
+            PathMatch::Template(t) => t.to_string(),
+        }
+    }
 }

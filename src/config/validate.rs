@@ -141,7 +141,13 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
     super::browser::warn_cookie_with_any_origin(&mut ctx, &routes, &cors);
     check_metadata_urls(&ctx, &routes)?;
 
+    let telemetry = match raw.telemetry {
+        Some(t) => Some(super::telemetry::validate(&ctx, t)?),
+        None => None,
+    };
+
     let config = Config {
+        telemetry,
         watch: raw.reload.watch,
         source: file.to_path_buf(),
         listen,

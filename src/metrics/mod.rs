@@ -107,6 +107,7 @@ struct Metrics {
     revocations: Gauge,
     introspection: introspection::Families,
     drift: Family<RouteKindLabels, Counter>,
+    trace_spans_dropped: Counter,
 }
 
 fn metrics() -> &'static Metrics {
@@ -192,7 +193,14 @@ fn metrics() -> &'static Metrics {
             "Protected requests where the gateway and the upstream disagreed, by route and kind (upstream_denied, gateway_denied)",
             drift.clone(),
         );
+        let trace_spans_dropped = Counter::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Trace spans lost to a full export queue or a failed export",
+            trace_spans_dropped.clone(),
+        );
         Metrics {
+            trace_spans_dropped,
             drift,
             introspection,
             monitor_denials,
@@ -368,6 +376,11 @@ pub fn rate_limited(route: &Arc<str>, policy: &str) {
             policy: policy.to_string(),
         })
         .inc();
+}
+
+/// Spans that never reached the collector (full queue, failed export).
+pub(crate) fn trace_spans_dropped(n: usize) {
+    metrics().trace_spans_dropped.inc_by(n as u64);
 }
 
 /// A store command that failed or timed out.

@@ -40,6 +40,8 @@ pub(crate) struct AccessLog {
     pub protected: bool,
     /// Where the gateway and the upstream disagreed (`upstream_denied`, `gateway_denied`).
     pub drift: Option<&'static str>,
+    /// The request's trace (with `telemetry`), ended with the line.
+    pub trace: Option<crate::telemetry::RequestTrace>,
     written: bool,
 }
 
@@ -60,6 +62,7 @@ impl AccessLog {
             denied_by: None,
             protected: false,
             drift: None,
+            trace: None,
             written: false,
         }
     }
@@ -99,6 +102,18 @@ impl AccessLog {
         self.written = true;
         let elapsed = self.started.elapsed();
         crate::metrics::request(self.route.as_deref(), self.listener, status, elapsed.as_secs_f64());
+        let trace_id = self.trace.as_ref().and_then(|t| t.trace_id());
+        if let Some(trace) = &self.trace {
+            trace.finish(
+                status,
+                crate::telemetry::Finish {
+                    path: self.path.as_deref(),
+                    subject: self.subject.as_deref(),
+                    refused: self.refused,
+                    monitor_denied: self.monitor_denied,
+                },
+            );
+        }
         tracing::info!(
             target: "portcullis::access",
             request_id = self.request_id.to_str().unwrap_or(""),
@@ -115,6 +130,7 @@ impl AccessLog {
             reason = self.monitor_denied.or(self.refused),
             denied_by = self.denied_by.as_deref(),
             drift = self.drift,
+            trace_id = trace_id.as_deref(),
         );
     }
 }

@@ -61,6 +61,9 @@ pub(crate) async fn decide(
         Listener::Decision => &snap.decision_route_metrics,
     };
     log.route = route_metrics.get(route_index).cloned();
+    if let Some(t) = &log.trace {
+        t.routed(&parts.method, route);
+    }
     answering.cors_policy = route.cors;
     if let Access::Protected(rule) = &route.access {
         if rule.resource_metadata {

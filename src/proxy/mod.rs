@@ -75,12 +75,23 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     let grpc = crate::grpc::is_grpc(req.headers());
     // Written on every path out of here, including the future being dropped.
     let mut log = AccessLog::start(request_id, conn.client.clone(), req.method().clone());
+    if let Some(t) = &snap.telemetry {
+        let (h, m, v) = (req.headers(), req.method(), req.version());
+        log.trace = Some(t.start_request(h, m, v, conn.peer.ip(), log.request_id()));
+    }
 
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut answering = Answering::default();
 
     let status;
-    let mut resp = match pipeline(&snap, conn, req, &mut log, &mut answering).await {
+    // A recorded trace runs the pipeline in its context: child spans find their parent there.
+    let traced = log.trace.as_ref().and_then(|t| t.context());
+    let outcome = pipeline(&snap, conn, req, &mut log, &mut answering);
+    let outcome = match traced {
+        Some(cx) => opentelemetry::context::FutureExt::with_context(outcome, cx).await,
+        None => outcome.await,
+    };
+    let mut resp = match outcome {
         Ok(mut resp) => {
             status = resp.status().as_u16();
             log.upstream_status = Some(status);
@@ -178,6 +189,9 @@ async fn pipeline(
     check_request_shape(snap, &parts)?;
     let host = request_host(&parts.uri, &parts.headers)?;
     let host_name = host.as_ref().map(|(_, h)| h.as_str());
+    if let (Some(t), Some(name)) = (&log.trace, host_name) {
+        t.set("server.address", name.to_owned());
+    }
     let path = normalize(parts.uri.path()).map_err(GatewayError::BadPath)?;
     log.path = Some(path.clone());
     snap.strip.strip(&mut parts.headers);
@@ -276,6 +290,18 @@ async fn pipeline(
         None => PathAndQuery::try_from(upstream_path.as_ref()),
     }
     .map_err(|_| GatewayError::BadRequest("The request target cannot be forwarded."))?;
+    // The upstream exchange's span, and the gateway's trace context in place of the client's.
+    let upstream_span = log.trace.as_ref().and_then(|t| {
+        let name = if websocket.is_some() {
+            "WebSocket"
+        } else {
+            parts.method.as_str()
+        };
+        t.upstream_span(name, &upstream.config.name, &parts.method)
+    });
+    if let Some(t) = &log.trace {
+        t.propagate(upstream_span.as_ref(), &mut parts.headers);
+    }
 
     if let Some(policy) = websocket {
         let upgrade = parts
@@ -290,6 +316,7 @@ async fn pipeline(
         );
         let revocations = snap.store.as_ref().and_then(|s| s.revocations.clone());
         tunnel.revocation = identity.clone().zip(revocations);
+        tunnel.span = upstream_span.map(Arc::new);
         // Boxed: a rare branch whose state would otherwise enlarge every request's future.
         return Box::pin(crate::proxy::tunnel::open(
             upstream,
@@ -309,7 +336,18 @@ async fn pipeline(
     // Boxed, like `check_access` above: their states are large, and an unboxed
     // await would make every request's future carry (and move) them inline
     // (bench/callgrind.sh, h1 public route: 75.9k -> 66.2k instructions).
-    match Box::pin(upstream.send(parts.method, path_and_query, parts.headers, body)).await {
+    let sending = Box::pin(upstream.send(parts.method, path_and_query, parts.headers, body));
+    let sent = match &upstream_span {
+        Some(span) => opentelemetry::context::FutureExt::with_context(sending, span.context()).await,
+        None => sending.await,
+    };
+    if let Some(span) = &upstream_span {
+        match &sent {
+            Ok(resp) => span.set("http.response.status_code", i64::from(resp.status().as_u16())),
+            Err(failure) => span.fail(failure.kind()),
+        }
+    }
+    match sent {
         // Only a WebSocket route's handshake may switch protocols; any other
         // 101 would hand the client a raw connection to the upstream.
         Ok(resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {

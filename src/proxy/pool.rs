@@ -211,6 +211,7 @@ impl TargetPool {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<Result<T, ConnectError>>>,
     {
+        let mut waited = false;
         loop {
             let freed = self.freed.clone();
             let notified = freed.notified();
@@ -218,6 +219,10 @@ impl TargetPool {
             notified.as_mut().enable();
             if let Some(answer) = attempt().await {
                 return answer;
+            }
+            if !waited {
+                waited = true;
+                crate::telemetry::event("waiting for an upstream connection");
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(ConnectError::Busy);
@@ -304,6 +309,7 @@ impl TargetPool {
     /// Connect in a task of its own: a request cancelled meanwhile (its client
     /// went away) leaves the new connection on the idle stack, not thrown away.
     async fn connect_h1_detached(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Result<H1Conn, ConnectError> {
+        crate::telemetry::event("connecting to the upstream");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let pool = self.clone();
         tokio::spawn(async move {

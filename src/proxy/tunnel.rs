@@ -127,6 +127,8 @@ pub struct TunnelLimits {
     pub shutdown_grace: Duration,
     /// The caller whose revocation closes the tunnel, and the list to watch.
     pub revocation: Option<(Arc<Caller>, Arc<Revocations>)>,
+    /// The tunnel's span (with `telemetry`): from the upgrade to the close.
+    pub(crate) span: Option<Arc<crate::telemetry::ChildSpan>>,
 }
 
 impl TunnelLimits {
@@ -137,6 +139,7 @@ impl TunnelLimits {
             close_at: token_valid_until.filter(|_| policy.close_at_token_expiry),
             shutdown_grace: grace,
             revocation: None,
+            span: None,
         }
     }
 }
@@ -196,18 +199,27 @@ pub async fn open(
     *req.uri_mut() = path_and_query.into();
     *req.headers_mut() = headers;
     let sent = tokio::time::timeout(upstream.config.request_timeout, sender.send_request(req)).await;
+    let failed = |failure: UpstreamFailure| {
+        if let Some(span) = &limits.span {
+            span.fail(failure.kind());
+        }
+        failure.counted(&upstream.config.name)
+    };
     let mut resp = match sent {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Err(UpstreamFailure::Failed(e).counted(&upstream.config.name)),
-        Err(_) => return Err(UpstreamFailure::Timeout.counted(&upstream.config.name)),
+        Ok(Err(e)) => return Err(failed(UpstreamFailure::Failed(e))),
+        Err(_) => return Err(failed(UpstreamFailure::Timeout)),
     };
+    if let Some(span) = &limits.span {
+        span.set("http.response.status_code", i64::from(resp.status().as_u16()));
+    }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Declined: relay the answer; the connection closes with its body.
         return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, Lease::Dedicated(permit)))));
     }
     if !is_websocket_answer(client_key.as_ref(), resp.headers()) {
         tracing::warn!(upstream = %upstream.config.name, "upstream answered a WebSocket upgrade with a 101 that does not complete the handshake");
-        return Err(UpstreamFailure::NotAWebSocket.counted(&upstream.config.name));
+        return Err(failed(UpstreamFailure::NotAWebSocket));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let mut answer = Response::new(Either::Right(Full::new(Bytes::new())));
@@ -325,6 +337,9 @@ async fn run(
     };
     tracing::debug!(route = %limits.route, reason = reason.as_str(), "WebSocket tunnel closed");
     crate::metrics::websocket_closed(&limits.route, reason);
+    if let Some(span) = &limits.span {
+        span.set("portcullis.close_reason", reason.as_str());
+    }
 }
 
 const NO_CLOSE: u8 = 0;

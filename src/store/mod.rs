@@ -129,6 +129,11 @@ impl Store {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        let span = crate::telemetry::child("redis", crate::telemetry::Kind::Client);
+        if let Some(span) = &span {
+            span.set("db.system.name", "redis");
+            span.set("db.operation.name", op);
+        }
         let attempt = async {
             let conn = self.connection()?;
             f(conn).await
@@ -143,6 +148,12 @@ impl Store {
         };
         self.warn_throttled(op, &result);
         crate::metrics::store_error(op);
+        if let Some(span) = &span {
+            span.fail(match result {
+                StoreError::Timeout(_) => "timeout",
+                _ => "redis_error",
+            });
+        }
         Err(result)
     }
 

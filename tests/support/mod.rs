@@ -7,6 +7,7 @@ pub mod child;
 pub mod grpc;
 pub mod idp;
 pub mod introspect;
+pub mod otlp;
 pub mod redis;
 pub mod tokens;
 pub mod ws;

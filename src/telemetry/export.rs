@@ -1,0 +1,159 @@
+//! Getting finished spans to the collector without touching the request
+//! path: a span ends into a bounded queue (full: dropped and counted), and
+//! one task posts batches over OTLP/HTTP (protobuf), bounded by a timeout
+//! (failed: the batch is dropped and counted).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use opentelemetry::Context;
+use opentelemetry_http::{HttpClient, HttpError};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter as _, SpanProcessor};
+use opentelemetry_sdk::Resource;
+use tokio::sync::mpsc;
+
+use crate::config::ConfigError;
+
+/// Spans waiting for export; beyond this a span is dropped.
+pub(super) const QUEUE: usize = 2048;
+/// Spans per export request.
+const BATCH: usize = 512;
+/// How long a span waits for others to share its export request.
+const DELAY: Duration = Duration::from_millis(500);
+/// The longest an export may take, collector answer included.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A collector's answer is small; more is not read.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// The span processor: `on_end` only enqueues.
+#[derive(Debug)]
+pub(super) struct Queue(mpsc::Sender<SpanData>);
+
+impl SpanProcessor for Queue {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if self.0.try_send(span).is_err() {
+            crate::metrics::trace_spans_dropped(1);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// The exporting side, started once inside the runtime.
+#[derive(Debug)]
+pub(super) struct Exporter {
+    waiting: Mutex<Option<(mpsc::Receiver<SpanData>, SpanExporter)>>,
+}
+
+impl Exporter {
+    /// The queue and the exporter for `url`; nothing runs until [`Exporter::start`].
+    pub(super) fn new(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        resource: &Resource,
+    ) -> Result<(Queue, Self), ConfigError> {
+        let client = Collector {
+            client: crate::auth::jwks::client_with_roots("telemetry.ca_file", ca_file, Duration::from_secs(5))?,
+        };
+        let mut exporter = SpanExporter::builder()
+            .with_http()
+            .with_http_client(client)
+            .with_endpoint(url)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .map_err(|e| ConfigError::new("telemetry.otlp_endpoint", "cannot build the OTLP exporter").because(e))?;
+        exporter.set_resource(resource);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Ok((
+            Queue(tx),
+            Exporter {
+                waiting: Mutex::new(Some((rx, exporter))),
+            },
+        ))
+    }
+
+    /// Start the export task (once; later calls do nothing). It ends when
+    /// every sender is gone, after exporting what is queued.
+    pub(super) fn start(&self) {
+        let taken = self.waiting.lock().ok().and_then(|mut w| w.take());
+        if let Some((rx, exporter)) = taken {
+            tokio::spawn(export_loop(rx, exporter));
+        }
+    }
+}
+
+async fn export_loop(mut rx: mpsc::Receiver<SpanData>, exporter: SpanExporter) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + DELAY;
+        while batch.len() < BATCH {
+            let room = BATCH - batch.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let n = batch.len();
+        let sent = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+        match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(sent)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(spans = n, error = %e, "trace export failed; spans dropped");
+                crate::metrics::trace_spans_dropped(n);
+            }
+            Err(_) => {
+                tracing::warn!(spans = n, "trace export timed out; spans dropped");
+                crate::metrics::trace_spans_dropped(n);
+            }
+        }
+    }
+}
+
+/// The exporter's HTTP client: the gateway's own hyper and rustls.
+#[derive(Debug)]
+struct Collector {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl HttpClient for Collector {
+    fn send_bytes<'a, 'b>(
+        &'a self,
+        request: http::Request<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<Bytes>, HttpError>> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            let exchange = async {
+                let resp = self.client.request(request.map(Full::new)).await?;
+                let (parts, body) = resp.into_parts();
+                let body = Limited::new(body, MAX_ANSWER).collect().await?.to_bytes();
+                Ok::<_, HttpError>(http::Response::from_parts(parts, body))
+            };
+            tokio::time::timeout(EXPORT_TIMEOUT, exchange)
+                .await
+                .map_err(|_| HttpError::from("the collector did not answer in time"))?
+        })
+    }
+}

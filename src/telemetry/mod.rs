@@ -1,0 +1,414 @@
+//! OpenTelemetry traces (docs/operations.md, "Traces"): one SERVER span per
+//! request, child spans for what a request waits on (token verification,
+//! introspection, key fetches, Redis, the upstream), and the W3C trace
+//! context to the upstream.
+//!
+//! The request's span travels in an `opentelemetry::Context`: the pipeline
+//! runs with it attached, so the code that makes a child span (deep in
+//! `auth` or `store`) takes it from `Context::current()` and needs no extra
+//! argument. Without `telemetry` nothing is attached and [`child`] returns
+//! `None` at once. Nothing here ever records a token, a secret, a query
+//! string or a cookie; the only claim recorded is the subject.
+
+mod export;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderValue, Method};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+
+use crate::config::ConfigError;
+
+pub use opentelemetry::trace::SpanKind as Kind;
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+/// The tracer of one `telemetry` configuration, kept across reloads that leave it unchanged.
+#[derive(Debug)]
+pub struct Telemetry {
+    pub config: crate::config::Telemetry,
+    /// The CA file's content digest when it was read.
+    pub ca_digest: Option<[u8; 32]>,
+    tracer: SdkTracer,
+    /// Ends the export task once the last span of this tracer is gone.
+    _provider: SdkTracerProvider,
+    exporter: export::Exporter,
+}
+
+/// Carried in the request's context so that child spans find the tracer.
+#[derive(Debug, Clone)]
+struct TracerOf(SdkTracer);
+
+impl Telemetry {
+    pub fn new(config: &crate::config::Telemetry) -> Result<Self, ConfigError> {
+        let resource = Resource::builder_empty()
+            .with_service_name(config.service_name.clone())
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        let (queue, exporter) = export::Exporter::new(&config.traces_url, config.ca_file.as_deref(), &resource)?;
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.sample_ratio,
+            ))))
+            .with_span_processor(queue)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("portcullis");
+        Ok(Telemetry {
+            config: config.clone(),
+            ca_digest: crate::tls::ca_digest(config.ca_file.as_deref()),
+            tracer,
+            _provider: provider,
+            exporter,
+        })
+    }
+
+    /// Start exporting (inside the runtime; once).
+    pub(crate) fn start(&self) {
+        self.exporter.start();
+    }
+
+    /// The SERVER span of a request, continuing the client's trace when
+    /// it is trusted. Attributes are only gathered for a sampled span.
+    pub(crate) fn start_request(
+        &self,
+        headers: &HeaderMap,
+        method: &Method,
+        version: http::Version,
+        client: IpAddr,
+        request_id: &HeaderValue,
+    ) -> RequestTrace {
+        let parent = if self.config.trust_incoming_traceparent && headers.contains_key(TRACEPARENT) {
+            TraceContextPropagator::new().extract(&Incoming(headers))
+        } else {
+            Context::new()
+        };
+        let span = self
+            .tracer
+            .span_builder(method_name(method))
+            .with_kind(SpanKind::Server)
+            .start_with_context(&self.tracer, &parent);
+        let cx = parent.with_span(span).with_value(TracerOf(self.tracer.clone()));
+        let sampled = cx.span().is_recording();
+        if sampled {
+            let protocol = match version {
+                http::Version::HTTP_2 => "2",
+                http::Version::HTTP_10 => "1.0",
+                _ => "1.1",
+            };
+            cx.span().set_attributes([
+                KeyValue::new("http.request.method", method_name(method)),
+                KeyValue::new("url.scheme", "https"),
+                KeyValue::new("network.protocol.version", protocol),
+                KeyValue::new("client.address", client.to_string()),
+                KeyValue::new("portcullis.request_id", request_id.to_str().unwrap_or("").to_owned()),
+            ]);
+        }
+        RequestTrace { cx, sampled }
+    }
+}
+
+/// `Method::as_str` without an allocation for the standard methods.
+fn method_name(m: &Method) -> Cow<'static, str> {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    match KNOWN.iter().find(|k| *k == m) {
+        Some(k) => Cow::Borrowed(match *k {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::DELETE => "DELETE",
+            Method::PATCH => "PATCH",
+            Method::HEAD => "HEAD",
+            Method::OPTIONS => "OPTIONS",
+            Method::CONNECT => "CONNECT",
+            _ => "TRACE",
+        }),
+        None => Cow::Owned(m.as_str().to_owned()),
+    }
+}
+
+/// One request's trace: its SERVER span (recording or not) in a context.
+#[derive(Debug)]
+pub(crate) struct RequestTrace {
+    cx: Context,
+    sampled: bool,
+}
+
+impl RequestTrace {
+    /// The context to run the pipeline in, when the span records.
+    pub(crate) fn context(&self) -> Option<Context> {
+        self.sampled.then(|| self.cx.clone())
+    }
+
+    /// The trace id for the access log, when the span records.
+    pub(crate) fn trace_id(&self) -> Option<String> {
+        self.sampled
+            .then(|| self.cx.span().span_context().trace_id().to_string())
+    }
+
+    pub(crate) fn set(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        if self.sampled {
+            self.cx.span().set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// The request matched `route`: the span is named after it.
+    pub(crate) fn routed(&self, method: &Method, route: &crate::config::Route) {
+        if self.sampled {
+            let span = self.cx.span();
+            span.update_name(format!("{} {}", method_name(method), route.name));
+            span.set_attribute(KeyValue::new("http.route", route.path_pattern()));
+            span.set_attribute(KeyValue::new("portcullis.route", route.name.clone()));
+        }
+    }
+
+    /// A CLIENT span for the upstream exchange (`None` when not sampled).
+    pub(crate) fn upstream_span(&self, name: &str, upstream: &str, method: &Method) -> Option<ChildSpan> {
+        let name = match name {
+            "WebSocket" => Cow::Borrowed("WebSocket"),
+            _ => method_name(method),
+        };
+        let span = start_child(&self.cx, name, SpanKind::Client)?;
+        span.set("http.request.method", method_name(method));
+        span.set("portcullis.upstream", upstream.to_owned());
+        Some(span)
+    }
+
+    /// Replace the client's trace context with the gateway's in the headers
+    /// going upstream: `via`'s (a CLIENT span) or, unsampled, the request's.
+    pub(crate) fn propagate(&self, via: Option<&ChildSpan>, headers: &mut HeaderMap) {
+        let sc = via.map_or_else(
+            || self.cx.span().span_context().clone(),
+            |c| c.cx.span().span_context().clone(),
+        );
+        headers.remove(TRACEPARENT);
+        headers.remove(TRACESTATE);
+        let flags = sc.trace_flags() & TraceFlags::SAMPLED;
+        let parent = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), flags.to_u8());
+        if let Ok(v) = HeaderValue::try_from(parent) {
+            headers.insert(TRACEPARENT, v);
+        }
+        let state = sc.trace_state().header();
+        if !state.is_empty() {
+            if let Ok(v) = HeaderValue::try_from(state) {
+                headers.insert(TRACESTATE, v);
+            }
+        }
+    }
+
+    /// The answer is known: the last attributes, and the span ends.
+    pub(crate) fn finish(&self, status: u16, facts: Finish<'_>) {
+        if !self.sampled {
+            return;
+        }
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+        if let Some(path) = facts.path {
+            span.set_attribute(KeyValue::new("url.path", path.to_owned()));
+        }
+        if let Some(subject) = facts.subject {
+            span.set_attribute(KeyValue::new("enduser.id", subject.to_owned()));
+        }
+        if let Some(reason) = facts.refused {
+            span.set_attribute(KeyValue::new("portcullis.reason", reason));
+            span.set_attribute(KeyValue::new("error.type", reason));
+        }
+        if let Some(reason) = facts.monitor_denied {
+            span.set_attribute(KeyValue::new("portcullis.monitor_denied", reason));
+        }
+        if status >= 500 {
+            span.set_status(Status::error(""));
+            if facts.refused.is_none() {
+                span.set_attribute(KeyValue::new("error.type", status.to_string()));
+            }
+        }
+        span.end();
+    }
+}
+
+/// What the access log knows when a request ends.
+pub(crate) struct Finish<'a> {
+    pub path: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub refused: Option<&'static str>,
+    pub monitor_denied: Option<&'static str>,
+}
+
+/// A child span; ends when dropped.
+#[derive(Debug)]
+pub(crate) struct ChildSpan {
+    cx: Context,
+}
+
+impl ChildSpan {
+    pub(crate) fn set(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        self.cx.span().set_attribute(KeyValue::new(key, value));
+    }
+
+    /// The work failed: `kind` says how (an error type, never a secret).
+    pub(crate) fn fail(&self, kind: impl Into<opentelemetry::Value>) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("error.type", kind));
+        span.set_status(Status::error(""));
+    }
+
+    /// The context to run the child's work in (for its own children).
+    pub(crate) fn context(&self) -> Context {
+        self.cx.clone()
+    }
+}
+
+impl Drop for ChildSpan {
+    fn drop(&mut self) {
+        self.cx.span().end();
+    }
+}
+
+/// A child of whatever span the running request has (`None` without one,
+/// or when it does not record: then nothing is allocated).
+pub(crate) fn child(name: &'static str, kind: SpanKind) -> Option<ChildSpan> {
+    start_child(&Context::current(), name, kind)
+}
+
+/// An event on the running request's innermost span, if it records.
+pub(crate) fn event(name: &'static str) {
+    let cx = Context::current();
+    if cx.span().is_recording() {
+        cx.span().add_event(name, Vec::new());
+    }
+}
+
+fn start_child(parent: &Context, name: impl Into<Cow<'static, str>>, kind: SpanKind) -> Option<ChildSpan> {
+    if !parent.span().is_recording() {
+        return None;
+    }
+    let tracer = &parent.get::<TracerOf>()?.0;
+    let span = tracer
+        .span_builder(name)
+        .with_kind(kind)
+        .start_with_context(tracer, parent);
+    Some(ChildSpan {
+        cx: parent.with_span(span),
+    })
+}
+
+/// The client's headers as the propagator reads them.
+struct Incoming<'a>(&'a HeaderMap);
+
+impl Extractor for Incoming<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        // Two traceparent headers are no trace context at all.
+        let mut values = self.0.get_all(key).iter();
+        let first = values.next()?;
+        if values.next().is_some() {
+            return None;
+        }
+        first.to_str().ok()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn telemetry(ratio: f64, trust: bool) -> Telemetry {
+        let config = crate::config::Telemetry {
+            traces_url: "http://127.0.0.1:9/v1/traces".into(),
+            service_name: "portcullis".into(),
+            sample_ratio: ratio,
+            trust_incoming_traceparent: trust,
+            ca_file: None,
+        };
+        Telemetry::new(&config).unwrap()
+    }
+
+    fn traced(t: &Telemetry, incoming: Option<&str>) -> (RequestTrace, HeaderMap) {
+        let mut h = HeaderMap::new();
+        if let Some(tp) = incoming {
+            h.insert(TRACEPARENT, tp.parse().unwrap());
+            h.insert(TRACESTATE, "vendor=secret".parse().unwrap());
+        }
+        let id = HeaderValue::from_static("r1");
+        let trace = t.start_request(&h, &Method::GET, http::Version::HTTP_11, [127, 0, 0, 1].into(), &id);
+        trace.propagate(None, &mut h);
+        (trace, h)
+    }
+
+    const INCOMING: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[tokio::test]
+    async fn trusted_context_is_continued_and_untrusted_replaced() {
+        let (trace, h) = traced(&telemetry(0.0, true), Some(INCOMING));
+        assert!(trace.sampled, "a sampled trusted parent is honoured at ratio 0");
+        let sent = h[TRACEPARENT].to_str().unwrap();
+        assert!(sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{sent}");
+        assert!(
+            !sent.contains("b7ad6b7169203331"),
+            "the gateway's span is the parent: {sent}"
+        );
+        assert!(sent.ends_with("-01"));
+        assert_eq!(h[TRACESTATE], "vendor=secret");
+
+        let (trace, h) = traced(&telemetry(1.0, false), Some(INCOMING));
+        assert!(trace.sampled);
+        let sent = h[TRACEPARENT].to_str().unwrap();
+        assert!(!sent.contains("0af7651916cd43dd8448eb211c80319c"), "{sent}");
+        assert!(h.get(TRACESTATE).is_none(), "an untrusted tracestate is dropped");
+    }
+
+    #[tokio::test]
+    async fn ratio_zero_records_nothing_but_still_propagates() {
+        let (trace, h) = traced(&telemetry(0.0, true), None);
+        assert!(!trace.sampled);
+        assert!(trace.trace_id().is_none());
+        assert!(trace.context().is_none());
+        let sent = h[TRACEPARENT].to_str().unwrap();
+        assert_eq!(sent.len(), 55);
+        assert!(sent.ends_with("-00"), "not sampled: {sent}");
+        assert!(trace.upstream_span("upstream", "u", &Method::GET).is_none());
+    }
+
+    #[tokio::test]
+    async fn malformed_or_repeated_traceparent_starts_a_new_trace() {
+        for bad in [
+            "00-xyz-b7ad6b7169203331-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ] {
+            let (_, h) = traced(&telemetry(1.0, true), Some(bad));
+            assert!(!h[TRACEPARENT]
+                .to_str()
+                .unwrap()
+                .contains("0af7651916cd43dd8448eb211c80319c"));
+        }
+        let mut h = HeaderMap::new();
+        h.append(TRACEPARENT, INCOMING.parse().unwrap());
+        h.append(TRACEPARENT, INCOMING.parse().unwrap());
+        assert_eq!(Incoming(&h).get(TRACEPARENT), None);
+    }
+
+    #[test]
+    fn child_without_a_request_is_none() {
+        assert!(child("x", SpanKind::Internal).is_none());
+    }
+}
