@@ -9,7 +9,9 @@
 # one keep-alive connection with h2load, and divides the instructions the
 # gateway executed by the number of requests. Cases: a public route over
 # HTTP/1.1, a route with a cached RS256 token over HTTP/1.1, a public route
-# over HTTP/2. Installs valgrind, nginx and h2load from Debian when missing.
+# over HTTP/2; then the public HTTP/1.1 route on two more gateways with traces
+# on (sample_ratio 0, and 1.0 exporting two spans per request to nginx as the
+# collector). Installs valgrind, nginx and h2load from Debian when missing.
 # The gateway logs at `warn`, as in bench/run.sh; with the access log counted:
 #   CG_RUST_LOG=info PORTCULLIS_LOG_FORMAT=json bench/callgrind.sh
 set -euo pipefail
@@ -31,7 +33,7 @@ W=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
-UP=127.0.0.1:18180 PC=127.0.0.1:18543
+UP=127.0.0.1:18180 PC=127.0.0.1:18543 PCT0=127.0.0.1:18544 PCT1=127.0.0.1:18545
 
 "$BIN" certs --out "$W" --host localhost --host 127.0.0.1 >/dev/null
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$W/rsa.key" 2>/dev/null
@@ -66,25 +68,43 @@ routes:
   - { name: public, match: { path: /public }, upstream: nginx, public: true }
 CONF
 # One thread for the main runtime (accept loop, background tasks); the one
-# connection of a case is served by one HTTPS worker thread.
-RUST_LOG=${CG_RUST_LOG:-warn} TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" \
-  "$BIN" run -c "$W/gateway.yaml" 2>"$W/valgrind.log" & PC_PID=$!; PIDS+=($PC_PID)
-for _ in $(seq 300); do curl -skf -o /dev/null "https://$PC/public" && break; sleep 0.2; done
+# connection of a case is served by one HTTPS worker thread. Two more gateways
+# trace every request's (sample_ratio 0 and 1.0), exporting to nginx as the
+# collector; their export task runs in the same process and is counted.
+start_gateway() { # config file, callgrind output; sets CG_PID
+  RUST_LOG=${CG_RUST_LOG:-warn} TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$2" \
+    "$BIN" run -c "$1" 2>>"$W/valgrind.log" & CG_PID=$!; PIDS+=($CG_PID)
+}
+for v in "$PCT0 0 traced0" "$PCT1 1.0 traced1"; do
+  read -r addr ratio name <<<"$v"
+  sed -e "s/$PC }/$addr }/" "$W/gateway.yaml" >"$W/gateway-$name.yaml"
+  printf 'telemetry: { otlp_endpoint: "http://%s", sample_ratio: %s }\n' "$UP" "$ratio" >>"$W/gateway-$name.yaml"
+  mkdir -p "$W/$name"
+  start_gateway "$W/gateway-$name.yaml" "$W/$name/cg.out"
+  [[ $name == traced0 ]] && PCT0_PID=$CG_PID || PCT1_PID=$CG_PID
+done
+start_gateway "$W/gateway.yaml" "$W/cg.out"; PC_PID=$CG_PID
+for addr in $PC $PCT0 $PCT1; do
+  for _ in $(seq 300); do curl -skf -o /dev/null "https://$addr/public" && break; sleep 0.2; done
+done
 
-total() {
+total() { # pid, directory of its profiles
   # Dump and read the instructions executed since the last zeroing.
-  callgrind_control -d "$PC_PID" >/dev/null 2>&1
-  local f; f=$(ls -t "$W"/cg.out* | head -1)
+  callgrind_control -d "$1" >/dev/null 2>&1
+  local f; f=$(ls -t "$2"/cg.out* | head -1)
   awk '/^(summary|totals):/ { print $2; exit }' "$f"
 }
 
-run_case() { # name, h2load arguments...
+run_case() { # name, h2load arguments... (against the gateway CASE_PID, profiles in CASE_DIR)
   local name=$1; shift
+  local pid=${CASE_PID:-$PC_PID} dir=${CASE_DIR:-$W}
   h2load -n 200 -c 1 "$@" >/dev/null 2>&1        # warm up: connection, pool, token cache
-  callgrind_control -z "$PC_PID" >/dev/null 2>&1
+  [[ -n ${CASE_DIR:-} ]] && sleep 1              # a traced gateway's last export of the warm-up
+  callgrind_control -z "$pid" >/dev/null 2>&1
   h2load -n "$N" -c 1 "$@" >"$W/h2load.txt" 2>&1
+  [[ -n ${CASE_DIR:-} ]] && sleep 1              # ... and of the measured requests
   local ok; ok=$(awk '/requests:/ { print $8; exit }' "$W/h2load.txt")
-  local ir; ir=$(total)
+  local ir; ir=$(total "$pid" "$dir")
   printf '%-28s %10s instructions/request  (%s of %s succeeded)\n' "$name" "$((ir / N))" "$ok" "$N"
 }
 
@@ -92,5 +112,7 @@ echo "instructions per request, $N requests per case, one keep-alive connection:
 run_case "h1 public route" --h1 "https://$PC/public"
 run_case "h1 cached RS256 auth" --h1 -H "Authorization: Bearer $TOKEN" "https://$PC/auth"
 run_case "h2 public route" "https://$PC/public"
+CASE_PID=$PCT0_PID CASE_DIR=$W/traced0 run_case "h1 public, traces ratio 0" --h1 "https://$PCT0/public"
+CASE_PID=$PCT1_PID CASE_DIR=$W/traced1 run_case "h1 public, traces ratio 1" --h1 "https://$PCT1/public"
 # CG_KEEP=DIR keeps the per-case profiles (cg.out.N, in case order) for callgrind_annotate.
 if [[ -n ${CG_KEEP:-} ]]; then mkdir -p "$CG_KEEP" && cp "$W"/cg.out.* "$CG_KEEP"/; fi

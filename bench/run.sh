@@ -42,6 +42,7 @@ PCL=127.0.0.1:18447 PCL_ADMIN=127.0.0.1:19902
 PCA=127.0.0.1:18448 PCA_ADMIN=127.0.0.1:19903 PCB=127.0.0.1:18449 PCB_ADMIN=127.0.0.1:19904
 NG=127.0.0.1:18446 REDIS_PORT=16379
 PCD=127.0.0.1:19910 NGA=127.0.0.1:18450 NGP=127.0.0.1:18451
+PCT0=127.0.0.1:18452 PCT0_ADMIN=127.0.0.1:19905 PCT1=127.0.0.1:18453 PCT1_ADMIN=127.0.0.1:19906
 
 # Keys, certificate (ECDSA P-256, the cheapest safe handshake), tokens, a 1 MiB body.
 "$BIN" certs --out "$W" --host localhost --host 127.0.0.1 >/dev/null
@@ -80,6 +81,8 @@ http {
     location = /public/big { default_type application/octet-stream; alias $W/big.bin; }
     location = /public/upload { client_max_body_size 2m; client_body_buffer_size 2m; default_type text/plain; return 200 "ok\n"; }
     # The introspection endpoint (RFC 7662) of the opaque-token rows: every token is active.
+    # The OTLP collector of the traced rows: accepts every export (a 1 MiB body at most).
+    location = /v1/traces { client_max_body_size 1m; client_body_buffer_size 1m; return 200; }
     location = /introspect { default_type application/json; return 200 '{"active":true,"iss":"https://opaque.bench/","aud":"bench","sub":"bench-user","scope":"read write","exp":$OPAQUE_EXP}'; }
   }
 }
@@ -182,6 +185,15 @@ for v in "$PCA $PCA_ADMIN false assertion" "$PCB $PCB_ADMIN true assertion-bound
     "$W/gateway.yaml" >"$W/gateway-$name.yaml"
   RUST_LOG=warn "$BIN" run -c "$W/gateway-$name.yaml" 2>"$W/portcullis-$name.log" & PIDS+=($!)
   [[ $name == assertion ]] && PCA_PID=$! || PCB_PID=$!
+done
+# The same gateway with traces on (docs/operations.md, "Traces"), exporting to
+# nginx as the collector: sample_ratio 0 (PCT0) and 1.0 (PCT1).
+for v in "$PCT0 $PCT0_ADMIN 0 traced-ratio0" "$PCT1 $PCT1_ADMIN 1.0 traced"; do
+  read -r addr admin ratio name <<<"$v"
+  sed -e "s/$PC,/$addr,/" -e "s/$PC_ADMIN, decision: $PCD/$admin/" "$W/gateway.yaml" >"$W/gateway-$name.yaml"
+  printf 'telemetry: { otlp_endpoint: "http://%s", sample_ratio: %s }\n' "$UP" "$ratio" >>"$W/gateway-$name.yaml"
+  RUST_LOG=warn "$BIN" run -c "$W/gateway-$name.yaml" 2>"$W/portcullis-$name.log" & PIDS+=($!)
+  [[ $name == traced ]] && PCT1_PID=$! || PCT0_PID=$!
 done
 
 # nginx in front of the app asking Portcullis's decision API (auth_request, the
@@ -288,6 +300,7 @@ for _ in $(seq 100); do
   curl -sf -o /dev/null "http://$UP/" && curl -skf -o /dev/null "https://$PC/public" && curl -skf -o /dev/null "https://$HA/" \
     && curl -skf -o /dev/null "https://$PCL/public" && curl -skf -o /dev/null "https://$PCA/public" \
     && curl -skf -o /dev/null "https://$PCB/public" \
+    && curl -skf -o /dev/null "https://$PCT0/public" && curl -skf -o /dev/null "https://$PCT1/public" \
     && curl -skf -o /dev/null "https://$NG/" && curl -skf -o /dev/null "https://$PC/limited-redis" && break
   sleep 0.1
 done
@@ -357,6 +370,8 @@ TARGETS=(
   "nginx-tls|h1|https://$NG/public||$NG_PID"
   "portcullis-public|h1|https://$PC/public||$PC_PID"
   "portcullis-access-log|h1|https://$PCL/public||$PCL_PID"
+  "portcullis-traced-ratio0|h1|https://$PCT0/public||$PCT0_PID"
+  "portcullis-traced|h1|https://$PCT1/public||$PCT1_PID"
   "portcullis-limited-local|h1|https://$PC/limited-local||$PC_PID"
   "portcullis-limited-redis|h1|https://$PC/limited-redis||$PC_PID"
   "haproxy-jwt|h1|https://$HAJ/auth|one|$HA_PID"
@@ -455,6 +470,7 @@ echo "rate-limit check, CPU per request over the same public route: local $(awk 
 echo "introspected token from the cache against the cached RS256 JWT: $(ratio 'h1 portcullis-introspected' 'h1 portcullis-auth')x req/s, CPU $(awk -v a="$(cpu 'h1 portcullis-introspected')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us/request; a miss (one call to a loopback endpoint per request) $(awk -v a="$(cpu 'h1 portcullis-introspect-miss')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us, p50 $(median "${P50[h1 portcullis-introspect-miss]}")"
 echo "identity assertion, CPU per request over the same RS256 route: reused $(awk -v a="$(cpu 'h1 portcullis-assertion')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us, signed per request (bind_request) $(awk -v a="$(cpu 'h1 portcullis-assertion-bound')" -v b="$(cpu 'h1 portcullis-auth')" 'BEGIN {printf "%+.1f", a - b}') us"
 echo "behind nginx: nginx auth_request + the decision API $(rps 'h1 nginx-auth-request') req/s (p50 $(median "${P50[h1 nginx-auth-request]}")), nginx proxying to Portcullis $(rps 'h1 nginx-to-portcullis') req/s (p50 $(median "${P50[h1 nginx-to-portcullis]}")): $(ratio 'h1 nginx-auth-request' 'h1 nginx-to-portcullis')x"
+echo "traces, CPU per request over the same public route: sample_ratio 0 $(awk -v a="$(cpu 'h1 portcullis-traced-ratio0')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us, 1.0 (two spans exported per request) $(awk -v a="$(cpu 'h1 portcullis-traced')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f (%+.0f %%)", a - b, (a - b) / b * 100}') us; req/s $(ratio 'h1 portcullis-traced-ratio0' 'h1 portcullis-public')x / $(ratio 'h1 portcullis-traced' 'h1 portcullis-public')x"
 echo "access log on (JSON, to a pipe), CPU per request over the same public route: $(awk -v a="$(cpu 'h1 portcullis-access-log')" -v b="$(cpu 'h1 portcullis-public')" 'BEGIN {printf "%+.1f", a - b}') us"
 rss() { local t=0 p; for p in $1 $(pgrep -P "$1" || true); do t=$((t + $(awk '/VmHWM/ {print $2}' "/proc/$p/status"))); done; echo "$((t / 1024)) MB"; }
 echo "peak RSS: portcullis $(rss "$PC_PID"), haproxy $(rss "$HA_PID"), nginx proxy $(rss "$NG_PID") (master + workers)"
