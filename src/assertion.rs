@@ -88,7 +88,7 @@ impl Signer {
         let mut keys = Vec::new();
         let mut published = Vec::new();
         for (i, path) in config.key_files.iter().enumerate() {
-            let field = format!("identity.assertion.key_files[{i}]");
+            let field = crate::config::Field::from("identity.assertion.key_files").index(i);
             let (key, jwk) = load(path).map_err(|e| ConfigError::new(field, format!("{}: {e}", path.display())))?;
             published.push(jwk);
             keys.push(key);

@@ -137,6 +137,25 @@ routes: []
     assert!(said(&e).contains("invalid listen address"), "{e}");
 }
 
+/// A name holding `.`, `(` or `[` is one key of the path: the error is placed
+/// at the field inside that provider, not at its parent.
+#[test]
+fn names_with_dots_are_located_as_one_key() {
+    let yaml = with(
+        "  corp.v2 (eu) [old]:\n    issuer: https://id.example.com/\n    secret_file: no-such-secret\n",
+        PUBLIC_ROUTE,
+    );
+    let e = err(&yaml);
+    let line = yaml.lines().position(|l| l.contains("no-such-secret")).unwrap() + 1;
+    assert_eq!(e.position, Some((line, 18)), "{e}");
+    assert!(
+        e.to_string().contains(&format!(
+            "gateway.yaml:{line}:18: providers.corp.v2 (eu) [old].secret_file: cannot read"
+        )),
+        "{e}"
+    );
+}
+
 /// Errors found after parsing (a name that does not resolve, a key file that
 /// does not parse) point at the field too, so an editor can jump there.
 #[test]
@@ -766,7 +785,8 @@ routes:
         let line = yaml.lines().position(|l| l.contains("protocol:")).unwrap() + 1;
         assert_eq!(e.position, Some((line, 15)), "{e}");
         assert!(
-            e.field.as_deref() == Some("upstreams.app.protocol") && said(&e).contains(says),
+            e.field.as_ref().map(ToString::to_string).as_deref() == Some("upstreams.app.protocol")
+                && said(&e).contains(says),
             "{e}"
         );
     }

@@ -190,14 +190,16 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    let field = format!("providers.{}.ca_file", provider.name);
+    let field = crate::config::Field::key("providers")
+        .at(provider.name.as_str())
+        .at("ca_file");
     client_with_roots(&field, provider.ca_file.as_deref(), connect_timeout)
 }
 
 /// An http/https client trusting `ca_file` (`field` names it in errors) or,
 /// without one, the web PKI roots.
 pub(crate) fn client_with_roots<B>(
-    field: &str,
+    field: &crate::config::Field,
     ca_file: Option<&std::path::Path>,
     connect_timeout: Duration,
 ) -> Result<Client<HttpsConnector<HttpConnector>, B>, ConfigError>

@@ -116,7 +116,8 @@ fn pin(family: &[Algorithm], allow: &Option<Vec<Algorithm>>) -> Vec<Algorithm> {
 /// Remote sources return `Ok(None)`: they are filled by fetching.
 pub(crate) fn load_local(provider: &Provider) -> Result<Option<KeySet>, ConfigError> {
     let allow = allowlist(provider);
-    let field = |f: &str| format!("providers.{}.{f}", provider.name);
+    let at = crate::config::Field::key("providers").at(provider.name.as_str());
+    let field = |f: &str| at.at(f);
     let unreadable = |f: &str, path: &Path, e: std::io::Error| {
         ConfigError::new(field(f), format!("cannot read {}", path.display())).because(e)
     };
@@ -158,7 +159,7 @@ pub(crate) fn load_local(provider: &Provider) -> Result<Option<KeySet>, ConfigEr
     };
     if keys.iter().all(|k| k.verifiers.is_empty()) {
         return Err(ConfigError::new(
-            format!("providers.{}", provider.name),
+            &at,
             "none of its keys can verify the algorithms in `algorithms`; check the list against the key type",
         ));
     }

@@ -16,7 +16,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Field};
 use crate::explain::Explanation;
 use crate::snapshot::Snapshot;
 use file::{Case, CaseToken};
@@ -106,8 +106,9 @@ pub async fn run(snap: &Snapshot, files: &[PathBuf]) -> Result<Report, ConfigErr
     for path in files {
         let (cases, text) = file::load(path)?;
         for (n, case) in cases.cases.iter().enumerate() {
-            let place =
-                |field: &str, message: String| ConfigError::new(format!("cases[{n}]{field}"), message).at(path, &text);
+            let place = |field: &'static str, message: String| {
+                ConfigError::new(Field::key("cases").index(n).then(field), message).at(path, &text)
+            };
             let (url, headers) = request_headers(snap, case, &mut stand_ins).map_err(|(field, m)| place(field, m))?;
             let explained = crate::explain::explain(snap, &case.request.method, &url, headers.clone())
                 .await
@@ -136,8 +137,7 @@ pub async fn run(snap: &Snapshot, files: &[PathBuf]) -> Result<Report, ConfigErr
 }
 
 fn line_of(path: &Path, text: &str, n: usize) -> usize {
-    let field = format!("cases[{n}]");
-    crate::config::ConfigError::new(field, "")
+    crate::config::ConfigError::new(Field::key("cases").index(n), "")
         .at(path, text)
         .position
         .map_or(0, |(line, _)| line)

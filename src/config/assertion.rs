@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::ctx::Ctx;
 use super::raw::{Dur, HeaderNameStr};
-use super::ConfigError;
+use super::{ConfigError, Field};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -48,33 +48,30 @@ pub struct Assertion {
 const REGISTERED: &[&str] = &["iss", "aud", "sub", "scope", "iat", "exp", "nbf", "jti", "htm", "htu"];
 
 pub(super) fn validate(ctx: &Ctx, raw: RawAssertion) -> Result<Assertion, ConfigError> {
-    let at = "identity.assertion";
+    let at = Field::from("identity.assertion");
     if raw.key_files.is_empty() {
         return Err(ctx.err(
-            format!("{at}.key_files"),
+            at.at("key_files"),
             "the list is empty; name at least one PKCS#8 EC P-256 or Ed25519 private key",
         ));
     }
     let mut key_files = Vec::new();
     for (i, p) in raw.key_files.iter().enumerate() {
-        key_files.push(ctx.existing_file(&format!("{at}.key_files[{i}]"), p)?);
+        key_files.push(ctx.existing_file(at.at("key_files").index(i), p)?);
     }
     if raw.issuer.is_empty() || raw.issuer.chars().any(char::is_control) {
-        return Err(ctx.err(
-            format!("{at}.issuer"),
-            "must be a non-empty string without control characters",
-        ));
+        return Err(ctx.err(at.at("issuer"), "must be a non-empty string without control characters"));
     }
     let ttl = raw.ttl.map_or(Duration::from_secs(60), |d| d.0);
     if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(3600) {
         return Err(ctx.err(
-            format!("{at}.ttl"),
+            at.at("ttl"),
             "must be between 1s and 1h: an assertion is for one hop, minted per request",
         ));
     }
     let mut claims: Vec<(String, crate::policy::Pointer)> = Vec::new();
     for (i, text) in raw.claims.iter().enumerate() {
-        let field = format!("{at}.claims[{i}]");
+        let field = at.at("claims").index(i);
         let pointer = crate::policy::Pointer::parse(text).map_err(|e| ctx.err(&field, format!("{text:?} {e}")))?;
         let name = pointer.name().to_string();
         if REGISTERED.contains(&name.as_str()) {

@@ -7,22 +7,22 @@ use http::Method;
 
 use super::ctx::Ctx;
 use super::raw::{RawCors, RawWebSocket};
-use super::{ConfigError, CorsPolicy, OriginPattern, TokenSource, WebSocketPolicy};
+use super::{ConfigError, CorsPolicy, Field, OriginPattern, TokenSource, WebSocketPolicy};
 
 pub(super) fn validate_cors(ctx: &Ctx, name: String, raw: RawCors) -> Result<CorsPolicy, ConfigError> {
-    let at = format!("cors.{name}");
+    let at = Field::key("cors").at(name.as_str());
     if raw.allow_origins.is_empty() {
         return Err(ctx.err(
-            format!("{at}.allow_origins"),
+            at.at("allow_origins"),
             "the list is empty, so no browser could call; list origins such as https://app.example.com",
         ));
     }
     let mut origins = Vec::new();
     for o in &raw.allow_origins {
-        origins.push(origin_pattern(o).map_err(|why| ctx.err(format!("{at}.allow_origins"), format!("{o:?} {why}")))?);
+        origins.push(origin_pattern(o).map_err(|why| ctx.err(at.at("allow_origins"), format!("{o:?} {why}")))?);
     }
     if raw.allow_credentials && origins.contains(&OriginPattern::Any) {
-        return Err(ctx.err(format!("{at}.allow_credentials"), "cannot be true with the origin \"*\" (browsers refuse it, and it would let any site act with the user's credentials); list the origins"));
+        return Err(ctx.err(at.at("allow_credentials"), "cannot be true with the origin \"*\" (browsers refuse it, and it would let any site act with the user's credentials); list the origins"));
     }
     let allow_methods = match raw.allow_methods {
         None => None,
@@ -31,7 +31,7 @@ pub(super) fn validate_cors(ctx: &Ctx, name: String, raw: RawCors) -> Result<Cor
             for m in list {
                 let upper = m.to_ascii_uppercase();
                 let method = Method::from_bytes(upper.as_bytes())
-                    .map_err(|_| ctx.err(format!("{at}.allow_methods"), format!("{m:?} is not an HTTP method")))?;
+                    .map_err(|_| ctx.err(at.at("allow_methods"), format!("{m:?} is not an HTTP method")))?;
                 methods.push(method);
             }
             Some(methods)
@@ -111,7 +111,7 @@ fn check_host(host: &str) -> Result<(), &'static str> {
 
 pub(super) fn websocket(
     ctx: &Ctx,
-    at: &str,
+    at: &Field,
     raw: Option<RawWebSocket>,
 ) -> Result<Option<WebSocketPolicy>, ConfigError> {
     let settings = match raw {
@@ -121,7 +121,7 @@ pub(super) fn websocket(
     };
     let idle_timeout = settings.idle_timeout.map_or(Duration::from_secs(300), |d| d.0);
     if idle_timeout.is_zero() {
-        return Err(ctx.err(format!("{at}.websocket.idle_timeout"), "must be longer than 0"));
+        return Err(ctx.err(at.at("websocket").at("idle_timeout"), "must be longer than 0"));
     }
     Ok(Some(WebSocketPolicy {
         idle_timeout,
@@ -132,7 +132,7 @@ pub(super) fn websocket(
 /// `header`, `query:NAME` or `cookie:NAME`; warns about query sources.
 pub(super) fn token_sources(
     ctx: &mut Ctx,
-    at: &str,
+    at: &Field,
     raw: Option<Vec<String>>,
 ) -> Result<Vec<TokenSource>, ConfigError> {
     let Some(list) = raw else {
@@ -140,7 +140,7 @@ pub(super) fn token_sources(
     };
     if list.is_empty() {
         return Err(ctx.err(
-            format!("{at}.auth.token_sources"),
+            at.at("auth").at("token_sources"),
             "the list is empty; leave it out for [header]",
         ));
     }
@@ -153,13 +153,13 @@ pub(super) fn token_sources(
             Some(("cookie", name)) if name_ok(name) => TokenSource::Cookie(name.to_string()),
             _ => {
                 return Err(ctx.err(
-                    format!("{at}.auth.token_sources"),
+                    at.at("auth").at("token_sources"),
                     format!("{s:?} is not a token source; write header, \"query:NAME\" or \"cookie:NAME\""),
                 ))
             }
         };
         if sources.contains(&source) {
-            return Err(ctx.err(format!("{at}.auth.token_sources"), format!("{s:?} is listed twice")));
+            return Err(ctx.err(at.at("auth").at("token_sources"), format!("{s:?} is listed twice")));
         }
         if let TokenSource::Query(name) = &source {
             ctx.warnings.push(format!(

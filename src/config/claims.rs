@@ -9,26 +9,26 @@ use serde_json::Value;
 
 use super::ctx::Ctx;
 use super::raw::RawCondition;
-use super::ConfigError;
+use super::{ConfigError, Field};
 use crate::policy::{Cidr, Condition, Operand, Pointer, Test, MAX_DEPTH};
 use crate::routing::template::{PathTemplate, Segment};
 
 /// The route's `auth.claims`, compiled.
 pub(super) fn conditions(
     ctx: &Ctx,
-    at: &str,
+    at: &Field,
     raw: Vec<RawCondition>,
     template: Option<&PathTemplate>,
 ) -> Result<Vec<Condition>, ConfigError> {
     raw.into_iter()
         .enumerate()
-        .map(|(i, c)| condition(ctx, &format!("{at}.auth.claims[{i}]"), c, template, 1))
+        .map(|(i, c)| condition(ctx, &at.at("auth").at("claims").index(i), c, template, 1))
         .collect()
 }
 
 fn condition(
     ctx: &Ctx,
-    at: &str,
+    at: &Field,
     raw: RawCondition,
     template: Option<&PathTemplate>,
     depth: usize,
@@ -42,19 +42,19 @@ fn condition(
     let operand = |v: Value, what: &str| -> Result<Operand, ConfigError> {
         if v.is_array() || v.is_object() {
             return Err(ctx.err(
-                format!("{at}.{what}"),
+                at.at(what),
                 "compares with a string, number, boolean or null, not a list or a map",
             ));
         }
         let o = Operand::from_value(v);
         if let Operand::PathParam(name) = &o {
-            check_param(ctx, &format!("{at}.{what}"), name, template)?;
+            check_param(ctx, &at.at(what), name, template)?;
         }
         Ok(o)
     };
     let list = |values: Vec<Value>, what: &str| -> Result<Vec<Operand>, ConfigError> {
         if values.is_empty() {
-            return Err(ctx.err(format!("{at}.{what}"), "the list is empty"));
+            return Err(ctx.err(at.at(what), "the list is empty"));
         }
         values.into_iter().map(|v| operand(v, what)).collect()
     };
@@ -83,12 +83,12 @@ fn condition(
     let mut combinators = Vec::new();
     let nested = |items: Vec<RawCondition>, what: &str| -> Result<Vec<Condition>, ConfigError> {
         if items.is_empty() {
-            return Err(ctx.err(format!("{at}.{what}"), "the list is empty"));
+            return Err(ctx.err(at.at(what), "the list is empty"));
         }
         items
             .into_iter()
             .enumerate()
-            .map(|(i, c)| condition(ctx, &format!("{at}.{what}[{i}]"), c, template, depth + 1))
+            .map(|(i, c)| condition(ctx, &at.at(what).index(i), c, template, depth + 1))
             .collect()
     };
     if let Some(items) = raw.any_of {
@@ -98,14 +98,13 @@ fn condition(
         combinators.push(Condition::AllOf(nested(items, "all_of")?));
     }
     if let Some(inner) = raw.not {
-        let inner = condition(ctx, &format!("{at}.not"), *inner, template, depth + 1)?;
+        let inner = condition(ctx, &at.at("not"), *inner, template, depth + 1)?;
         combinators.push(Condition::Not(Box::new(inner)));
     }
     const ONE_OF: &str = "write `claim:` with one of equals, in, contains, contains_any, contains_all, exists, prefix; or one of any_of, all_of, not";
     match (raw.claim, tests.len(), combinators.len()) {
         (Some(claim), 1, 0) => {
-            let pointer =
-                Pointer::parse(&claim).map_err(|why| ctx.err(format!("{at}.claim"), format!("{claim:?} {why}")))?;
+            let pointer = Pointer::parse(&claim).map_err(|why| ctx.err(at.at("claim"), format!("{claim:?} {why}")))?;
             Ok(Condition::Claim(pointer, tests.remove(0)))
         }
         (None, 0, 1) => Ok(combinators.remove(0)),
@@ -117,7 +116,7 @@ fn condition(
 }
 
 /// `{path.NAME}` must be a parameter of the route's `path_template`.
-fn check_param(ctx: &Ctx, at: &str, name: &str, template: Option<&PathTemplate>) -> Result<(), ConfigError> {
+fn check_param(ctx: &Ctx, at: &Field, name: &str, template: Option<&PathTemplate>) -> Result<(), ConfigError> {
     let names: Vec<&str> = template
         .map(|t| {
             t.segments
@@ -142,15 +141,15 @@ fn check_param(ctx: &Ctx, at: &str, name: &str, template: Option<&PathTemplate>)
 }
 
 /// `source_ips`: addresses and CIDR ranges.
-pub(super) fn source_ips(ctx: &Ctx, at: &str, raw: Option<Vec<String>>) -> Result<Vec<Cidr>, ConfigError> {
+pub(super) fn source_ips(ctx: &Ctx, at: &Field, raw: Option<Vec<String>>) -> Result<Vec<Cidr>, ConfigError> {
     let Some(list) = raw else { return Ok(Vec::new()) };
     if list.is_empty() {
         return Err(ctx.err(
-            format!("{at}.source_ips"),
+            at.at("source_ips"),
             "the list is empty, so no client could call; leave it out to allow any address",
         ));
     }
     list.iter()
-        .map(|s| Cidr::parse(s).map_err(|why| ctx.err(format!("{at}.source_ips"), why)))
+        .map(|s| Cidr::parse(s).map_err(|why| ctx.err(at.at("source_ips"), why)))
         .collect()
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::ConfigError;
+use super::{ConfigError, Field};
 
 /// The context every validation step gets.
 pub(super) struct Ctx<'a> {
@@ -25,7 +25,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// An error about `field`, placed where the field is written.
-    pub(super) fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, field: impl Into<Field>, message: impl Into<String>) -> ConfigError {
         ConfigError::new(field, message).at(self.file, self.text)
     }
 
@@ -38,11 +38,12 @@ impl<'a> Ctx<'a> {
     }
 
     /// Resolve a path and make sure it names a readable file.
-    pub(super) fn existing_file(&self, field: &str, p: &Path) -> Result<PathBuf, ConfigError> {
+    pub(super) fn existing_file(&self, field: impl Into<Field>, p: &Path) -> Result<PathBuf, ConfigError> {
+        let field = field.into();
         let path = self.resolve(p);
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => Ok(path),
-            Ok(_) => Err(self.err(field, format!("{} is not a file", path.display()))),
+            Ok(_) => Err(self.err(&field, format!("{} is not a file", path.display()))),
             Err(e) => Err(self.err(field, format!("cannot read {}: {e}", path.display()))),
         }
     }

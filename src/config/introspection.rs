@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::ctx::Ctx;
 use super::raw::Dur;
-use super::ConfigError;
+use super::{ConfigError, Field};
 
 /// How the gateway authenticates to the introspection endpoint (RFC 6749 §2.3.1).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -83,7 +83,8 @@ pub(super) fn validate(
     discovery: bool,
     raw: RawIntrospection,
 ) -> Result<Introspection, ConfigError> {
-    let field = |f: &str| format!("providers.{provider}.introspection.{f}");
+    let at = Field::key("providers").at(provider).at("introspection");
+    let field = |f: &str| at.at(f);
     match &raw.endpoint {
         Some(url) => super::provider::check_fetch_url(ctx, &field("endpoint"), url)?,
         None if discovery => {}
@@ -103,7 +104,7 @@ pub(super) fn validate(
     let mut secret_file = None;
     let secret = match (&raw.client_secret_file, &raw.client_secret_env) {
         (Some(path), None) => {
-            let path = ctx.existing_file(&field("client_secret_file"), path)?;
+            let path = ctx.existing_file(field("client_secret_file"), path)?;
             secret_file = Some(path.clone());
             let bytes = super::read_secret_file(&path).map_err(|e| {
                 ctx.err(
@@ -124,18 +125,10 @@ pub(super) fn validate(
                 format!("the environment variable {var} is not set; export it before starting the gateway"),
             )
         })?,
-        _ => {
-            return Err(ctx.err(
-                format!("providers.{provider}.introspection"),
-                "set exactly one of client_secret_file and client_secret_env",
-            ))
-        }
+        _ => return Err(ctx.err(&at, "set exactly one of client_secret_file and client_secret_env")),
     };
     if secret.is_empty() {
-        return Err(ctx.err(
-            format!("providers.{provider}.introspection"),
-            "the client secret is empty",
-        ));
+        return Err(ctx.err(&at, "the client secret is empty"));
     }
     let timeout = raw.timeout.map_or(Duration::from_secs(2), |d| d.0);
     if timeout.is_zero() || timeout > Duration::from_secs(60) {

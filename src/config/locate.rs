@@ -16,37 +16,6 @@ pub enum Step {
 
 const FOUND: &str = "portcullis-located";
 
-/// The steps of a field as errors name it: `routes[2] (orders).match.path`
-/// gives `routes`, `2`, `match`, `path` (a route's name in parentheses is
-/// there for the reader and dropped here).
-pub(crate) fn field_path(field: &str) -> Vec<Step> {
-    let mut plain = String::with_capacity(field.len());
-    let mut in_name = false;
-    for c in field.chars() {
-        match c {
-            '(' if plain.ends_with(' ') => {
-                plain.pop();
-                in_name = true;
-            }
-            ')' if in_name => in_name = false,
-            c if !in_name => plain.push(c),
-            _ => {}
-        }
-    }
-    if plain.is_empty() || plain.contains(' ') {
-        return Vec::new();
-    }
-    let mut steps = Vec::new();
-    for part in plain.split('.') {
-        let (key, index) = part.split_once('[').unwrap_or((part, ""));
-        steps.push(Step::Key(key.to_string()));
-        if let Ok(i) = index.trim_end_matches(']').parse() {
-            steps.push(Step::Index(i));
-        }
-    }
-    steps
-}
-
 /// 1-based line and column of the node at `path`, or of its deepest ancestor
 /// that the text has (a key left out to take its default is not in the text).
 pub(crate) fn locate(text: &str, path: &[Step]) -> Option<(usize, usize)> {
@@ -151,33 +120,25 @@ mod tests {
 
     const YAML: &str = "listen:\n  https: 127.0.0.1:8443\nproviders:\n  corp:\n    issuer: https://id/\n    secret_env: X\nroutes:\n  - name: a\n    match: { path: /a }\n    upstream: nope\n  - name: b\n    match:\n      path: /b\n";
 
-    fn at(field: &str) -> Option<(usize, usize)> {
-        locate(YAML, &field_path(field))
-    }
-
-    #[test]
-    fn paths_from_field_names() {
-        use Step::*;
-        assert_eq!(
-            field_path("routes[2] (orders).match.path"),
-            vec![Key("routes".into()), Index(2), Key("match".into()), Key("path".into())]
-        );
-        assert_eq!(
-            field_path("providers.corp.secret_env"),
-            vec![Key("providers".into()), Key("corp".into()), Key("secret_env".into())]
-        );
-        assert_eq!(field_path("not a field"), vec![]);
+    fn at(field: super::super::Field) -> Option<(usize, usize)> {
+        locate(YAML, &field.steps())
     }
 
     #[test]
     fn fields_are_found_where_they_are_written() {
-        assert_eq!(at("routes[0] (a).upstream"), Some((10, 15)));
-        assert_eq!(at("routes[1] (b).match.path"), Some((13, 13)));
-        assert_eq!(at("routes[0] (a).match.path"), Some((9, 20)), "inside a flow mapping");
-        assert_eq!(at("providers.corp.secret_env"), Some((6, 17)));
+        use super::super::Field;
+        let route = |i| Field::key("routes").index(i).named("a");
+        assert_eq!(at(route(0).at("upstream")), Some((10, 15)));
+        assert_eq!(at(route(1).at("match").at("path")), Some((13, 13)));
+        assert_eq!(
+            at(route(0).at("match").at("path")),
+            Some((9, 20)),
+            "inside a flow mapping"
+        );
+        assert_eq!(at(Field::from("providers.corp.secret_env")), Some((6, 17)));
         // A key left out is reported at its parent.
-        assert_eq!(at("providers.corp.audiences"), Some((5, 5)));
-        assert_eq!(at("routes[7]"), Some((8, 3)));
-        assert_eq!(at("no field here"), None);
+        assert_eq!(at(Field::from("providers.corp.audiences")), Some((5, 5)));
+        assert_eq!(at(Field::from("routes[7]")), Some((8, 3)));
+        assert_eq!(at(Field::from("nowhere")), None);
     }
 }

@@ -7,6 +7,7 @@ mod assertion;
 mod browser;
 mod claims;
 mod ctx;
+mod field;
 mod files;
 mod introspection;
 mod locate;
@@ -18,6 +19,7 @@ mod telemetry;
 mod validate;
 
 pub use assertion::Assertion;
+pub use field::Field;
 pub use introspection::{ClientAuth, Introspection, Secret};
 pub(crate) use provider::is_loopback_host;
 pub use provider::ALGORITHMS;
@@ -391,9 +393,9 @@ pub struct ConfigError {
     pub file: PathBuf,
     /// 1-based line and column of the field (or of the YAML syntax error).
     pub position: Option<(usize, usize)>,
-    /// The field, written as a path: `routes[2] (orders).match.path`. `None`
+    /// The field, shown as a path: `routes[2] (orders).match.path`. `None`
     /// for an error about the whole file (unreadable, not YAML).
-    pub field: Option<String>,
+    pub field: Option<Field>,
     pub message: String,
     pub cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
@@ -402,7 +404,7 @@ impl ConfigError {
     /// An error about `field`, not yet placed in a file: code that compiles a
     /// validated config (keys, certificates, pools) returns these and
     /// [`ConfigError::in_file`] places them.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<Field>, message: impl Into<String>) -> Self {
         ConfigError {
             file: PathBuf::new(),
             position: None,
@@ -422,7 +424,7 @@ impl ConfigError {
     pub fn at(mut self, file: &Path, text: &str) -> Self {
         self.file = file.to_path_buf();
         if let Some(field) = &self.field {
-            self.position = locate::locate(text, &locate::field_path(field));
+            self.position = locate::locate(text, &field.steps());
         }
         self
     }
@@ -523,9 +525,9 @@ pub(crate) fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// Where a field (`routes[2]`) is written in a configuration file: line and column.
-pub(crate) fn position_of(file: &Path, field: &str) -> Option<(usize, usize)> {
+pub(crate) fn position_of(file: &Path, field: &Field) -> Option<(usize, usize)> {
     let text = std::fs::read_to_string(file).ok()?;
-    locate::locate(&text, &locate::field_path(field))
+    locate::locate(&text, &field.steps())
 }
 
 /// The route table as `portcullis check` prints it: one line per route.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::ctx::Ctx;
 use super::raw::RawProvider;
-use super::{ConfigError, KeySource, Provider};
+use super::{ConfigError, Field, KeySource, Provider};
 
 /// JWS algorithms the gateway can verify.
 pub const ALGORITHMS: &[&str] = &[
@@ -18,7 +18,7 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
 }
 
 /// Check a URL the gateway will fetch keys from: https, or http on loopback only.
-pub(super) fn check_fetch_url(ctx: &mut Ctx, field: &str, url: &str) -> Result<(), ConfigError> {
+pub(super) fn check_fetch_url(ctx: &mut Ctx, field: &Field, url: &str) -> Result<(), ConfigError> {
     let uri: http::Uri = url
         .parse()
         .map_err(|_| ctx.err(field, format!("{url:?} is not a valid URL")))?;
@@ -51,7 +51,8 @@ pub(super) fn validate_provider(ctx: &mut Ctx, name: String, raw: RawProvider) -
 
 /// Exactly one key source, each checked where it is written.
 fn key_source(ctx: &mut Ctx, name: &str, raw: &RawProvider) -> Result<KeySource, ConfigError> {
-    let field = |f: &str| format!("providers.{name}.{f}");
+    let at = Field::key("providers").at(name);
+    let field = |f: &str| at.at(f);
     let mut sources = Vec::new();
     if raw.discovery {
         let issuer = raw.issuer.as_deref().ok_or_else(|| {
@@ -68,11 +69,11 @@ fn key_source(ctx: &mut Ctx, name: &str, raw: &RawProvider) -> Result<KeySource,
         sources.push(KeySource::JwksUri(uri.clone()));
     }
     if let Some(p) = &raw.jwks_file {
-        sources.push(KeySource::JwksFile(ctx.existing_file(&field("jwks_file"), p)?));
+        sources.push(KeySource::JwksFile(ctx.existing_file(field("jwks_file"), p)?));
     }
     if let Some(p) = &raw.public_key_file {
         sources.push(KeySource::PublicKeyFile(
-            ctx.existing_file(&field("public_key_file"), p)?,
+            ctx.existing_file(field("public_key_file"), p)?,
         ));
     }
     if let Some(var) = &raw.secret_env {
@@ -90,14 +91,14 @@ fn key_source(ctx: &mut Ctx, name: &str, raw: &RawProvider) -> Result<KeySource,
         sources.push(KeySource::SecretEnv(var.clone()));
     }
     if let Some(p) = &raw.secret_file {
-        sources.push(KeySource::SecretFile(ctx.existing_file(&field("secret_file"), p)?));
+        sources.push(KeySource::SecretFile(ctx.existing_file(field("secret_file"), p)?));
     }
     let keys = match sources.len() {
         1 => sources.remove(0),
         // Opaque tokens only: the provider answers through introspection.
         0 if raw.introspection.is_some() => KeySource::IntrospectionOnly,
-        0 => return Err(ctx.err(format!("providers.{name}"), "no key source; set exactly one of discovery, jwks_uri, jwks_file, public_key_file, secret_env, secret_file (or an `introspection` block for opaque tokens)")),
-        _ => return Err(ctx.err(format!("providers.{name}"), "more than one key source; set exactly one of discovery, jwks_uri, jwks_file, public_key_file, secret_env, secret_file")),
+        0 => return Err(ctx.err(&at, "no key source; set exactly one of discovery, jwks_uri, jwks_file, public_key_file, secret_env, secret_file (or an `introspection` block for opaque tokens)")),
+        _ => return Err(ctx.err(&at, "more than one key source; set exactly one of discovery, jwks_uri, jwks_file, public_key_file, secret_env, secret_file")),
     };
     Ok(keys)
 }
@@ -110,7 +111,8 @@ fn algorithms(
     raw: Option<Vec<String>>,
     keys: &KeySource,
 ) -> Result<Option<Vec<String>>, ConfigError> {
-    let field = |f: &str| format!("providers.{name}.{f}");
+    let at = Field::key("providers").at(name);
+    let field = |f: &str| at.at(f);
     let algorithms = match raw {
         None => None,
         Some(list) => {
@@ -170,7 +172,8 @@ fn rest_of_provider(
     keys: KeySource,
     algorithms: Option<Vec<String>>,
 ) -> Result<Provider, ConfigError> {
-    let field = |f: &str| format!("providers.{name}.{f}");
+    let at = Field::key("providers").at(name.as_str());
+    let field = |f: &str| at.at(f);
     let secret_len = match &keys {
         KeySource::SecretEnv(var) => std::env::var(var).map(|v| v.len()).ok(),
         KeySource::SecretFile(path) => super::read_secret_file(path).map(|s| s.len()).ok(),
@@ -182,7 +185,9 @@ fn rest_of_provider(
         ));
     }
     if raw.audiences.is_none() {
-        ctx.warnings.push(format!("providers.{name}: no `audiences`, so the `aud` claim is not checked; any token from this issuer is accepted"));
+        ctx.warnings.push(format!(
+            "{at}: no `audiences`, so the `aud` claim is not checked; any token from this issuer is accepted"
+        ));
     }
     if let Some(a) = &raw.audiences {
         if a.is_empty() {
@@ -193,7 +198,7 @@ fn rest_of_provider(
         }
     }
     if let Some(ca) = &raw.ca_file {
-        ctx.existing_file(&field("ca_file"), ca)?;
+        ctx.existing_file(field("ca_file"), ca)?;
     }
     let scope_claims = raw
         .scope_claims

@@ -11,7 +11,7 @@ use crate::routing::normalize::normalize;
 use crate::routing::normalize::segment_prefix;
 
 /// A path written in a route must already be normalised, or it could never match.
-fn route_path(ctx: &Ctx, field: &str, p: &str) -> Result<String, ConfigError> {
+fn route_path(ctx: &Ctx, field: &Field, p: &str) -> Result<String, ConfigError> {
     match normalize(p) {
         Ok(n) if n == p => Ok(n),
         Ok(n) if n.len() > 1 && n.trim_end_matches('/') == p.trim_end_matches('/') => Ok(n),
@@ -36,20 +36,20 @@ pub(super) fn validate_route(
     // Names reach logs, metrics labels and `check`'s table as they are.
     if name.is_empty() || name.chars().any(char::is_control) {
         return Err(ctx.err(
-            format!("routes[{i}].name"),
+            Field::key("routes").index(i).at("name"),
             format!("{name:?} is not a usable route name: it must be non-empty, without control characters"),
         ));
     }
-    let at = format!("routes[{i}] ({name})");
+    let at = Field::key("routes").index(i).named(name.as_str());
     let path = match (&raw.matcher.path, &raw.matcher.path_exact, &raw.matcher.path_template) {
         (Some(p), None, None) => {
-            let p = route_path(ctx, &format!("{at}.match.path"), p)?;
+            let p = route_path(ctx, &at.at("match").at("path"), p)?;
             let trimmed = p.trim_end_matches('/');
             PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
         }
-        (None, Some(p), None) => PathMatch::Exact(route_path(ctx, &format!("{at}.match.path_exact"), p)?),
+        (None, Some(p), None) => PathMatch::Exact(route_path(ctx, &at.at("match").at("path_exact"), p)?),
         (None, None, Some(t)) => {
-            let field = format!("{at}.match.path_template");
+            let field = at.at("match").at("path_template");
             let template = crate::routing::template::PathTemplate::parse(t)
                 .map_err(|why| ctx.err(&field, format!("{t:?} {why}")))?;
             // Its literal segments must be in normal form, or nothing could match.
@@ -59,7 +59,7 @@ pub(super) fn validate_route(
         }
         _ => {
             return Err(ctx.err(
-                format!("{at}.match"),
+                at.at("match"),
                 "set exactly one of `path` (prefix), `path_exact` or `path_template`",
             ))
         }
@@ -68,7 +68,7 @@ pub(super) fn validate_route(
         None => None,
         Some(list) if list.is_empty() => {
             return Err(ctx.err(
-                format!("{at}.match.methods"),
+                at.at("match").at("methods"),
                 "the list is empty; leave it out to allow any method",
             ))
         }
@@ -77,7 +77,7 @@ pub(super) fn validate_route(
             for m in list {
                 let upper = m.to_ascii_uppercase();
                 let method = Method::from_bytes(upper.as_bytes())
-                    .map_err(|_| ctx.err(format!("{at}.match.methods"), format!("{m:?} is not an HTTP method")))?;
+                    .map_err(|_| ctx.err(at.at("match").at("methods"), format!("{m:?} is not an HTTP method")))?;
                 if !methods.contains(&method) {
                     methods.push(method);
                 }
@@ -90,9 +90,9 @@ pub(super) fn validate_route(
         Some(h) => {
             let authority: http::uri::Authority = h
                 .parse()
-                .map_err(|_| ctx.err(format!("{at}.match.host"), format!("{h:?} is not a host name")))?;
+                .map_err(|_| ctx.err(at.at("match").at("host"), format!("{h:?} is not a host name")))?;
             if authority.as_str().contains('@') {
-                return Err(ctx.err(format!("{at}.match.host"), format!("{h:?} is not a host name")));
+                return Err(ctx.err(at.at("match").at("host"), format!("{h:?} is not a host name")));
             }
             Some(authority.host().to_ascii_lowercase())
         }
@@ -102,7 +102,7 @@ pub(super) fn validate_route(
         Some(name) => Some(upstreams.iter().position(|u| u.name == *name).ok_or_else(|| {
             let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
             ctx.err(
-                format!("{at}.upstream"),
+                at.at("upstream"),
                 format!("no upstream named {name:?}; defined upstreams: {}", known.join(", ")),
             )
         })?),
@@ -110,7 +110,7 @@ pub(super) fn validate_route(
     let strip_prefix = match raw.strip_prefix {
         None => None,
         Some(s) => {
-            let s = route_path(ctx, &format!("{at}.strip_prefix"), &s)?;
+            let s = route_path(ctx, &at.at("strip_prefix"), &s)?;
             let s = s.trim_end_matches('/').to_string();
             let literal;
             let matched = match &path {
@@ -122,7 +122,7 @@ pub(super) fn validate_route(
             };
             if s.is_empty() || !segment_prefix(&s, matched) {
                 return Err(ctx.err(
-                    format!("{at}.strip_prefix"),
+                    at.at("strip_prefix"),
                     format!("{s:?} is not a leading part of the route's path {matched:?}, so it would never apply"),
                 ));
             }
@@ -151,7 +151,7 @@ pub(super) fn validate_route(
     let websocket = super::browser::websocket(ctx, &at, raw.websocket)?;
     if let (Some(_), Some(u)) = (&websocket, upstream.map(|u| &upstreams[u])) {
         if u.protocol.is_http2() {
-            return Err(ctx.err(format!("{at}.websocket"), format!(
+            return Err(ctx.err(at.at("websocket"), format!(
                 "WebSockets go upstream as HTTP/1.1 upgrades, but upstream {:?} speaks HTTP/2; give the route an http1 upstream",
                 u.name
             )));
@@ -162,7 +162,7 @@ pub(super) fn validate_route(
         Some(name) => Some(cors.iter().position(|c| c.name == name).ok_or_else(|| {
             let known: Vec<&str> = cors.iter().map(|c| c.name.as_str()).collect();
             ctx.err(
-                format!("{at}.cors"),
+                at.at("cors"),
                 format!(
                     "no CORS policy named {name:?}; defined policies: {}",
                     if known.is_empty() {
@@ -191,14 +191,14 @@ pub(super) fn validate_route(
 
 fn validate_auth(
     ctx: &mut Ctx,
-    at: &str,
+    at: &Field,
     raw: RawAuth,
     providers: &[Provider],
     template: Option<&crate::routing::template::PathTemplate>,
 ) -> Result<AuthRule, ConfigError> {
     if providers.is_empty() {
         return Err(ctx.err(
-            format!("{at}.auth"),
+            at.at("auth"),
             "no providers are configured, so no token could ever be accepted; add one under `providers:`",
         ));
     }
@@ -206,7 +206,7 @@ fn validate_auth(
         None => (0..providers.len()).collect(),
         Some(names) if names.is_empty() => {
             return Err(ctx.err(
-                format!("{at}.auth.providers"),
+                at.at("auth").at("providers"),
                 "the list is empty; leave it out to allow any provider",
             ))
         }
@@ -216,7 +216,7 @@ fn validate_auth(
                 let i = providers.iter().position(|p| p.name == n).ok_or_else(|| {
                     let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
                     ctx.err(
-                        format!("{at}.auth.providers"),
+                        at.at("auth").at("providers"),
                         format!("no provider named {n:?}; defined providers: {}", known.join(", ")),
                     )
                 })?;
@@ -235,7 +235,7 @@ fn validate_auth(
         .collect();
     if introspecting.len() > 1 {
         return Err(ctx.err(
-            format!("{at}.auth.providers"),
+            at.at("auth").at("providers"),
             format!(
                 "allows more than one provider with `introspection` ({}); an opaque token names no issuer, so a route may send it to one provider only: list the providers explicitly",
                 introspecting.join(", ")
@@ -244,14 +244,14 @@ fn validate_auth(
     }
     if raw.resource_metadata && template.is_some() {
         return Err(ctx.err(
-            format!("{at}.auth.resource_metadata"),
+            at.at("auth").at("resource_metadata"),
             "a path_template route has no single resource URL to describe; give the metadata to a `path` route",
         ));
     }
     for s in raw.scopes.iter().chain(&raw.any_scopes) {
         if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\') {
             return Err(ctx.err(
-                format!("{at}.auth"),
+                at.at("auth"),
                 format!("scope {s:?} is not a valid scope token (RFC 6749 §3.3: no spaces, quotes or backslashes)"),
             ));
         }
@@ -268,7 +268,7 @@ fn validate_auth(
         }
         Some(other) => {
             return Err(ctx.err(
-                format!("{at}.auth.mode"),
+                at.at("auth").at("mode"),
                 format!("{other:?} is neither enforce nor monitor"),
             ));
         }

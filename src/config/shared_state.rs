@@ -8,7 +8,7 @@ use http::HeaderName;
 
 use super::ctx::Ctx;
 use super::raw::{RawRateLimit, RawRevocation, RawStore};
-use super::{ConfigError, LimitKey, RateLimitPolicy, RevocationConfig, StoreConfig};
+use super::{ConfigError, Field, LimitKey, RateLimitPolicy, RevocationConfig, StoreConfig};
 
 pub(super) fn store(ctx: &mut Ctx, raw: Option<RawStore>) -> Result<Option<StoreConfig>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
@@ -77,19 +77,19 @@ pub(super) fn rate_limits(
 ) -> Result<Vec<RateLimitPolicy>, ConfigError> {
     let mut policies = Vec::new();
     for (name, r) in raw {
-        let at = format!("rate_limits.{name}");
+        let at = Field::key("rate_limits").at(name.as_str());
         let key = match r.key.split_once(':') {
             None if r.key == "subject" => LimitKey::Subject,
             None if r.key == "client_ip" => LimitKey::ClientIp,
             None if r.key == "route" => LimitKey::Route,
             Some(("header", h)) => LimitKey::Header(
                 HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| ctx.err(format!("{at}.key"), format!("{h:?} is not a header name")))?,
+                    .map_err(|_| ctx.err(at.at("key"), format!("{h:?} is not a header name")))?,
             ),
             Some(("claim", c)) if !c.is_empty() => LimitKey::Claim(c.to_string()),
             _ => {
                 return Err(ctx.err(
-                    format!("{at}.key"),
+                    at.at("key"),
                     format!(
                         "{:?} is not a key; write subject, client_ip, route, \"header:NAME\" or \"claim:NAME\"",
                         r.key
@@ -97,33 +97,26 @@ pub(super) fn rate_limits(
                 ))
             }
         };
-        let interval =
-            parse_rate(&r.rate).map_err(|why| ctx.err(format!("{at}.rate"), format!("{:?} {why}", r.rate)))?;
+        let interval = parse_rate(&r.rate).map_err(|why| ctx.err(at.at("rate"), format!("{:?} {why}", r.rate)))?;
         let burst = r.burst.unwrap_or(1);
         if burst == 0 {
-            return Err(ctx.err(format!("{at}.burst"), "must be at least 1"));
+            return Err(ctx.err(at.at("burst"), "must be at least 1"));
         }
         let shared = match r.store.as_deref() {
             None | Some("local") => false,
             Some("redis") => true,
             Some(other) => {
-                return Err(ctx.err(format!("{at}.store"), format!("{other:?} is neither local nor redis")));
+                return Err(ctx.err(at.at("store"), format!("{other:?} is neither local nor redis")));
             }
         };
         if shared && store.is_none() {
-            return Err(ctx.err(
-                format!("{at}.store"),
-                "redis needs a `store:` section naming the Redis server",
-            ));
+            return Err(ctx.err(at.at("store"), "redis needs a `store:` section naming the Redis server"));
         }
         let allow_on_store_error = match r.on_store_error.as_deref() {
             None | Some("allow") => true,
             Some("deny") => false,
             Some(other) => {
-                return Err(ctx.err(
-                    format!("{at}.on_store_error"),
-                    format!("{other:?} is neither allow nor deny"),
-                ));
+                return Err(ctx.err(at.at("on_store_error"), format!("{other:?} is neither allow nor deny")));
             }
         };
         policies.push(RateLimitPolicy {
@@ -201,7 +194,7 @@ pub(super) fn revocation(
 /// protected route.
 pub(super) fn route_limits(
     ctx: &Ctx,
-    at: &str,
+    at: &Field,
     names: Option<Vec<String>>,
     policies: &[RateLimitPolicy],
     public: bool,
@@ -211,7 +204,7 @@ pub(super) fn route_limits(
         let i = policies.iter().position(|p| p.name == name).ok_or_else(|| {
             let known: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
             ctx.err(
-                format!("{at}.rate_limits"),
+                at.at("rate_limits"),
                 format!(
                     "no rate-limit policy named {name:?}; defined policies: {}",
                     if known.is_empty() {
@@ -223,7 +216,7 @@ pub(super) fn route_limits(
             )
         })?;
         if public && matches!(policies[i].key, LimitKey::Subject | LimitKey::Claim(_)) {
-            return Err(ctx.err(format!("{at}.rate_limits"), format!(
+            return Err(ctx.err(at.at("rate_limits"), format!(
                 "{name:?} is keyed by the token, but the route is public and has no token; key it by client_ip or a header"
             )));
         }

@@ -60,7 +60,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         if let Some(addr) = addr {
             if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr && addr.port() != 0) {
                 return Err(ctx.err(
-                    format!("listen.{name}"),
+                    Field::key("listen").at(name),
                     format!("{addr} is already used by listen.{other}; give each listener its own port"),
                 ));
             }
@@ -82,7 +82,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
     let mut issuers = BTreeMap::new();
     for p in &providers {
         if let Some(other) = issuers.insert(p.issuer.clone(), &p.name) {
-            let field = format!("providers.{}", p.name);
+            let field = Field::key("providers").at(p.name.as_str());
             return Err(ctx.err(
                 field,
                 match &p.issuer {
@@ -126,13 +126,13 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &Path, base: &Path) -> 
         let route = super::route::validate_route(&mut ctx, i, r, &upstreams, &providers, &cors, &rate_limits)?;
         if route.upstream.is_none() && listen.decision.is_none() {
             return Err(ctx.err(
-                format!("routes[{i}] ({}).upstream", route.name),
+                Field::key("routes").index(i).named(route.name.as_str()).at("upstream"),
                 "missing; only a gateway with listen.decision has routes it decides on without forwarding",
             ));
         }
         if !names.insert(route.name.clone()) {
             return Err(ctx.err(
-                format!("routes[{i}]"),
+                Field::key("routes").index(i),
                 format!("the name {:?} is used twice; route names must be unique", route.name),
             ));
         }
@@ -210,7 +210,7 @@ fn validate_limits(ctx: &Ctx, raw: raw::RawLimits) -> Result<Limits, ConfigError
         ("send_timeout", raw.send_timeout),
     ] {
         if d.0.is_zero() {
-            return Err(ctx.err(format!("limits.{name}"), "must be longer than 0"));
+            return Err(ctx.err(Field::key("limits").at(name), "must be longer than 0"));
         }
     }
     if raw.max_header_bytes < 1024 {
@@ -247,7 +247,7 @@ fn validate_identity(ctx: &Ctx, raw: raw::RawIdentity) -> Result<IdentitySetting
         .map_or(HeaderName::from_static("x-auth-scopes"), |h| h.0);
     let mut claims = Vec::new();
     for (header, spec) in raw.claims {
-        let at = format!("identity.claims.{}", header.0);
+        let at = Field::from("identity.claims").at(header.0.as_str());
         let (claim, join, format) = match spec {
             raw::RawClaimHeader::Claim(c) => (c, None, None),
             raw::RawClaimHeader::Settings(s) => (s.claim, s.join, s.format),
@@ -256,15 +256,12 @@ fn validate_identity(ctx: &Ctx, raw: raw::RawIdentity) -> Result<IdentitySetting
             crate::policy::Pointer::parse(&claim).map_err(|why| ctx.err(at.clone(), format!("{claim:?} {why}")))?;
         let join = join.unwrap_or_else(|| ",".into());
         if join.is_empty() || !join.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(ctx.err(
-                format!("{at}.join"),
-                "must be one or more visible ASCII characters or spaces",
-            ));
+            return Err(ctx.err(at.at("join"), "must be one or more visible ASCII characters or spaces"));
         }
         let json = match format.as_deref() {
             None | Some("plain") => false,
             Some("json") => true,
-            Some(other) => return Err(ctx.err(format!("{at}.format"), format!("{other:?} is neither plain nor json"))),
+            Some(other) => return Err(ctx.err(at.at("format"), format!("{other:?} is neither plain nor json"))),
         };
         claims.push(super::ClaimHeader {
             header: header.0,
@@ -326,9 +323,10 @@ fn validate_identity(ctx: &Ctx, raw: raw::RawIdentity) -> Result<IdentitySetting
 }
 
 fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Upstream, ConfigError> {
+    let at = Field::key("upstreams").at(name.as_str());
     if raw.targets.is_empty() {
         return Err(ctx.err(
-            format!("upstreams.{name}.targets"),
+            at.at("targets"),
             "the list is empty; name at least one http:// or https:// target",
         ));
     }
@@ -336,7 +334,7 @@ fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Up
     for t in &raw.targets {
         let bad = || {
             ctx.err(
-                format!("upstreams.{name}.targets"),
+                at.at("targets"),
                 format!("{t:?} is not a valid target; write http://host:port or https://host:port"),
             )
         };
@@ -348,7 +346,7 @@ fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Up
         };
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(ctx.err(
-                format!("upstreams.{name}.targets"),
+                at.at("targets"),
                 format!("{t:?} has a path; targets are origins only (use a route's strip_prefix to rewrite paths)"),
             ));
         }
@@ -367,17 +365,12 @@ fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Up
                 && h.parse::<http::uri::Authority>()
                     .is_ok_and(|a| a.as_str() == h && !h.contains('@'));
             if !valid {
-                return Err(ctx.err(
-                    format!("upstreams.{name}.host"),
-                    format!("{h:?} is neither `preserve` nor a host[:port]"),
-                ));
+                return Err(ctx.err(at.at("host"), format!("{h:?} is neither `preserve` nor a host[:port]")));
             }
-            HostPolicy::Literal(HeaderValue::from_str(h).map_err(|_| {
-                ctx.err(
-                    format!("upstreams.{name}.host"),
-                    format!("{h:?} is not a valid header value"),
-                )
-            })?)
+            HostPolicy::Literal(
+                HeaderValue::from_str(h)
+                    .map_err(|_| ctx.err(at.at("host"), format!("{h:?} is not a valid header value")))?,
+            )
         }
     };
     let ca_file = match &raw.ca_file {
@@ -387,20 +380,20 @@ fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Up
                     "upstreams.{name}.ca_file: no target uses https, so the CA file is not used"
                 ));
             }
-            Some(ctx.existing_file(&format!("upstreams.{name}.ca_file"), p)?)
+            Some(ctx.existing_file(at.at("ca_file"), p)?)
         }
         None => None,
     };
     match raw.protocol {
         UpstreamProtocol::H2 if targets.iter().any(|t| !t.https) => {
             return Err(ctx.err(
-                format!("upstreams.{name}.protocol"),
+                at.at("protocol"),
                 "h2 is HTTP/2 over TLS and needs https:// targets; use h2c for http:// targets",
             ));
         }
         UpstreamProtocol::H2c if targets.iter().any(|t| t.https) => {
             return Err(ctx.err(
-                format!("upstreams.{name}.protocol"),
+                at.at("protocol"),
                 "h2c is HTTP/2 over plain TCP and needs http:// targets; use h2 for https:// targets",
             ));
         }
@@ -408,24 +401,21 @@ fn validate_upstream(ctx: &mut Ctx, name: String, raw: RawUpstream) -> Result<Up
     }
     let max_connections = raw.max_connections.unwrap_or(256);
     if max_connections == 0 {
-        return Err(ctx.err(format!("upstreams.{name}.max_connections"), "must be at least 1"));
+        return Err(ctx.err(at.at("max_connections"), "must be at least 1"));
     }
     // Tunnels live long and each holds a connection: capped below the
     // connection budget, so HTTP requests always keep some.
     let max_tunnels = raw.max_tunnels.unwrap_or((max_connections / 2).max(1));
     if max_tunnels == 0 || max_tunnels > max_connections {
         return Err(ctx.err(
-            format!("upstreams.{name}.max_tunnels"),
+            at.at("max_tunnels"),
             format!("must be between 1 and max_connections ({max_connections})"),
         ));
     }
     let connect_timeout = raw.connect_timeout.map_or(Duration::from_secs(2), |d| d.0);
     let request_timeout = raw.request_timeout.map_or(Duration::from_secs(30), |d| d.0);
     if connect_timeout.is_zero() || request_timeout.is_zero() {
-        return Err(ctx.err(
-            format!("upstreams.{name}"),
-            "connect_timeout and request_timeout must be longer than 0",
-        ));
+        return Err(ctx.err(&at, "connect_timeout and request_timeout must be longer than 0"));
     }
     Ok(Upstream {
         name,
@@ -453,7 +443,7 @@ fn check_metadata_urls(ctx: &Ctx, routes: &[Route]) -> Result<(), ConfigError> {
             let hosts_meet = a.host.is_none() || b.host.is_none() || a.host == b.host;
             if path == other && hosts_meet {
                 return Err(ctx.err(
-                    format!("routes[{i}] ({}).auth.resource_metadata", a.name),
+                    Field::key("routes").index(*i).named(a.name.as_str()).at("auth").at("resource_metadata"),
                     format!(
                         "its metadata URL {path} is also routes[{j}] ({})'s; give one of them another path or host, or drop resource_metadata from one",
                         b.name

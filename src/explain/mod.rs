@@ -227,9 +227,12 @@ async fn explain_unredacted(
     };
     let route = snap.routes.get(route_index);
     b.route = Some(route.name.clone());
-    let at = crate::config::position_of(&snap.config.source, &format!("routes[{route_index}]"))
-        .map(|(line, _)| format!(" ({}:{line})", snap.config.source.display()))
-        .unwrap_or_default();
+    let at = crate::config::position_of(
+        &snap.config.source,
+        &crate::config::Field::key("routes").index(route_index),
+    )
+    .map(|(line, _)| format!(" ({}:{line})", snap.config.source.display()))
+    .unwrap_or_default();
     let upstream = route.upstream.map(|u| &snap.upstreams[u]);
     let to = upstream.map_or_else(
         || "no upstream: decided on by the decision API only (the HTTPS listener answers 404)".to_string(),

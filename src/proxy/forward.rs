@@ -90,7 +90,8 @@ impl UpstreamFailure {
 
 impl UpstreamPool {
     pub fn new(config: &Upstream) -> Result<Self, ConfigError> {
-        let field = |f: &str| format!("upstreams.{}{f}", config.name);
+        let at = crate::config::Field::key("upstreams").at(config.name.as_str());
+        let field = |f: &'static str| at.then(f);
         let ca_digest = crate::tls::ca_digest(config.ca_file.as_deref());
         let tls = if config.targets.iter().any(|t| t.https) {
             let roots = match &config.ca_file {

@@ -70,7 +70,7 @@ impl Exporter {
         resource: &Resource,
     ) -> Result<(Queue, Self), ConfigError> {
         let client = Collector {
-            client: crate::auth::jwks::client_with_roots("telemetry.ca_file", ca_file, Duration::from_secs(5))?,
+            client: crate::auth::jwks::client_with_roots(&"telemetry.ca_file".into(), ca_file, Duration::from_secs(5))?,
         };
         let mut exporter = SpanExporter::builder()
             .with_http()
