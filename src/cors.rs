@@ -39,7 +39,7 @@ pub(crate) fn lists_origin(policy: &CorsPolicy, origin: &HeaderValue) -> bool {
             .any(|p| *p != OriginPattern::Any && origin_matches(p, origin))
 }
 
-fn origin_matches(pattern: &OriginPattern, origin: &str) -> bool {
+pub(crate) fn origin_matches(pattern: &OriginPattern, origin: &str) -> bool {
     match pattern {
         OriginPattern::Any => true,
         OriginPattern::Exact(o) => o.eq_ignore_ascii_case(origin),

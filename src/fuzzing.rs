@@ -72,6 +72,226 @@ pub fn introspection_answer(data: &[u8]) {
     }
 }
 
+/// The same token checked by `jsonwebtoken` as a second opinion (HS256 with a
+/// fixed secret; signature, header and JSON only, no time checks): nothing
+/// the gateway accepts may be a token `jsonwebtoken` finds forged.
+/// Returns whether the gateway accepted it.
+pub fn token_second_opinion(data: &[u8]) -> bool {
+    static KEYS: OnceLock<(crate::config::Provider, crate::auth::keys::KeySet)> = OnceLock::new();
+    let (provider, keys) = KEYS.get_or_init(|| {
+        let mut p = provider();
+        // Read as a provider's secret_file is, from a file written for it.
+        let file = std::env::temp_dir().join(format!("portcullis-fuzz-secret-{}", std::process::id()));
+        std::fs::write(&file, FUZZ_SECRET).expect("a temporary file");
+        p.keys = crate::config::KeySource::SecretFile(file.clone());
+        p.algorithms = Some(vec!["HS256".into()]);
+        let keys = crate::auth::keys::load_local(&p).ok().flatten().expect("an HMAC key");
+        let _ = std::fs::remove_file(file);
+        (p, keys)
+    });
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    let Ok(unverified) = crate::auth::token::decode(text) else {
+        return false;
+    };
+    if unverified.verify(provider, keys, 1_000_000.0).is_err() {
+        return false;
+    }
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let key = jsonwebtoken::DecodingKey::from_secret(FUZZ_SECRET.as_bytes());
+    if let Err(e) = jsonwebtoken::decode::<serde_json::Value>(text, &key, &validation) {
+        panic!("the gateway accepted a token jsonwebtoken refuses ({e}): {text:?}");
+    }
+    true
+}
+
+/// The HMAC secret of [`token_second_opinion`] (seed tokens are signed with it).
+pub const FUZZ_SECRET: &str = "portcullis-fuzz-secret-of-32-bytes-or-more";
+
+/// A JWKS document: a key set or an error, never a panic; every key it
+/// yields verifies (or refuses) any message and signature without a panic.
+pub fn jwks(data: &[u8]) {
+    let Ok(keys) = crate::auth::keys::parse_jwks(data, &None) else {
+        return;
+    };
+    for key in &keys.keys {
+        for alg in key.algorithms() {
+            let _ = key.verify(alg, data, &data[..data.len().min(64)]);
+        }
+    }
+}
+
+/// Credentials: whatever a client sends in the route's three sources, once
+/// the gateway has stripped them as it does before forwarding, none of the
+/// sources yields anything (a token, or a malformed or repeated one).
+/// Input: the query string, then lines `a:VALUE` (an `Authorization` header)
+/// and `c:VALUE` (a `Cookie` header).
+pub fn credentials(data: &[u8]) {
+    use crate::config::TokenSource;
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let mut lines = text.split('\n');
+    let query = lines.next().filter(|q| !q.is_empty());
+    let mut headers = http::HeaderMap::new();
+    for line in lines {
+        let (name, value) = match line.split_at_checked(2) {
+            Some(("a:", v)) => (http::header::AUTHORIZATION, v),
+            Some(("c:", v)) => (http::header::COOKIE, v),
+            _ => continue,
+        };
+        if let Ok(v) = http::HeaderValue::from_str(value) {
+            headers.append(name, v);
+        }
+    }
+    let sources = [
+        TokenSource::Header,
+        TokenSource::Query("access_token".into()),
+        TokenSource::Cookie("session".into()),
+    ];
+    let _ = crate::auth::credential::find(&sources, &headers, query);
+    headers.remove(http::header::AUTHORIZATION);
+    let query = query.and_then(|q| crate::auth::credential::strip_query(q, "access_token"));
+    crate::auth::credential::strip_cookie(&mut headers, "session");
+    let left = crate::auth::credential::find(&sources, &headers, query.as_deref());
+    assert!(
+        matches!(left, Ok(None)),
+        "left after stripping: {left:?} in {query:?} {headers:?}"
+    );
+}
+
+/// CORS origins: a pattern (first line) and an `Origin` (second line). A
+/// pattern never panics; an origin matched by a `*.` pattern is that scheme,
+/// one or more labels, the suffix and the port, and nothing else.
+pub fn cors(data: &[u8]) {
+    use crate::config::OriginPattern;
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let (pattern, origin) = text.split_once('\n').unwrap_or((text, ""));
+    let Ok(pattern) = crate::config::origin_pattern(pattern) else {
+        return;
+    };
+    if !crate::cors::origin_matches(&pattern, origin) {
+        return;
+    }
+    match &pattern {
+        OriginPattern::Any => {}
+        OriginPattern::Exact(o) => assert!(o.eq_ignore_ascii_case(origin)),
+        OriginPattern::Subdomains { scheme, suffix, port } => {
+            let lower = origin.to_ascii_lowercase();
+            let rest = lower.strip_prefix(&format!("{scheme}://")).expect("the scheme");
+            let host = match port {
+                Some(p) => rest.strip_suffix(&format!(":{p}")).expect("the port"),
+                None => rest,
+            };
+            let labels = host.strip_suffix(suffix.as_str()).expect("the suffix");
+            assert!(
+                !labels.is_empty()
+                    && labels
+                        .split('.')
+                        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')),
+                "{origin:?} matched {pattern:?}"
+            );
+        }
+    }
+}
+
+/// The WebSocket frame follower sees a Close frame start exactly where a
+/// reference reading of the whole stream does, however the bytes are cut
+/// into reads (the first byte chooses the cuts).
+pub fn websocket_frames(data: &[u8]) {
+    let Some((&cut, stream)) = data.split_first() else {
+        return;
+    };
+    let mut follower = crate::proxy::tunnel::Frames::default();
+    let mut seen = false;
+    let step = usize::from(cut % 17) + 1;
+    for chunk in stream.chunks(step) {
+        seen |= follower.feed(chunk);
+    }
+    assert_eq!(seen, reference_close(stream), "cut every {step} bytes");
+}
+
+/// RFC 6455 §5.2 read plainly: whether any complete frame header in the
+/// stream has opcode 8.
+fn reference_close(mut stream: &[u8]) -> bool {
+    loop {
+        let [first, second, rest @ ..] = stream else {
+            return false;
+        };
+        let extended = match second & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if second & 0x80 != 0 { 4 } else { 0 };
+        let Some(length_bytes) = rest.get(..extended) else {
+            return false;
+        };
+        if rest.len() < extended + mask {
+            return false;
+        }
+        if first & 0x0f == 0x8 {
+            return true;
+        }
+        let length = match extended {
+            0 => u64::from(second & 0x7f),
+            _ => length_bytes.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)),
+        };
+        let after = rest.len() - extended - mask;
+        let Ok(length) = usize::try_from(length) else {
+            return false;
+        };
+        if length >= after {
+            return false;
+        }
+        stream = &rest[extended + mask + length..];
+    }
+}
+
+/// Claims conditions (`auth.claims`) written in YAML, evaluated on claims
+/// written in JSON (input: the conditions, a NUL byte, the claims): load
+/// errors but never panics, and `not`, `all_of` and `any_of` agree with the
+/// conditions they wrap.
+pub fn claims(data: &[u8]) {
+    use crate::policy::Condition;
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let (conditions, claims) = text.split_once('\0').unwrap_or((text, "{}"));
+    if conditions.contains('\n') {
+        return; // one flow-style line: the route below stays what it is
+    }
+    let yaml = format!(
+        "listen: {{ decision: 127.0.0.1:0 }}\nproviders:\n  p: {{ issuer: \"https://id.example.com/\", jwks_uri: \"https://id.example.com/jwks\" }}\nroutes:\n  - name: r\n    match: {{ path_template: \"/orgs/{{org}}/items/{{item}}\" }}\n    auth:\n      claims: {conditions}\n"
+    );
+    let Ok(loaded) = crate::config::Config::from_yaml(&yaml, std::path::Path::new("/nonexistent/gateway.yaml")) else {
+        return;
+    };
+    let Some(crate::config::Access::Protected(rule)) = loaded.config.routes.first().map(|r| &r.access) else {
+        return;
+    };
+    let Ok(serde_json::Value::Object(claims)) = serde_json::from_str::<serde_json::Value>(claims) else {
+        return;
+    };
+    let params = [
+        ("org".to_string(), "acme".to_string()),
+        ("item".to_string(), "7".to_string()),
+    ];
+    let facts = crate::policy::Facts {
+        host: Some("api.example.com"),
+        path_params: &params,
+    };
+    for c in &rule.claims {
+        let holds = c.holds(&claims, &facts);
+        assert_eq!(Condition::Not(Box::new(c.clone())).holds(&claims, &facts), !holds);
+        assert_eq!(Condition::AllOf(vec![c.clone()]).holds(&claims, &facts), holds);
+        assert_eq!(Condition::AnyOf(vec![c.clone()]).holds(&claims, &facts), holds);
+    }
+    let all = crate::policy::first_failure(&rule.claims, &claims, &facts).is_none();
+    assert_eq!(Condition::AllOf(rule.claims.clone()).holds(&claims, &facts), all);
+}
+
 fn provider() -> crate::config::Provider {
     crate::config::Provider {
         name: "fuzz".into(),
@@ -101,12 +321,41 @@ mod tests {
             b"{\"active\":true}",
             b"listen: {}",
             b"\xff",
+            b"access_token=a&access%5Ftoken=b\na:Bearer x\nc:session =y; theme=z",
+            b"https://*.example.com\nhttps://a.b.example.com",
+            b"\x03\x81\x05hello\x88\x00",
+            b"[{claim: org, equals: \"{path.org}\"}, {not: {claim: /roles, contains: admin}}]\0{\"org\": \"acme\", \"roles\": [\"x\"]}",
+            br#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#,
         ] {
             super::token(input);
             super::normalize(input);
             super::config(input);
             super::openapi(input);
             super::introspection_answer(input);
+            let _ = super::token_second_opinion(input);
+            super::jwks(input);
+            super::credentials(input);
+            super::cors(input);
+            super::websocket_frames(input);
+            super::claims(input);
         }
+    }
+
+    /// The samples reach what the targets check, not only their early returns.
+    #[test]
+    fn samples_reach_the_checks() {
+        assert!(super::reference_close(b"\x81\x02hi\x88\x00"), "text, then close");
+        assert!(!super::reference_close(b"\x81\x05hi"), "an unfinished text frame");
+        let yaml = "listen: { decision: 127.0.0.1:0 }\nproviders:\n  p: { issuer: \"https://id.example.com/\", jwks_uri: \"https://id.example.com/jwks\" }\nroutes:\n  - name: r\n    match: { path_template: \"/orgs/{org}/items/{item}\" }\n    auth:\n      claims: [{claim: org, equals: \"{path.org}\"}]\n";
+        let loaded = crate::config::Config::from_yaml(yaml, std::path::Path::new("/nonexistent/gateway.yaml"));
+        assert!(loaded.is_ok(), "{loaded:?}");
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"iss": "https://id.example.com/", "aud": "api", "sub": "a", "exp": 2_000_000}),
+            &jsonwebtoken::EncodingKey::from_secret(super::FUZZ_SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert!(super::token_second_opinion(token.as_bytes()));
+        assert!(!super::token_second_opinion(format!("{token}x").as_bytes()));
     }
 }

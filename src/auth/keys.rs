@@ -42,7 +42,7 @@ impl VerifyKey {
         })
     }
 
-    fn algorithms(&self) -> Vec<Algorithm> {
+    pub(crate) fn algorithms(&self) -> Vec<Algorithm> {
         self.verifiers.iter().map(|(a, _)| *a).collect()
     }
 

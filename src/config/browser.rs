@@ -49,7 +49,7 @@ pub(super) fn validate_cors(ctx: &Ctx, name: String, raw: RawCors) -> Result<Cor
 }
 
 /// `*`, or `scheme://host[:port]` with at most one leading `*.` label.
-fn origin_pattern(text: &str) -> Result<OriginPattern, &'static str> {
+pub(crate) fn origin_pattern(text: &str) -> Result<OriginPattern, &'static str> {
     if text == "*" {
         return Ok(OriginPattern::Any);
     }

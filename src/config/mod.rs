@@ -19,6 +19,7 @@ mod telemetry;
 mod validate;
 
 pub use assertion::Assertion;
+pub(crate) use browser::origin_pattern;
 pub use field::Field;
 pub use introspection::{ClientAuth, Introspection, Secret};
 pub(crate) use provider::is_loopback_host;

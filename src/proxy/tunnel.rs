@@ -377,7 +377,7 @@ where
 /// Follows WebSocket frame boundaries in one direction (RFC 6455 §5.2), only
 /// to see a Close frame (opcode 8) go by: headers are read, payloads skipped.
 #[derive(Debug, Default)]
-struct Frames {
+pub(crate) struct Frames {
     header: [u8; 14],
     have: usize,
     skip: u64,
@@ -385,7 +385,7 @@ struct Frames {
 
 impl Frames {
     /// Feed the next bytes; true when a Close frame starts in them.
-    fn feed(&mut self, mut data: &[u8]) -> bool {
+    pub(crate) fn feed(&mut self, mut data: &[u8]) -> bool {
         let mut close = false;
         while !data.is_empty() {
             if self.skip > 0 {
