@@ -420,7 +420,7 @@ async fn behind_a_real_nginx_with_auth_request() {
             .to_bytes();
         Some((status, headers, String::from_utf8_lossy(&body).into_owned()))
     };
-    wait_for_async(Duration::from_secs(10), || async {
+    wait_for_async("the decision listener to answer", Duration::from_secs(10), || async {
         get("/public", None).await.is_some()
     })
     .await;

@@ -181,7 +181,10 @@ routes:
     assert_eq!(resp.status(), 413);
     // What went upstream: the frames within the limit, then a cut, never a
     // body that looked complete.
-    wait_for(Duration::from_secs(5), || !up.requests().is_empty()).await;
+    wait_for("the upstream to receive the request", Duration::from_secs(5), || {
+        !up.requests().is_empty()
+    })
+    .await;
     let seen = up.requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body_len, 900, "the frames within the limit were streamed");
@@ -355,7 +358,10 @@ routes:
     let client = gw.client(Proto::H2).await;
     let mut first = client.h2_stream();
     let slow = tokio::spawn(async move { first.send(req("GET", "/slow", &[("x-test", "sleep:800")], "")).await });
-    wait_for(Duration::from_secs(5), || !up.requests().is_empty()).await;
+    wait_for("the upstream to receive the request", Duration::from_secs(5), || {
+        !up.requests().is_empty()
+    })
+    .await;
     let new = yaml
         .replace("name: old", "name: new")
         .replace("path: / }", "path: /api }");

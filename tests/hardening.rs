@@ -285,14 +285,17 @@ routes:
         let mut c = gw.client(proto).await;
         let before = up.requests().len();
         let call = tokio::spawn(async move { c.send(req("POST", path, &[("x-test", "sleep:2000")], "write")).await });
-        wait_for(Duration::from_secs(5), || up.requests().len() > before).await;
+        wait_for("the upstream to receive the request", Duration::from_secs(5), || {
+            up.requests().len() > before
+        })
+        .await;
         // Dropping the client resets the HTTP/2 stream / closes the HTTP/1.1 connection.
         call.abort();
         let line = format!(
             r#"portcullis_requests_total{{route="abandoned-{}",listener="https",status="499"}} 1"#,
             &path[1..]
         );
-        wait_for_async(Duration::from_secs(5), || {
+        wait_for_async(&format!("the metrics to show {line:?}"), Duration::from_secs(5), || {
             let gw = &gw;
             let line = line.clone();
             async move { gw.admin("/metrics").await.1.lines().any(|l| l == line) }

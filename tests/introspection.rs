@@ -272,7 +272,7 @@ async fn a_cached_answer_ends_at_the_tokens_exp() {
     // Past exp the answer is not reused, though cache_ttl has not run out:
     // the provider is asked again, and now says the token is gone.
     s.ep.answer(token, json!({"active": false}));
-    wait_for_async(Duration::from_secs(5), || async {
+    wait_for_async("the token to be refused (401)", Duration::from_secs(5), || async {
         call(&s.gw, "/orders", token).await.status == 401
     })
     .await;
@@ -507,9 +507,11 @@ routes:
     );
     let gw = TestGateway::start_in(dir, cert, &yaml).await;
     ep.answer("opaque-discovered", active("max", "orders:read", &ep.issuer()));
-    wait_for_async(Duration::from_secs(10), || async {
-        call(&gw, "/disc", "opaque-discovered").await.status == 200
-    })
+    wait_for_async(
+        "the request to be let through (200)",
+        Duration::from_secs(10),
+        || async { call(&gw, "/disc", "opaque-discovered").await.status == 200 },
+    )
     .await;
     assert_eq!(up.last().headers["x-auth-subject"], "max");
 }
@@ -685,7 +687,10 @@ routes:
         ws_up.url()
     );
     let gw = TestGateway::start_in(dir, cert, &yaml).await;
-    wait_for_async(Duration::from_secs(10), || async { gw.admin("/readyz").await.0 == 200 }).await;
+    wait_for_async("/readyz to answer 200", Duration::from_secs(10), || async {
+        gw.admin("/readyz").await.0 == 200
+    })
+    .await;
 
     let mut leaked = active("olga", "", &ep.issuer());
     leaked["jti"] = json!("opaque-jti-1");
@@ -698,7 +703,7 @@ routes:
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    wait_for_async(Duration::from_secs(5), || async {
+    wait_for_async("the token to be refused (401)", Duration::from_secs(5), || async {
         call(&gw, "/api", "opaque-leaked").await.status == 401
     })
     .await;
@@ -723,12 +728,16 @@ routes:
     tokio::time::timeout(Duration::from_secs(8), support::ws::closed(&mut tunnel))
         .await
         .expect("the tunnel outlived the introspected token");
-    wait_for_async(Duration::from_secs(5), || async {
-        gw.admin("/metrics")
-            .await
-            .1
-            .lines()
-            .any(|l| l == r#"portcullis_websocket_closed_total{route="revocable-chat",reason="token_expired"} 1"#)
-    })
+    wait_for_async(
+        "the tunnel to be counted closed at token expiry",
+        Duration::from_secs(5),
+        || async {
+            gw.admin("/metrics")
+                .await
+                .1
+                .lines()
+                .any(|l| l == r#"portcullis_websocket_closed_total{route="revocable-chat",reason="token_expired"} 1"#)
+        },
+    )
     .await;
 }

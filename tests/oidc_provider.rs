@@ -170,9 +170,11 @@ routes:
     let opaque = idp.token("grant_type=client_credentials&scope=orders:read").await;
     assert_eq!(opaque.split('.').count(), 1, "opaque, not a JWT: {opaque}");
     // The gateway learns the introspection endpoint through discovery.
-    wait_for_async(Duration::from_secs(10), || async {
-        call(opaque.clone(), "/orders").await.status == 200
-    })
+    wait_for_async(
+        "the request to be let through (200)",
+        Duration::from_secs(10),
+        || async { call(opaque.clone(), "/orders").await.status == 200 },
+    )
     .await;
     let seen = up.last();
     assert_eq!(seen.headers["x-auth-subject"], "shop");
@@ -201,7 +203,7 @@ routes:
     let (status, _) = idp.post("/token/revocation", &format!("token={opaque}")).await;
     assert_eq!(status, 200);
     let revoked_at = std::time::Instant::now();
-    wait_for_async(Duration::from_secs(10), || async {
+    wait_for_async("the token to be refused (401)", Duration::from_secs(10), || async {
         call(opaque.clone(), "/orders").await.status == 401
     })
     .await;

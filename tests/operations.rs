@@ -95,7 +95,7 @@ async fn sighup_applies_a_good_config_and_keeps_serving_through_a_bad_one() {
         "",
     ));
     gw.signal("HUP");
-    wait_for(Duration::from_secs(5), || {
+    wait_for("two failed reloads to be logged", Duration::from_secs(5), || {
         gw.logs().iter().filter(|l| l.contains("reload failed")).count() == 2
     })
     .await;
@@ -186,7 +186,10 @@ async fn reloads_under_load_drop_nothing() {
         gw.write_config(&config(&up, &routes, ""));
         gw.signal("HUP");
         // The reload was applied while the load runs, before the next one.
-        wait_for(Duration::from_secs(5), || reloads(&gw) > before).await;
+        wait_for("the reload to be counted", Duration::from_secs(5), || {
+            reloads(&gw) > before
+        })
+        .await;
     }
     assert_eq!(reloads(&gw), 10, "every reload happened during the load");
     let (_, metrics) = gw.admin("/metrics").await;
@@ -216,7 +219,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let mut c2 = gw.client(Proto::H2).await;
     let slow = tokio::spawn(async move { c.send(req("GET", "/a", &[("x-test", "slow")], "")).await.status });
     let slow2 = tokio::spawn(async move { c2.send(req("GET", "/a", &[("x-test", "slow")], "")).await.status });
-    wait_for(Duration::from_secs(5), || up.requests().len() == 2).await;
+    wait_for("the upstream to receive both requests", Duration::from_secs(5), || {
+        up.requests().len() == 2
+    })
+    .await;
     gw.signal("TERM");
     gw.wait_log("shutting down").await;
     // No new connections once draining.
@@ -240,7 +246,10 @@ async fn a_second_signal_exits_at_once() {
     let mut c = gw.client(Proto::H1).await;
     let _slow = tokio::spawn(async move { c.send(req("GET", "/a", &[("x-test", "slow")], "")).await });
     // The slow request is in flight (the upstream has it) before the signals.
-    wait_for(Duration::from_secs(5), || !up.requests().is_empty()).await;
+    wait_for("the upstream to receive the request", Duration::from_secs(5), || {
+        !up.requests().is_empty()
+    })
+    .await;
     gw.signal("TERM");
     gw.wait_log("shutting down").await;
     gw.signal("INT");

@@ -135,7 +135,10 @@ async fn discovery_issuer_mismatch_is_refused() {
     idp.set(|s| s.claimed_issuer = Some("https://evil.example/".into()));
     let s = setup(idp, "discovery", "10m").await;
     // The discovery document was fetched and refused.
-    wait_for_async(Duration::from_secs(5), || async { s.refreshes("failure").await >= 1 }).await;
+    wait_for_async("a failed key fetch to be counted", Duration::from_secs(5), || async {
+        s.refreshes("failure").await >= 1
+    })
+    .await;
     assert!(s.idp.discovery_hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     let t = token(&kp, "k1", &s.idp.issuer());
     s.call(&t).await.assert_error(503, "temporarily_unavailable");
@@ -239,7 +242,10 @@ async fn stale_keys_keep_working_while_the_provider_is_down() {
     s.idp.set(|st| st.up = false);
     let before = s.idp.jwks_fetches();
     // The refresher keeps trying (twice more, with jwks_refresh 1s).
-    wait_for(Duration::from_secs(10), || s.idp.jwks_fetches() >= before + 2).await;
+    wait_for("two more key fetches", Duration::from_secs(10), || {
+        s.idp.jwks_fetches() >= before + 2
+    })
+    .await;
     assert_eq!(s.call(&t).await.status, 200, "keys already held keep working");
 }
 
@@ -290,7 +296,7 @@ async fn malformed_or_oversize_jwks_keeps_the_old_keys() {
         let failures = s.refreshes("failure").await;
         s.idp.set(|st| st.raw_jwks = Some(bad.clone()));
         // Wait until the bad document has been processed (refused), not just served.
-        wait_for_async(Duration::from_secs(5), || async {
+        wait_for_async("a failed key fetch to be counted", Duration::from_secs(5), || async {
             s.refreshes("failure").await > failures
         })
         .await;

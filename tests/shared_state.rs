@@ -179,9 +179,11 @@ rate_limits:
 
     // Back on the same address: limits apply again, no restart of the gateway.
     let _redis = RedisServer::start_on(port).await;
-    wait_for_async(Duration::from_secs(15), || async {
-        get(&gw, "/allow", &[]).await.status == 429
-    })
+    wait_for_async(
+        "the shared budget to run out (429)",
+        Duration::from_secs(15),
+        || async { get(&gw, "/allow", &[]).await.status == 429 },
+    )
     .await;
     assert_eq!(get(&gw, "/deny", &[]).await.status, 200);
 }
@@ -208,7 +210,10 @@ revocation: {{ store: redis }}
     let a = gateway(&up, &extra, routes).await;
     let b = gateway(&up, &extra, routes).await;
     for gw in [&a, &b] {
-        wait_for_async(Duration::from_secs(10), || async { gw.admin("/readyz").await.0 == 200 }).await;
+        wait_for_async("/readyz to answer 200", Duration::from_secs(10), || async {
+            gw.admin("/readyz").await.0 == 200
+        })
+        .await;
     }
     let leaked = token(json!({"jti": "leaked-1"}));
     let other = token(json!({"jti": "other-1"}));
@@ -224,7 +229,7 @@ revocation: {{ store: redis }}
     assert_eq!(status, 200, "{body}");
     let revoked_at = Instant::now();
     for gw in [&a, &b] {
-        wait_for_async(Duration::from_secs(5), || async {
+        wait_for_async("the token to be refused (401)", Duration::from_secs(5), || async {
             get(gw, "/api", &[("authorization", &auth(&leaked))]).await.status == 401
         })
         .await;
@@ -243,7 +248,7 @@ revocation: {{ store: redis }}
     let (status, body) = post_admin(&b, "/revoke", &format!(r#"{{"sub":"alice","before":{}}}"#, now() + 1)).await;
     assert_eq!(status, 200, "{body}");
     for gw in [&a, &b] {
-        wait_for_async(Duration::from_secs(5), || async {
+        wait_for_async("the token to be refused (401)", Duration::from_secs(5), || async {
             get(gw, "/api", &[("authorization", &auth(&other))]).await.status == 401
         })
         .await;
@@ -254,7 +259,10 @@ revocation: {{ store: redis }}
 
     // An instance started afterwards loads the list before it is ready.
     let c = gateway(&up, &extra, routes).await;
-    wait_for_async(Duration::from_secs(10), || async { c.admin("/readyz").await.0 == 200 }).await;
+    wait_for_async("/readyz to answer 200", Duration::from_secs(10), || async {
+        c.admin("/readyz").await.0 == 200
+    })
+    .await;
     get(&c, "/api", &[("authorization", &auth(&leaked))])
         .await
         .assert_error(401, "invalid_token");
@@ -306,7 +314,10 @@ revocation: {{ store: redis }}
     assert_eq!(get(&gw, "/open", &[]).await.status, 200);
     assert_eq!(get(&allow, "/api", &[("authorization", &bearer)]).await.status, 200);
     let _redis = RedisServer::start_on(port).await;
-    wait_for_async(Duration::from_secs(15), || async { gw.admin("/readyz").await.0 == 200 }).await;
+    wait_for_async("/readyz to answer 200", Duration::from_secs(15), || async {
+        gw.admin("/readyz").await.0 == 200
+    })
+    .await;
     assert_eq!(get(&gw, "/api", &[("authorization", &bearer)]).await.status, 200);
 }
 
@@ -345,7 +356,10 @@ routes:
         ws_up.url()
     );
     let gw = TestGateway::start_in(dir, cert, &yaml).await;
-    wait_for_async(Duration::from_secs(10), || async { gw.admin("/readyz").await.0 == 200 }).await;
+    wait_for_async("/readyz to answer 200", Duration::from_secs(10), || async {
+        gw.admin("/readyz").await.0 == 200
+    })
+    .await;
     let leaked = format!("Bearer {}", token(json!({"jti": "tunnel-1"})));
     let kept = format!("Bearer {}", token(json!({"jti": "tunnel-2"})));
     let (mut doomed, _) = support::ws::connect(gw.addr, &gw.cert, "/chat", &[("authorization", &leaked)])
@@ -375,13 +389,17 @@ routes:
         support::ws::round_trip(&mut other, "still here").await.as_deref(),
         Some("echo: still here")
     );
-    wait_for_async(Duration::from_secs(5), || async {
-        gw.admin("/metrics")
-            .await
-            .1
-            .lines()
-            .any(|l| l == r#"portcullis_websocket_closed_total{route="chat",reason="revoked"} 1"#)
-    })
+    wait_for_async(
+        "the tunnel to be counted closed at token expiry",
+        Duration::from_secs(5),
+        || async {
+            gw.admin("/metrics")
+                .await
+                .1
+                .lines()
+                .any(|l| l == r#"portcullis_websocket_closed_total{route="chat",reason="revoked"} 1"#)
+        },
+    )
     .await;
 }
 
@@ -559,7 +577,7 @@ async fn password_env_authenticates_and_never_reaches_the_logs() {
     );
 
     let good = child::Gateway::start_with_env(&yaml, None, &[(VAR, PASSWORD)]);
-    wait_for_async(Duration::from_secs(10), || async {
+    wait_for_async("/readyz to answer 200", Duration::from_secs(10), || async {
         good.admin("/readyz").await.0 == 200
     })
     .await;
@@ -616,7 +634,10 @@ async fn rediss_trusts_the_configured_ca_and_only_it() {
     let a = child::Gateway::start(&child_config(&up, &trusted), None);
     let b = child::Gateway::start(&child_config(&up, &trusted), None);
     for gw in [&a, &b] {
-        wait_for_async(Duration::from_secs(10), || async { gw.admin("/readyz").await.0 == 200 }).await;
+        wait_for_async("/readyz to answer 200", Duration::from_secs(10), || async {
+            gw.admin("/readyz").await.0 == 200
+        })
+        .await;
     }
     assert_eq!(a.get("/limited").await, 200);
     assert_eq!(b.get("/limited").await, 429, "one bucket, shared over TLS");
@@ -678,7 +699,10 @@ routes:
         up.url()
     );
     let gw = TestGateway::start_in(dir, cert, &yaml).await;
-    wait_for_async(Duration::from_secs(10), || async { gw.admin("/readyz").await.0 == 200 }).await;
+    wait_for_async("/readyz to answer 200", Duration::from_secs(10), || async {
+        gw.admin("/readyz").await.0 == 200
+    })
+    .await;
     let good = format!(r#"{{"jti":"j1","exp":{}}}"#, now() + 600);
     let auth = "Authorization: Bearer an-admin-secret-0123456789\r\n";
     let json = "Content-Type: application/json\r\n";
@@ -823,7 +847,10 @@ async fn a_revocation_the_channel_missed_is_loaded_within_a_minute() {
     let extra = format!("store:\n  redis: {}\nrevocation: {{ store: redis }}\n", redis.url());
     let routes = "  - { name: api, match: { path: /api }, upstream: app, auth: {} }\n";
     let gw = gateway(&up, &extra, routes).await;
-    wait_for_async(Duration::from_secs(10), || async { gw.admin("/readyz").await.0 == 200 }).await;
+    wait_for_async("/readyz to answer 200", Duration::from_secs(10), || async {
+        gw.admin("/readyz").await.0 == 200
+    })
+    .await;
     let auth = format!("Bearer {}", token(json!({"jti": "missed-1"})));
     assert_eq!(get(&gw, "/api", &[("authorization", &auth)]).await.status, 200);
     let client = ::redis::Client::open(redis.url()).unwrap();
@@ -838,7 +865,7 @@ async fn a_revocation_the_channel_missed_is_loaded_within_a_minute() {
         .await
         .unwrap();
     let written = Instant::now();
-    wait_for_async(Duration::from_secs(60), || async {
+    wait_for_async("the token to be refused (401)", Duration::from_secs(60), || async {
         get(&gw, "/api", &[("authorization", &auth)]).await.status == 401
     })
     .await;

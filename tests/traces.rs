@@ -114,7 +114,12 @@ async fn server_span(c: &Collector, reply: &Reply) -> Span {
             .into_iter()
             .find(|s| s.kind == SERVER && s.attr("portcullis.request_id") == Some(id.as_str()))
     };
-    wait_for(Duration::from_secs(10), || find().is_some()).await;
+    wait_for(
+        "the request's SERVER span to be exported",
+        Duration::from_secs(10),
+        || find().is_some(),
+    )
+    .await;
     find().unwrap()
 }
 
@@ -290,7 +295,12 @@ async fn websocket_and_grpc_requests_are_traced() {
             .into_iter()
             .find(|s| s.name == "WebSocket" && s.span_id == parent)
     };
-    wait_for(Duration::from_secs(10), || find().is_some()).await;
+    wait_for(
+        "the WebSocket tunnel's span to be exported",
+        Duration::from_secs(10),
+        || find().is_some(),
+    )
+    .await;
     let tunnel = find().unwrap();
     assert_eq!(tunnel.kind, CLIENT);
     assert_eq!(tunnel.trace_id, trace);
@@ -313,7 +323,12 @@ async fn websocket_and_grpc_requests_are_traced() {
             .into_iter()
             .find(|s| s.kind == SERVER && s.name == "POST echo")
     };
-    wait_for(Duration::from_secs(10), || find().is_some()).await;
+    wait_for(
+        "the gRPC call's SERVER span to be exported",
+        Duration::from_secs(10),
+        || find().is_some(),
+    )
+    .await;
     let server = find().unwrap();
     assert_eq!(server.attr("network.protocol.version"), Some("2"));
     assert_eq!(server.attr("enduser.id"), Some("erin"));
@@ -333,7 +348,12 @@ async fn websocket_and_grpc_requests_are_traced() {
             .into_iter()
             .find(|s| s.kind == SERVER && s.name == "POST echo" && s.attr("portcullis.reason") == Some("no_token"))
     };
-    wait_for(Duration::from_secs(10), || find().is_some()).await;
+    wait_for(
+        "the refused gRPC call's span to be exported",
+        Duration::from_secs(10),
+        || find().is_some(),
+    )
+    .await;
     assert_eq!(find().unwrap().attr("http.response.status_code"), Some("401"));
 }
 
@@ -471,9 +491,11 @@ async fn a_stalled_collector_costs_requests_nothing_and_drops_are_counted() {
     // 3,200 spans, of which the queue and the stalled batch hold at most
     // 2,560: the rest are dropped (more than any other test here drops).
     let gw = &s.gw;
-    wait_for_async(Duration::from_secs(10), || async {
-        dropped(gw).await >= before + 600.0
-    })
+    wait_for_async(
+        "the stalled export's spans to be counted as dropped",
+        Duration::from_secs(10),
+        || async { dropped(gw).await >= before + 600.0 },
+    )
     .await;
 }
 
@@ -489,7 +511,12 @@ async fn an_absent_collector_is_counted_not_felt() {
     }
     // Each failed export drops its whole batch: 10 SERVER and 10 CLIENT spans.
     let gw = &s.gw;
-    wait_for_async(Duration::from_secs(10), || async { dropped(gw).await >= before + 20.0 }).await;
+    wait_for_async(
+        "the failed exports' spans to be counted as dropped",
+        Duration::from_secs(10),
+        || async { dropped(gw).await >= before + 20.0 },
+    )
+    .await;
 }
 
 /// The binary: `check` and `explain` on a config with `telemetry` (neither
@@ -623,7 +650,7 @@ routes:
     );
     let gw = TestGateway::start_in(dir, cert, &yaml).await;
     let ready = || async { gw.admin("/readyz").await.0 == 200 };
-    wait_for_async(Duration::from_secs(10), ready).await;
+    wait_for_async("/readyz to answer 200", Duration::from_secs(10), ready).await;
 
     // A key rotated in after the gateway fetched the set: refetched inside the request.
     let new = KeyPair::generate(Algorithm::RS256);

@@ -195,7 +195,12 @@ async fn a_full_target_answers_503_after_connect_timeout() {
     let mut busy = gw.client(Proto::H1).await;
     let held = tokio::spawn(async move { busy.send(req("GET", "/slow", &[("x-test", "sleep:1500")], "")).await });
     // Wait until the first request holds the only connection.
-    wait_for(std::time::Duration::from_secs(5), || !up.requests().is_empty()).await;
+    wait_for(
+        "the upstream to receive the request",
+        std::time::Duration::from_secs(5),
+        || !up.requests().is_empty(),
+    )
+    .await;
     let started = std::time::Instant::now();
     gw.get("/second").await.assert_error(503, "temporarily_unavailable");
     assert!(started.elapsed() >= std::time::Duration::from_millis(250));
@@ -219,7 +224,12 @@ async fn a_waiting_request_gets_the_connection_that_frees_up() {
     .await;
     let mut busy = gw.client(Proto::H1).await;
     let held = tokio::spawn(async move { busy.send(req("GET", "/slow", &[("x-test", "sleep:300")], "")).await });
-    wait_for(std::time::Duration::from_secs(5), || !up.requests().is_empty()).await;
+    wait_for(
+        "the upstream to receive the request",
+        std::time::Duration::from_secs(5),
+        || !up.requests().is_empty(),
+    )
+    .await;
     assert_eq!(gw.get("/second").await.status, 200);
     assert_eq!(held.await.unwrap().status, 200);
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
@@ -243,9 +253,11 @@ async fn a_cancelled_request_leaves_its_new_connection_in_the_pool() {
     // The client gives up while the gateway is still connecting upstream.
     let mut c = gw.client(Proto::H2).await;
     let call = tokio::spawn(async move { c.send(req("GET", "/first", &[], "")).await });
-    wait_for(std::time::Duration::from_secs(5), || {
-        up.connections.load(Ordering::SeqCst) == 1
-    })
+    wait_for(
+        "the upstream to have one connection",
+        std::time::Duration::from_secs(5),
+        || up.connections.load(Ordering::SeqCst) == 1,
+    )
     .await;
     call.abort();
     // The connection still completes and serves the next request (which, with

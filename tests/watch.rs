@@ -75,7 +75,12 @@ impl Binary {
 
     /// Wait for the `n`th reload outcome containing `needle`.
     async fn wait_reloads(&self, needle: &str, n: usize) {
-        wait_for(Duration::from_secs(10), || self.count(needle) >= n).await;
+        wait_for(
+            &format!("{n} reload outcomes logged with {needle:?}"),
+            Duration::from_secs(10),
+            || self.count(needle) >= n,
+        )
+        .await;
     }
 }
 

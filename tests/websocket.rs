@@ -142,13 +142,17 @@ async fn messages_flow_both_ways_with_identity_and_subprotocol() {
     );
     // The client closes: the tunnel ends and says so.
     client.close(None).await.unwrap();
-    wait_for_async(Duration::from_secs(5), || async {
-        let m = metrics(&s).await;
-        m.lines()
-            .any(|l| l == r#"portcullis_websocket_open{route="ws-echo"} 0"#)
-            && m.lines()
-                .any(|l| l == r#"portcullis_websocket_closed_total{route="ws-echo",reason="client"} 1"#)
-    })
+    wait_for_async(
+        "the tunnel to be counted closed by the client",
+        Duration::from_secs(5),
+        || async {
+            let m = metrics(&s).await;
+            m.lines()
+                .any(|l| l == r#"portcullis_websocket_open{route="ws-echo"} 0"#)
+                && m.lines()
+                    .any(|l| l == r#"portcullis_websocket_closed_total{route="ws-echo",reason="client"} 1"#)
+        },
+    )
     .await;
 }
 
@@ -242,12 +246,16 @@ async fn a_tunnel_closes_when_its_token_expires() {
         "{:?}",
         opened.elapsed()
     );
-    wait_for_async(Duration::from_secs(5), || async {
-        metrics(&s)
-            .await
-            .lines()
-            .any(|l| l == r#"portcullis_websocket_closed_total{route="ws-chat",reason="token_expired"} 1"#)
-    })
+    wait_for_async(
+        "the tunnel to be counted closed at token expiry",
+        Duration::from_secs(5),
+        || async {
+            metrics(&s)
+                .await
+                .lines()
+                .any(|l| l == r#"portcullis_websocket_closed_total{route="ws-chat",reason="token_expired"} 1"#)
+        },
+    )
     .await;
 }
 
@@ -267,12 +275,16 @@ async fn an_idle_tunnel_is_closed() {
     tokio::time::timeout(Duration::from_secs(5), ws::closed(&mut client))
         .await
         .expect("idle tunnel closed");
-    wait_for_async(Duration::from_secs(5), || async {
-        metrics(&s)
-            .await
-            .lines()
-            .any(|l| l == r#"portcullis_websocket_closed_total{route="ws-short",reason="idle"} 1"#)
-    })
+    wait_for_async(
+        "the tunnel to be counted closed for idleness",
+        Duration::from_secs(5),
+        || async {
+            metrics(&s)
+                .await
+                .lines()
+                .any(|l| l == r#"portcullis_websocket_closed_total{route="ws-short",reason="idle"} 1"#)
+        },
+    )
     .await;
 }
 

@@ -722,18 +722,23 @@ pub fn require(program: &str, package: &str) -> bool {
 }
 
 /// Wait until `condition` holds, checking every 10 ms; fail the test when it
-/// still does not after `limit`, naming the line that waited. Use it wherever
-/// a test waits for an event. (Not an `async fn`: `#[track_caller]` needs a
-/// plain one, which returns the waiting future.)
+/// still does not after `limit`, saying `what` was awaited and naming the
+/// line that waited. Use it wherever a test waits for an event. (Not an
+/// `async fn`: `#[track_caller]` needs a plain one, which returns the waiting future.)
 #[track_caller]
-pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> impl std::future::Future<Output = ()> {
+pub fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> impl std::future::Future<Output = ()> {
     let at = std::panic::Location::caller();
+    let what = what.to_string();
     async move {
         let deadline = tokio::time::Instant::now() + limit;
         while !condition() {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the condition waited for at {at} was not met within {limit:?}"
+                "waited {limit:?} at {at} for {what}, in vain"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -742,18 +747,19 @@ pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> impl st
 
 /// [`wait_for`] with a condition that has to await (an admin scrape, a request).
 #[track_caller]
-pub fn wait_for_async<F, Fut>(limit: Duration, mut condition: F) -> impl std::future::Future<Output = ()>
+pub fn wait_for_async<F, Fut>(what: &str, limit: Duration, mut condition: F) -> impl std::future::Future<Output = ()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let at = std::panic::Location::caller();
+    let what = what.to_string();
     async move {
         let deadline = tokio::time::Instant::now() + limit;
         while !condition().await {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the condition waited for at {at} was not met within {limit:?}"
+                "waited {limit:?} at {at} for {what}, in vain"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -71,7 +71,7 @@ impl RedisServer {
             child: Some(child),
             tls: options.tls.is_some(),
         };
-        super::wait_for_async(Duration::from_secs(10), || server.ping()).await;
+        super::wait_for_async("redis-server to answer PING", Duration::from_secs(10), || server.ping()).await;
         server
     }
 
