@@ -291,14 +291,10 @@ async fn pipeline(
     }
     .map_err(|_| GatewayError::BadRequest("The request target cannot be forwarded."))?;
     // The upstream exchange's span, and the gateway's trace context in place of the client's.
-    let upstream_span = log.trace.as_ref().and_then(|t| {
-        let name = if websocket.is_some() {
-            "WebSocket"
-        } else {
-            parts.method.as_str()
-        };
-        t.upstream_span(name, &upstream.config.name, &parts.method)
-    });
+    let upstream_span = log
+        .trace
+        .as_ref()
+        .and_then(|t| t.upstream_span(websocket.is_some(), &upstream.config.name, &parts.method));
     if let Some(t) = &log.trace {
         t.propagate(upstream_span.as_ref(), &mut parts.headers);
     }

@@ -11,13 +11,17 @@
 //! string or a cookie; the only claim recorded is the subject.
 
 mod export;
+mod ids;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Method};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanId, SpanKind, Status, TraceContextExt, TraceId, TraceState, Tracer as _, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
@@ -27,8 +31,8 @@ use crate::config::ConfigError;
 
 pub use opentelemetry::trace::SpanKind as Kind;
 
-const TRACEPARENT: &str = "traceparent";
-const TRACESTATE: &str = "tracestate";
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The tracer of one `telemetry` configuration, kept across reloads that leave it unchanged.
 #[derive(Debug)]
@@ -54,9 +58,10 @@ impl Telemetry {
             .build();
         let (queue, exporter) = export::Exporter::new(&config.traces_url, config.ca_file.as_deref(), &resource)?;
         let provider = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sample_ratio,
-            ))))
+            // The gateway decides (parent-based, at `sample_ratio`) before
+            // asking the SDK for a span: an unsampled request never reaches it.
+            .with_sampler(Sampler::AlwaysOn)
+            .with_id_generator(ids::Ids)
             .with_span_processor(queue)
             .with_resource(resource)
             .build();
@@ -76,7 +81,9 @@ impl Telemetry {
     }
 
     /// The SERVER span of a request, continuing the client's trace when
-    /// it is trusted. Attributes are only gathered for a sampled span.
+    /// it is trusted (parent-based sampling: a trusted parent's decision
+    /// stands, a new trace is recorded at `sample_ratio`). An unsampled
+    /// request gets ids for its upstream and nothing else.
     pub(crate) fn start_request(
         &self,
         headers: &HeaderMap,
@@ -86,32 +93,54 @@ impl Telemetry {
         request_id: &HeaderValue,
     ) -> RequestTrace {
         let parent = if self.config.trust_incoming_traceparent && headers.contains_key(TRACEPARENT) {
-            TraceContextPropagator::new().extract(&Incoming(headers))
+            Some(TraceContextPropagator::new().extract(&Incoming(headers)))
+                .filter(|cx| cx.span().span_context().is_valid())
         } else {
-            Context::new()
+            None
         };
+        let sampled = match &parent {
+            Some(cx) => cx.span().span_context().is_sampled(),
+            None => ids::sample(self.config.sample_ratio),
+        };
+        if !sampled {
+            let (trace_id, state) = match &parent {
+                Some(cx) => {
+                    let span = cx.span();
+                    (
+                        span.span_context().trace_id(),
+                        span.span_context().trace_state().clone(),
+                    )
+                }
+                None => (ids::trace_id(), TraceState::default()),
+            };
+            return RequestTrace(Trace::Unsampled {
+                trace_id,
+                span_id: ids::span_id(),
+                state,
+            });
+        }
+        let parent = parent.unwrap_or_else(Context::new);
+        let protocol = match version {
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        };
+        let attributes = vec![
+            KeyValue::new("http.request.method", method_name(method)),
+            KeyValue::new("url.scheme", "https"),
+            KeyValue::new("network.protocol.version", protocol),
+            KeyValue::new("client.address", client.to_string()),
+            KeyValue::new("portcullis.request_id", request_id.to_str().unwrap_or("").to_owned()),
+        ];
         let span = self
             .tracer
             .span_builder(method_name(method))
             .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent);
-        let cx = parent.with_span(span).with_value(TracerOf(self.tracer.clone()));
-        let sampled = cx.span().is_recording();
-        if sampled {
-            let protocol = match version {
-                http::Version::HTTP_2 => "2",
-                http::Version::HTTP_10 => "1.0",
-                _ => "1.1",
-            };
-            cx.span().set_attributes([
-                KeyValue::new("http.request.method", method_name(method)),
-                KeyValue::new("url.scheme", "https"),
-                KeyValue::new("network.protocol.version", protocol),
-                KeyValue::new("client.address", client.to_string()),
-                KeyValue::new("portcullis.request_id", request_id.to_str().unwrap_or("").to_owned()),
-            ]);
-        }
-        RequestTrace { cx, sampled }
+        RequestTrace(Trace::Sampled(
+            parent.with_span(span).with_value(TracerOf(self.tracer.clone())),
+        ))
     }
 }
 
@@ -144,103 +173,153 @@ fn method_name(m: &Method) -> Cow<'static, str> {
     }
 }
 
-/// One request's trace: its SERVER span (recording or not) in a context.
+/// One request's trace.
 #[derive(Debug)]
-pub(crate) struct RequestTrace {
-    cx: Context,
-    sampled: bool,
+pub(crate) struct RequestTrace(Trace);
+
+#[derive(Debug)]
+enum Trace {
+    /// Recorded: the SERVER span, in the context the pipeline runs in.
+    Sampled(Context),
+    /// Not recorded: only the ids the upstream is told about.
+    Unsampled {
+        trace_id: TraceId,
+        span_id: SpanId,
+        state: TraceState,
+    },
 }
 
 impl RequestTrace {
     /// The context to run the pipeline in, when the span records.
     pub(crate) fn context(&self) -> Option<Context> {
-        self.sampled.then(|| self.cx.clone())
+        match &self.0 {
+            Trace::Sampled(cx) => Some(cx.clone()),
+            Trace::Unsampled { .. } => None,
+        }
     }
 
     /// The trace id for the access log, when the span records.
     pub(crate) fn trace_id(&self) -> Option<String> {
-        self.sampled
-            .then(|| self.cx.span().span_context().trace_id().to_string())
+        match &self.0 {
+            Trace::Sampled(cx) => Some(cx.span().span_context().trace_id().to_string()),
+            Trace::Unsampled { .. } => None,
+        }
     }
 
     pub(crate) fn set(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
-        if self.sampled {
-            self.cx.span().set_attribute(KeyValue::new(key, value));
+        if let Trace::Sampled(cx) = &self.0 {
+            cx.span().set_attribute(KeyValue::new(key, value));
         }
     }
 
     /// The request matched `route`: the span is named after it.
     pub(crate) fn routed(&self, method: &Method, route: &crate::config::Route) {
-        if self.sampled {
-            let span = self.cx.span();
+        if let Trace::Sampled(cx) = &self.0 {
+            let span = cx.span();
             span.update_name(format!("{} {}", method_name(method), route.name));
-            span.set_attribute(KeyValue::new("http.route", route.path_pattern()));
-            span.set_attribute(KeyValue::new("portcullis.route", route.name.clone()));
+            span.set_attributes([
+                KeyValue::new("http.route", route.path_pattern()),
+                KeyValue::new("portcullis.route", route.name.clone()),
+            ]);
         }
     }
 
-    /// A CLIENT span for the upstream exchange (`None` when not sampled).
-    pub(crate) fn upstream_span(&self, name: &str, upstream: &str, method: &Method) -> Option<ChildSpan> {
-        let name = match name {
-            "WebSocket" => Cow::Borrowed("WebSocket"),
-            _ => method_name(method),
+    /// A CLIENT span for the upstream exchange (`None` when not sampled),
+    /// named by the method (or `WebSocket` for a tunnel).
+    pub(crate) fn upstream_span(&self, websocket: bool, upstream: &str, method: &Method) -> Option<ChildSpan> {
+        let Trace::Sampled(cx) = &self.0 else { return None };
+        let name = if websocket {
+            Cow::Borrowed("WebSocket")
+        } else {
+            method_name(method)
         };
-        let span = start_child(&self.cx, name, SpanKind::Client)?;
-        span.set("http.request.method", method_name(method));
-        span.set("portcullis.upstream", upstream.to_owned());
-        Some(span)
+        let attributes = vec![
+            KeyValue::new("http.request.method", method_name(method)),
+            KeyValue::new("portcullis.upstream", upstream.to_owned()),
+        ];
+        start_child(cx, name, SpanKind::Client, attributes)
     }
 
     /// Replace the client's trace context with the gateway's in the headers
     /// going upstream: `via`'s (a CLIENT span) or, unsampled, the request's.
     pub(crate) fn propagate(&self, via: Option<&ChildSpan>, headers: &mut HeaderMap) {
-        let sc = via.map_or_else(
-            || self.cx.span().span_context().clone(),
-            |c| c.cx.span().span_context().clone(),
-        );
         headers.remove(TRACEPARENT);
         headers.remove(TRACESTATE);
-        let flags = sc.trace_flags() & TraceFlags::SAMPLED;
-        let parent = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), flags.to_u8());
-        if let Ok(v) = HeaderValue::try_from(parent) {
+        let (value, state) = match (&self.0, via) {
+            (_, Some(child)) => context_headers(child.cx.span().span_context()),
+            (Trace::Sampled(cx), None) => context_headers(cx.span().span_context()),
+            (
+                Trace::Unsampled {
+                    trace_id,
+                    span_id,
+                    state,
+                },
+                None,
+            ) => (traceparent(*trace_id, *span_id, false), tracestate(state)),
+        };
+        if let Some(v) = value {
             headers.insert(TRACEPARENT, v);
         }
-        let state = sc.trace_state().header();
-        if !state.is_empty() {
-            if let Ok(v) = HeaderValue::try_from(state) {
-                headers.insert(TRACESTATE, v);
-            }
+        if let Some(v) = state {
+            headers.insert(TRACESTATE, v);
         }
     }
 
     /// The answer is known: the last attributes, and the span ends.
     pub(crate) fn finish(&self, status: u16, facts: Finish<'_>) {
-        if !self.sampled {
-            return;
-        }
-        let span = self.cx.span();
-        span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+        let Trace::Sampled(cx) = &self.0 else { return };
+        let span = cx.span();
+        let mut last = Vec::with_capacity(6);
+        last.push(KeyValue::new("http.response.status_code", i64::from(status)));
         if let Some(path) = facts.path {
-            span.set_attribute(KeyValue::new("url.path", path.to_owned()));
+            last.push(KeyValue::new("url.path", path.to_owned()));
         }
         if let Some(subject) = facts.subject {
-            span.set_attribute(KeyValue::new("enduser.id", subject.to_owned()));
+            last.push(KeyValue::new("enduser.id", subject.to_owned()));
         }
         if let Some(reason) = facts.refused {
-            span.set_attribute(KeyValue::new("portcullis.reason", reason));
-            span.set_attribute(KeyValue::new("error.type", reason));
+            last.push(KeyValue::new("portcullis.reason", reason));
+            last.push(KeyValue::new("error.type", reason));
+        } else if status >= 500 {
+            last.push(KeyValue::new("error.type", status.to_string()));
         }
         if let Some(reason) = facts.monitor_denied {
-            span.set_attribute(KeyValue::new("portcullis.monitor_denied", reason));
+            last.push(KeyValue::new("portcullis.monitor_denied", reason));
         }
+        span.set_attributes(last);
         if status >= 500 {
             span.set_status(Status::error(""));
-            if facts.refused.is_none() {
-                span.set_attribute(KeyValue::new("error.type", status.to_string()));
-            }
         }
         span.end();
     }
+}
+
+fn context_headers(sc: &opentelemetry::trace::SpanContext) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    (
+        traceparent(sc.trace_id(), sc.span_id(), sc.is_sampled()),
+        tracestate(sc.trace_state()),
+    )
+}
+
+/// `00-TRACE-SPAN-FLAGS`, written without the formatting machinery.
+fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> Option<HeaderValue> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 55];
+    out[..2].copy_from_slice(b"00");
+    for (i, b) in trace_id.to_bytes().iter().chain(span_id.to_bytes().iter()).enumerate() {
+        // Trace id from offset 3, span id from offset 36 (after another dash).
+        let at = if i < 16 { 3 + 2 * i } else { 36 + 2 * (i - 16) };
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 0x0f)];
+    }
+    out[53] = b'0';
+    out[54] = if sampled { b'1' } else { b'0' };
+    HeaderValue::from_bytes(&out).ok()
+}
+
+fn tracestate(state: &TraceState) -> Option<HeaderValue> {
+    let text = state.header();
+    (!text.is_empty()).then(|| HeaderValue::try_from(text).ok()).flatten()
 }
 
 /// What the access log knows when a request ends.
@@ -284,7 +363,7 @@ impl Drop for ChildSpan {
 /// A child of whatever span the running request has (`None` without one,
 /// or when it does not record: then nothing is allocated).
 pub(crate) fn child(name: &'static str, kind: SpanKind) -> Option<ChildSpan> {
-    start_child(&Context::current(), name, kind)
+    start_child(&Context::current(), name, kind, Vec::new())
 }
 
 /// An event on the running request's innermost span, if it records.
@@ -295,7 +374,12 @@ pub(crate) fn event(name: &'static str) {
     }
 }
 
-fn start_child(parent: &Context, name: impl Into<Cow<'static, str>>, kind: SpanKind) -> Option<ChildSpan> {
+fn start_child(
+    parent: &Context,
+    name: impl Into<Cow<'static, str>>,
+    kind: SpanKind,
+    attributes: Vec<KeyValue>,
+) -> Option<ChildSpan> {
     if !parent.span().is_recording() {
         return None;
     }
@@ -303,6 +387,7 @@ fn start_child(parent: &Context, name: impl Into<Cow<'static, str>>, kind: SpanK
     let span = tracer
         .span_builder(name)
         .with_kind(kind)
+        .with_attributes(attributes)
         .start_with_context(tracer, parent);
     Some(ChildSpan {
         cx: parent.with_span(span),
@@ -360,7 +445,10 @@ mod tests {
     #[tokio::test]
     async fn trusted_context_is_continued_and_untrusted_replaced() {
         let (trace, h) = traced(&telemetry(0.0, true), Some(INCOMING));
-        assert!(trace.sampled, "a sampled trusted parent is honoured at ratio 0");
+        assert!(
+            trace.context().is_some(),
+            "a sampled trusted parent is honoured at ratio 0"
+        );
         let sent = h[TRACEPARENT].to_str().unwrap();
         assert!(sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{sent}");
         assert!(
@@ -371,22 +459,32 @@ mod tests {
         assert_eq!(h[TRACESTATE], "vendor=secret");
 
         let (trace, h) = traced(&telemetry(1.0, false), Some(INCOMING));
-        assert!(trace.sampled);
+        assert!(trace.context().is_some());
         let sent = h[TRACEPARENT].to_str().unwrap();
         assert!(!sent.contains("0af7651916cd43dd8448eb211c80319c"), "{sent}");
         assert!(h.get(TRACESTATE).is_none(), "an untrusted tracestate is dropped");
     }
 
     #[tokio::test]
+    async fn an_unsampled_trusted_parent_is_not_recorded_even_at_ratio_one() {
+        let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+        let (trace, h) = traced(&telemetry(1.0, true), Some(unsampled));
+        assert!(trace.context().is_none(), "the parent's decision stands");
+        let sent = h[TRACEPARENT].to_str().unwrap();
+        assert!(sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{sent}");
+        assert!(sent.ends_with("-00") && !sent.contains("b7ad6b7169203331"), "{sent}");
+        assert_eq!(h[TRACESTATE], "vendor=secret");
+    }
+
+    #[tokio::test]
     async fn ratio_zero_records_nothing_but_still_propagates() {
         let (trace, h) = traced(&telemetry(0.0, true), None);
-        assert!(!trace.sampled);
         assert!(trace.trace_id().is_none());
         assert!(trace.context().is_none());
         let sent = h[TRACEPARENT].to_str().unwrap();
         assert_eq!(sent.len(), 55);
         assert!(sent.ends_with("-00"), "not sampled: {sent}");
-        assert!(trace.upstream_span("upstream", "u", &Method::GET).is_none());
+        assert!(trace.upstream_span(false, "u", &Method::GET).is_none());
     }
 
     #[tokio::test]
@@ -404,7 +502,20 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(TRACEPARENT, INCOMING.parse().unwrap());
         h.append(TRACEPARENT, INCOMING.parse().unwrap());
-        assert_eq!(Incoming(&h).get(TRACEPARENT), None);
+        assert_eq!(Incoming(&h).get("traceparent"), None);
+    }
+
+    #[test]
+    fn traceparent_is_written_as_w3c_says() {
+        let (t, s) = (
+            TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
+            SpanId::from(0x00f067aa0ba902b7),
+        );
+        assert_eq!(
+            traceparent(t, s, true).unwrap(),
+            "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+        );
+        assert_eq!(traceparent(t, s, false).unwrap(), format!("00-{t}-{s}-00"));
     }
 
     #[test]
