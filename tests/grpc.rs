@@ -219,3 +219,83 @@ async fn the_same_service_behind_an_h2_upstream() {
     assert_eq!(c.server_stream("3:0").await.unwrap(), ["0", "1", "2"]);
     assert_eq!(c.bidi(&["a", "b"]).await.unwrap(), ["A", "B"]);
 }
+
+/// The rest of the Trailers-Only table, each row end to end with tonic: a
+/// path the gateway cannot read (400), a method the route does not allow
+/// (405), a body over `max_body_bytes` (413), a rate limit (429), headers
+/// over `max_header_bytes` (431), keys the provider has not fetched (503).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_trailers_only_row_reaches_a_tonic_client() {
+    let echo = GrpcUpstream::start(None).await;
+    let nowhere = closed_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("grpc.secret"), SECRET).unwrap();
+    let yaml = format!(
+        r#"{header}limits:
+  max_body_bytes: 64
+  max_header_bytes: 2048
+providers:
+  app:
+    secret_file: grpc.secret
+    algorithms: [HS256]
+  unfetched:
+    issuer: https://unfetched.example.com/
+    jwks_uri: http://{nowhere}/jwks
+upstreams:
+  echo:
+    targets: [http://{echo}]
+    protocol: h2c
+rate_limits:
+  once:
+    key: route
+    rate: 1/h
+    burst: 1
+routes:
+  - name: get-only
+    match: {{ path: /get.v1.Only, methods: [GET] }}
+    upstream: echo
+    public: true
+  - name: limited
+    match: {{ path_exact: /echo.v1.Echo/Admin }}
+    upstream: echo
+    public: true
+    rate_limits: [once]
+  - name: unfetched
+    match: {{ path: /unfetched.v1.Unfetched }}
+    upstream: echo
+    auth: {{ providers: [unfetched] }}
+  - name: echo
+    match: {{ path: /echo.v1.Echo }}
+    upstream: echo
+    public: true
+"#,
+        header = header(""),
+        echo = echo.addr,
+    );
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let mut c = GrpcClient::connect(gw.addr, &gw.cert).await;
+    assert_eq!(c.unary("Unary", "small").await.unwrap(), "sub=-;msg=small");
+
+    let status = c.call_path("/echo.v1.Echo/%zz").await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "400: {status:?}");
+    let status = c.call_path("/get.v1.Only/Call").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "405: {status:?}");
+    let status = c.unary("Unary", &"x".repeat(200)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "413: {status:?}");
+    assert_eq!(c.call_path("/echo.v1.Echo/Admin").await.unwrap(), "admin");
+    let status = c.call_path("/echo.v1.Echo/Admin").await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "429: {status:?}");
+    let mut big = GrpcClient::connect(gw.addr, &gw.cert).await;
+    big.token = Some("a".repeat(3000));
+    let status = big.call_path("/echo.v1.Echo/Unary").await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "431: {status:?}");
+    let mut unfetched = GrpcClient::connect(gw.addr, &gw.cert).await;
+    unfetched.token = Some(hs_sign(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"iss": "https://unfetched.example.com/", "sub": "x", "exp": now() + 60}),
+    ));
+    let status = unfetched.call_path("/unfetched.v1.Unfetched/Call").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "503: {status:?}");
+}
