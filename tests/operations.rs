@@ -445,3 +445,82 @@ async fn monitor_decisions_are_in_the_access_log() {
         assert!(!l.contains(&token), "a token reached the logs: {l}");
     }
 }
+
+/// A reload whose certificate, key, JWKS file or secret file is broken is
+/// refused and the running configuration goes on with what it read before:
+/// the old certificate on new handshakes, the old keys for tokens.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_with_a_broken_file_keeps_the_files_already_read() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = Gateway::start(&config(&up, ROUTE_A, ""), None);
+    let dir = gw.dir.path().to_path_buf();
+    let rsa = KeyPair::generate(Algorithm::RS256);
+    std::fs::write(dir.join("keys.json"), jwks(&[rsa.jwk("k1")])).unwrap();
+    let with_jwks = config(&up, ROUTE_A, "").replace(
+        "providers:\n",
+        "providers:\n  files:\n    issuer: https://files.example.com/\n    jwks_file: keys.json\n",
+    );
+    gw.write_config(&with_jwks);
+    gw.signal("HUP");
+    gw.wait_log("configuration reloaded").await;
+
+    let hs = hs_sign(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "carol", "scope": "read", "exp": now() + 600}),
+    );
+    let rs = rsa.sign(
+        &json!({"iss": "https://files.example.com/", "sub": "dan", "scope": "read", "exp": now() + 600}),
+        Some("k1"),
+    );
+    let secure = |token: String| {
+        let gw = &gw;
+        async move {
+            let mut c = gw.client(Proto::H1).await; // a new handshake each time
+            let auth = format!("Bearer {token}");
+            c.send(req("GET", "/secure", &[("authorization", &auth)], ""))
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(secure(hs.clone()).await, 200);
+    assert_eq!(secure(rs.clone()).await, 200);
+
+    let breakages: [(&str, &[u8]); 4] = [
+        (
+            "cert.pem",
+            b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+        ),
+        ("key.pem", b"no key here"),
+        ("keys.json", b"{\"keys\": 7}"),
+        ("secret", b""),
+    ];
+    for (n, (file, garbage)) in breakages.iter().enumerate() {
+        let path = dir.join(file);
+        let good = std::fs::read(&path).unwrap();
+        std::fs::write(&path, garbage).unwrap();
+        gw.signal("HUP");
+        wait_for(
+            &format!("reload failure {} ({file})", n + 1),
+            Duration::from_secs(5),
+            || gw.logs().iter().filter(|l| l.contains("reload failed")).count() == n + 1,
+        )
+        .await;
+        let failure = gw
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("reload failed"))
+            .nth(n)
+            .unwrap();
+        assert!(failure.contains(file), "the failure names {file}: {failure}");
+        assert_eq!(secure(hs.clone()).await, 200, "after a broken {file}");
+        assert_eq!(secure(rs.clone()).await, 200, "after a broken {file}");
+        std::fs::write(&path, good).unwrap();
+    }
+    let (_, metrics) = gw.admin("/metrics").await;
+    assert_eq!(
+        metric(&metrics, r#"portcullis_config_reloads_total{result="failure"}"#),
+        4.0
+    );
+}
