@@ -301,3 +301,79 @@ fn text_logs_to_a_pipe_have_no_escape_codes() {
     let line = line.expect("the demo logs `listening`");
     assert!(line.contains("INFO") && !line.contains('\x1b'), "{line:?}");
 }
+
+/// `check` prints each warning on stderr as `warning: ...` and still
+/// succeeds; `explain --token-env` reads the token from the environment,
+/// decides with it, and prints no part of it.
+#[test]
+fn check_prints_warnings_and_explain_reads_the_token_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = portcullis::tls::self_signed(&["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key).unwrap();
+    let secret = "a-cli-test-secret-of-32-bytes-or-more";
+    std::fs::write(dir.path().join("secret"), secret).unwrap();
+    let yaml = r#"listen:
+  https: 127.0.0.1:8443
+tls:
+  cert: cert.pem
+  key: key.pem
+providers:
+  app:
+    secret_file: secret
+    algorithms: [HS256]
+upstreams:
+  app:
+    targets: [http://127.0.0.1:9000]
+routes:
+  - name: orders
+    match: { path: /orders }
+    upstream: app
+    auth: { scopes: [orders:read] }
+"#;
+    std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
+    let check = portcullis()
+        .args(["check", "-c", "gateway.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("warning: providers.app: no `audiences`")),
+        "{stderr}"
+    );
+
+    let token = support::tokens::hs_sign(
+        Algorithm::HS256,
+        secret.as_bytes(),
+        &serde_json::json!({"sub": "erin", "scope": "orders:read", "exp": support::tokens::now() + 600}),
+    );
+    let explain = |scope_token: &str| {
+        portcullis()
+            .args([
+                "explain",
+                "-c",
+                "gateway.yaml",
+                "--token-env",
+                "EXPLAIN_TOKEN",
+                "GET",
+                "https://localhost/orders",
+            ])
+            .env("EXPLAIN_TOKEN", scope_token)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = explain(&token);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("erin"), "the token's subject: {text}");
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!text.contains(signature) && !String::from_utf8_lossy(&out.stderr).contains(signature));
+    let refused = explain("not-a-jwt");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("401"));
+}

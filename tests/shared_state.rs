@@ -618,8 +618,11 @@ async fn rediss_trusts_the_configured_ca_and_only_it() {
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
     let port = closed_port().await.port();
+    // The README's headline set-up: rediss:// with a private CA and a password
+    // from the environment.
+    const PASSWORD: &str = "a-redis-password-over-tls";
     let options = support::redis::Options {
-        password: None,
+        password: Some(PASSWORD.into()),
         tls: Some((cert_path.clone(), key_path)),
     };
     let redis = RedisServer::start_with(port, options).await;
@@ -627,12 +630,13 @@ async fn rediss_trusts_the_configured_ca_and_only_it() {
     let up = RecordingUpstream::start("app").await;
 
     let trusted = format!(
-        "store:\n  redis: {}\n  ca_file: {}\n  timeout: 500ms\n",
+        "store:\n  redis: {}\n  password_env: REDIS_TLS_PASSWORD\n  ca_file: {}\n  timeout: 500ms\n",
         redis.url(),
         cert_path.display()
     );
-    let a = child::Gateway::start(&child_config(&up, &trusted), None);
-    let b = child::Gateway::start(&child_config(&up, &trusted), None);
+    let env = [("REDIS_TLS_PASSWORD", PASSWORD)];
+    let a = child::Gateway::start_with_env(&child_config(&up, &trusted), None, &env);
+    let b = child::Gateway::start_with_env(&child_config(&up, &trusted), None, &env);
     for gw in [&a, &b] {
         wait_for_async("/readyz to answer 200", Duration::from_secs(10), || async {
             gw.admin("/readyz").await.0 == 200
@@ -641,6 +645,12 @@ async fn rediss_trusts_the_configured_ca_and_only_it() {
     }
     assert_eq!(a.get("/limited").await, 200);
     assert_eq!(b.get("/limited").await, 429, "one bucket, shared over TLS");
+    for gw in [&a, &b] {
+        assert!(
+            gw.logs().iter().all(|l| !l.contains(PASSWORD)),
+            "the password was logged"
+        );
+    }
 
     let untrusted = format!("store:\n  redis: {}\n  timeout: 500ms\n", redis.url());
     let c = child::Gateway::start(&child_config(&up, &untrusted), None);
