@@ -114,5 +114,9 @@ run_case "h1 cached RS256 auth" --h1 -H "Authorization: Bearer $TOKEN" "https://
 run_case "h2 public route" "https://$PC/public"
 CASE_PID=$PCT0_PID CASE_DIR=$W/traced0 run_case "h1 public, traces ratio 0" --h1 "https://$PCT0/public"
 CASE_PID=$PCT1_PID CASE_DIR=$W/traced1 run_case "h1 public, traces ratio 1" --h1 "https://$PCT1/public"
-# CG_KEEP=DIR keeps the per-case profiles (cg.out.N, in case order) for callgrind_annotate.
-if [[ -n ${CG_KEEP:-} ]]; then mkdir -p "$CG_KEEP" && cp "$W"/cg.out.* "$CG_KEEP"/; fi
+# CG_KEEP=DIR keeps the per-case profiles (cg.out.N, in case order; traced0.cg.out.N and
+# traced1.cg.out.N for the traced gateways) for callgrind_annotate.
+if [[ -n ${CG_KEEP:-} ]]; then
+  mkdir -p "$CG_KEEP" && cp "$W"/cg.out.* "$CG_KEEP"/
+  for d in traced0 traced1; do for f in "$W/$d"/cg.out.*; do cp "$f" "$CG_KEEP/$d.$(basename "$f")"; done; done
+fi

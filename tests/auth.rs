@@ -848,3 +848,23 @@ routes:
         "nothing after the rotation reached the upstream"
     );
 }
+
+/// A JWK that names its algorithm verifies only that one: the same RSA key
+/// cannot be used with PS256 when the key set says RS256.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jwk_with_alg_verifies_only_that_algorithm() {
+    let s = setup().await;
+    assert_eq!(
+        s.rsa2.jwk("rsa2")["alg"],
+        "RS256",
+        "the premise: the published key names RS256"
+    );
+    let claims = claims("https://jwks.test/", "orders:read");
+    let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+    header.kid = Some("rsa2".into());
+    let rs = s.rsa2.sign_with_header(&header, &claims);
+    assert_eq!(s.with_token("/orders", &rs).await.status, 200);
+    header.alg = Algorithm::PS256;
+    let ps = s.rsa2.sign_with_header(&header, &claims);
+    s.with_token("/orders", &ps).await.assert_error(401, "invalid_token");
+}

@@ -190,7 +190,7 @@ async fn pipeline(
     let host = request_host(&parts.uri, &parts.headers)?;
     let host_name = host.as_ref().map(|(_, h)| h.as_str());
     if let (Some(t), Some(name)) = (&log.trace, host_name) {
-        t.set("server.address", name.to_owned());
+        t.server_address(name);
     }
     let path = normalize(parts.uri.path()).map_err(GatewayError::BadPath)?;
     log.path = Some(path.clone());

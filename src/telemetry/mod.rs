@@ -206,9 +206,11 @@ impl RequestTrace {
         }
     }
 
-    pub(crate) fn set(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+    /// The host the request named (`server.address`).
+    pub(crate) fn server_address(&self, host: &str) {
         if let Trace::Sampled(cx) = &self.0 {
-            cx.span().set_attribute(KeyValue::new(key, value));
+            cx.span()
+                .set_attribute(KeyValue::new("server.address", host.to_owned()));
         }
     }
 
