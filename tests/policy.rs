@@ -453,3 +453,69 @@ async fn every_refusal_has_its_reason_code() {
     );
     assert!(sample(r#"portcullis_auth_failures_total{reason="bad_signature"}"#) >= 1.0);
 }
+
+/// Rate limits come after authorisation and in the route's order: a request
+/// the policy refuses consumes nothing, and one the first limit refuses
+/// consumes nothing of the second.
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_count_only_what_got_that_far() {
+    let up = RecordingUpstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let routes = r#"  - name: ordered-limits
+    match: { path: /ordered }
+    upstream: app
+    auth: { scopes: [orders:read] }
+    rate_limits: [per-user, per-route]
+  - name: ordered-other
+    match: { path: /other }
+    upstream: app
+    auth: { scopes: [orders:read] }
+    rate_limits: [per-route-other]
+"#;
+    let yaml = config(&up, "127.0.0.1:0", routes).replace(
+        "upstreams:",
+        "rate_limits:\n  per-user: { key: subject, rate: 1/h, burst: 2 }\n  per-route: { key: route, rate: 1/h, burst: 3 }\n  per-route-other: { key: route, rate: 1/h, burst: 1 }\nupstreams:",
+    );
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = &gw;
+    let call = |path: &'static str, sub: &str, scope: &str| {
+        let auth = format!("Bearer {}", token(json!({"sub": sub, "scope": scope})));
+        async move {
+            let mut c = gw.client(Proto::H1).await;
+            c.send(req("GET", path, &[("authorization", &auth)], ""))
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    // Refused by authorisation, many times over: nothing is consumed.
+    for _ in 0..5 {
+        assert_eq!(call("/other", "mallory", "other").await, 403);
+    }
+    assert_eq!(
+        call("/other", "alice", "orders:read").await,
+        200,
+        "the one request /other allows is still there"
+    );
+    assert_eq!(call("/other", "alice", "orders:read").await, 429);
+
+    // alice spends her two; her third is refused by per-user and takes
+    // nothing of per-route, which still has one left for bob.
+    assert_eq!(call("/ordered", "alice", "orders:read").await, 200);
+    assert_eq!(call("/ordered", "alice", "orders:read").await, 200);
+    for _ in 0..3 {
+        assert_eq!(call("/ordered", "alice", "orders:read").await, 429);
+    }
+    assert_eq!(
+        call("/ordered", "bob", "orders:read").await,
+        200,
+        "per-route kept its third"
+    );
+    assert_eq!(
+        call("/ordered", "carol", "orders:read").await,
+        429,
+        "per-route is spent now"
+    );
+}
