@@ -524,3 +524,31 @@ async fn sighup_with_a_broken_file_keeps_the_files_already_read() {
         4.0
     );
 }
+
+/// A client that goes away before the answer leaves an access-log line with
+/// status 499 (the binary, its JSON log read from stderr).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abandoned_request_is_logged_with_499() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = Gateway::start(&config(&up, ROUTE_A, ""), None);
+    let mut c = gw.client(Proto::H1).await;
+    let call = tokio::spawn(async move {
+        c.send(req(
+            "GET",
+            "/a/slow",
+            &[("x-test", "slow"), ("x-request-id", "walked-away")],
+            "",
+        ))
+        .await
+    });
+    wait_for("the upstream to receive the request", Duration::from_secs(5), || {
+        !up.requests().is_empty()
+    })
+    .await;
+    call.abort();
+    let line = gw.wait_log("\"request_id\":\"walked-away\"").await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["status"], 499, "{line}");
+    assert_eq!(v["route"], "a");
+    assert_eq!(v["path"], "/a/slow");
+}
