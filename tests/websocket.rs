@@ -561,3 +561,122 @@ async fn only_a_real_websocket_handshake_is_relayed() {
     assert!(reply.contains("invalid_request"), "{reply}");
     assert_eq!(ws.count(), 0);
 }
+
+/// The other tunnel endings and bounds: a token's expiry closes a tunnel
+/// only after the provider's leeway, `close_at_token_expiry: false` keeps it
+/// open past it, an upstream that closes first is counted as `upstream`, and
+/// upgrades are rate-limited like any request (429, never a 101).
+#[tokio::test(flavor = "multi_thread")]
+async fn leeway_no_expiry_upstream_close_and_rate_limited_upgrades() {
+    let ws = WsUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    std::fs::write(dir.path().join("ws.secret"), SECRET).unwrap();
+    let yaml = format!(
+        r#"{header}providers:
+  app:
+    secret_file: ws.secret
+    algorithms: [HS256]
+    leeway: 3s
+rate_limits:
+  two: {{ key: route, rate: 1/h, burst: 2 }}
+upstreams:
+  ws:
+    targets: [{ws}]
+routes:
+  - name: ws-leeway
+    match: {{ path: /ws/leeway }}
+    upstream: ws
+    auth: {{ scopes: [chat] }}
+    websocket: true
+  - name: ws-forever
+    match: {{ path: /ws/forever }}
+    upstream: ws
+    auth: {{ scopes: [chat] }}
+    websocket: {{ close_at_token_expiry: false }}
+  - name: ws-limited
+    match: {{ path: /ws/limited }}
+    upstream: ws
+    public: true
+    websocket: true
+    rate_limits: [two]
+"#,
+        header = header_with_admin(),
+        ws = ws.url(),
+    );
+    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let metric = |line: &'static str| {
+        let gw = &gw;
+        async move { gw.admin("/metrics").await.1.lines().any(|l| l == line) }
+    };
+
+    // exp is one second ahead; with 3 s of leeway the tunnel lives ~4 s.
+    let exp = now() + 1;
+    let short = format!(
+        "Bearer {}",
+        hs_sign(
+            Algorithm::HS256,
+            SECRET.as_bytes(),
+            &json!({"sub": "al", "scope": "chat", "exp": exp})
+        )
+    );
+    let (mut leeway, _) = ws::connect(gw.addr, &gw.cert, "/ws/leeway", &[("authorization", &short)])
+        .await
+        .expect("upgraded");
+    let (mut forever, _) = ws::connect(gw.addr, &gw.cert, "/ws/forever", &[("authorization", &short)])
+        .await
+        .expect("upgraded");
+    let unix = |t: u64| std::time::UNIX_EPOCH + Duration::from_secs(t);
+    let past_exp = unix(exp + 1)
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(past_exp).await;
+    assert!(
+        ws::round_trip(&mut leeway, "past exp").await.is_some(),
+        "closed before the leeway ran out"
+    );
+    tokio::time::timeout(Duration::from_secs(10), ws::closed(&mut leeway))
+        .await
+        .expect("the tunnel outlived its token and leeway");
+    let closed_at = std::time::SystemTime::now();
+    assert!(closed_at >= unix(exp + 2), "closed before exp + leeway: {closed_at:?}");
+    wait_for_async(
+        "the leeway tunnel counted token_expired",
+        Duration::from_secs(5),
+        || metric(r#"portcullis_websocket_closed_total{route="ws-leeway",reason="token_expired"} 1"#),
+    )
+    .await;
+    assert_eq!(
+        ws::round_trip(&mut forever, "still here").await.as_deref(),
+        Some("echo: still here"),
+        "close_at_token_expiry: false keeps the tunnel"
+    );
+
+    // The upstream ends the conversation: reason `upstream`.
+    use futures_util::SinkExt;
+    forever
+        .send(tokio_tungstenite::tungstenite::Message::text("bye"))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), ws::closed(&mut forever))
+        .await
+        .expect("the upstream's close reached the client");
+    wait_for_async(
+        "the tunnel counted closed by the upstream",
+        Duration::from_secs(5),
+        || metric(r#"portcullis_websocket_closed_total{route="ws-forever",reason="upstream"} 1"#),
+    )
+    .await;
+
+    // Upgrades count against the route's rate limit like any request.
+    let first = ws::connect(gw.addr, &gw.cert, "/ws/limited", &[]).await;
+    let second = ws::connect(gw.addr, &gw.cert, "/ws/limited", &[]).await;
+    assert!(first.is_ok() && second.is_ok());
+    match ws::connect(gw.addr, &gw.cert, "/ws/limited", &[]).await {
+        Err((status, body)) => {
+            assert_eq!(status, 429);
+            assert!(body.contains("\"rate_limited\""), "{body}");
+        }
+        Ok(_) => panic!("a third upgrade was let through the rate limit"),
+    }
+}
