@@ -357,7 +357,7 @@ routes:
     let gw = TestGateway::start(&yaml).await;
     let client = gw.client(Proto::H2).await;
     let mut first = client.h2_stream();
-    let slow = tokio::spawn(async move { first.send(req("GET", "/slow", &[("x-test", "sleep:800")], "")).await });
+    let slow = tokio::spawn(async move { first.send(req("GET", "/slow", &[("x-test", "sleep:2000")], "")).await });
     wait_for("the upstream to receive the request", Duration::from_secs(5), || {
         !up.requests().is_empty()
     })
@@ -368,6 +368,9 @@ routes:
     assert_ne!(new, yaml);
     std::fs::write(&gw.config_path, new).unwrap();
     gw.reload().expect("reload");
+    // The upstream holds the answer for 2 s: the reload finished while the
+    // request was still waiting for it.
+    assert!(!slow.is_finished(), "the request ended before the reload did");
     let r = slow.await.unwrap();
     assert_eq!(r.status, 200, "the in-flight request finished under the old routes");
     // The same connection now routes with the new table: `/slow` has no route.
