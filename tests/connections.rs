@@ -167,15 +167,21 @@ async fn rapid_reset_gets_a_goaway() {
             let mut r = req("GET", "/reset", &[("x-test", "sleep:20000")], "");
             let _ = stream.try_send(&mut r).await;
         });
-        // Reset only once the gateway has accepted the stream and acted on it.
-        let reached = tokio::time::timeout(Duration::from_secs(5), async {
+        // Reset only once the gateway has acted on the stream: forwarded it,
+        // or refused it (the call ends without the upstream seeing it). A
+        // slow machine only makes this wait longer; it never ends the loop.
+        let acted = tokio::time::timeout(Duration::from_secs(30), async {
             while up.requests().len() == before && !call.is_finished() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })
         .await;
+        assert!(
+            acted.is_ok(),
+            "stream {resets}: neither forwarded nor refused within 30 s"
+        );
         call.abort();
-        if reached.is_err() || up.requests().len() == before {
+        if up.requests().len() == before {
             break; // the connection refused the stream: it is going away
         }
         resets += 1;

@@ -375,7 +375,7 @@ async fn behind_a_real_nginx_with_auth_request() {
     }
     let up = RecordingUpstream::start("app").await;
     let gw = start(WITH_HTTPS, Some(&up.url())).await;
-    let port = closed_port().await.port();
+    let port = free_port().await;
     let dir = tempfile::tempdir().unwrap();
     let decision = gw.decision_addr.unwrap();
     let upstream = up.url().trim_start_matches("http://").to_string();

@@ -306,16 +306,20 @@ fn context_headers(sc: &opentelemetry::trace::SpanContext) -> (Option<HeaderValu
 /// `00-TRACE-SPAN-FLAGS`, written without the formatting machinery.
 fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> Option<HeaderValue> {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [b'-'; 55];
-    out[..2].copy_from_slice(b"00");
-    for (i, b) in trace_id.to_bytes().iter().chain(span_id.to_bytes().iter()).enumerate() {
-        // Trace id from offset 3, span id from offset 36 (after another dash).
-        let at = if i < 16 { 3 + 2 * i } else { 36 + 2 * (i - 16) };
-        out[at] = HEX[usize::from(b >> 4)];
-        out[at + 1] = HEX[usize::from(b & 0x0f)];
+    let (trace, span) = (
+        u128::from_be_bytes(trace_id.to_bytes()),
+        u64::from_be_bytes(span_id.to_bytes()),
+    );
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    for (i, digit) in out[3..35].iter_mut().enumerate() {
+        *digit = HEX[((trace >> (124 - 4 * i)) & 0xf) as usize];
     }
-    out[53] = b'0';
-    out[54] = if sampled { b'1' } else { b'0' };
+    for (i, digit) in out[36..52].iter_mut().enumerate() {
+        *digit = HEX[((span >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    if sampled {
+        out[54] = b'1';
+    }
     HeaderValue::from_bytes(&out).ok()
 }
 

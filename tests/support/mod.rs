@@ -454,6 +454,16 @@ impl TestGateway {
         Client::connect(self.addr, &self.cert, proto).await
     }
 
+    /// Revocation entries this gateway holds (the `portcullis_revocations`
+    /// gauge is process-wide, shared by every gateway a test binary runs).
+    pub fn revocations_held(&self) -> usize {
+        let snap = self.running.as_ref().unwrap().gateway.snapshot.load();
+        snap.store
+            .as_ref()
+            .and_then(|s| s.revocations.as_ref())
+            .map_or(0, |r| r.len())
+    }
+
     /// One request on a fresh HTTP/1.1 connection.
     pub async fn get(&self, path: &str) -> Reply {
         self.client(Proto::H1)
@@ -766,10 +776,23 @@ where
     }
 }
 
-/// A loopback port with nothing listening on it (bound, then released).
+/// A loopback address that refuses connections, for as long as the test
+/// process lives: the port is bound by a socket that never listens, so no
+/// other test (or server) can take it meanwhile.
 pub async fn closed_port() -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    // Kept bound (and not listening) until the process ends.
+    std::mem::forget(socket);
+    addr
+}
+
+/// A loopback port free now, for a server a test starts on it later (bound,
+/// then released: another process could take it in between, so use it at once).
+pub async fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    l.local_addr().unwrap().port()
 }
 
 /// The whole response (head and body) to a GET on an admin listener;

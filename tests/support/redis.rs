@@ -27,7 +27,7 @@ pub struct Options {
 impl RedisServer {
     /// Start on a free port.
     pub async fn start() -> RedisServer {
-        let port = super::closed_port().await.port();
+        let port = super::free_port().await;
         Self::start_on(port).await
     }
 
