@@ -60,7 +60,30 @@ upstreams:
   grpc:
     targets: [http://{grpc}]
     protocol: h2c
+cors:
+  web: {{ allow_origins: [https://app.example.com], allow_credentials: true }}
+rate_limits:
+  once: {{ key: route, rate: 1/h, burst: 1 }}
 routes:
+  - name: tenant
+    match: {{ path_template: "/orgs/{{org}}" }}
+    upstream: app
+    auth: {{ claims: [{{ claim: org, equals: "{{path.org}}" }}] }}
+  - name: office
+    match: {{ path: /office }}
+    upstream: app
+    public: true
+    source_ips: [10.0.0.0/8]
+  - name: limited
+    match: {{ path: /limited }}
+    upstream: app
+    public: true
+    rate_limits: [once]
+  - name: browser
+    match: {{ path: /browser }}
+    upstream: app
+    auth: {{ token_sources: ["cookie:session"] }}
+    cors: web
   - name: public
     match: {{ path: /pub }}
     upstream: app
@@ -231,6 +254,56 @@ async fn every_request_has_a_server_span_with_its_children() {
             assert_eq!(verify.status, 2, "an error status");
         }
     }
+
+    // Every other kind of refusal carries its reason code too.
+    let org_token = hs_sign(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "olga", "org": "acme", "exp": now() + 600}),
+    );
+    let org_bearer = format!("Bearer {org_token}");
+    let cookie = format!("session={org_token}");
+    assert_eq!(client.send(req("GET", "/limited", &[], "")).await.status, 200);
+    type Refusal<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let more: [Refusal; 5] = [
+        (
+            "/orgs/globex",
+            vec![("authorization", org_bearer.as_str())],
+            403,
+            "claims",
+        ),
+        ("/office", vec![], 403, "source_ip"),
+        ("/limited", vec![], 429, "rate_limited"),
+        (
+            "/browser",
+            vec![("cookie", cookie.as_str()), ("origin", "https://evil.example")],
+            403,
+            "cors_rejected",
+        ),
+        (
+            "/orders/1",
+            vec![("authorization", "Bearer not-a-jwt")],
+            401,
+            "malformed_token",
+        ),
+    ];
+    for (path, headers, status, reason) in more {
+        let r = client.send(req("GET", path, &headers, "")).await;
+        assert_eq!(r.status, status, "{path}");
+        let span = server_span(&c, &r).await;
+        assert_eq!(span.attr("portcullis.reason"), Some(reason), "{path}");
+        assert!(
+            children(&c, &span).iter().all(|k| k.kind != CLIENT),
+            "{path}: nothing upstream"
+        );
+    }
+    assert_eq!(
+        client
+            .send(req("GET", "/orgs/acme", &[("authorization", &org_bearer)], ""))
+            .await
+            .status,
+        200
+    );
 
     // No route: the span is named by the method alone.
     let r = client.send(req("GET", "/nowhere", &[], "")).await;
