@@ -654,32 +654,49 @@ async fn http2_clients_are_authenticated_too() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cached_tokens_still_get_every_route_check() {
     let s = setup().await;
+    // One kept-alive connection: one worker, so every repeat is a cache hit
+    // whatever the machine's core count (the cache is per worker).
+    let conn = tokio::sync::Mutex::new(s.gw.client(Proto::H1).await);
+    let with_token = |path: &'static str, token: String| {
+        let conn = &conn;
+        async move {
+            let auth = format!("Bearer {token}");
+            conn.lock()
+                .await
+                .send(req("GET", path, &[("authorization", &auth)], ""))
+                .await
+        }
+    };
     let token = s.ec.sign(&claims("https://jwks.test/", "orders:read"), Some("ec1"));
     for _ in 0..3 {
-        assert_eq!(s.with_token("/orders", &token).await.status, 200);
+        assert_eq!(with_token("/orders", token.clone()).await.status, 200);
     }
-    s.with_token("/admin", &token)
+    with_token("/admin", token.clone())
         .await
         .assert_error(403, "insufficient_scope");
     assert_invalid_token(
-        &s.with_token("/rsa-only", &token).await,
+        &with_token("/rsa-only", token.clone()).await,
         &token,
         "provider not allowed on a cache hit",
     );
     assert_eq!(s.up.requests().len(), 3, "refused cache hits never reach the upstream");
-    assert_eq!(s.with_token("/orders", &token).await.status, 200);
+    assert_eq!(with_token("/orders", token.clone()).await.status, 200);
 
     // Expiry is checked on every hit (this provider has leeway 0s): the token
     // is cached by its first use, then refused once its `exp` has passed.
     let exp = now() + 5;
     let c = json!({"iss": "https://hs.test/", "aud": "api", "sub": "x", "scope": "orders:read", "exp": exp});
     let short = hs_sign(Algorithm::HS256, HS_SECRET.as_bytes(), &c);
-    assert_eq!(s.with_token("/orders", &short).await.status, 200);
-    assert_eq!(s.with_token("/orders", &short).await.status, 200);
+    assert_eq!(with_token("/orders", short.clone()).await.status, 200);
+    assert_eq!(with_token("/orders", short.clone()).await.status, 200);
     let exp = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
     let wait = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default();
     tokio::time::sleep(wait + std::time::Duration::from_millis(100)).await;
-    assert_invalid_token(&s.with_token("/orders", &short).await, &short, "expired while cached");
+    assert_invalid_token(
+        &with_token("/orders", short.clone()).await,
+        &short,
+        "expired while cached",
+    );
     assert_eq!(s.up.requests().len(), 6, "the expired token never reached the upstream");
 }
 
@@ -818,11 +835,13 @@ routes:
         old_secret.as_bytes(),
         &json!({"iss": "https://other.test/", "sub": "b", "exp": now() + 600}),
     );
+    // One kept-alive connection: every repeat is a cache hit on any core count.
+    let conn = tokio::sync::Mutex::new(gw.client(Proto::H1).await);
     let call = |t: &str| {
         let auth = format!("Bearer {t}");
-        let gw = &gw;
+        let conn = &conn;
         async move {
-            gw.client(Proto::H1)
+            conn.lock()
                 .await
                 .send(req("GET", "/api", &[("authorization", &auth)], ""))
                 .await
