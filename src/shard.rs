@@ -13,13 +13,22 @@ pub(crate) fn worker_index() -> usize {
     WORKER_INDEX.with(|i| i.get())
 }
 
-/// How many worker threads serve HTTPS connections: one per core this
-/// process may use (affinity and cgroup quotas count). Decided once: the
-/// per-worker shards made at every reload must match the workers started,
-/// and asking reads cgroup files (once per route, per load, before).
+/// How many worker threads serve HTTPS connections: `PORTCULLIS_WORKERS`
+/// (1 to 256) when set, else one per core this process may use (affinity
+/// and cgroup quotas count). Decided once: the per-worker shards made at
+/// every reload must match the workers started, and asking reads cgroup
+/// files (once per route, per load, before).
 pub(crate) fn worker_count() -> usize {
     static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    *COUNT.get_or_init(|| {
+        let forced = std::env::var("PORTCULLIS_WORKERS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        match forced {
+            Some(n) if (1..=256).contains(&n) => n,
+            _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    })
 }
 
 /// State that every request touches is split into shards, one per worker

@@ -552,3 +552,15 @@ async fn an_abandoned_request_is_logged_with_499() {
     assert_eq!(v["route"], "a");
     assert_eq!(v["path"], "/a/slow");
 }
+
+/// `PORTCULLIS_WORKERS` sets how many worker threads serve HTTPS, and the
+/// `listening` line says how many there are.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_count_can_be_set_and_is_logged() {
+    let up = RecordingUpstream::start("app").await;
+    let gw = Gateway::start_with_env(&config(&up, ROUTE_A, ""), None, &[("PORTCULLIS_WORKERS", "3")]);
+    let line = gw.wait_log("\"listening\"").await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["workers"], 3, "{line}");
+    assert_eq!(gw.get("/a").await, 200);
+}

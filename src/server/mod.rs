@@ -165,6 +165,7 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, BindError> {
         http = http_addr.map(|a| a.to_string()),
         admin = admin_addr.map(|a| a.to_string()),
         decision = decision_addr.map(|a| a.to_string()),
+        workers = crate::shard::worker_count(),
         "listening"
     );
     Ok(Running {
