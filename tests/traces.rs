@@ -657,6 +657,17 @@ routes:
         1,
         "check and explain export nothing"
     );
+
+    // The last request's spans are exported during shutdown, not lost with the queue.
+    let r = gw
+        .client(Proto::H1)
+        .await
+        .send(req("GET", "/open/2", &[("x-request-id", "last-one")], ""))
+        .await;
+    assert_eq!(r.status, 200);
+    gw.signal("TERM");
+    let last = server_span(&c, &r).await;
+    assert_eq!(last.attr("url.path"), Some("/open/2"));
 }
 
 /// What a request waits on beyond the upstream has a span of its own: a key
@@ -792,4 +803,31 @@ routes:
     for secret in [opaque, "introspection-client-secret", jwt.as_str()] {
         assert!(!raw.contains(secret), "{secret:?} was exported");
     }
+}
+
+/// A graceful shutdown exports the spans still queued before it returns
+/// (they would otherwise wait up to half a second for their batch, and be
+/// lost with the process).
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_flushes_the_queued_spans() {
+    let c = Collector::start(support::otlp::ANSWER).await;
+    let s = setup(&telemetry(&c, 1.0, true)).await;
+    let r = {
+        let mut client = s.gw.client(Proto::H1).await;
+        client.send(req("GET", "/pub/last", &[], "")).await
+    };
+    assert_eq!(r.status, 200);
+    let id = r.header("x-request-id").unwrap().to_string();
+    // Held past the shutdown, as a process's own runtime would be: the
+    // exporter must not depend on being dropped to send its last batch.
+    let _configuration = s.gw.running.as_ref().unwrap().gateway.snapshot.load_full();
+    s.gw.shutdown().await;
+    // No waiting here: shutdown has returned, so the export has happened.
+    let spans = c.spans();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.attr("portcullis.request_id") == Some(id.as_str())),
+        "{spans:?}"
+    );
 }

@@ -250,5 +250,10 @@ impl Running {
         {
             tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining connections");
         }
+        // The last requests' spans: queued, not yet exported.
+        let snapshot = self.gateway.snapshot.load_full();
+        if let Some(telemetry) = &snapshot.telemetry {
+            telemetry.flush(Duration::from_secs(2)).await;
+        }
     }
 }

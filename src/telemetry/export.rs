@@ -60,6 +60,9 @@ impl SpanProcessor for Queue {
 #[derive(Debug)]
 pub(super) struct Exporter {
     waiting: Mutex<Option<(mpsc::Receiver<SpanData>, SpanExporter)>>,
+    /// Asks the export task to send what is queued now, and says when it has.
+    flush: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+    flush_requests: Mutex<Option<mpsc::Receiver<tokio::sync::oneshot::Sender<()>>>>,
 }
 
 impl Exporter {
@@ -81,10 +84,13 @@ impl Exporter {
             .map_err(|e| ConfigError::new("telemetry.otlp_endpoint", "cannot build the OTLP exporter").because(e))?;
         exporter.set_resource(resource);
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (flush, flush_requests) = mpsc::channel(4);
         Ok((
             Queue(tx),
             Exporter {
                 waiting: Mutex::new(Some((rx, exporter))),
+                flush,
+                flush_requests: Mutex::new(Some(flush_requests)),
             },
         ))
     }
@@ -93,38 +99,82 @@ impl Exporter {
     /// every sender is gone, after exporting what is queued.
     pub(super) fn start(&self) {
         let taken = self.waiting.lock().ok().and_then(|mut w| w.take());
-        if let Some((rx, exporter)) = taken {
-            tokio::spawn(export_loop(rx, exporter));
+        let flushes = self.flush_requests.lock().ok().and_then(|mut f| f.take());
+        if let (Some((rx, exporter)), Some(flushes)) = (taken, flushes) {
+            tokio::spawn(export_loop(rx, flushes, exporter));
+        }
+    }
+
+    /// Export what is queued now (at shutdown), waiting at most `limit`.
+    pub(super) async fn flush(&self, limit: Duration) {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        if self.flush.try_send(done).is_ok() {
+            let _ = tokio::time::timeout(limit, answer).await;
         }
     }
 }
 
-async fn export_loop(mut rx: mpsc::Receiver<SpanData>, exporter: SpanExporter) {
+async fn export_loop(
+    mut rx: mpsc::Receiver<SpanData>,
+    mut flushes: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+    exporter: SpanExporter,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        if rx.recv_many(&mut batch, BATCH).await == 0 {
-            return;
+        let mut flushed = None;
+        tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                let deadline = tokio::time::Instant::now() + DELAY;
+                while batch.len() < BATCH {
+                    let room = BATCH - batch.len();
+                    tokio::select! {
+                        got = tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)) => {
+                            if matches!(got, Ok(0) | Err(_)) {
+                                break;
+                            }
+                        }
+                        Some(done) = flushes.recv() => {
+                            flushed = Some(done);
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(done) = flushes.recv() => flushed = Some(done),
         }
-        let deadline = tokio::time::Instant::now() + DELAY;
-        while batch.len() < BATCH {
-            let room = BATCH - batch.len();
-            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+        if flushed.is_some() {
+            // Everything queued goes now, in batches.
+            while let Ok(span) = rx.try_recv() {
+                batch.push(span);
+                if batch.len() == BATCH {
+                    export(&exporter, std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await;
+                }
             }
         }
-        let n = batch.len();
-        let sent = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-        match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(sent)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(spans = n, error = %e, "trace export failed; spans dropped");
-                crate::metrics::trace_spans_dropped(n);
-            }
-            Err(_) => {
-                tracing::warn!(spans = n, "trace export timed out; spans dropped");
-                crate::metrics::trace_spans_dropped(n);
-            }
+        if !batch.is_empty() {
+            export(&exporter, std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await;
+        }
+        if let Some(done) = flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// One export request; a failure drops the batch and counts it.
+async fn export(exporter: &SpanExporter, batch: Vec<SpanData>) {
+    let n = batch.len();
+    match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(batch)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(spans = n, error = %e, "trace export failed; spans dropped");
+            crate::metrics::trace_spans_dropped(n);
+        }
+        Err(_) => {
+            tracing::warn!(spans = n, "trace export timed out; spans dropped");
+            crate::metrics::trace_spans_dropped(n);
         }
     }
 }

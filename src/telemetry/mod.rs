@@ -80,6 +80,11 @@ impl Telemetry {
         self.exporter.start();
     }
 
+    /// Send the spans still queued (at shutdown, after the drain), within `limit`.
+    pub async fn flush(&self, limit: std::time::Duration) {
+        self.exporter.flush(limit).await;
+    }
+
     /// The SERVER span of a request, continuing the client's trace when
     /// it is trusted (parent-based sampling: a trusted parent's decision
     /// stands, a new trace is recorded at `sample_ratio`). An unsampled
