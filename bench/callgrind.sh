@@ -191,9 +191,8 @@ done
 syscalls() { # name, pid, h2load arguments...
   local name=$1 pid=$2; shift 2
   h2load -n 200 -c 1 "$@" >/dev/null 2>&1
-  local tids=() t
-  for t in /proc/"$pid"/task/*; do tids+=(-p "${t##*/}"); done
-  strace -f -c -q -o "$W/strace.txt" "${tids[@]}" & local st=$!
+  # -p with -f attaches every thread of the process.
+  strace -f -c -q -o "$W/strace.txt" -p "$pid" & local st=$!
   sleep 0.5
   h2load -n "$N" -c 1 "$@" >/dev/null 2>&1
   kill -INT "$st"; wait "$st" 2>/dev/null || true

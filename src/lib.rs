@@ -77,13 +77,12 @@ fn notify(state: &[sd_notify::NotifyState]) {
     }
 }
 
-/// With `reload.watch`, watch the running configuration's files.
-fn watch_files(running: &server::Running, changed: &tokio::sync::mpsc::Sender<()>) -> Option<watch::Watch> {
-    let snap = running.gateway.snapshot.load();
-    if !snap.config.watch {
+/// With `reload.watch`, watch the configuration's files.
+fn watch_files(config: &config::Config, changed: &tokio::sync::mpsc::Sender<()>) -> Option<watch::Watch> {
+    if !config.watch {
         return None;
     }
-    match watch::start(&snap.config.named_files(), changed.clone()) {
+    match watch::start(&config.named_files(), changed.clone()) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::error!(error = %e, "cannot watch the configuration's files; SIGHUP still reloads");
@@ -106,9 +105,11 @@ pub async fn run(path: &Path, on_ready: impl FnOnce(&server::Running)) -> Result
     let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
-    let mut running = server::start(snapshot).await?;
+    // Watching starts before serving: an edit made once the gateway answers
+    // (or logs `listening`) is never missed.
     let (changed, mut changes) = tokio::sync::mpsc::channel(1);
-    let mut watching = watch_files(&running, &changed);
+    let mut watching = watch_files(&snapshot.config, &changed);
+    let mut running = server::start(snapshot).await?;
     notify(&[NotifyState::Ready]);
     on_ready(&running);
 
@@ -129,7 +130,7 @@ pub async fn run(path: &Path, on_ready: impl FnOnce(&server::Running)) -> Result
                 }
                 tracing::info!(config = %path.display(), trigger = why, "configuration reloaded");
                 // The new configuration may name other files, or stop watching.
-                watching = watch_files(&running, &changed);
+                watching = watch_files(&running.gateway.snapshot.load().config, &changed);
             }
             Err(e) => tracing::error!(
                 trigger = why,
