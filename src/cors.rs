@@ -48,9 +48,11 @@ pub(crate) fn origin_matches(pattern: &OriginPattern, origin: &str) -> bool {
                 return false;
             };
             let (host, origin_port) = match rest.rsplit_once(':') {
+                // A browser writes the port in decimal, without a sign or
+                // leading zeros: `:08443` or `:+8443` is no origin it sends.
                 Some((h, p)) if !h.contains(']') || h.ends_with(']') => match p.parse::<u16>() {
-                    Ok(p) => (h, Some(p)),
-                    Err(_) => return false,
+                    Ok(n) if p.starts_with(|c: char| c.is_ascii_digit() && c != '0') => (h, Some(n)),
+                    _ => return false,
                 },
                 _ => (rest, None),
             };
@@ -253,6 +255,18 @@ mod tests {
             (&sub, "https://a_b.example.com", false),
             (&OriginPattern::Any, "null", true),
         ];
+        // Found by the cors fuzz target: a port written with a leading zero or a sign.
+        let with_port = OriginPattern::Subdomains {
+            scheme: "https".into(),
+            suffix: ".example.com".into(),
+            port: Some(8443),
+        };
+        let cases = cases.into_iter().chain([
+            (&with_port, "https://a.example.com:8443", true),
+            (&with_port, "HTTPS://A.B.EXAMPLE.COM:08443", false),
+            (&with_port, "https://a.example.com:+8443", false),
+            (&with_port, "https://a.example.com:", false),
+        ]);
         for (pattern, origin, want) in cases {
             assert_eq!(origin_matches(pattern, origin), want, "{pattern:?} vs {origin}");
         }
