@@ -17,6 +17,8 @@
 # h2load from Debian when missing.
 # The gateway logs at `warn`, as in bench/run.sh; with the access log counted:
 #   CG_RUST_LOG=info PORTCULLIS_LOG_FORMAT=json bench/callgrind.sh
+# Portcullis alone (no peers, no syscall counts), profiles kept:
+#   CG_PEERS=no CG_KEEP=/tmp/cg bench/callgrind.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-2000}
@@ -122,6 +124,15 @@ run_case "h2 public route" "https://$PC/public"
 CASE_SETTLE=1 CASE_PID=$PCT0_PID CASE_DIR=$W/traced0 run_case "h1 public, traces ratio 0" --h1 "https://$PCT0/public"
 CASE_SETTLE=1 CASE_PID=$PCT1_PID CASE_DIR=$W/traced1 run_case "h1 public, traces ratio 1" --h1 "https://$PCT1/public"
 
+# CG_KEEP=DIR keeps the per-case profiles (cg.out.N, in case order; traced0.cg.out.N and
+# traced1.cg.out.N for the traced gateways) for callgrind_annotate.
+if [[ -n ${CG_KEEP:-} ]]; then
+  mkdir -p "$CG_KEEP" && cp "$W"/cg.out.* "$CG_KEEP"/
+  for d in traced0 traced1; do for f in "$W/$d"/cg.out.*; do cp "$f" "$CG_KEEP/$d.$(basename "$f")"; done; done
+fi
+# CG_PEERS=no stops here: Portcullis's own figures only, for a quick before/after.
+[[ ${CG_PEERS:-yes} == no ]] && exit 0
+
 # The peers on the same request mix, one thread each: HAProxy (nbthread 1)
 # and nginx (one process, master_process off) proxying TLS to the same app.
 cat "$W/gateway.crt" "$W/gateway.key" >"$W/haproxy.pem"
@@ -209,9 +220,3 @@ syscalls "Portcullis h2 public" "$PC_PID" "https://$PC/public"
 syscalls "HAProxy h2 public" "$HA_PID" "https://$HA/public"
 syscalls "nginx h2 public" "$NG_WORKER" "https://$NG/public"
 
-# CG_KEEP=DIR keeps the per-case profiles (cg.out.N, in case order; traced0.cg.out.N and
-# traced1.cg.out.N for the traced gateways) for callgrind_annotate.
-if [[ -n ${CG_KEEP:-} ]]; then
-  mkdir -p "$CG_KEEP" && cp "$W"/cg.out.* "$CG_KEEP"/
-  for d in traced0 traced1; do for f in "$W/$d"/cg.out.*; do cp "$f" "$CG_KEEP/$d.$(basename "$f")"; done; done
-fi

@@ -48,7 +48,8 @@ pub async fn answer<B>(req: Request<B>, snap: Arc<Snapshot>, peer: SocketAddr) -
     let mut log = AccessLog::start(request_id.clone(), client.to_string().into(), parts.method.clone());
     log.listener = "decision";
     if let Some(t) = &snap.telemetry {
-        log.trace = Some(t.start_request(&parts.headers, &parts.method, parts.version, client, &request_id));
+        let address = crate::proxy::headers::client_address(client);
+        log.trace = Some(t.start_request(&parts.headers, &parts.method, parts.version, &address, &request_id));
     }
     let traced = log.trace.as_ref().and_then(|t| t.context());
     let mut answering = Answering::default();

@@ -130,7 +130,7 @@ impl AccessLog {
             reason = self.monitor_denied.or(self.refused),
             denied_by = self.denied_by.as_deref(),
             drift = self.drift,
-            trace_id = trace_id.as_deref(),
+            trace_id = trace_id.map(tracing::field::display),
         );
     }
 }

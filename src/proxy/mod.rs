@@ -77,7 +77,7 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
     let mut log = AccessLog::start(request_id, conn.client.clone(), req.method().clone());
     if let Some(t) = &snap.telemetry {
         let (h, m, v) = (req.headers(), req.method(), req.version());
-        log.trace = Some(t.start_request(h, m, v, conn.peer.ip(), log.request_id()));
+        log.trace = Some(t.start_request(h, m, v, &conn.forwarded_for, log.request_id()));
     }
 
     let origin = req.headers().get(header::ORIGIN).cloned();

@@ -1,10 +1,8 @@
 //! Getting finished spans to the collector without touching the request
 //! path: a span ends into a bounded queue (full: dropped and counted), and
-//! one task posts batches over OTLP/HTTP (protobuf), bounded by a timeout
-//! (failed: the batch is dropped and counted).
+//! one task posts batches over OTLP/HTTP (protobuf, [`super::otlp`]),
+//! bounded by a timeout (failed: the batch is dropped and counted).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,12 +11,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use opentelemetry::Context;
-use opentelemetry_http::{HttpClient, HttpError};
-use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithHttpConfig};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter as _, SpanProcessor};
-use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use tokio::sync::mpsc;
 
 use crate::config::ConfigError;
@@ -56,10 +51,19 @@ impl SpanProcessor for Queue {
     }
 }
 
+/// Where and how batches go.
+#[derive(Debug)]
+struct Collector {
+    url: http::Uri,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `ResourceSpans.resource`, encoded once.
+    resource: Vec<u8>,
+}
+
 /// The exporting side, started once inside the runtime.
 #[derive(Debug)]
 pub(super) struct Exporter {
-    waiting: Mutex<Option<(mpsc::Receiver<SpanData>, SpanExporter)>>,
+    waiting: Mutex<Option<(mpsc::Receiver<SpanData>, Collector)>>,
     /// Asks the export task to send what is queued now, and says when it has.
     flush: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
     flush_requests: Mutex<Option<mpsc::Receiver<tokio::sync::oneshot::Sender<()>>>>,
@@ -70,25 +74,21 @@ impl Exporter {
     pub(super) fn new(
         url: &str,
         ca_file: Option<&std::path::Path>,
-        resource: &Resource,
+        resource: &[KeyValue],
     ) -> Result<(Queue, Self), ConfigError> {
-        let client = Collector {
+        let collector = Collector {
+            url: url
+                .parse()
+                .map_err(|e| ConfigError::new("telemetry.otlp_endpoint", "is not a URL").because(e))?,
             client: crate::auth::jwks::client_with_roots(&"telemetry.ca_file".into(), ca_file, Duration::from_secs(5))?,
+            resource: super::otlp::resource(resource),
         };
-        let mut exporter = SpanExporter::builder()
-            .with_http()
-            .with_http_client(client)
-            .with_endpoint(url)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build()
-            .map_err(|e| ConfigError::new("telemetry.otlp_endpoint", "cannot build the OTLP exporter").because(e))?;
-        exporter.set_resource(resource);
         let (tx, rx) = mpsc::channel(QUEUE);
         let (flush, flush_requests) = mpsc::channel(4);
         Ok((
             Queue(tx),
             Exporter {
-                waiting: Mutex::new(Some((rx, exporter))),
+                waiting: Mutex::new(Some((rx, collector))),
                 flush,
                 flush_requests: Mutex::new(Some(flush_requests)),
             },
@@ -100,8 +100,8 @@ impl Exporter {
     pub(super) fn start(&self) {
         let taken = self.waiting.lock().ok().and_then(|mut w| w.take());
         let flushes = self.flush_requests.lock().ok().and_then(|mut f| f.take());
-        if let (Some((rx, exporter)), Some(flushes)) = (taken, flushes) {
-            tokio::spawn(export_loop(rx, flushes, exporter));
+        if let (Some((rx, collector)), Some(flushes)) = (taken, flushes) {
+            tokio::spawn(export_loop(rx, flushes, collector));
         }
     }
 
@@ -117,7 +117,7 @@ impl Exporter {
 async fn export_loop(
     mut rx: mpsc::Receiver<SpanData>,
     mut flushes: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
-    exporter: SpanExporter,
+    collector: Collector,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -150,12 +150,12 @@ async fn export_loop(
             while let Ok(span) = rx.try_recv() {
                 batch.push(span);
                 if batch.len() == BATCH {
-                    export(&exporter, std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await;
+                    export(&collector, std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await;
                 }
             }
         }
         if !batch.is_empty() {
-            export(&exporter, std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await;
+            export(&collector, std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await;
         }
         if let Some(done) = flushed {
             let _ = done.send(());
@@ -164,46 +164,37 @@ async fn export_loop(
 }
 
 /// One export request; a failure drops the batch and counts it.
-async fn export(exporter: &SpanExporter, batch: Vec<SpanData>) {
+async fn export(collector: &Collector, batch: Vec<SpanData>) {
     let n = batch.len();
-    match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(batch)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(spans = n, error = %e, "trace export failed; spans dropped");
-            crate::metrics::trace_spans_dropped(n);
+    let body = super::otlp::request(&collector.resource, &batch);
+    drop(batch);
+    let mut request = http::Request::new(Full::new(Bytes::from(body)));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = collector.url.clone();
+    request.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-protobuf"),
+    );
+    let exchange = async {
+        let answer = collector
+            .client
+            .request(request)
+            .await
+            .map_err(|e| crate::one_line(&e))?;
+        let status = answer.status();
+        // Read the (small) answer so the connection can be reused.
+        let _ = Limited::new(answer.into_body(), MAX_ANSWER).collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("the collector answered {status}"))
         }
-        Err(_) => {
-            tracing::warn!(spans = n, "trace export timed out; spans dropped");
-            crate::metrics::trace_spans_dropped(n);
-        }
-    }
-}
-
-/// The exporter's HTTP client: the gateway's own hyper and rustls.
-#[derive(Debug)]
-struct Collector {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-}
-
-impl HttpClient for Collector {
-    fn send_bytes<'a, 'b>(
-        &'a self,
-        request: http::Request<Bytes>,
-    ) -> Pin<Box<dyn Future<Output = Result<http::Response<Bytes>, HttpError>> + Send + 'b>>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(async move {
-            let exchange = async {
-                let resp = self.client.request(request.map(Full::new)).await?;
-                let (parts, body) = resp.into_parts();
-                let body = Limited::new(body, MAX_ANSWER).collect().await?.to_bytes();
-                Ok::<_, HttpError>(http::Response::from_parts(parts, body))
-            };
-            tokio::time::timeout(EXPORT_TIMEOUT, exchange)
-                .await
-                .map_err(|_| HttpError::from("the collector did not answer in time"))?
-        })
-    }
+    };
+    let failure = match tokio::time::timeout(EXPORT_TIMEOUT, exchange).await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e,
+        Err(_) => "the collector did not answer in time".to_owned(),
+    };
+    tracing::warn!(spans = n, error = %failure, "trace export failed; spans dropped");
+    crate::metrics::trace_spans_dropped(n);
 }

@@ -12,9 +12,9 @@
 
 mod export;
 mod ids;
+mod otlp;
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Method};
@@ -22,10 +22,9 @@ use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
     SpanId, SpanKind, Status, TraceContextExt, TraceId, TraceState, Tracer as _, TracerProvider as _,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
-use opentelemetry_sdk::Resource;
 
 use crate::config::ConfigError;
 
@@ -52,10 +51,10 @@ struct TracerOf(SdkTracer);
 
 impl Telemetry {
     pub fn new(config: &crate::config::Telemetry) -> Result<Self, ConfigError> {
-        let resource = Resource::builder_empty()
-            .with_service_name(config.service_name.clone())
-            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-            .build();
+        let resource = [
+            KeyValue::new("service.name", config.service_name.clone()),
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        ];
         let (queue, exporter) = export::Exporter::new(&config.traces_url, config.ca_file.as_deref(), &resource)?;
         let provider = SdkTracerProvider::builder()
             // The gateway decides (parent-based, at `sample_ratio`) before
@@ -63,9 +62,12 @@ impl Telemetry {
             .with_sampler(Sampler::AlwaysOn)
             .with_id_generator(ids::Ids)
             .with_span_processor(queue)
-            .with_resource(resource)
             .build();
-        let tracer = provider.tracer("portcullis");
+        let tracer = provider.tracer_with_scope(
+            InstrumentationScope::builder("portcullis")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        );
         Ok(Telemetry {
             config: config.clone(),
             ca_digest: crate::tls::ca_digest(config.ca_file.as_deref()),
@@ -94,7 +96,7 @@ impl Telemetry {
         headers: &HeaderMap,
         method: &Method,
         version: http::Version,
-        client: IpAddr,
+        client: &HeaderValue,
         request_id: &HeaderValue,
     ) -> RequestTrace {
         let parent = if self.config.trust_incoming_traceparent && headers.contains_key(TRACEPARENT) {
@@ -134,8 +136,8 @@ impl Telemetry {
             KeyValue::new("http.request.method", method_name(method)),
             KeyValue::new("url.scheme", "https"),
             KeyValue::new("network.protocol.version", protocol),
-            KeyValue::new("client.address", client.to_string()),
-            KeyValue::new("portcullis.request_id", request_id.to_str().unwrap_or("").to_owned()),
+            KeyValue::new("client.address", text(client)),
+            KeyValue::new("portcullis.request_id", text(request_id)),
         ];
         let span = self
             .tracer
@@ -147,6 +149,11 @@ impl Telemetry {
             parent.with_span(span).with_value(TracerOf(self.tracer.clone())),
         ))
     }
+}
+
+/// A header value (always visible ASCII here) as an attribute value.
+fn text(v: &HeaderValue) -> String {
+    v.to_str().unwrap_or("").to_owned()
 }
 
 /// `Method::as_str` without an allocation for the standard methods.
@@ -203,10 +210,11 @@ impl RequestTrace {
         }
     }
 
-    /// The trace id for the access log, when the span records.
-    pub(crate) fn trace_id(&self) -> Option<String> {
+    /// The trace id for the access log, when the span records (written
+    /// as hex only if the line is).
+    pub(crate) fn trace_id(&self) -> Option<TraceId> {
         match &self.0 {
-            Trace::Sampled(cx) => Some(cx.span().span_context().trace_id().to_string()),
+            Trace::Sampled(cx) => Some(cx.span().span_context().trace_id()),
             Trace::Unsampled { .. } => None,
         }
     }
@@ -223,7 +231,12 @@ impl RequestTrace {
     pub(crate) fn routed(&self, method: &Method, route: &crate::config::Route) {
         if let Trace::Sampled(cx) = &self.0 {
             let span = cx.span();
-            span.update_name(format!("{} {}", method_name(method), route.name));
+            let method = method_name(method);
+            let mut name = String::with_capacity(method.len() + 1 + route.name.len());
+            name.push_str(&method);
+            name.push(' ');
+            name.push_str(&route.name);
+            span.update_name(name);
             span.set_attributes([
                 KeyValue::new("http.route", route.path_pattern()),
                 KeyValue::new("portcullis.route", route.name.clone()),
@@ -311,16 +324,13 @@ fn context_headers(sc: &opentelemetry::trace::SpanContext) -> (Option<HeaderValu
 /// `00-TRACE-SPAN-FLAGS`, written without the formatting machinery.
 fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> Option<HeaderValue> {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let (trace, span) = (
-        u128::from_be_bytes(trace_id.to_bytes()),
-        u64::from_be_bytes(span_id.to_bytes()),
-    );
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    for (i, digit) in out[3..35].iter_mut().enumerate() {
-        *digit = HEX[((trace >> (124 - 4 * i)) & 0xf) as usize];
-    }
-    for (i, digit) in out[36..52].iter_mut().enumerate() {
-        *digit = HEX[((span >> (60 - 4 * i)) & 0xf) as usize];
+    let ids = trace_id.to_bytes().into_iter().chain(span_id.to_bytes());
+    // Two digits a byte; the span id's start one dash later.
+    for (i, byte) in ids.enumerate() {
+        let at = 3 + 2 * i + usize::from(i >= 16);
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0xf)];
     }
     if sampled {
         out[54] = b'1';
@@ -446,7 +456,8 @@ mod tests {
             h.insert(TRACESTATE, "vendor=secret".parse().unwrap());
         }
         let id = HeaderValue::from_static("r1");
-        let trace = t.start_request(&h, &Method::GET, http::Version::HTTP_11, [127, 0, 0, 1].into(), &id);
+        let client = HeaderValue::from_static("127.0.0.1");
+        let trace = t.start_request(&h, &Method::GET, http::Version::HTTP_11, &client, &id);
         trace.propagate(None, &mut h);
         (trace, h)
     }
