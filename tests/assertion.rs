@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 use support::tokens::*;
 use support::*;
 
-const SECRET: &str = "assertion-tests-hmac-secret-0123456789";
 const ISSUER: &str = "https://gateway.example.com";
 
 fn key_pem(alg: &'static rcgen::SignatureAlgorithm) -> String {
@@ -57,23 +56,21 @@ struct Setup {
 async fn setup(keys: &[(&str, String)], extra: &str) -> Setup {
     let orders = RecordingUpstream::start("orders").await;
     let billing = RecordingUpstream::start("billing").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     for (name, pem) in keys {
         std::fs::write(dir.path().join(name), pem).unwrap();
     }
     let names: Vec<&str> = keys.iter().map(|(n, _)| *n).collect();
     let yaml = config(&orders.url(), &billing.url(), &names, extra);
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     Setup { gw, orders, billing }
 }
 
 fn token(claims: Value) -> String {
-    let mut all = json!({"iss": "https://id.example.com/", "sub": "alice", "scope": "orders:read", "exp": now() + 600,
+    let mut all = json!({"iss": "https://id.example.com/", "scope": "orders:read",
         "email": "alice@example.com", "realm_access": {"roles": ["reader", "auditor"]}});
     all.as_object_mut().unwrap().extend(claims.as_object().unwrap().clone());
-    hs_sign(Algorithm::HS256, SECRET.as_bytes(), &all)
+    support::tokens::token(all)
 }
 
 async fn call(gw: &TestGateway, proto: Proto, path: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Reply {
@@ -297,11 +294,7 @@ async fn rotation_by_reload_publishes_both_keys_and_signs_with_the_first() {
 
 #[test]
 fn bad_assertion_settings_are_one_line_each() {
-    let d = tempfile::tempdir().unwrap();
-    let (cert, key) = portcullis::tls::self_signed(&["localhost".into()]).unwrap();
-    std::fs::write(d.path().join("cert.pem"), cert).unwrap();
-    std::fs::write(d.path().join("key.pem"), &key).unwrap();
-    std::fs::write(d.path().join("app.secret"), SECRET).unwrap();
+    let d = GatewayDir::new();
     std::fs::write(d.path().join("ec.pem"), key_pem(&rcgen::PKCS_ECDSA_P256_SHA256)).unwrap();
     std::fs::write(d.path().join("p384.pem"), key_pem(&rcgen::PKCS_ECDSA_P384_SHA384)).unwrap();
     std::fs::write(

@@ -38,8 +38,7 @@ async fn setup_with(identity_extra: &str) -> Setup {
         KeyPair::generate(Algorithm::EdDSA),
         KeyPair::generate(Algorithm::RS256),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("rsa.pub.pem"), &rsa.public_pem).unwrap();
     std::fs::write(dir.path().join("ec.pub.pem"), &ec.public_pem).unwrap();
     std::fs::write(dir.path().join("hs.secret"), format!("{HS_SECRET}\n")).unwrap();
@@ -112,7 +111,7 @@ routes:
         header = header(""),
         up = up.url()
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     Setup {
         gw,
         up,
@@ -715,8 +714,7 @@ async fn jwks_oct_and_enc_keys_are_skipped_and_key_urls_never_fetched() {
     enc["use"] = json!("enc");
     let oct =
         json!({"kty": "oct", "kid": "oct", "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(oct_secret)});
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("jwks.json"), jwks(&[signing.jwk("sig"), enc, oct])).unwrap();
     let yaml = format!(
         r#"{}providers:
@@ -736,7 +734,7 @@ routes:
         header(""),
         up.url()
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     // A listener that counts every connection, for the key URLs.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let key_server = listener.local_addr().unwrap();
@@ -799,8 +797,7 @@ routes:
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_that_rotates_keys_refuses_cached_tokens() {
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     let old_secret = "the-old-secret-of-this-gateway-000000000";
     std::fs::write(dir.path().join("app.secret"), old_secret).unwrap();
     let yaml = format!(
@@ -824,7 +821,7 @@ routes:
         header(""),
         up.url()
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     let token = hs_sign(
         Algorithm::HS256,
         old_secret.as_bytes(),

@@ -307,10 +307,7 @@ fn text_logs_to_a_pipe_have_no_escape_codes() {
 /// decides with it, and prints no part of it.
 #[test]
 fn check_prints_warnings_and_explain_reads_the_token_from_the_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = portcullis::tls::self_signed(&["localhost".into()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("key.pem"), key).unwrap();
+    let dir = GatewayDir::new();
     let secret = "a-cli-test-secret-of-32-bytes-or-more";
     std::fs::write(dir.path().join("secret"), secret).unwrap();
     let yaml = r#"listen:

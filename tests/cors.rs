@@ -60,13 +60,8 @@ routes:
     )
 }
 
-const SECRET: &str = "a-cors-test-secret-of-decent-length-012";
-
 async fn start(up: &RecordingUpstream) -> TestGateway {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
-    TestGateway::start_in(dir, cert, &config(up)).await
+    GatewayDir::new().start(&config(up)).await
 }
 
 fn preflight<'a>(origin: &'a str, method: &'a str, headers: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -202,11 +197,7 @@ async fn responses_to_allowed_origins_carry_the_policy_errors_included() {
 async fn cookie_tokens_need_an_origin_the_policy_names() {
     let up = RecordingUpstream::start("app").await;
     let gw = start(&up).await;
-    let token = tokens::hs_sign(
-        jsonwebtoken::Algorithm::HS256,
-        SECRET.as_bytes(),
-        &serde_json::json!({"sub": "victim", "exp": tokens::now() + 300}),
-    );
+    let token = tokens::token(serde_json::json!({"sub": "victim"}));
     let cookie = format!("session={token}");
     for proto in [Proto::H1, Proto::H2] {
         let mut c = gw.client(proto).await;
@@ -313,13 +304,7 @@ async fn every_response_of_a_cors_route_varies_on_origin() {
 async fn every_token_source_is_emptied_before_the_upstream() {
     let up = RecordingUpstream::start("app").await;
     let gw = start(&up).await;
-    let sign = |sub: &str| {
-        tokens::hs_sign(
-            jsonwebtoken::Algorithm::HS256,
-            SECRET.as_bytes(),
-            &serde_json::json!({"sub": sub, "exp": tokens::now() + 300}),
-        )
-    };
+    let sign = |sub: &str| tokens::token(serde_json::json!({ "sub": sub }));
     let (used, other) = (sign("alice"), sign("mallory"));
     let bearer = format!("Bearer {used}");
     for proto in [Proto::H1, Proto::H2] {

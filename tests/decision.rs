@@ -12,8 +12,6 @@ use serde_json::json;
 use support::tokens::*;
 use support::*;
 
-const SECRET: &str = "decision-tests-hmac-secret-0123456789";
-
 /// The routes, with `upstream` in front of each route line when `with_upstream`.
 fn config(listen: &str, up: Option<&str>, assertion_key: bool) -> String {
     let upstream = |name: &str| up.map_or(String::new(), |_| format!(" upstream: {name},"));
@@ -52,17 +50,11 @@ identity:
 }
 
 fn token(scope: &str) -> String {
-    hs_sign(
-        Algorithm::HS256,
-        SECRET.as_bytes(),
-        &json!({"iss": "https://id.example.com/", "sub": "alice", "scope": scope, "email": "alice@example.com", "exp": now() + 600}),
-    )
+    support::tokens::token(json!({"iss": "https://id.example.com/", "scope": scope, "email": "alice@example.com"}))
 }
 
 async fn start(listen: &str, up: Option<&str>) -> TestGateway {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     std::fs::write(
         dir.path().join("assert.pem"),
         rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -70,7 +62,7 @@ async fn start(listen: &str, up: Option<&str>) -> TestGateway {
             .serialize_pem(),
     )
     .unwrap();
-    TestGateway::start_in(dir, cert, &config(listen, up, true)).await
+    dir.start(&config(listen, up, true)).await
 }
 
 /// A plain HTTP/1.1 request to the decision listener, as a proxy sends it.
@@ -275,8 +267,7 @@ async fn nginx_gets_401_or_403_only_with_the_real_status_beside() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_decision_only_gateway_needs_no_https_listener_nor_upstreams() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     std::fs::write(
         dir.path().join("assert.pem"),
         rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
@@ -302,14 +293,15 @@ async fn a_decision_only_gateway_needs_no_https_listener_nor_upstreams() {
     let (snapshot, _) = portcullis::load_config(&dir.path().join("gateway.yaml")).unwrap();
     let running = portcullis::server::start(snapshot).await.unwrap();
     assert!(running.https_addr.is_none());
+    let GatewayDir { dir, cert } = dir;
     let gw = TestGateway {
         dir,
+        cert,
         addr: running.decision_addr.unwrap(),
         http_addr: None,
         admin_addr: None,
         decision_addr: running.decision_addr,
         running: Some(running),
-        cert: write_cert(tempfile::tempdir().unwrap().path()),
         config_path: std::path::PathBuf::new(),
     };
     let good = format!("Bearer {}", token("orders:read"));
@@ -350,8 +342,7 @@ async fn a_decision_only_gateway_needs_no_https_listener_nor_upstreams() {
             "tls: missing",
         ),
     ] {
-        let d = tempfile::tempdir().unwrap();
-        write_cert(d.path());
+        let d = GatewayDir::new();
         std::fs::write(
             d.path().join("c.pem"),
             std::fs::read(d.path().join("cert.pem")).unwrap(),

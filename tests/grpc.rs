@@ -13,14 +13,8 @@ use support::tokens::*;
 use support::*;
 use tonic::Code;
 
-const SECRET: &str = "a-grpc-test-secret-of-decent-length-0123";
-
 fn token(scope: &str) -> String {
-    hs_sign(
-        Algorithm::HS256,
-        SECRET.as_bytes(),
-        &json!({"sub": "alice", "scope": scope, "exp": now() + 600}),
-    )
+    support::tokens::token(json!({ "scope": scope }))
 }
 
 struct Setup {
@@ -35,14 +29,12 @@ async fn setup() -> Setup {
     let (acceptor, ca_pem) = tls_acceptor_alpn(&[b"h2"]);
     let h2 = GrpcUpstream::start(Some(acceptor)).await;
     let down = closed_port().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("grpc.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("upstream-ca.pem"), ca_pem).unwrap();
     let yaml = format!(
         r#"{header}providers:
   app:
-    secret_file: grpc.secret
+    secret_file: app.secret
     algorithms: [HS256]
 upstreams:
   echo:
@@ -82,7 +74,7 @@ routes:
         h2c = h2c.addr,
         h2_port = h2.addr.port(),
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     Setup {
         gw,
         _upstreams: vec![h2c, h2],
@@ -228,16 +220,14 @@ async fn the_same_service_behind_an_h2_upstream() {
 async fn every_trailers_only_row_reaches_a_tonic_client() {
     let echo = GrpcUpstream::start(None).await;
     let nowhere = closed_port().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("grpc.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     let yaml = format!(
         r#"{header}limits:
   max_body_bytes: 64
   max_header_bytes: 2048
 providers:
   app:
-    secret_file: grpc.secret
+    secret_file: app.secret
     algorithms: [HS256]
   unfetched:
     issuer: https://unfetched.example.com/
@@ -273,7 +263,7 @@ routes:
         header = header(""),
         echo = echo.addr,
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     let mut c = GrpcClient::connect(gw.addr, &gw.cert).await;
     assert_eq!(c.unary("Unary", "small").await.unwrap(), "sub=-;msg=small");
 

@@ -43,8 +43,7 @@ async fn setup_with(introspection: &str, routes: &str) -> Setup {
     let ep = Endpoint::start("gateway", "s3cret: with % odd chars").await;
     let provider = unique("opaque");
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("idp-ca.pem"), &ep.ca_pem).unwrap();
     std::fs::write(dir.path().join("client-secret"), "s3cret: with % odd chars\n").unwrap();
     std::fs::write(dir.path().join("hs-secret"), HS_SECRET).unwrap();
@@ -74,7 +73,7 @@ routes:
         url = ep.url(),
         upstream = up.url(),
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     Setup { gw, ep, up, provider }
 }
 
@@ -435,8 +434,7 @@ async fn setup_with_files(extra: &str, other: &Endpoint) -> Setup {
     let ep = Endpoint::start("gateway", "s3cret: with % odd chars").await;
     let provider = unique("first");
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("idp-ca.pem"), &ep.ca_pem).unwrap();
     std::fs::write(dir.path().join("idp2-ca.pem"), &other.ca_pem).unwrap();
     std::fs::write(dir.path().join("client-secret-2"), "second-secret").unwrap();
@@ -470,7 +468,7 @@ routes:
         url = ep.url(),
         upstream = up.url(),
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     Setup { gw, ep, up, provider }
 }
 
@@ -479,8 +477,7 @@ async fn the_endpoint_can_come_from_discovery() {
     let ep = Endpoint::start("gateway", "disc-secret").await;
     let provider = unique("disc");
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("idp-ca.pem"), &ep.ca_pem).unwrap();
     std::fs::write(dir.path().join("disc-secret"), "disc-secret").unwrap();
     let yaml = format!(
@@ -505,7 +502,7 @@ routes:
         ep.issuer(),
         up.url()
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     ep.answer("opaque-discovered", active("max", "orders:read", &ep.issuer()));
     wait_for_async(
         "the request to be let through (200)",
@@ -645,8 +642,7 @@ async fn revocation_and_tunnel_expiry_apply_to_introspected_tokens() {
     let ws_up = support::ws::WsUpstream::start().await;
     let ep = Endpoint::start("gateway", "ws-secret").await;
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("idp-ca.pem"), &ep.ca_pem).unwrap();
     std::fs::write(dir.path().join("client-secret"), "ws-secret").unwrap();
     let provider = unique("revocable");
@@ -686,7 +682,7 @@ routes:
         up.url(),
         ws_up.url()
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     wait_for_async("/readyz to answer 200", Duration::from_secs(10), || async {
         gw.admin("/readyz").await.0 == 200
     })

@@ -8,20 +8,12 @@ use serde_json::json;
 use support::tokens::*;
 use support::*;
 
-const SECRET: &str = "a-migration-test-secret-of-good-length-01";
-
 fn token(scope: &str) -> String {
-    hs_sign(
-        Algorithm::HS256,
-        SECRET.as_bytes(),
-        &json!({"sub": "alice", "scope": scope, "exp": now() + 600}),
-    )
+    support::tokens::token(json!({ "scope": scope }))
 }
 
 async fn gateway(up: &RecordingUpstream, routes: &str) -> TestGateway {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     let yaml = format!(
         r#"{}providers:
   app:
@@ -35,7 +27,7 @@ routes:
         header_with_admin(),
         up.url()
     );
-    TestGateway::start_in(dir, cert, &yaml).await
+    dir.start(&yaml).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -147,7 +139,7 @@ fn portcullis(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_imported_openapi_route_table_checks_and_serves() {
     let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fastapi-openapi.json");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = GatewayDir::new();
     let (code, routes, notes) = portcullis(
         &[
             "import-openapi",
@@ -192,8 +184,6 @@ async fn an_imported_openapi_route_table_checks_and_serves() {
     );
 
     let up = RecordingUpstream::start("app").await;
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
     let yaml = format!(
         r#"{}providers:
   app:
@@ -245,7 +235,7 @@ upstreams:
     );
     assert_eq!(code, 2, "{err}");
 
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     let mut c = gw.client(Proto::H1).await;
     let call = |method: &'static str, path: &'static str, scope: Option<&str>| {
         let auth = scope.map(|s| format!("Bearer {}", token(s)));
@@ -283,11 +273,7 @@ upstreams:
 /// output, `--json`, and never the token.
 #[test]
 fn explain_tells_what_the_gateway_would_do() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = portcullis::tls::self_signed(&["localhost".into()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("key.pem"), key).unwrap();
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     let down = "http://127.0.0.1:9";
     let yaml = format!(
         r#"listen: {{ https: 127.0.0.1:0 }}
@@ -320,11 +306,7 @@ routes:
     std::fs::write(dir.path().join("gateway.yaml"), &yaml).unwrap();
     let admin = token("items:admin");
     let reader = token("items:read");
-    let expired = hs_sign(
-        Algorithm::HS256,
-        SECRET.as_bytes(),
-        &json!({"sub": "alice", "scope": "items:admin", "exp": now() - 3600}),
-    );
+    let expired = support::tokens::token(json!({"scope": "items:admin", "exp": now() - 3600}));
     let forged = hs_sign(
         Algorithm::HS256,
         b"another-secret-that-is-long-enough-000000",
@@ -487,11 +469,7 @@ routes:
 /// whichever source carried it and on public routes too.
 #[test]
 fn explain_strips_every_token_source_and_prints_no_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = portcullis::tls::self_signed(&["localhost".into()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("key.pem"), key).unwrap();
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     let yaml = r#"listen: { https: 127.0.0.1:0 }
 tls: { cert: cert.pem, key: key.pem }
 providers:
@@ -678,7 +656,7 @@ async fn explain_and_the_gateway_decide_alike() {
 /// it disagree, counted by route and kind and written on the access-log line.
 #[tokio::test(flavor = "multi_thread")]
 async fn drift_between_the_gateway_and_the_upstream_is_counted_and_logged() {
-    use support::child::{Gateway, SECRET};
+    use support::child::Gateway;
     let up = RecordingUpstream::start("app").await;
     let yaml = format!(
         r#"listen: {{ https: 127.0.0.1:0, admin: 127.0.0.1:0 }}
@@ -695,13 +673,7 @@ routes:
         up.url()
     );
     let gw = Gateway::start(&yaml, None);
-    let token = |scope: &str| {
-        support::tokens::hs_sign(
-            jsonwebtoken::Algorithm::HS256,
-            SECRET.as_bytes(),
-            &serde_json::json!({"sub": "u", "scope": scope, "exp": support::tokens::now() + 600}),
-        )
-    };
+    let token = |scope: &str| support::tokens::token(serde_json::json!({"sub": "u", "scope": scope}));
     let (reader, other) = (token("read"), token("other"));
     // (path, token, what the upstream answers, the drift expected)
     let cases = [

@@ -119,8 +119,7 @@ async fn opaque_tokens_from_oidc_provider_are_introspected_and_its_jwts_verified
     }
     let idp = IdentityProvider::start();
     let up = RecordingUpstream::start("orders").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(
         dir.path().join("introspection-secret"),
         "portcullis-introspection-secret",
@@ -154,7 +153,7 @@ routes:
         idp.issuer(),
         up.url()
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     let call = |token: String, path: &'static str| {
         let gw = &gw;
         async move {

@@ -5,19 +5,15 @@
 
 mod support;
 
-use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use support::tokens::*;
 use support::*;
 
-const SECRET: &str = "a-policy-test-secret-of-decent-length-0123";
-
+/// A token with `scope: orders:read` unless `claims` says otherwise.
 fn token(claims: Value) -> String {
-    let mut c = json!({"sub": "alice", "scope": "orders:read", "exp": now() + 600});
-    for (k, v) in claims.as_object().unwrap() {
-        c[k] = v.clone();
-    }
-    hs_sign(Algorithm::HS256, SECRET.as_bytes(), &c)
+    let mut all = json!({"scope": "orders:read"});
+    all.as_object_mut().unwrap().extend(claims.as_object().unwrap().clone());
+    support::tokens::token(all)
 }
 
 const ROUTES: &str = r#"  - name: keycloak
@@ -91,10 +87,8 @@ routes:
 }
 
 async fn start(up: &RecordingUpstream, listen: &str) -> TestGateway {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
-    TestGateway::start_in(dir, cert, &config(up, listen, ROUTES)).await
+    let dir = GatewayDir::new();
+    dir.start(&config(up, listen, ROUTES)).await
 }
 
 /// Send `path` with `claims` in the token; returns the status, and checks
@@ -291,9 +285,7 @@ async fn cache_hits_meet_the_reloaded_policy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_headers_from_any_claim_are_header_safe() {
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     let yaml = config(
         &up,
         "127.0.0.1:0",
@@ -309,7 +301,7 @@ async fn identity_headers_from_any_claim_are_header_safe() {
     X-Auth-Org: "https://example.com/org"
 upstreams:"#,
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     for proto in [Proto::H1, Proto::H2] {
         let mut c = gw.client(proto).await;
         let send = |claims: Value| {
@@ -376,9 +368,7 @@ upstreams:"#,
 #[tokio::test(flavor = "multi_thread")]
 async fn every_refusal_has_its_reason_code() {
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     let routes = r#"  - name: codes
     match: { path: /codes }
     upstream: app
@@ -401,7 +391,7 @@ async fn every_refusal_has_its_reason_code() {
         "upstreams:",
         "rate_limits:\n  once: { key: route, rate: 1/h, burst: 1 }\nupstreams:",
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     let mut c = gw.client(Proto::H1).await;
     let bearer = |claims: Value| format!("Bearer {}", token(claims));
     let forged = {
@@ -460,9 +450,7 @@ async fn every_refusal_has_its_reason_code() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limits_count_only_what_got_that_far() {
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     let routes = r#"  - name: ordered-limits
     match: { path: /ordered }
     upstream: app
@@ -478,7 +466,7 @@ async fn rate_limits_count_only_what_got_that_far() {
         "upstreams:",
         "rate_limits:\n  per-user: { key: subject, rate: 1/h, burst: 2 }\n  per-route: { key: route, rate: 1/h, burst: 3 }\n  per-route-other: { key: route, rate: 1/h, burst: 1 }\nupstreams:",
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     let gw = &gw;
     let call = |path: &'static str, sub: &str, scope: &str| {
         let auth = format!("Bearer {}", token(json!({"sub": sub, "scope": scope})));

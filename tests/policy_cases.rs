@@ -21,8 +21,7 @@ fn portcullis() -> Command {
 /// A directory with a configuration naming `remote` (host:port) for every
 /// remote key source and the introspection endpoint.
 fn config_dir(remote: &str) -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    write_cert(d.path());
+    let d = GatewayDir::new();
     std::fs::write(d.path().join("hs.secret"), HS_SECRET).unwrap();
     std::fs::write(d.path().join("client.secret"), "introspection-secret").unwrap();
     let rsa = KeyPair::generate(Algorithm::RS256);
@@ -80,7 +79,7 @@ routes:
 "#
     );
     std::fs::write(d.path().join("gateway.yaml"), yaml).unwrap();
-    d
+    d.dir
 }
 
 const PASSING: &str = r#"cases:
@@ -359,8 +358,7 @@ async fn case_file_and_usage_errors_exit_2_at_their_place() {
 async fn the_runner_agrees_with_a_live_gateway() {
     let up = RecordingUpstream::start("app").await;
     let ep = support::introspect::Endpoint::start("gw", "agreement-secret").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("hs.secret"), HS_SECRET).unwrap();
     std::fs::write(dir.path().join("client.secret"), "agreement-secret").unwrap();
     std::fs::write(dir.path().join("idp-ca.pem"), &ep.ca_pem).unwrap();
@@ -395,7 +393,7 @@ routes:
         url = ep.url(),
         upstream = up.url(),
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     let sign = |claims: serde_json::Value| {
         let mut c = json!({"iss": "https://hs.example/", "aud": "api", "exp": now() + 600});
         c.as_object_mut().unwrap().extend(claims.as_object().unwrap().clone());

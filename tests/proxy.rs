@@ -650,8 +650,7 @@ async fn plain_http_on_the_https_port_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn https_upstreams_are_verified_against_ca_file() {
     let (up, ca_pem) = RecordingUpstream::start_tls("secure").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
     let ca_pem_again = ca_pem.clone();
     let target = format!("https://127.0.0.1:{}", up.addr.port());
@@ -672,7 +671,7 @@ routes:
 "#,
         header("")
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     let r = gw.get("/trusted/x").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "upstream: secure");

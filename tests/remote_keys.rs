@@ -23,8 +23,7 @@ async fn setup(idp: Idp, source: &str, refresh: &str) -> Setup {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let provider = format!("idp{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("idp-ca.pem"), &idp.ca_pem).unwrap();
     let source = match source {
         "discovery" => "discovery: true".to_string(),
@@ -51,7 +50,7 @@ routes:
         idp.issuer(),
         up.url()
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     Setup { gw, idp, up, provider }
 }
 

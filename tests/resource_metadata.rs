@@ -43,10 +43,9 @@ routes:
 
 async fn start() -> (TestGateway, RecordingUpstream) {
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("secret"), "a-shared-secret-of-more-than-32-bytes").unwrap();
-    let gw = TestGateway::start_in(dir, cert, &routes_yaml(&up)).await;
+    let gw = dir.start(&routes_yaml(&up)).await;
     (gw, up)
 }
 
@@ -150,13 +149,10 @@ mod validation {
     use super::*;
 
     fn dir() -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
-        let (cert, key) = portcullis::tls::self_signed(&["localhost".into()]).unwrap();
-        std::fs::write(d.path().join("cert.pem"), cert).unwrap();
-        std::fs::write(d.path().join("key.pem"), key).unwrap();
+        let d = GatewayDir::new();
         std::fs::write(d.path().join("client-secret"), "hunter2-the-client-secret\n").unwrap();
         std::fs::write(d.path().join("empty"), "").unwrap();
-        d
+        d.dir
     }
 
     fn config(providers: &str, routes: &str) -> String {

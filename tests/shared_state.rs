@@ -6,29 +6,23 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::Algorithm;
 use serde_json::json;
 use support::child;
 use support::redis::RedisServer;
 use support::tokens::*;
 use support::*;
 
-const SECRET: &str = "a-shared-state-test-secret-of-good-length";
-
+/// A token with `scope: api` and an `iat` unless `claims` says otherwise.
 fn token(claims: serde_json::Value) -> String {
-    let mut c = json!({"sub": "alice", "scope": "api", "exp": now() + 600, "iat": now() - 10});
-    for (k, v) in claims.as_object().unwrap() {
-        c[k] = v.clone();
-    }
-    hs_sign(Algorithm::HS256, SECRET.as_bytes(), &c)
+    let mut all = json!({"scope": "api", "iat": now() - 10});
+    all.as_object_mut().unwrap().extend(claims.as_object().unwrap().clone());
+    support::tokens::token(all)
 }
 
 /// A gateway in front of `up` with `extra` top-level YAML (store, policies)
 /// and `routes`.
 async fn gateway(up: &RecordingUpstream, extra: &str, routes: &str) -> TestGateway {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     let yaml = format!(
         r#"{}providers:
   app:
@@ -42,7 +36,7 @@ routes:
         header_with_admin(),
         up.url()
     );
-    TestGateway::start_in(dir, cert, &yaml).await
+    dir.start(&yaml).await
 }
 
 async fn get(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -338,9 +332,7 @@ async fn a_revoked_tokens_tunnels_close() {
     }
     let redis = RedisServer::start().await;
     let ws_up = support::ws::WsUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     let yaml = format!(
         r#"{}providers:
   app:
@@ -363,7 +355,7 @@ routes:
         redis.url(),
         ws_up.url()
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     wait_for_async("/readyz to answer 200", Duration::from_secs(10), || async {
         gw.admin("/readyz").await.0 == 200
     })
@@ -690,9 +682,7 @@ async fn the_admin_listener_refuses_browsers_strangers_and_slow_bodies() {
     }
     let redis = RedisServer::start().await;
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("admin.token"), "an-admin-secret-0123456789\n").unwrap();
     let yaml = format!(
         r#"{}limits:
@@ -716,7 +706,7 @@ routes:
         redis.url(),
         up.url()
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     wait_for_async("/readyz to answer 200", Duration::from_secs(10), || async {
         gw.admin("/readyz").await.0 == 200
     })

@@ -16,16 +16,11 @@ use support::tokens::*;
 use support::ws::WsUpstream;
 use support::*;
 
-const SECRET: &str = "a-trace-test-secret-that-must-never-be-exported";
 const INCOMING_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const INCOMING_SPAN: &str = "b7ad6b7169203331";
 
 fn token(sub: &str, scope: &str) -> String {
-    hs_sign(
-        Algorithm::HS256,
-        SECRET.as_bytes(),
-        &json!({"sub": sub, "scope": scope, "exp": now() + 600, "email": "secret-claim@example.com"}),
-    )
+    support::tokens::token(json!({"sub": sub, "scope": scope, "email": "secret-claim@example.com"}))
 }
 
 struct Setup {
@@ -41,9 +36,7 @@ async fn setup(telemetry: &str) -> Setup {
     let h2 = RecordingUpstream::start_h2c("h2").await;
     let ws = WsUpstream::start().await;
     let grpc = GrpcUpstream::start(None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("app.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     let yaml = format!(
         r#"{header}providers:
   app:
@@ -112,7 +105,7 @@ routes:
         ws = ws.url(),
         grpc = grpc.addr,
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     Setup {
         gw,
         up,
@@ -682,8 +675,7 @@ async fn key_fetches_introspection_and_redis_have_child_spans() {
     let ep = support::introspect::Endpoint::start("gateway", "introspection-client-secret").await;
     let redis = require("redis-server", "redis-server").then_some(support::redis::RedisServer::start().await);
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("idp-ca.pem"), &idp.ca_pem).unwrap();
     std::fs::write(dir.path().join("ep-ca.pem"), &ep.ca_pem).unwrap();
     std::fs::write(dir.path().join("client-secret"), "introspection-client-secret").unwrap();
@@ -732,7 +724,7 @@ routes:
         up = up.url(),
         telemetry = telemetry(&c, 1.0, true),
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     let ready = || async { gw.admin("/readyz").await.0 == 200 };
     wait_for_async("/readyz to answer 200", Duration::from_secs(10), ready).await;
 

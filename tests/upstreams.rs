@@ -72,8 +72,7 @@ async fn te_is_never_sent_to_http1_upstreams() {
 #[tokio::test(flavor = "multi_thread")]
 async fn h2_upstream_over_tls_with_ca_file() {
     let (up, ca_pem) = RecordingUpstream::start_h2_tls("secure-h2").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
     let yaml = one_route(&format!(
         r#"    targets: [https://localhost:{}]
@@ -83,7 +82,7 @@ async fn h2_upstream_over_tls_with_ca_file() {
 "#,
         up.addr.port()
     ));
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     let r = gw.get("/a").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "upstream: secure-h2");
@@ -98,8 +97,7 @@ async fn h2_upstream_over_tls_with_ca_file() {
 async fn an_http1_only_tls_target_is_refused_for_h2() {
     // The target answers ALPN with http/1.1 only: the gateway must not guess.
     let (up, ca_pem) = RecordingUpstream::start_tls("h1-only").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
     let yaml = one_route(&format!(
         r#"    targets: [https://localhost:{}]
@@ -108,7 +106,7 @@ async fn an_http1_only_tls_target_is_refused_for_h2() {
 "#,
         up.addr.port()
     ));
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     gw.get("/a").await.assert_error(502, "bad_gateway");
     assert!(up.requests().is_empty());
 }
@@ -239,8 +237,7 @@ async fn a_waiting_request_gets_the_connection_that_frees_up() {
 async fn a_cancelled_request_leaves_its_new_connection_in_the_pool() {
     let (up, ca_pem) =
         RecordingUpstream::start_tls_slow_handshake("slow-tls", std::time::Duration::from_millis(500)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
     let yaml = one_route(&format!(
         r#"    targets: [https://localhost:{}]
@@ -249,7 +246,7 @@ async fn a_cancelled_request_leaves_its_new_connection_in_the_pool() {
 "#,
         up.addr.port()
     ));
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     // The client gives up while the gateway is still connecting upstream.
     let mut c = gw.client(Proto::H2).await;
     let call = tokio::spawn(async move { c.send(req("GET", "/first", &[], "")).await });

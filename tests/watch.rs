@@ -104,11 +104,10 @@ const FAILED: &str = "reload failed";
 #[tokio::test(flavor = "multi_thread")]
 async fn edits_renames_and_bad_edits_of_a_plain_file() {
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     let file = dir.path().join("gateway.yaml");
     std::fs::write(&file, config(&up, "/a")).unwrap();
-    let gw = Binary::start(dir.path(), "gateway.yaml", cert);
+    let gw = Binary::start(dir.path(), "gateway.yaml", dir.cert.clone());
     assert_eq!(gw.status("/a").await, 200);
 
     // An edit in place.
@@ -148,8 +147,7 @@ async fn edits_renames_and_bad_edits_of_a_plain_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_configmap_symlink_swap_reloads() {
     let up = RecordingUpstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
+    let dir = GatewayDir::new();
     let d = dir.path();
     // The layout kubelet writes: files are links through `..data`, which
     // points at a timestamped directory and is swapped atomically.
@@ -157,7 +155,7 @@ async fn a_configmap_symlink_swap_reloads() {
     std::fs::write(d.join("..2026_12_07_v1/gateway.yaml"), config(&up, "/v1")).unwrap();
     std::os::unix::fs::symlink("..2026_12_07_v1", d.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/gateway.yaml", d.join("gateway.yaml")).unwrap();
-    let gw = Binary::start(d, "gateway.yaml", cert);
+    let gw = Binary::start(d, "gateway.yaml", dir.cert.clone());
     assert_eq!(gw.status("/v1").await, 200);
 
     std::fs::create_dir(d.join("..2026_12_07_v2")).unwrap();

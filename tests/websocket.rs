@@ -13,14 +13,8 @@ use support::tokens::*;
 use support::ws::{self, WsUpstream};
 use support::*;
 
-const SECRET: &str = "a-websocket-test-secret-of-decent-length";
-
 fn token_for(scope: &str, ttl: u64) -> String {
-    hs_sign(
-        Algorithm::HS256,
-        SECRET.as_bytes(),
-        &json!({"sub": "alice", "scope": scope, "exp": now() + ttl}),
-    )
+    support::tokens::token(json!({"scope": scope, "exp": now() + ttl}))
 }
 
 fn token(scope: &str) -> String {
@@ -36,15 +30,13 @@ struct Setup {
 async fn setup(limits: &str) -> Setup {
     let ws = WsUpstream::start().await;
     let plain = RecordingUpstream::start("plain").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("ws.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     let yaml = format!(
         r#"{header}limits:
   shutdown_grace: 1s
 {limits}providers:
   app:
-    secret_file: ws.secret
+    secret_file: app.secret
     algorithms: [HS256]
     leeway: 0s
 cors:
@@ -87,7 +79,7 @@ routes:
         ws = ws.url(),
         plain = plain.url(),
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     Setup { gw, ws, plain }
 }
 
@@ -363,15 +355,13 @@ async fn upgrades_happen_only_for_websocket_on_websocket_routes() {
 /// Route names of its own: metrics are process-wide and the other tests
 /// count their routes' tunnels exactly.
 async fn bounded(ws: &WsUpstream, limits: &str, upstream_limits: &str) -> TestGateway {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("ws.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     let yaml = format!(
         r#"{header}limits:
   shutdown_grace: 1s
 {limits}providers:
   app:
-    secret_file: ws.secret
+    secret_file: app.secret
     algorithms: [HS256]
 upstreams:
   ws:
@@ -390,7 +380,7 @@ upstreams:
         header = header_with_admin(),
         ws = ws.url(),
     );
-    TestGateway::start_in(dir, cert, &yaml).await
+    dir.start(&yaml).await
 }
 
 /// `max_tunnels` (default half of `max_connections`) caps tunnels per target
@@ -433,8 +423,7 @@ async fn tunnels_have_a_cap_of_their_own_per_target() {
         .is_some());
 
     // max_tunnels cannot exceed max_connections.
-    let d = tempfile::tempdir().unwrap();
-    write_cert(d.path());
+    let d = GatewayDir::new();
     let yaml = format!(
         "{}upstreams:\n  ws:\n    targets: [{}]\n    max_connections: 2\n    max_tunnels: 3\nroutes:\n  - {{ name: r, match: {{ path: / }}, upstream: ws, public: true }}\n",
         header(""),
@@ -524,13 +513,12 @@ async fn only_a_real_websocket_handshake_is_relayed() {
         "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
     ] {
         let (url, seen) = scripted_upstream(answer).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cert = write_cert(dir.path());
+        let dir = GatewayDir::new();
         let yaml = format!(
             "{}upstreams:\n  up:\n    targets: [{url}]\nroutes:\n  - {{ name: ws, match: {{ path: /ws }}, upstream: up, public: true, websocket: true }}\n  - {{ name: plain, match: {{ path: /plain }}, upstream: up, public: true }}\n",
             header("")
         );
-        let gw = TestGateway::start_in(dir, cert, &yaml).await;
+        let gw = dir.start(&yaml).await;
         let (status, body) = ws::connect(gw.addr, &gw.cert, "/ws", &[]).await.err().unwrap();
         assert_eq!(status, 502, "{answer:?}: {body}");
         assert!(body.contains("bad_gateway"), "{body}");
@@ -575,13 +563,11 @@ async fn only_a_real_websocket_handshake_is_relayed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn leeway_no_expiry_upstream_close_and_rate_limited_upgrades() {
     let ws = WsUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = write_cert(dir.path());
-    std::fs::write(dir.path().join("ws.secret"), SECRET).unwrap();
+    let dir = GatewayDir::new();
     let yaml = format!(
         r#"{header}providers:
   app:
-    secret_file: ws.secret
+    secret_file: app.secret
     algorithms: [HS256]
     leeway: 3s
 rate_limits:
@@ -610,7 +596,7 @@ routes:
         header = header_with_admin(),
         ws = ws.url(),
     );
-    let gw = TestGateway::start_in(dir, cert, &yaml).await;
+    let gw = dir.start(&yaml).await;
     let metric = |line: &'static str| {
         let gw = &gw;
         async move { gw.admin("/metrics").await.1.lines().any(|l| l == line) }

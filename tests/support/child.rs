@@ -13,7 +13,7 @@ use rustls_pki_types::CertificateDer;
 use super::*;
 
 /// The secret in the `secret` file written next to the configuration.
-pub const SECRET: &str = "operations-test-secret-0123456789";
+pub use super::tokens::SECRET;
 
 /// The gateway binary running in a temp dir, with its JSON log lines collected.
 pub struct Gateway {
@@ -32,10 +32,7 @@ impl Gateway {
 
     /// As [`Gateway::start`], with extra environment variables for the process.
     pub fn start_with_env(yaml: &str, notify_socket: Option<&std::path::Path>, env: &[(&str, &str)]) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let cert = write_cert(dir.path());
-        std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-        std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
+        let GatewayDir { dir, cert } = GatewayDir::new().file("secret", SECRET).file("gateway.yaml", yaml);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
         cmd.args(["run", "-c", "gateway.yaml"])
             .current_dir(dir.path())

@@ -420,13 +420,43 @@ pub fn write_cert(dir: &Path) -> CertificateDer<'static> {
     CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()
 }
 
-impl TestGateway {
-    /// Start a gateway from full YAML text (relative paths resolve in a fresh temp dir,
-    /// where `cert.pem` / `key.pem` already exist).
-    pub async fn start(yaml: &str) -> TestGateway {
+/// A gateway's directory before it starts: a fresh temp dir holding
+/// `cert.pem` / `key.pem` for localhost and 127.0.0.1 and `app.secret`
+/// holding [`tokens::SECRET`]. Relative paths in the YAML resolve here; a
+/// test adds its own files with [`GatewayDir::file`].
+pub struct GatewayDir {
+    pub dir: tempfile::TempDir,
+    pub cert: CertificateDer<'static>,
+}
+
+impl GatewayDir {
+    pub fn new() -> GatewayDir {
         let dir = tempfile::tempdir().unwrap();
         let cert = write_cert(dir.path());
-        Self::start_in(dir, cert, yaml).await
+        std::fs::write(dir.path().join("app.secret"), tokens::SECRET).unwrap();
+        GatewayDir { dir, cert }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write `name` (relative to the directory) before the gateway starts.
+    pub fn file(self, name: &str, contents: impl AsRef<[u8]>) -> GatewayDir {
+        std::fs::write(self.dir.path().join(name), contents).unwrap();
+        self
+    }
+
+    /// Write `yaml` as `gateway.yaml` and start the gateway on it.
+    pub async fn start(self, yaml: &str) -> TestGateway {
+        TestGateway::start_in(self.dir, self.cert, yaml).await
+    }
+}
+
+impl TestGateway {
+    /// Start a gateway from full YAML text in a fresh [`GatewayDir`].
+    pub async fn start(yaml: &str) -> TestGateway {
+        GatewayDir::new().start(yaml).await
     }
 
     pub async fn start_in(dir: tempfile::TempDir, cert: CertificateDer<'static>, yaml: &str) -> TestGateway {

@@ -71,6 +71,23 @@ pub fn hs_sign(alg: Algorithm, secret: &[u8], claims: &Value) -> String {
     jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).unwrap()
 }
 
+/// The HMAC secret of the `app` provider most test configs declare
+/// (`secret_file: app.secret`, written by [`super::GatewayDir`]).
+pub const SECRET: &str = "a-test-hmac-secret-that-must-never-be-logged";
+
+/// An HS256 token signed with [`SECRET`]: `sub` alice, an `exp` ten minutes
+/// away, then `claims` on top (a claim set to `null` is left out).
+pub fn token(claims: Value) -> String {
+    let mut all = json!({"sub": "alice", "exp": now() + 600});
+    for (k, v) in claims.as_object().expect("claims are a JSON object") {
+        match v {
+            Value::Null => all.as_object_mut().unwrap().remove(k),
+            v => all.as_object_mut().unwrap().insert(k.clone(), v.clone()),
+        };
+    }
+    hs_sign(Algorithm::HS256, SECRET.as_bytes(), &all)
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
