@@ -51,11 +51,11 @@ pub async fn answer<B>(req: Request<B>, snap: Arc<Snapshot>, peer: SocketAddr) -
         let address = crate::proxy::headers::client_address(client);
         log.trace = Some(t.start_request(&parts.headers, &parts.method, parts.version, &address, &request_id));
     }
-    let traced = log.trace.as_ref().and_then(|t| t.context());
+    let traced = log.trace.as_ref().and_then(|t| t.span());
     let mut answering = Answering::default();
     let decided = decide_original(&snap, parts, client, &mut log, &mut answering);
     let decided = match traced {
-        Some(cx) => opentelemetry::context::FutureExt::with_context(decided, cx).await,
+        Some(span) => crate::telemetry::within(span, decided).await,
         None => decided.await,
     };
     match decided {

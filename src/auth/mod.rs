@@ -246,7 +246,7 @@ async fn verify(
     // Run in the span's context: a key refetch inside is its child.
     let work = verify_uncached(providers, cache, rule, token, key, now);
     let result = match &span {
-        Some(span) => opentelemetry::context::FutureExt::with_context(work, span.context()).await,
+        Some(span) => crate::telemetry::within(span.span(), work).await,
         None => work.await,
     };
     if let (Some(span), Err(e)) = (&span, &result) {

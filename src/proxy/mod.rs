@@ -85,10 +85,10 @@ pub async fn handle(snap: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>
 
     let status;
     // A recorded trace runs the pipeline in its context: child spans find their parent there.
-    let traced = log.trace.as_ref().and_then(|t| t.context());
+    let traced = log.trace.as_ref().and_then(|t| t.span());
     let outcome = pipeline(&snap, conn, req, &mut log, &mut answering);
     let outcome = match traced {
-        Some(cx) => opentelemetry::context::FutureExt::with_context(outcome, cx).await,
+        Some(span) => crate::telemetry::within(span, outcome).await,
         None => outcome.await,
     };
     let mut resp = match outcome {
@@ -334,7 +334,7 @@ async fn pipeline(
     // (bench/callgrind.sh, h1 public route: 75.9k -> 66.2k instructions).
     let sending = Box::pin(upstream.send(parts.method, path_and_query, parts.headers, body));
     let sent = match &upstream_span {
-        Some(span) => opentelemetry::context::FutureExt::with_context(sending, span.context()).await,
+        Some(span) => crate::telemetry::within(span.span(), sending).await,
         None => sending.await,
     };
     if let Some(span) = &upstream_span {

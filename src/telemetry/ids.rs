@@ -1,14 +1,10 @@
 //! Trace and span ids, and the coin the sampler tosses: a per-thread
 //! SplitMix64 stream seeded from the standard library's random hasher keys.
 //! Ids must be unique and unpredictable enough not to collide across
-//! instances, not secret; this costs a few instructions where the SDK's
-//! generator costs hundreds.
+//! instances, not secret; each costs a few instructions.
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, RandomState};
-
-use opentelemetry::trace::{SpanId, TraceId};
-use opentelemetry_sdk::trace::IdGenerator;
 
 thread_local! {
     static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()));
@@ -26,33 +22,20 @@ pub(super) fn next_u64() -> u64 {
     })
 }
 
-pub(super) fn trace_id() -> TraceId {
-    let id = (u128::from(next_u64()) << 64) | u128::from(next_u64());
-    TraceId::from(id.max(1))
+/// A new trace id (never the invalid 0).
+pub(super) fn trace_id() -> u128 {
+    ((u128::from(next_u64()) << 64) | u128::from(next_u64())).max(1)
 }
 
-pub(super) fn span_id() -> SpanId {
-    SpanId::from(next_u64().max(1))
+/// A new span id (never the invalid 0).
+pub(super) fn span_id() -> u64 {
+    next_u64().max(1)
 }
 
 /// Whether a new trace is recorded at `ratio` (0 to 1).
 pub(super) fn sample(ratio: f64) -> bool {
     // 53 random bits against the ratio: exact at 0 and 1.
     ((next_u64() >> 11) as f64) < ratio * (1u64 << 53) as f64
-}
-
-/// The SDK's id generator: the same stream.
-#[derive(Debug)]
-pub(super) struct Ids;
-
-impl IdGenerator for Ids {
-    fn new_trace_id(&self) -> TraceId {
-        trace_id()
-    }
-
-    fn new_span_id(&self) -> SpanId {
-        span_id()
-    }
 }
 
 #[cfg(test)]
