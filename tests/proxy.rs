@@ -564,6 +564,22 @@ async fn body_and_header_limits() {
             "{proto:?}: an oversized head never reaches the upstream"
         );
     }
+    // HTTP/1.1 heads of up to 100 header fields (HAProxy allows 101) are
+    // parsed; more are refused by the parser itself, before any routing.
+    for (fields, expected) in [(100, "HTTP/1.1 200"), (101, "HTTP/1.1 431")] {
+        let before = up.requests().len();
+        let mut head = String::from("GET /public HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        for i in 2..fields {
+            head.push_str(&format!("x-f{i}: v\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut s = gw.raw().await;
+        s.write_all(head.as_bytes()).await.unwrap();
+        let (out, _) = read_to_close(&mut s, Duration::from_secs(5)).await;
+        assert!(out.starts_with(expected), "{fields} fields: {out}");
+        let forwarded = usize::from(fields <= 100);
+        assert_eq!(up.requests().len(), before + forwarded, "{fields} fields");
+    }
     // A chunked body (no Content-Length) is cut while it streams.
     let mut s = gw.raw().await;
     let mut msg = b"POST /public HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();

@@ -109,6 +109,9 @@ fn https_connection(
     (conn, state)
 }
 
+/// Header fields an HTTP/1.1 request head may have.
+const MAX_HEADER_FIELDS: usize = 100;
+
 pub(super) fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
     // hyper's own header_read_timeout (30 s by default once a timer is set)
@@ -117,10 +120,13 @@ pub(super) fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Buil
     // request; it is off, and the head deadline is enforced in `drive`
     // instead. The buffer is larger than the limit so that a head somewhat
     // over it still parses and gets the gateway's own JSON 431; far larger
-    // heads are refused by hyper.
+    // heads are refused by hyper. So are heads of more than 100 fields
+    // (HAProxy allows 101): up to 100, hyper parses into arrays on the
+    // stack; above, it allocates two arrays of the limit's size (48 KiB at
+    // 1,024 fields) for every request.
     b.timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_buf_size((limits.max_header_bytes * 2).max(8192) + 4096)
-        .max_headers((limits.max_header_bytes / 16).clamp(100, 4096));
+        .max_headers(MAX_HEADER_FIELDS);
     b
 }

@@ -173,7 +173,9 @@ where
 {
     match proto {
         UpProto::H1 => {
+            // Room for the gateway's forwarding headers on top of a client's 100.
             let _ = hyper::server::conn::http1::Builder::new()
+                .max_headers(200)
                 .serve_connection(io, service)
                 .await;
         }
