@@ -44,6 +44,9 @@ pub struct Snapshot {
     pub assertion: Option<Arc<crate::assertion::Signer>>,
     /// `telemetry`'s tracer, kept across reloads that leave it unchanged.
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// With `telemetry`, what a span records of each route, in the order of
+    /// `config.routes` (made once here, not for every request).
+    pub trace_routes: Vec<crate::telemetry::RouteNames>,
 }
 
 impl Snapshot {
@@ -186,8 +189,13 @@ impl Snapshot {
                 }
             }
         };
+        let trace_routes = match telemetry {
+            Some(_) => config.routes.iter().map(crate::telemetry::RouteNames::new).collect(),
+            None => Vec::new(),
+        };
         Ok(Snapshot {
             telemetry,
+            trace_routes,
             assertion,
             config,
             tls,

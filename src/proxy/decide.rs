@@ -61,8 +61,8 @@ pub(crate) async fn decide(
         Listener::Decision => &snap.decision_route_metrics,
     };
     log.route = route_metrics.get(route_index).cloned();
-    if let Some(t) = &log.trace {
-        t.routed(&parts.method, route);
+    if let (Some(t), Some(names)) = (&log.trace, snap.trace_routes.get(route_index)) {
+        t.routed(&parts.method, names);
     }
     answering.cors_policy = route.cors;
     if let Access::Protected(rule) = &route.access {

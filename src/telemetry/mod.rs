@@ -157,6 +157,23 @@ pub(crate) fn within<F: Future>(span: Arc<Live>, work: F) -> impl Future<Output 
     CURRENT.scope(span, work)
 }
 
+/// What a span records of a route.
+#[derive(Debug)]
+pub struct RouteNames {
+    name: Arc<str>,
+    /// `http.route`: the path pattern, a prefix as `/api/*`.
+    pattern: Arc<str>,
+}
+
+impl RouteNames {
+    pub fn new(route: &crate::config::Route) -> Self {
+        RouteNames {
+            name: route.name.as_str().into(),
+            pattern: route.path_pattern().into(),
+        }
+    }
+}
+
 /// One request's trace.
 #[derive(Debug)]
 pub(crate) struct RequestTrace(Trace);
@@ -207,18 +224,19 @@ impl RequestTrace {
         }
     }
 
-    /// The request matched `route`: the span is named after it.
-    pub(crate) fn routed(&self, method: &Method, route: &crate::config::Route) {
+    /// The request matched the route of `names`: the span is named after it.
+    pub(crate) fn routed(&self, method: &Method, names: &RouteNames) {
         if let Trace::Sampled(live) = &self.0 {
             let method = method_name(method);
-            let mut name = String::with_capacity(method.len() + 1 + route.name.len());
+            let mut name = String::with_capacity(method.len() + 1 + names.name.len());
             name.push_str(&method);
             name.push(' ');
-            name.push_str(&route.name);
+            name.push_str(&names.name);
             live.with(|s| {
                 s.name = Cow::Owned(name);
-                s.attributes.push(("http.route", Value::from(route.path_pattern())));
-                s.attributes.push(("portcullis.route", Value::from(route.name.clone())));
+                s.attributes.push(("http.route", Value::Shared(names.pattern.clone())));
+                s.attributes
+                    .push(("portcullis.route", Value::Shared(names.name.clone())));
             });
         }
     }

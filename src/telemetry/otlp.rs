@@ -100,6 +100,7 @@ fn span(out: &mut Vec<u8>, span: &Finished) {
 fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     let any = match value {
         Value::Str(s) => field_len(s.len()),
+        Value::Shared(s) => field_len(s.len()),
         Value::Int(i) => 1 + varint_len(*i as u64),
     };
     let body = field_len(key.len()) + field_len(any);
@@ -109,6 +110,7 @@ fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     head(out, 2, any);
     match value {
         Value::Str(s) => string(out, 1, s),
+        Value::Shared(s) => string(out, 1, s),
         Value::Int(i) => {
             tag(out, 3, VARINT);
             varint(out, *i as u64);
@@ -199,6 +201,7 @@ mod tests {
             ("http.response.status_code", Value::Int(403)),
             ("negative", Value::Int(-2)),
             ("long", Value::from("x".repeat(300))),
+            ("shared", Value::Shared("/api/*".into())),
         ];
         let mut second = sample(0, true, Vec::new());
         second.kind = Kind::Client;
@@ -241,6 +244,7 @@ mod tests {
         assert_eq!(value("http.response.status_code"), Some(Any::IntValue(403)));
         assert_eq!(value("negative"), Some(Any::IntValue(-2)));
         assert_eq!(value("long"), Some(Any::StringValue("x".repeat(300))));
+        assert_eq!(value("shared"), Some(Any::StringValue("/api/*".into())));
 
         let c = &ss.spans[1];
         assert!(c.parent_span_id.is_empty() && c.trace_state.is_empty());

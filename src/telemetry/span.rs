@@ -19,6 +19,8 @@ tokio::task_local! {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
     Str(Cow<'static, str>),
+    /// Text made once and shared by every span that records it.
+    Shared(Arc<str>),
     Int(i64),
 }
 
