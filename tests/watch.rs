@@ -5,8 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,37 +28,11 @@ impl Drop for Binary {
 impl Binary {
     /// `portcullis run -c CONFIG` in `dir`, JSON logs collected.
     fn start(dir: &std::path::Path, config: &str, cert: rustls_pki_types::CertificateDer<'static>) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["run", "-c", config])
-            .current_dir(dir)
-            .env("PORTCULLIS_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("\"listening\"") {
-                    let _ = tx.send(line.clone());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the gateway logs `listening`");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let https = v["https"].as_str().unwrap().parse().unwrap();
+        let (child, logs, listening) = support::child::spawn(dir, config, None, &[]);
         Binary {
             child,
             logs,
-            https,
+            https: listening["https"].as_str().unwrap().parse().unwrap(),
             cert,
         }
     }

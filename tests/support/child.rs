@@ -33,43 +33,13 @@ impl Gateway {
     /// As [`Gateway::start`], with extra environment variables for the process.
     pub fn start_with_env(yaml: &str, notify_socket: Option<&std::path::Path>, env: &[(&str, &str)]) -> Gateway {
         let GatewayDir { dir, cert } = GatewayDir::new().file("secret", SECRET).file("gateway.yaml", yaml);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        cmd.args(["run", "-c", "gateway.yaml"])
-            .current_dir(dir.path())
-            .env("PORTCULLIS_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(sock) = notify_socket {
-            cmd.env("NOTIFY_SOCKET", sock);
-        }
-        cmd.envs(env.iter().copied());
-        let mut child = cmd.spawn().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("\"listening\"") {
-                    let _ = tx.send(line.clone());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the gateway logs `listening`");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let https = v["https"].as_str().unwrap().parse().unwrap();
-        let admin = v["admin"].as_str().unwrap().parse().unwrap();
+        let (child, logs, listening) = spawn(dir.path(), "gateway.yaml", notify_socket, env);
         Gateway {
             child,
             dir,
             logs,
-            https,
-            admin,
+            https: listening["https"].as_str().unwrap().parse().unwrap(),
+            admin: listening["admin"].as_str().unwrap().parse().unwrap(),
             cert,
         }
     }
@@ -140,4 +110,44 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
     }
+}
+
+/// `portcullis run -c CONFIG` in `dir` (with `NOTIFY_SOCKET` only when
+/// given, and `env`), its JSON log lines collected as they come. Returns
+/// once the gateway logs `listening`, with that line parsed.
+pub fn spawn(
+    dir: &std::path::Path,
+    config: &str,
+    notify_socket: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+) -> (Child, Arc<Mutex<Vec<String>>>, serde_json::Value) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.args(["run", "-c", config])
+        .current_dir(dir)
+        .env("PORTCULLIS_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(sock) = notify_socket {
+        cmd.env("NOTIFY_SOCKET", sock);
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().unwrap();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("\"listening\"") {
+                let _ = tx.send(line.clone());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the gateway logs `listening`");
+    (child, logs, serde_json::from_str(&line).unwrap())
 }
