@@ -278,6 +278,29 @@ async fn a_cached_answer_ends_at_the_tokens_exp() {
     assert_eq!(s.ep.calls(), 2);
 }
 
+/// With `cache_ttl: 0s` every request asks the endpoint, and no answer is
+/// kept: a stream of new tokens must not fill the cache (it held 100,000
+/// stale answers before, 60 MB in the benchmark).
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_cache_ttl_no_answer_is_kept() {
+    let s = setup_with("      cache_ttl: 0s", ORDERS).await;
+    for i in 0..20 {
+        let token = format!("opaque-uncached-{i}");
+        s.ep.answer(&token, active("ann", "orders:read", &s.ep.issuer()));
+        assert_eq!(call(&s.gw, "/orders", &token).await.status, 200);
+        assert_eq!(call(&s.gw, "/orders", &token).await.status, 200);
+    }
+    assert_eq!(s.ep.calls(), 40, "no answer is reused");
+    let snap = s.gw.running.as_ref().unwrap().gateway.snapshot.load_full();
+    let held: usize = snap
+        .providers
+        .iter()
+        .filter_map(|p| p.introspection.as_ref())
+        .map(|i| i.cached())
+        .sum();
+    assert_eq!(held, 0, "answers that may not be reused are not held");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hundred_concurrent_requests_with_a_new_token_make_one_call() {
     let s = setup().await;

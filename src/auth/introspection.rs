@@ -214,7 +214,14 @@ impl Introspector {
             })
             .await;
         match outcome {
-            Some(answer) => Ok(answer.clone()),
+            Some(answer) => {
+                // Not to be reused (`cache_ttl: 0s`, or the token expires
+                // now): the entry only served the requests that shared the call.
+                if crate::clock::unix_now() >= answer.fresh_until {
+                    self.entries.remove_if(&key, |_, f| Arc::ptr_eq(f, &flight));
+                }
+                Ok(answer.clone())
+            }
             None => {
                 // Not cached: the next request calls again.
                 self.entries.remove_if(&key, |_, f| Arc::ptr_eq(f, &flight));
