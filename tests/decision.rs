@@ -457,3 +457,45 @@ async fn behind_a_real_nginx_with_auth_request() {
     let _ = nginx.kill();
     let _ = nginx.wait();
 }
+
+/// With `telemetry`, a decision is a SERVER span of its own, and the 200
+/// carries that span's `traceparent` for the proxy in front to pass on (a
+/// refusal carries none: nothing is forwarded to join the trace).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_traced_decision_returns_its_traceparent() {
+    let collector = support::otlp::Collector::start(support::otlp::ANSWER).await;
+    let yaml = config("listen: { decision: 127.0.0.1:0 }\n", None, false)
+        + &format!("telemetry: {{ otlp_endpoint: \"{}\" }}\n", collector.endpoint());
+    let gw = GatewayDir::new().start(&yaml).await;
+    let good = format!("Bearer {}", token("orders:read"));
+    let headers = [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/orders"),
+        ("x-forwarded-host", "api.example.com"),
+        ("x-forwarded-proto", "https"),
+        ("authorization", good.as_str()),
+    ];
+    let (status, answer, body) = ask(&gw, &headers).await;
+    assert_eq!(status, 200, "{body}");
+    let parent = answer["traceparent"].to_str().unwrap().to_owned();
+    let parts: Vec<&str> = parent.split('-').collect();
+    assert_eq!((parts.len(), parts[0], parts[3]), (4, "00", "01"), "{parent}");
+    let request_id = answer["x-request-id"].to_str().unwrap().to_owned();
+    let span = || {
+        collector
+            .spans()
+            .into_iter()
+            .find(|s| s.attr("portcullis.request_id") == Some(request_id.as_str()))
+    };
+    wait_for("the decision's span to be exported", Duration::from_secs(10), || {
+        span().is_some()
+    })
+    .await;
+    let span = span().unwrap();
+    assert_eq!((span.kind, span.name.as_str()), (2, "GET d-orders"));
+    assert_eq!((span.trace_id.as_str(), span.span_id.as_str()), (parts[1], parts[2]));
+
+    let (status, refused, _) = ask(&gw, &headers[..4]).await;
+    assert_eq!(status, 401);
+    assert!(refused.get("traceparent").is_none(), "{refused:?}");
+}
