@@ -179,12 +179,22 @@ fn is_hop_by_hop(name: &str) -> bool {
         || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
 }
 
+/// [`is_hop_by_hop`] for a header's own name, which is always lowercase:
+/// one comparison by length and bytes instead of seven case-blind ones.
+fn is_hop_by_hop_name(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    matches!(
+        name,
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || name.starts_with("proxy-")
+}
+
 /// Drop hop-by-hop headers, including every header named in `Connection`.
 /// This runs before the gateway adds anything, so a client's
 /// `Connection: X-Auth-Subject` can only remove the client's own copy.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass to find them: most messages carry none, or only `Connection`.
-    let mut doomed: Vec<HeaderName> = headers.keys().filter(|h| is_hop_by_hop(h.as_str())).cloned().collect();
+    let mut doomed: Vec<HeaderName> = headers.keys().filter(|h| is_hop_by_hop_name(h)).cloned().collect();
     if doomed.is_empty() {
         return;
     }
@@ -485,6 +495,32 @@ mod tests {
         rules.strip(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-other"));
+    }
+
+    #[test]
+    fn the_name_check_agrees_with_the_case_blind_one() {
+        for name in [
+            "connection",
+            "Connection",
+            "KEEP-ALIVE",
+            "te",
+            "tE",
+            "trailer",
+            "trailers",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "Proxy-Foo",
+            "proxy",
+            "proxy-",
+            "x-proxy-a",
+            "accept",
+            "t",
+            "connections",
+        ] {
+            let header = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(is_hop_by_hop_name(&header), is_hop_by_hop(name), "{name}");
+        }
     }
 
     #[test]
