@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_EACH=${1:-20}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
-for target in token token_second_opinion normalize config openapi introspection_answer jwks credentials cors websocket_frames claims; do
+for target in token token_second_opinion normalize config openapi introspection_answer jwks credentials cors websocket_frames claims trace_context; do
   mkdir -p "corpus/$target"
   echo "fuzzing $target for ${SECONDS_EACH}s"
   RUSTC_BOOTSTRAP=1 cargo fuzz run -s none "$target" "corpus/$target" -- \

@@ -309,6 +309,43 @@ fn provider() -> crate::config::Provider {
     }
 }
 
+/// W3C trace context from a client: `traceparent` (first line) and
+/// `tracestate` headers (the other lines). Never a panic; a context that is
+/// read has non-zero ids and survives being written and read back; a state
+/// that is kept is within the recommendation's limits.
+pub fn trace_context(data: &[u8]) {
+    use crate::telemetry::w3c::{parent, write_traceparent, TRACEPARENT, TRACESTATE};
+    let mut lines = data.split(|&b| b == b'\n');
+    let mut headers = http::HeaderMap::new();
+    if let Some(Ok(v)) = lines.next().map(http::HeaderValue::from_bytes) {
+        headers.append(TRACEPARENT, v);
+    }
+    for line in lines {
+        if let Ok(v) = http::HeaderValue::from_bytes(line) {
+            headers.append(TRACESTATE, v);
+        }
+    }
+    let Some(p) = parent(&headers) else { return };
+    assert!(p.trace_id != 0 && p.span_id != 0);
+    let mut again = http::HeaderMap::new();
+    again.insert(TRACEPARENT, write_traceparent(p.trace_id, p.span_id, p.sampled));
+    let back = parent(&again).expect("what the gateway writes, it reads");
+    assert_eq!(
+        (back.trace_id, back.span_id, back.sampled),
+        (p.trace_id, p.span_id, p.sampled)
+    );
+    if let Some(state) = p.state {
+        let text = state.to_str().expect("visible ASCII");
+        assert!(text.len() <= 512);
+        let members = text
+            .split(',')
+            .map(|m| m.trim_matches([' ', '\t']))
+            .filter(|m| !m.is_empty());
+        assert!(members.clone().count() <= 32);
+        assert!(members.clone().all(|m| m.matches('=').count() == 1), "{text:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// The targets run on a few inputs in every `cargo test`, so they stay compiled and sound.
@@ -326,6 +363,7 @@ mod tests {
             b"\x03\x81\x05hello\x88\x00",
             b"[{claim: org, equals: \"{path.org}\"}, {not: {claim: /roles, contains: admin}}]\0{\"org\": \"acme\", \"roles\": [\"x\"]}",
             br#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#,
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\ncongo=t61rcWkgMzE\nrojo=00f067aa0ba902b7",
         ] {
             super::token(input);
             super::normalize(input);
@@ -338,6 +376,7 @@ mod tests {
             super::cors(input);
             super::websocket_frames(input);
             super::claims(input);
+            super::trace_context(input);
         }
     }
 

@@ -17,7 +17,7 @@ mod export;
 mod ids;
 mod otlp;
 mod span;
-mod w3c;
+pub(crate) mod w3c;
 
 use std::borrow::Cow;
 use std::future::Future;

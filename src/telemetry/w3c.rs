@@ -6,8 +6,8 @@
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
-pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-pub(super) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The most `tracestate` keeps: 32 members, 512 characters.
 const MAX_MEMBERS: usize = 32;
@@ -15,7 +15,7 @@ const MAX_STATE: usize = 512;
 
 /// A client's trace context.
 #[derive(Debug, PartialEq)]
-pub(super) struct Parent {
+pub(crate) struct Parent {
     pub trace_id: u128,
     pub span_id: u64,
     pub sampled: bool,
@@ -23,7 +23,7 @@ pub(super) struct Parent {
 }
 
 /// The client's context, if it sent exactly one well-formed `traceparent`.
-pub(super) fn parent(headers: &HeaderMap) -> Option<Parent> {
+pub(crate) fn parent(headers: &HeaderMap) -> Option<Parent> {
     let mut values = headers.get_all(TRACEPARENT).iter();
     let value = values.next()?;
     if values.next().is_some() {
@@ -131,7 +131,7 @@ fn state_value(val: &str) -> bool {
 }
 
 /// `00-TRACE-SPAN-FLAGS`, written without the formatting machinery.
-pub(super) fn write_traceparent(trace_id: u128, span_id: u64, sampled: bool) -> HeaderValue {
+pub(crate) fn write_traceparent(trace_id: u128, span_id: u64, sampled: bool) -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
     let (trace, span) = (trace_id.to_be_bytes(), span_id.to_be_bytes());
