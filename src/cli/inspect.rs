@@ -42,16 +42,9 @@ pub(crate) fn explain(path: &std::path::Path, args: ExplainArgs) -> ExitCode {
             Err(_) => return usage("--token: not a valid header value".into()),
         }
     }
-    let (snapshot, _warnings) = match portcullis::load_config(path) {
-        Ok(ok) => ok,
-        Err(e) => {
-            eprintln!("{}", portcullis::one_line(&e));
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(_) => return ExitCode::from(2),
+    let (snapshot, runtime) = match loaded_with_runtime(path) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     // Remote keys are fetched, and an opaque token introspected, as the gateway would.
     let explained = runtime.block_on(async {
@@ -78,19 +71,25 @@ pub(crate) fn explain(path: &std::path::Path, args: ExplainArgs) -> ExitCode {
     }
 }
 
+/// The configuration as `check` loads it and a runtime to ask the network
+/// with (`explain`, `test`); exit 2 when either cannot be had.
+fn loaded_with_runtime(
+    path: &std::path::Path,
+) -> Result<(portcullis::snapshot::Snapshot, tokio::runtime::Runtime), ExitCode> {
+    let (snapshot, _warnings) = portcullis::load_config(path).map_err(|e| {
+        eprintln!("{}", portcullis::one_line(&e));
+        ExitCode::from(2)
+    })?;
+    let runtime = runtime().map_err(|_| ExitCode::from(2))?;
+    Ok((snapshot, runtime))
+}
+
 /// `portcullis test`: exit 0 when every case passes, 1 when one fails, 2 when
 /// the configuration or a case file is wrong.
 pub(crate) fn test(path: &std::path::Path, files: &[PathBuf], json: bool) -> ExitCode {
-    let (snapshot, _warnings) = match portcullis::load_config(path) {
-        Ok(ok) => ok,
-        Err(e) => {
-            eprintln!("{}", portcullis::one_line(&e));
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(_) => return ExitCode::from(2),
+    let (snapshot, runtime) = match loaded_with_runtime(path) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     let report = match runtime.block_on(portcullis::cases::run(&snapshot, files)) {
         Ok(report) => report,
